@@ -1,0 +1,5 @@
+//! realizar-node: the inference engine (model formats, quantized kernels,
+//! models) and the node process that serves it.
+
+pub mod format;
+pub mod tensor;

@@ -1,0 +1,5 @@
+//! Tensor element types, quantized block formats and kernels.
+
+pub mod dtype;
+
+pub use dtype::{BlockLayout, GgmlType};

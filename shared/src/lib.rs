@@ -1,0 +1,3 @@
+//! realizar-shared: types shared by the node, the gateway and the CLI.
+
+pub mod error;
