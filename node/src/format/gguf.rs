@@ -777,6 +777,18 @@ pub fn parse_header(file: &Path, buf: &[u8]) -> Result<GgufHeader> {
     let header_end = c.pos as u64;
     let data_offset = header_end.div_ceil(alignment) * alignment;
     let file_len = buf.len() as u64;
+    if !tensors.is_empty() && data_offset > file_len {
+        // Even zero-sized tensors point into the data section, so it must exist.
+        return Err(FormatError::new(
+            file,
+            "data section",
+            header_end,
+            ErrorKind::Truncated {
+                needed: data_offset - header_end,
+                available: file_len - header_end,
+            },
+        ));
+    }
     let data_len = file_len.saturating_sub(data_offset);
 
     // Byte ranges: inside the data section, and no two overlapping.

@@ -1,5 +1,7 @@
 //! Tensor element types, quantized block formats and kernels.
 
+pub mod dequant;
 pub mod dtype;
 
+pub use dequant::{dequantize, dequantize_to_vec, KernelError};
 pub use dtype::{BlockLayout, GgmlType};

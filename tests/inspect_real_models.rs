@@ -1,0 +1,97 @@
+//! `realizar inspect --json` on the two real models (fetched by
+//! scripts/fetch-models.sh, which the README's test command runs first).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn model(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+    assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh (the README's test command does)", p.display());
+    p
+}
+
+fn inspect_json(path: &PathBuf) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+        .args(["inspect", "--json"])
+        .arg(path)
+        .output()
+        .expect("run realizar");
+    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("inspect --json prints one JSON object")
+}
+
+#[test]
+fn smollm2_q4_1() {
+    let v = inspect_json(&model("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["block_count"], 30);
+    assert_eq!(v["embedding_length"], 576);
+    assert_eq!(v["head_count"], 9);
+    assert_eq!(v["head_count_kv"], 3);
+    assert_eq!(v["vocab_size"], 49152);
+    assert_eq!(v["tensor_types"], serde_json::json!({"Q4_1": 210, "Q8_0": 1, "F32": 61}));
+    assert_eq!(v["parameter_count"], 134_515_008u64);
+    assert_eq!(v["tokenizer_kind"], "gpt2");
+    assert_eq!(v["tokenizer_pre"], "smollm");
+    assert_eq!(v["chat_template"], true);
+    assert_eq!(v["special_tokens"]["bos"], 1);
+    assert_eq!(v["special_tokens"]["eos"], 2);
+    assert_eq!(v["file_size"], 98_362_432u64);
+}
+
+#[test]
+fn gemma3_q4_k_m() {
+    let v = inspect_json(&model("gemma-3-270m-q4_k_m.gguf"));
+    assert_eq!(v["architecture"], "gemma3");
+    assert_eq!(v["block_count"], 18);
+    assert_eq!(v["embedding_length"], 640);
+    assert_eq!(v["head_count"], 4);
+    assert_eq!(v["head_count_kv"], 1);
+    assert_eq!(v["vocab_size"], 262_144);
+    assert_eq!(
+        v["tensor_types"],
+        serde_json::json!({"F32": 109, "Q5_0": 81, "Q4_K": 27, "Q8_0": 10, "Q6_K": 9})
+    );
+    assert_eq!(v["tokenizer_kind"], "llama");
+    assert_eq!(v["chat_template"], false);
+}
+
+#[test]
+fn tensors_flag_lists_every_tensor_inside_the_file() {
+    let path = model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+        .args(["inspect", "--json", "--tensors"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tensors = v["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 272);
+    let size = v["file_size"].as_u64().unwrap();
+    for t in tensors {
+        assert!(t["offset"].as_u64().unwrap() + t["bytes"].as_u64().unwrap() <= size);
+    }
+    let emb = tensors.iter().find(|t| t["name"] == "token_embd.weight").unwrap();
+    assert_eq!(emb["type"], "Q8_0");
+    assert_eq!(emb["shape"], serde_json::json!([576, 49152]));
+}
+
+#[test]
+fn text_report_and_bad_input() {
+    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+        .arg("inspect")
+        .arg(model("gemma-3-270m-q4_k_m.gguf"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("architecture:      gemma3"), "{text}");
+    assert!(text.contains("Q6_K"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_realizar")).arg("inspect").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("bad.gguf") && err.contains("tensor_count"), "{err}");
+}
