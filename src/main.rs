@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use realizar_node::format::ModelSummary;
 
 #[derive(Parser)]
-#[command(name = "realizar", version, about = "Pure-Rust LLM serving: engine, node and gateway")]
+#[command(
+    name = "realizar",
+    version,
+    about = "Pure-Rust LLM serving: engine, node and gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,7 +50,11 @@ fn repo_root() -> PathBuf {
 
 fn pull(which: &str) -> ExitCode {
     let script = repo_root().join("scripts/fetch-models.sh");
-    match std::process::Command::new("bash").arg(&script).arg(which).status() {
+    match std::process::Command::new("bash")
+        .arg(&script)
+        .arg(which)
+        .status()
+    {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(s) => {
             eprintln!("realizar pull: {} exited with {s}", script.display());
@@ -114,7 +122,11 @@ fn serve(model: Option<PathBuf>) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Inspect { path, json, tensors } => inspect(&path, json, tensors),
+        Command::Inspect {
+            path,
+            json,
+            tensors,
+        } => inspect(&path, json, tensors),
         Command::Pull { which } => pull(&which),
         Command::Serve { model } => serve(model),
     }

@@ -5,8 +5,14 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn model(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh (the README's test command does)", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-models.sh (the README's test command does)",
+        p.display()
+    );
     p
 }
 
@@ -16,7 +22,11 @@ fn inspect_json(path: &PathBuf) -> serde_json::Value {
         .arg(path)
         .output()
         .expect("run realizar");
-    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "inspect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("inspect --json prints one JSON object")
 }
 
@@ -29,7 +39,10 @@ fn smollm2_q4_1() {
     assert_eq!(v["head_count"], 9);
     assert_eq!(v["head_count_kv"], 3);
     assert_eq!(v["vocab_size"], 49152);
-    assert_eq!(v["tensor_types"], serde_json::json!({"Q4_1": 210, "Q8_0": 1, "F32": 61}));
+    assert_eq!(
+        v["tensor_types"],
+        serde_json::json!({"Q4_1": 210, "Q8_0": 1, "F32": 61})
+    );
     assert_eq!(v["parameter_count"], 134_515_008u64);
     assert_eq!(v["tokenizer_kind"], "gpt2");
     assert_eq!(v["tokenizer_pre"], "smollm");
@@ -71,7 +84,10 @@ fn tensors_flag_lists_every_tensor_inside_the_file() {
     for t in tensors {
         assert!(t["offset"].as_u64().unwrap() + t["bytes"].as_u64().unwrap() <= size);
     }
-    let emb = tensors.iter().find(|t| t["name"] == "token_embd.weight").unwrap();
+    let emb = tensors
+        .iter()
+        .find(|t| t["name"] == "token_embd.weight")
+        .unwrap();
     assert_eq!(emb["type"], "Q8_0");
     assert_eq!(emb["shape"], serde_json::json!([576, 49152]));
 }
@@ -89,9 +105,20 @@ fn text_report_and_bad_input() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.gguf");
-    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar")).arg("inspect").arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+        .arg("inspect")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("bad.gguf") && err.contains("tensor_count"), "{err}");
+    assert!(
+        err.contains("bad.gguf") && err.contains("tensor_count"),
+        "{err}"
+    );
 }

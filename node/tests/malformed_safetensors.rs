@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use realizar_node::format::safetensors::{parse_header, write_safetensors};
-use realizar_node::format::{ErrorKind, FormatError, HfConfig, HfModelDir, SafetensorsCheckpoint, SafetensorsFile, StDtype};
+use realizar_node::format::{
+    ErrorKind, FormatError, HfConfig, HfModelDir, SafetensorsCheckpoint, SafetensorsFile, StDtype,
+};
 
 /// An image from a raw JSON header and a data section.
 fn image(header: &str, data: &[u8]) -> Vec<u8> {
@@ -23,8 +25,15 @@ fn parse(bytes: &[u8]) -> Result<(), FormatError> {
 fn rejects(bytes: &[u8], field_part: &str, want: impl Fn(&ErrorKind) -> bool) -> FormatError {
     let e = parse(bytes).expect_err("malformed file accepted");
     assert!(want(&e.kind), "unexpected error kind: {e}");
-    assert!(e.field.contains(field_part), "field {:?} does not name {field_part:?}: {e}", e.field);
-    assert!(e.to_string().contains("m.safetensors"), "error does not name the file: {e}");
+    assert!(
+        e.field.contains(field_part),
+        "field {:?} does not name {field_part:?}: {e}",
+        e.field
+    );
+    assert!(
+        e.to_string().contains("m.safetensors"),
+        "error does not name the file: {e}"
+    );
     e
 }
 
@@ -42,30 +51,52 @@ fn valid_file_parses_and_views_are_zero_copy() {
 
 #[test]
 fn shorter_than_the_length_prefix() {
-    rejects(&[1, 2, 3], "header_length", |k| matches!(k, ErrorKind::Truncated { needed: 8, available: 3 }));
+    rejects(&[1, 2, 3], "header_length", |k| {
+        matches!(
+            k,
+            ErrorKind::Truncated {
+                needed: 8,
+                available: 3
+            }
+        )
+    });
 }
 
 #[test]
 fn header_length_beyond_file() {
     let mut b = 1000u64.to_le_bytes().to_vec();
     b.extend_from_slice(b"{}");
-    rejects(&b, "header_length", |k| matches!(k, ErrorKind::LengthBeyondFile { length: 1000, remaining: 2 }));
+    rejects(&b, "header_length", |k| {
+        matches!(
+            k,
+            ErrorKind::LengthBeyondFile {
+                length: 1000,
+                remaining: 2
+            }
+        )
+    });
 }
 
 #[test]
 fn header_length_over_limit() {
     let b = (u64::MAX - 3).to_le_bytes().to_vec();
-    rejects(&b, "header_length", |k| matches!(k, ErrorKind::HeaderTooLarge { .. }));
+    rejects(&b, "header_length", |k| {
+        matches!(k, ErrorKind::HeaderTooLarge { .. })
+    });
 }
 
 #[test]
 fn header_not_json() {
-    rejects(&image("{not json", &[]), "header", |k| matches!(k, ErrorKind::InvalidJson(_)));
+    rejects(&image("{not json", &[]), "header", |k| {
+        matches!(k, ErrorKind::InvalidJson(_))
+    });
 }
 
 #[test]
 fn header_is_a_json_array() {
-    rejects(&image("[1,2]", &[]), "header", |k| matches!(k, ErrorKind::InvalidJson(_)));
+    rejects(&image("[1,2]", &[]), "header", |k| {
+        matches!(k, ErrorKind::InvalidJson(_))
+    });
 }
 
 #[test]
@@ -78,77 +109,132 @@ fn header_invalid_utf8() {
 #[test]
 fn unknown_dtype() {
     let h = r#"{"w":{"dtype":"F12","shape":[2],"data_offsets":[0,8]}}"#;
-    rejects(&image(h, &[0; 8]), "w.dtype", |k| matches!(k, ErrorKind::UnknownDtype(d) if d == "F12"));
+    rejects(
+        &image(h, &[0; 8]),
+        "w.dtype",
+        |k| matches!(k, ErrorKind::UnknownDtype(d) if d == "F12"),
+    );
 }
 
 #[test]
 fn missing_shape() {
     let h = r#"{"w":{"dtype":"F32","data_offsets":[0,8]}}"#;
-    rejects(&image(h, &[0; 8]), "w.shape", |k| matches!(k, ErrorKind::Missing(_)));
+    rejects(&image(h, &[0; 8]), "w.shape", |k| {
+        matches!(k, ErrorKind::Missing(_))
+    });
 }
 
 #[test]
 fn negative_dimension() {
     let h = r#"{"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#;
-    rejects(&image(h, &[0; 8]), "w.shape", |k| matches!(k, ErrorKind::Schema(_)));
+    rejects(&image(h, &[0; 8]), "w.shape", |k| {
+        matches!(k, ErrorKind::Schema(_))
+    });
 }
 
 #[test]
 fn offsets_not_a_pair() {
     let h = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0]}}"#;
-    rejects(&image(h, &[0; 8]), "w.data_offsets", |k| matches!(k, ErrorKind::Missing(_)));
+    rejects(&image(h, &[0; 8]), "w.data_offsets", |k| {
+        matches!(k, ErrorKind::Missing(_))
+    });
 }
 
 #[test]
 fn offsets_past_the_data() {
     let h = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
-    rejects(&image(h, &[0; 4]), "w.data_offsets", |k| matches!(k, ErrorKind::OutOfBounds { end: 8, limit: 4, .. }));
+    rejects(&image(h, &[0; 4]), "w.data_offsets", |k| {
+        matches!(
+            k,
+            ErrorKind::OutOfBounds {
+                end: 8,
+                limit: 4,
+                ..
+            }
+        )
+    });
 }
 
 #[test]
 fn begin_after_end() {
     let h = r#"{"w":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#;
-    rejects(&image(h, &[0; 8]), "w.data_offsets", |k| matches!(k, ErrorKind::OutOfBounds { .. }));
+    rejects(&image(h, &[0; 8]), "w.data_offsets", |k| {
+        matches!(k, ErrorKind::OutOfBounds { .. })
+    });
 }
 
 #[test]
 fn offsets_disagree_with_shape() {
     let h = r#"{"w":{"dtype":"F16","shape":[2],"data_offsets":[0,8]}}"#;
-    rejects(&image(h, &[0; 8]), "w.data_offsets", |k| matches!(k, ErrorKind::SizeMismatch { expected: 4, found: 8 }));
+    rejects(&image(h, &[0; 8]), "w.data_offsets", |k| {
+        matches!(
+            k,
+            ErrorKind::SizeMismatch {
+                expected: 4,
+                found: 8
+            }
+        )
+    });
 }
 
 #[test]
 fn shape_product_overflows() {
     let h = r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#;
-    rejects(&image(h, &[0; 8]), "w.shape", |k| matches!(k, ErrorKind::ShapeOverflow { .. }));
+    rejects(&image(h, &[0; 8]), "w.shape", |k| {
+        matches!(k, ErrorKind::ShapeOverflow { .. })
+    });
 }
 
 #[test]
 fn overlapping_tensors() {
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
-    rejects(&image(h, &[0; 12]), "b.data_offsets", |k| matches!(k, ErrorKind::Overlap { other } if other == "a"));
+    rejects(
+        &image(h, &[0; 12]),
+        "b.data_offsets",
+        |k| matches!(k, ErrorKind::Overlap { other } if other == "a"),
+    );
 }
 
 #[test]
 fn gap_between_tensors() {
     let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
-    rejects(&image(h, &[0; 12]), "b.data_offsets", |k| matches!(k, ErrorKind::IncompleteBuffer { covered: 4, data_len: 12 }));
+    rejects(&image(h, &[0; 12]), "b.data_offsets", |k| {
+        matches!(
+            k,
+            ErrorKind::IncompleteBuffer {
+                covered: 4,
+                data_len: 12
+            }
+        )
+    });
 }
 
 #[test]
 fn trailing_bytes_after_data() {
-    rejects(&image(ONE, &[0; 9]), "data", |k| matches!(k, ErrorKind::IncompleteBuffer { covered: 8, data_len: 9 }));
+    rejects(&image(ONE, &[0; 9]), "data", |k| {
+        matches!(
+            k,
+            ErrorKind::IncompleteBuffer {
+                covered: 8,
+                data_len: 9
+            }
+        )
+    });
 }
 
 #[test]
 fn metadata_value_not_a_string() {
     let h = r#"{"__metadata__":{"format":1},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
-    rejects(&image(h, &[0; 8]), "__metadata__.format", |k| matches!(k, ErrorKind::Schema(_)));
+    rejects(&image(h, &[0; 8]), "__metadata__.format", |k| {
+        matches!(k, ErrorKind::Schema(_))
+    });
 }
 
 #[test]
 fn tensor_entry_not_an_object() {
-    rejects(&image(r#"{"w":[1,2,3]}"#, &[]), "w", |k| matches!(k, ErrorKind::Schema(_)));
+    rejects(&image(r#"{"w":[1,2,3]}"#, &[]), "w", |k| {
+        matches!(k, ErrorKind::Schema(_))
+    });
 }
 
 #[test]
@@ -171,7 +257,10 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 fn shard(name: &str) -> Vec<u8> {
-    write_safetensors(&[(name.to_string(), StDtype::F32, vec![1], vec![0; 4])], &BTreeMap::new())
+    write_safetensors(
+        &[(name.to_string(), StDtype::F32, vec![1], vec![0; 4])],
+        &BTreeMap::new(),
+    )
 }
 
 #[test]
@@ -190,7 +279,11 @@ fn sharded_checkpoint_opens_through_its_index() {
 #[test]
 fn index_names_a_missing_shard() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "model.safetensors.index.json", br#"{"weight_map":{"a":"gone.safetensors"}}"#);
+    write(
+        d.path(),
+        "model.safetensors.index.json",
+        br#"{"weight_map":{"a":"gone.safetensors"}}"#,
+    );
     let e = SafetensorsCheckpoint::open(d.path()).unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Io(_)), "{e}");
     assert!(e.file.ends_with("gone.safetensors"), "{e}");
@@ -199,7 +292,11 @@ fn index_names_a_missing_shard() {
 #[test]
 fn index_escapes_the_directory() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "model.safetensors.index.json", br#"{"weight_map":{"a":"../../etc/passwd"}}"#);
+    write(
+        d.path(),
+        "model.safetensors.index.json",
+        br#"{"weight_map":{"a":"../../etc/passwd"}}"#,
+    );
     let e = SafetensorsCheckpoint::open(d.path()).unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Schema(_)), "{e}");
     assert_eq!(e.field, "weight_map.a");
@@ -209,9 +306,16 @@ fn index_escapes_the_directory() {
 fn index_names_a_tensor_its_shard_lacks() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "s1.safetensors", &shard("a"));
-    write(d.path(), "model.safetensors.index.json", br#"{"weight_map":{"a":"s1.safetensors","zz":"s1.safetensors"}}"#);
+    write(
+        d.path(),
+        "model.safetensors.index.json",
+        br#"{"weight_map":{"a":"s1.safetensors","zz":"s1.safetensors"}}"#,
+    );
     let e = SafetensorsCheckpoint::open(d.path()).unwrap_err();
-    assert!(matches!(&e.kind, ErrorKind::Missing(m) if m.contains("zz")), "{e}");
+    assert!(
+        matches!(&e.kind, ErrorKind::Missing(m) if m.contains("zz")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -219,17 +323,31 @@ fn same_tensor_in_two_shards() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "s1.safetensors", &shard("a"));
     write(d.path(), "s2.safetensors", &shard("a"));
-    write(d.path(), "model.safetensors.index.json", br#"{"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#);
+    write(
+        d.path(),
+        "model.safetensors.index.json",
+        br#"{"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#,
+    );
     let e = SafetensorsCheckpoint::open(d.path()).unwrap_err();
-    assert!(matches!(&e.kind, ErrorKind::DuplicateTensor(n) if n == "a"), "{e}");
+    assert!(
+        matches!(&e.kind, ErrorKind::DuplicateTensor(n) if n == "a"),
+        "{e}"
+    );
 }
 
 #[test]
 fn index_without_weight_map() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "model.safetensors.index.json", br#"{"metadata":{}}"#);
+    write(
+        d.path(),
+        "model.safetensors.index.json",
+        br#"{"metadata":{}}"#,
+    );
     let e = SafetensorsCheckpoint::open(d.path()).unwrap_err();
-    assert!(matches!(e.kind, ErrorKind::Missing(_)) && e.field == "weight_map", "{e}");
+    assert!(
+        matches!(e.kind, ErrorKind::Missing(_)) && e.field == "weight_map",
+        "{e}"
+    );
 }
 
 #[test]
@@ -250,7 +368,11 @@ fn config_json_invalid() {
 #[test]
 fn model_dir_reads_config_tokenizer_and_template() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "model.safetensors", &shard("model.embed_tokens.weight"));
+    write(
+        d.path(),
+        "model.safetensors",
+        &shard("model.embed_tokens.weight"),
+    );
     write(
         d.path(),
         "config.json",
@@ -280,5 +402,8 @@ fn model_dir_without_config() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "model.safetensors", &shard("w"));
     let e = HfModelDir::open(d.path()).unwrap_err();
-    assert!(matches!(&e.kind, ErrorKind::Missing(m) if m == "config.json"), "{e}");
+    assert!(
+        matches!(&e.kind, ErrorKind::Missing(m) if m == "config.json"),
+        "{e}"
+    );
 }

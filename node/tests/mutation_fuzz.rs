@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use realizar_node::format::safetensors::write_safetensors;
-use realizar_node::format::{GgufFile, GgufWriter, MetaArray, MetaValue, SafetensorsFile, StDtype, TensorToWrite};
+use realizar_node::format::{
+    GgufFile, GgufWriter, MetaArray, MetaValue, SafetensorsFile, StDtype, TensorToWrite,
+};
 use realizar_node::tensor::GgmlType;
 
 /// xorshift64*: fixed-seed so every run checks the same inputs.
@@ -40,7 +42,8 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
             2 if v.len() >= 8 => {
                 // Overwrite a little-endian u64 with a boundary value.
                 let i = rng.below(v.len() - 7);
-                let val: u64 = [0, 1, u64::MAX, 1 << 31, 1 << 32, 1 << 62, i64::MAX as u64][rng.below(7)];
+                let val: u64 =
+                    [0, 1, u64::MAX, 1 << 31, 1 << 32, 1 << 62, i64::MAX as u64][rng.below(7)];
                 v[i..i + 8].copy_from_slice(&val.to_le_bytes());
             }
             3 => {
@@ -66,11 +69,34 @@ fn sample_gguf() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.meta("general.architecture", MetaValue::String("llama".into()));
     w.meta("llama.block_count", MetaValue::U32(2));
-    w.meta("tokenizer.ggml.tokens", MetaValue::Array(MetaArray::String(vec!["<s>".into(), "a".into(), "▁b".into()])));
-    w.meta("tokenizer.ggml.scores", MetaValue::Array(MetaArray::F32(vec![0.0, -1.0, -2.0])));
-    w.meta("nested", MetaValue::Array(MetaArray::Array(vec![MetaArray::Bool(vec![true])])));
-    w.tensor(TensorToWrite { name: "q".into(), dims: vec![32, 2], dtype: GgmlType::Q8_0, data: vec![3; 68] });
-    w.tensor(TensorToWrite { name: "n".into(), dims: vec![4], dtype: GgmlType::F32, data: vec![0; 16] });
+    w.meta(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(MetaArray::String(vec![
+            "<s>".into(),
+            "a".into(),
+            "▁b".into(),
+        ])),
+    );
+    w.meta(
+        "tokenizer.ggml.scores",
+        MetaValue::Array(MetaArray::F32(vec![0.0, -1.0, -2.0])),
+    );
+    w.meta(
+        "nested",
+        MetaValue::Array(MetaArray::Array(vec![MetaArray::Bool(vec![true])])),
+    );
+    w.tensor(TensorToWrite {
+        name: "q".into(),
+        dims: vec![32, 2],
+        dtype: GgmlType::Q8_0,
+        data: vec![3; 68],
+    });
+    w.tensor(TensorToWrite {
+        name: "n".into(),
+        dims: vec![4],
+        dtype: GgmlType::F32,
+        data: vec![0; 16],
+    });
     w.to_bytes()
 }
 
@@ -101,7 +127,10 @@ fn check_safetensors(bytes: Vec<u8>) {
     if let Ok(f) = SafetensorsFile::from_bytes("fuzz.safetensors", bytes) {
         for t in f.tensors() {
             assert!(t.data.len() <= len);
-            assert_eq!(t.data.len() as u64, t.shape.iter().product::<u64>() * t.dtype.size());
+            assert_eq!(
+                t.data.len() as u64,
+                t.shape.iter().product::<u64>() * t.dtype.size()
+            );
         }
     }
 }
@@ -127,7 +156,9 @@ fn safetensors_parser_survives_20k_mutations() {
 }
 
 fn replay(dir: &str, check: fn(Vec<u8>)) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(dir);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();

@@ -5,18 +5,30 @@
 use realizar_node::tensor::{dequantize_to_vec, quantize_to_vec, GgmlType};
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 #[test]
 fn same_bytes_as_the_gguf_package() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/quantize_gguf.json");
-    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/golden/quantize_gguf.json"
+    );
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = g["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 54);
     for c in cases {
         let t = GgmlType::from_name(c["type"].as_str().unwrap()).unwrap();
-        let x: Vec<f32> = c["f32_bits"].as_array().unwrap().iter().map(|v| f32::from_bits(v.as_u64().unwrap() as u32)).collect();
+        let x: Vec<f32> = c["f32_bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| f32::from_bits(v.as_u64().unwrap() as u32))
+            .collect();
         let got = quantize_to_vec(t, &x).unwrap();
         let want = hex(c["bytes_hex"].as_str().unwrap());
         assert_eq!(got, want, "{} on input {}", c["type"], c["input"]);
@@ -41,7 +53,12 @@ fn gaussian(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn rmse(a: &[f32], b: &[f32]) -> f64 {
-    (a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64).sqrt()
+    (a.iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64)
+        .sqrt()
 }
 
 /// RMSE of quantize → dequantize on 64k N(0,1) values (figures also in
@@ -80,9 +97,18 @@ fn round_trip_error_per_format() {
 
 #[test]
 fn k_quants_keep_zero_and_constant_blocks_exact_enough() {
-    for t in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K] {
+    for t in [
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+    ] {
         let zeros = vec![0f32; 256];
-        assert_eq!(dequantize_to_vec(t, &quantize_to_vec(t, &zeros).unwrap()).unwrap(), zeros, "{t}");
+        assert_eq!(
+            dequantize_to_vec(t, &quantize_to_vec(t, &zeros).unwrap()).unwrap(),
+            zeros,
+            "{t}"
+        );
         let c = vec![0.25f32; 512];
         let y = dequantize_to_vec(t, &quantize_to_vec(t, &c).unwrap()).unwrap();
         assert!(rmse(&c, &y) < 0.01, "{t}: {}", rmse(&c, &y));
@@ -96,7 +122,10 @@ fn q8_k_block_sums_match_its_values() {
     for b in q.chunks_exact(292) {
         for j in 0..16 {
             let s: i32 = (0..16).map(|i| b[4 + 16 * j + i] as i8 as i32).sum();
-            assert_eq!(i16::from_le_bytes([b[260 + 2 * j], b[261 + 2 * j]]) as i32, s);
+            assert_eq!(
+                i16::from_le_bytes([b[260 + 2 * j], b[261 + 2 * j]]) as i32,
+                s
+            );
         }
     }
 }

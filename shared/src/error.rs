@@ -18,7 +18,12 @@ pub struct ErrorDetail {
 }
 
 impl ErrorBody {
-    pub fn new(kind: &str, message: impl Into<String>, param: Option<&str>, code: Option<&str>) -> Self {
+    pub fn new(
+        kind: &str,
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: Option<&str>,
+    ) -> Self {
         ErrorBody {
             error: ErrorDetail {
                 message: message.into(),
@@ -36,7 +41,12 @@ mod tests {
 
     #[test]
     fn serializes_in_openai_shape() {
-        let b = ErrorBody::new("invalid_request_error", "bad temperature", Some("temperature"), None);
+        let b = ErrorBody::new(
+            "invalid_request_error",
+            "bad temperature",
+            Some("temperature"),
+            None,
+        );
         let v = serde_json::to_value(&b).unwrap();
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["param"], "temperature");

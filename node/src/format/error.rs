@@ -60,7 +60,10 @@ pub enum ErrorKind {
         expected: &'static str,
     },
     #[error("unsupported version {version} (supported: {supported})")]
-    UnsupportedVersion { version: u32, supported: &'static str },
+    UnsupportedVersion {
+        version: u32,
+        supported: &'static str,
+    },
     #[error("big-endian GGUF files are not supported")]
     BigEndian,
     #[error("length {length} runs past the end of the file ({remaining} bytes remain)")]

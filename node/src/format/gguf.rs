@@ -600,7 +600,9 @@ impl<'a> Cursor<'a> {
 /// against the bytes present.
 pub fn parse_header(file: &Path, buf: &[u8]) -> Result<GgufHeader> {
     let mut c = Cursor { buf, pos: 0 };
-    let fail = |field: String| move |(offset, kind): (u64, ErrorKind)| FormatError::new(file, field, offset, kind);
+    let fail = |field: String| {
+        move |(offset, kind): (u64, ErrorKind)| FormatError::new(file, field, offset, kind)
+    };
 
     let magic = c.array::<4>().map_err(fail("magic".into()))?;
     if magic != GGUF_MAGIC {
@@ -706,7 +708,12 @@ pub fn parse_header(file: &Path, buf: &[u8]) -> Result<GgufHeader> {
         let type_at = c.pos as u64;
         let type_id = c.u32().map_err(fail(f("type")))?;
         let dtype = GgmlType::from_id(type_id).ok_or_else(|| {
-            FormatError::new(file, f("type"), type_at, ErrorKind::UnknownGgmlType { id: type_id })
+            FormatError::new(
+                file,
+                f("type"),
+                type_at,
+                ErrorKind::UnknownGgmlType { id: type_id },
+            )
         })?;
         let layout = dtype.layout().ok_or_else(|| {
             FormatError::new(
@@ -727,7 +734,9 @@ pub fn parse_header(file: &Path, buf: &[u8]) -> Result<GgufHeader> {
                 file,
                 f("dims"),
                 dims_at,
-                ErrorKind::ShapeOverflow { shape: dims.clone() },
+                ErrorKind::ShapeOverflow {
+                    shape: dims.clone(),
+                },
             )
         };
         let n_elements = dims

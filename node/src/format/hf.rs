@@ -40,8 +40,9 @@ pub struct HfConfig {
 
 impl HfConfig {
     pub fn from_json(file: &Path, text: &str) -> Result<Self> {
-        let mut v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| FormatError::new(file, "config", 0, ErrorKind::InvalidJson(e.to_string())))?;
+        let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            FormatError::new(file, "config", 0, ErrorKind::InvalidJson(e.to_string()))
+        })?;
         if let Some(serde_json::Value::Object(inner)) = v.get("text_config").cloned() {
             if let Some(outer) = v.as_object_mut() {
                 for (k, val) in inner {
@@ -49,12 +50,15 @@ impl HfConfig {
                 }
             }
         }
-        serde_json::from_value(v).map_err(|e| FormatError::new(file, "config", 0, ErrorKind::Schema(e.to_string())))
+        serde_json::from_value(v)
+            .map_err(|e| FormatError::new(file, "config", 0, ErrorKind::Schema(e.to_string())))
     }
 
     /// The architecture name: `model_type`, else the first of `architectures`.
     pub fn architecture(&self) -> Option<&str> {
-        self.model_type.as_deref().or(self.architectures.first().map(String::as_str))
+        self.model_type
+            .as_deref()
+            .or(self.architectures.first().map(String::as_str))
     }
 }
 
@@ -78,8 +82,14 @@ fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
 
 impl HfTokenizerConfig {
     pub fn from_json(file: &Path, text: &str) -> Result<Self> {
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| FormatError::new(file, "tokenizer_config", 0, ErrorKind::InvalidJson(e.to_string())))?;
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            FormatError::new(
+                file,
+                "tokenizer_config",
+                0,
+                ErrorKind::InvalidJson(e.to_string()),
+            )
+        })?;
         // chat_template is a string, or a list of {name, template} (the "default" one is used).
         let chat_template = match v.get("chat_template") {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -96,7 +106,9 @@ impl HfTokenizerConfig {
                     file,
                     "chat_template",
                     0,
-                    ErrorKind::Schema("chat_template must be a string or a list of templates".into()),
+                    ErrorKind::Schema(
+                        "chat_template must be a string or a list of templates".into(),
+                    ),
                 ))
             }
         };
@@ -133,16 +145,26 @@ impl HfModelDir {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
-        let config_text = read_optional(&config_path)?
-            .ok_or_else(|| FormatError::new(dir, "config.json", 0, ErrorKind::Missing("config.json".into())))?;
+        let config_text = read_optional(&config_path)?.ok_or_else(|| {
+            FormatError::new(
+                dir,
+                "config.json",
+                0,
+                ErrorKind::Missing("config.json".into()),
+            )
+        })?;
         let config = HfConfig::from_json(&config_path, &config_text)?;
         let weights = SafetensorsCheckpoint::open(dir)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = match read_optional(&tok_path)? {
-            Some(t) => Some(
-                serde_json::from_str(&t)
-                    .map_err(|e| FormatError::new(&tok_path, "tokenizer", 0, ErrorKind::InvalidJson(e.to_string())))?,
-            ),
+            Some(t) => Some(serde_json::from_str(&t).map_err(|e| {
+                FormatError::new(
+                    &tok_path,
+                    "tokenizer",
+                    0,
+                    ErrorKind::InvalidJson(e.to_string()),
+                )
+            })?),
             None => None,
         };
         let tc_path = dir.join("tokenizer_config.json");
@@ -176,7 +198,13 @@ impl HfModelDir {
         let added_max = t
             .get("added_tokens")
             .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|x| x.get("id")?.as_u64()).map(|id| id + 1).max().unwrap_or(0))
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.get("id")?.as_u64())
+                    .map(|id| id + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
             .unwrap_or(0);
         Some(n.max(added_max))
     }

@@ -221,7 +221,8 @@ pub fn parse_header(file: &Path, buf: &[u8]) -> Result<Parsed> {
         ));
     }
     let header = &buf[8..8 + n as usize];
-    let text = std::str::from_utf8(header).map_err(|e| err("header", 8 + e.valid_up_to() as u64, ErrorKind::InvalidUtf8))?;
+    let text = std::str::from_utf8(header)
+        .map_err(|e| err("header", 8 + e.valid_up_to() as u64, ErrorKind::InvalidUtf8))?;
     if !text.starts_with('{') {
         return Err(err(
             "header",
@@ -229,8 +230,8 @@ pub fn parse_header(file: &Path, buf: &[u8]) -> Result<Parsed> {
             ErrorKind::InvalidJson("header does not start with '{'".into()),
         ));
     }
-    let json: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| err("header", 8, ErrorKind::InvalidJson(e.to_string())))?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|e| err("header", 8, ErrorKind::InvalidJson(e.to_string())))?;
 
     let data_offset = 8 + n;
     let data_len = buf.len() as u64 - data_offset;
@@ -239,7 +240,11 @@ pub fn parse_header(file: &Path, buf: &[u8]) -> Result<Parsed> {
     for (name, entry) in &json {
         if name == "__metadata__" {
             let obj = entry.as_object().ok_or_else(|| {
-                err("__metadata__", 8, ErrorKind::Schema("expected an object of strings".into()))
+                err(
+                    "__metadata__",
+                    8,
+                    ErrorKind::Schema("expected an object of strings".into()),
+                )
             })?;
             for (k, v) in obj {
                 let s = v.as_str().ok_or_else(|| {
@@ -257,16 +262,30 @@ pub fn parse_header(file: &Path, buf: &[u8]) -> Result<Parsed> {
         let obj = entry
             .as_object()
             .ok_or_else(|| err(name, 8, ErrorKind::Schema("expected an object".into())))?;
-        let dtype_s = obj
-            .get("dtype")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| err(&field("dtype"), 8, ErrorKind::Missing("string `dtype`".into())))?;
-        let dtype = StDtype::from_name(dtype_s)
-            .ok_or_else(|| err(&field("dtype"), 8, ErrorKind::UnknownDtype(dtype_s.to_owned())))?;
+        let dtype_s = obj.get("dtype").and_then(|v| v.as_str()).ok_or_else(|| {
+            err(
+                &field("dtype"),
+                8,
+                ErrorKind::Missing("string `dtype`".into()),
+            )
+        })?;
+        let dtype = StDtype::from_name(dtype_s).ok_or_else(|| {
+            err(
+                &field("dtype"),
+                8,
+                ErrorKind::UnknownDtype(dtype_s.to_owned()),
+            )
+        })?;
         let shape = obj
             .get("shape")
             .and_then(|v| v.as_array())
-            .ok_or_else(|| err(&field("shape"), 8, ErrorKind::Missing("array `shape`".into())))?
+            .ok_or_else(|| {
+                err(
+                    &field("shape"),
+                    8,
+                    ErrorKind::Missing("array `shape`".into()),
+                )
+            })?
             .iter()
             .map(|d| d.as_u64())
             .collect::<Option<Vec<u64>>>()
@@ -294,7 +313,15 @@ pub fn parse_header(file: &Path, buf: &[u8]) -> Result<Parsed> {
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .and_then(|n| n.checked_mul(dtype.size()))
-            .ok_or_else(|| err(&field("shape"), 8, ErrorKind::ShapeOverflow { shape: shape.clone() }))?;
+            .ok_or_else(|| {
+                err(
+                    &field("shape"),
+                    8,
+                    ErrorKind::ShapeOverflow {
+                        shape: shape.clone(),
+                    },
+                )
+            })?;
         if begin > end || end > data_len {
             return Err(err(
                 &field("data_offsets"),
@@ -399,21 +426,39 @@ impl SafetensorsCheckpoint {
     /// Open a sharded checkpoint from its index file.
     pub fn open_index(index: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(index).map_err(|e| FormatError::io(index, &e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| FormatError::new(index, "index", 0, ErrorKind::InvalidJson(e.to_string())))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            FormatError::new(index, "index", 0, ErrorKind::InvalidJson(e.to_string()))
+        })?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| FormatError::new(index, "weight_map", 0, ErrorKind::Missing("object `weight_map`".into())))?;
+            .ok_or_else(|| {
+                FormatError::new(
+                    index,
+                    "weight_map",
+                    0,
+                    ErrorKind::Missing("object `weight_map`".into()),
+                )
+            })?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut files: Vec<String> = Vec::new();
         let mut wanted: Vec<(String, String)> = Vec::with_capacity(map.len());
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                FormatError::new(index, format!("weight_map.{tensor}"), 0, ErrorKind::Schema("shard name must be a string".into()))
+                FormatError::new(
+                    index,
+                    format!("weight_map.{tensor}"),
+                    0,
+                    ErrorKind::Schema("shard name must be a string".into()),
+                )
             })?;
             // A shard must be a plain file name beside the index.
-            if file.is_empty() || file.contains('/') || file.contains('\\') || file == ".." || file == "." {
+            if file.is_empty()
+                || file.contains('/')
+                || file.contains('\\')
+                || file == ".."
+                || file == "."
+            {
                 return Err(FormatError::new(
                     index,
                     format!("weight_map.{tensor}"),
@@ -432,10 +477,9 @@ impl SafetensorsCheckpoint {
             .collect::<Result<Vec<_>>>()?;
         let ckpt = Self::from_shards(shards)?;
         for (tensor, file) in wanted {
-            let found = ckpt
-                .by_name
-                .get(&tensor)
-                .map(|&s| ckpt.shards[s].path().file_name().and_then(|n| n.to_str()) == Some(file.as_str()));
+            let found = ckpt.by_name.get(&tensor).map(|&s| {
+                ckpt.shards[s].path().file_name().and_then(|n| n.to_str()) == Some(file.as_str())
+            });
             if found != Some(true) {
                 return Err(FormatError::new(
                     index,
@@ -470,7 +514,9 @@ impl SafetensorsCheckpoint {
     }
 
     pub fn tensor(&self, name: &str) -> Option<StTensorView<'_>> {
-        self.by_name.get(name).and_then(|&s| self.shards[s].tensor(name))
+        self.by_name
+            .get(name)
+            .and_then(|&s| self.shards[s].tensor(name))
     }
 
     pub fn tensors(&self) -> impl Iterator<Item = StTensorView<'_>> {
@@ -497,7 +543,10 @@ pub fn write_safetensors(
 ) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("string map"));
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).expect("string map"),
+        );
     }
     let mut offset = 0u64;
     for (name, dtype, shape, data) in tensors {

@@ -18,7 +18,10 @@ impl Storage {
     /// Map a file read-only.
     pub fn map(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| FormatError::io(path, &e))?;
-        let len = file.metadata().map_err(|e| FormatError::io(path, &e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| FormatError::io(path, &e))?
+            .len();
         if len == 0 {
             // mmap of an empty file fails on some platforms; nothing to map.
             return Ok(Storage::Owned(Vec::new()));

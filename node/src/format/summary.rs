@@ -74,7 +74,11 @@ impl ModelSummary {
     /// Summarise a GGUF file, a safetensors file, or a HF model directory.
     pub fn of_path(path: &Path, with_tensors: bool) -> Result<Self> {
         if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
-            let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
+            let dir = if path.is_dir() {
+                path
+            } else {
+                path.parent().unwrap_or(Path::new("."))
+            };
             Ok(Self::of_hf(&HfModelDir::open(dir)?, with_tensors))
         } else {
             Ok(Self::of_gguf(&GgufFile::open(path)?, with_tensors))
@@ -94,7 +98,9 @@ impl ModelSummary {
             *tensor_bytes.entry(t.dtype.name().to_owned()).or_insert(0) += t.n_bytes;
             params += t.n_elements;
         }
-        let n_tokens = md.get_array("tokenizer.ggml.tokens").map(|t| t.len() as u64);
+        let n_tokens = md
+            .get_array("tokenizer.ggml.tokens")
+            .map(|t| t.len() as u64);
         let special_tokens = SPECIAL_KEYS
             .iter()
             .filter_map(|(name, k)| Some((name.to_string(), md.get_u64(k)?)))
@@ -160,7 +166,11 @@ impl ModelSummary {
             }
         }
         let mut special_tokens = BTreeMap::new();
-        for (name, v) in [("bos", &c.bos_token_id), ("eos", &c.eos_token_id), ("pad", &c.pad_token_id)] {
+        for (name, v) in [
+            ("bos", &c.bos_token_id),
+            ("eos", &c.eos_token_id),
+            ("pad", &c.pad_token_id),
+        ] {
             let id = match v {
                 Some(serde_json::Value::Number(n)) => n.as_u64(),
                 Some(serde_json::Value::Array(a)) => a.first().and_then(|x| x.as_u64()),
@@ -190,10 +200,18 @@ impl ModelSummary {
             tokenizer_kind: m.tokenizer_kind().map(str::to_owned),
             tokenizer_pre: None,
             special_tokens,
-            chat_template: m.tokenizer_config.as_ref().is_some_and(|t| t.chat_template.is_some()),
+            chat_template: m
+                .tokenizer_config
+                .as_ref()
+                .is_some_and(|t| t.chat_template.is_some()),
             gguf_version: None,
             alignment: None,
-            metadata_count: m.weights.shards().iter().map(|s| s.metadata().len() as u64).sum(),
+            metadata_count: m
+                .weights
+                .shards()
+                .iter()
+                .map(|s| s.metadata().len() as u64)
+                .sum(),
             tensors: with_tensors.then_some(tensors),
         }
     }
@@ -203,38 +221,102 @@ impl ModelSummary {
         use std::fmt::Write;
         let mut s = String::new();
         let opt = |v: &Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-        let _ = writeln!(s, "file:              {} ({} format, {:.1} MiB)", self.path, self.format, self.file_size as f64 / (1 << 20) as f64);
+        let _ = writeln!(
+            s,
+            "file:              {} ({} format, {:.1} MiB)",
+            self.path,
+            self.format,
+            self.file_size as f64 / (1 << 20) as f64
+        );
         if let Some(v) = self.gguf_version {
-            let _ = writeln!(s, "gguf version:      {v} (alignment {}, {} metadata keys)", self.alignment.unwrap_or(0), self.metadata_count);
+            let _ = writeln!(
+                s,
+                "gguf version:      {v} (alignment {}, {} metadata keys)",
+                self.alignment.unwrap_or(0),
+                self.metadata_count
+            );
         }
-        let _ = writeln!(s, "name:              {}", self.name.as_deref().unwrap_or("-"));
-        let _ = writeln!(s, "architecture:      {}", self.architecture.as_deref().unwrap_or("-"));
+        let _ = writeln!(
+            s,
+            "name:              {}",
+            self.name.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(
+            s,
+            "architecture:      {}",
+            self.architecture.as_deref().unwrap_or("-")
+        );
         let _ = writeln!(s, "blocks:            {}", opt(&self.block_count));
         let _ = writeln!(s, "embedding length:  {}", opt(&self.embedding_length));
         let _ = writeln!(s, "feed-forward:      {}", opt(&self.feed_forward_length));
-        let _ = writeln!(s, "heads / kv heads:  {} / {}", opt(&self.head_count), opt(&self.head_count_kv));
+        let _ = writeln!(
+            s,
+            "heads / kv heads:  {} / {}",
+            opt(&self.head_count),
+            opt(&self.head_count_kv)
+        );
         let _ = writeln!(s, "context length:    {}", opt(&self.context_length));
         let _ = writeln!(s, "vocab size:        {}", opt(&self.vocab_size));
-        let _ = writeln!(s, "parameters:        {} ({:.1} M)", self.parameter_count, self.parameter_count as f64 / 1e6);
+        let _ = writeln!(
+            s,
+            "parameters:        {} ({:.1} M)",
+            self.parameter_count,
+            self.parameter_count as f64 / 1e6
+        );
         let _ = writeln!(
             s,
             "tokenizer:         {}{}",
             self.tokenizer_kind.as_deref().unwrap_or("-"),
-            self.tokenizer_pre.as_deref().map(|p| format!(" (pre: {p})")).unwrap_or_default()
+            self.tokenizer_pre
+                .as_deref()
+                .map(|p| format!(" (pre: {p})"))
+                .unwrap_or_default()
         );
-        let specials: Vec<String> = self.special_tokens.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(s, "special tokens:    {}", if specials.is_empty() { "-".into() } else { specials.join(" ") });
-        let _ = writeln!(s, "chat template:     {}", if self.chat_template { "present" } else { "absent" });
+        let specials: Vec<String> = self
+            .special_tokens
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "special tokens:    {}",
+            if specials.is_empty() {
+                "-".into()
+            } else {
+                specials.join(" ")
+            }
+        );
+        let _ = writeln!(
+            s,
+            "chat template:     {}",
+            if self.chat_template {
+                "present"
+            } else {
+                "absent"
+            }
+        );
         let _ = writeln!(s, "tensors:           {}", self.tensor_count);
         for (ty, n) in &self.tensor_types {
             let bytes = self.tensor_bytes.get(ty).copied().unwrap_or(0);
-            let _ = writeln!(s, "  {ty:<8} {n:>5} tensors {:>10.2} MiB", bytes as f64 / (1 << 20) as f64);
+            let _ = writeln!(
+                s,
+                "  {ty:<8} {n:>5} tensors {:>10.2} MiB",
+                bytes as f64 / (1 << 20) as f64
+            );
         }
         if let Some(ts) = &self.tensors {
-            let _ = writeln!(s, "\n{:<48} {:<8} {:<24} {:>12} {:>12}", "name", "type", "shape", "offset", "bytes");
+            let _ = writeln!(
+                s,
+                "\n{:<48} {:<8} {:<24} {:>12} {:>12}",
+                "name", "type", "shape", "offset", "bytes"
+            );
             for t in ts {
                 let shape = format!("{:?}", t.shape);
-                let _ = writeln!(s, "{:<48} {:<8} {:<24} {:>12} {:>12}", t.name, t.dtype, shape, t.offset, t.bytes);
+                let _ = writeln!(
+                    s,
+                    "{:<48} {:<8} {:<24} {:>12} {:>12}",
+                    t.name, t.dtype, shape, t.offset, t.bytes
+                );
             }
         }
         s

@@ -10,7 +10,9 @@ pub const QK: usize = 32;
 pub const QK_K: usize = 256;
 
 /// The 16 non-linear levels of IQ4_NL / IQ4_XS.
-pub const IQ4NL_VALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const IQ4NL_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 /// Why a kernel call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,7 +20,11 @@ pub enum KernelError {
     #[error("ggml type {0} has no kernel")]
     Unsupported(GgmlType),
     #[error("{what}: expected {expected}, got {got}")]
-    Length { what: &'static str, expected: usize, got: usize },
+    Length {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
 }
 
 #[inline(always)]
@@ -253,11 +259,19 @@ pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Ke
     let layout = dtype.layout().ok_or(KernelError::Unsupported(dtype))?;
     let (be, bb) = (layout.block_elems, layout.block_bytes);
     if src.len() % bb != 0 {
-        return Err(KernelError::Length { what: "source bytes (whole blocks)", expected: src.len() / bb * bb, got: src.len() });
+        return Err(KernelError::Length {
+            what: "source bytes (whole blocks)",
+            expected: src.len() / bb * bb,
+            got: src.len(),
+        });
     }
     let n = src.len() / bb * be;
     if dst.len() != n {
-        return Err(KernelError::Length { what: "destination elements", expected: n, got: dst.len() });
+        return Err(KernelError::Length {
+            what: "destination elements",
+            expected: n,
+            got: dst.len(),
+        });
     }
     match dtype {
         GgmlType::F32 => {

@@ -262,8 +262,9 @@ impl GgmlType {
             MXFP4 => (32, 1 + 16),
             NVFP4 => (64, 4 + 32),
             Q1_0 => (128, 2 + 16),
-            Q4_2 | Q4_3 | Q4_0_4_4 | Q4_0_4_8 | Q4_0_8_8 | IQ4_NL_4_4 | IQ4_NL_4_8
-            | IQ4_NL_8_8 => return None,
+            Q4_2 | Q4_3 | Q4_0_4_4 | Q4_0_4_8 | Q4_0_8_8 | IQ4_NL_4_4 | IQ4_NL_4_8 | IQ4_NL_8_8 => {
+                return None
+            }
         };
         Some(BlockLayout {
             block_elems,

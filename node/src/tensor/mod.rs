@@ -1,9 +1,17 @@
 //! Tensor element types, quantized block formats and kernels.
 
+pub mod act;
 pub mod dequant;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2;
+pub mod dot_scalar;
 pub mod dtype;
+pub mod matmul;
+pub mod pool;
 pub mod quantize;
 
 pub use dequant::{dequantize, dequantize_to_vec, KernelError};
 pub use dtype::{BlockLayout, GgmlType};
+pub use matmul::{kernel, matmul, matvec, Kernel, Matrix, Scratch, Simd};
+pub use pool::ThreadPool;
 pub use quantize::{quantize, quantize_to_vec};

@@ -39,7 +39,10 @@ fn signed_absmax(x: &[f32]) -> (f32, f32) {
 }
 
 fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    x.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 fn q4_0(x: &[f32], out: &mut [u8]) {
@@ -114,7 +117,15 @@ fn q8_0(x: &[f32], out: &mut [u8]) {
 /// sub-block, chosen by weighted least squares over `nstep + 1` candidate
 /// scales. Returns (scale, -min) and writes the levels to `l`.
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(nmax: i32, x: &[f32], w: &[f32], l: &mut [u8], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    w: &[f32],
+    l: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
@@ -198,7 +209,11 @@ fn qk_scaled(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> (f32, f32, [u8; 12]
         max_scale = max_scale.max(s);
         max_min = max_min.max(m);
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut packed = [0u8; 12];
     for j in 0..8 {
@@ -393,11 +408,19 @@ pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Kern
     let layout = dtype.layout().ok_or(KernelError::Unsupported(dtype))?;
     let (be, bb) = (layout.block_elems, layout.block_bytes);
     if src.len() % be != 0 {
-        return Err(KernelError::Length { what: "source elements (whole blocks)", expected: src.len() / be * be, got: src.len() });
+        return Err(KernelError::Length {
+            what: "source elements (whole blocks)",
+            expected: src.len() / be * be,
+            got: src.len(),
+        });
     }
     let need = src.len() / be * bb;
     if dst.len() != need {
-        return Err(KernelError::Length { what: "destination bytes", expected: need, got: dst.len() });
+        return Err(KernelError::Length {
+            what: "destination bytes",
+            expected: need,
+            got: dst.len(),
+        });
     }
     let f: fn(&[f32], &mut [u8]) = match dtype {
         GgmlType::F32 => {

@@ -1,0 +1,100 @@
+//! Quantized activations: what the weight formats are multiplied against.
+//!
+//! 32-element weight formats (Q4_0 … Q8_0, IQ4_NL) take [`Q8Block`]s: int8
+//! values with an f32 scale that is rounded to f16 precision (as ggml's
+//! Q8_0/Q8_1 store it, so our sums match ggml's), the integer sum of the
+//! block and the scaled sum (ggml's Q8_1 `s`) for the formats with a minimum.
+//! K-quants take [`Q8KBlock`]s (ggml's Q8_K: f32 scale and 16-element sums).
+
+use super::dequant::{QK, QK_K};
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Q8Block {
+    pub d: f32,
+    /// `d * Σ qs`, rounded to f16 precision (ggml's Q8_1 `s`).
+    pub s: f32,
+    pub isum: i32,
+    pub _pad: i32,
+    pub qs: [i8; QK],
+}
+
+impl Default for Q8Block {
+    fn default() -> Self {
+        Q8Block {
+            d: 0.0,
+            s: 0.0,
+            isum: 0,
+            _pad: 0,
+            qs: [0; QK],
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Q8KBlock {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; 16],
+}
+
+impl Default for Q8KBlock {
+    fn default() -> Self {
+        Q8KBlock {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; 16],
+        }
+    }
+}
+
+#[inline(always)]
+fn f16_round(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+/// Quantize `x` (a multiple of 32 long) into `out` (x.len() / 32 blocks).
+pub fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            let r = (v * id).round() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        b.d = f16_round(d);
+        b.isum = sum;
+        b.s = f16_round(sum as f32 * d);
+    }
+}
+
+/// Quantize `x` (a multiple of 256 long) into `out` (ggml's Q8_K rule).
+pub fn quantize_q8k(x: &[f32], out: &mut [Q8KBlock]) {
+    debug_assert_eq!(x.len(), out.len() * QK_K);
+    for (xs, b) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xs {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            *b = Q8KBlock::default();
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+        }
+        for (j, s) in b.bsums.iter_mut().enumerate() {
+            *s = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+        }
+        b.d = 1.0 / iscale;
+    }
+}

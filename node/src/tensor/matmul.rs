@@ -1,0 +1,301 @@
+//! Matrix products over weights in their storage format:
+//! `Y = W·X` for a batch of activation vectors, each weight row read from
+//! memory once for the whole batch, rows split across a [`ThreadPool`].
+
+use super::act::{quantize_q8, quantize_q8k, Q8Block, Q8KBlock};
+use super::dequant::KernelError;
+use super::pool::ThreadPool;
+use super::{dot_scalar as sc, GgmlType};
+
+/// A dot-product kernel: one weight row against 1..=4 activation columns.
+#[derive(Clone, Copy)]
+pub enum Kernel {
+    /// 32-element formats, against [`Q8Block`] activations.
+    Q8(fn(&[u8], &[&[Q8Block]], &mut [f32])),
+    /// K-quants, against [`Q8KBlock`] activations.
+    Q8K(fn(&[u8], &[&[Q8KBlock]], &mut [f32])),
+    /// Float formats, against f32 activations.
+    F32(fn(&[u8], &[&[f32]], &mut [f32])),
+}
+
+/// Which instruction set the kernels use. Only [`Simd::detect`] can give
+/// [`Simd::avx2`] paths, so a SIMD kernel is never chosen on a CPU without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Simd {
+    avx2: bool,
+}
+
+impl Simd {
+    /// The scalar reference paths.
+    pub const SCALAR: Simd = Simd { avx2: false };
+
+    /// The best the CPU offers (AVX2+FMA+F16C), unless `REALIZAR_SIMD=scalar`.
+    pub fn detect() -> Simd {
+        if std::env::var("REALIZAR_SIMD").is_ok_and(|v| v == "scalar") {
+            return Simd::SCALAR;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return Simd { avx2: true };
+            }
+        }
+        Simd::SCALAR
+    }
+
+    pub fn is_avx2(self) -> bool {
+        self.avx2
+    }
+
+    pub fn name(self) -> &'static str {
+        if self.avx2 {
+            "avx2"
+        } else {
+            "scalar"
+        }
+    }
+}
+
+/// The kernel for weights of `dtype` (SIMD when `simd` allows and one exists).
+pub fn kernel(dtype: GgmlType, simd: Simd) -> Option<Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    if simd.avx2 {
+        // SAFETY: `Simd { avx2: true }` is only built by `detect` after checking the CPU.
+        if let Some(k) = unsafe { super::dot_avx2::kernel(dtype) } {
+            return Some(k);
+        }
+    }
+    scalar_kernel(dtype)
+}
+
+fn scalar_kernel(dtype: GgmlType) -> Option<Kernel> {
+    use GgmlType::*;
+    Some(match dtype {
+        Q4_0 => Kernel::Q8(sc::q4_0),
+        Q4_1 => Kernel::Q8(sc::q4_1),
+        Q5_0 => Kernel::Q8(sc::q5_0),
+        Q5_1 => Kernel::Q8(sc::q5_1),
+        Q8_0 => Kernel::Q8(sc::q8_0),
+        IQ4_NL => Kernel::Q8(sc::iq4_nl),
+        Q2_K => Kernel::Q8K(sc::q2_k),
+        Q3_K => Kernel::Q8K(sc::q3_k),
+        Q4_K => Kernel::Q8K(sc::q4_k),
+        Q5_K => Kernel::Q8K(sc::q5_k),
+        Q6_K => Kernel::Q8K(sc::q6_k),
+        Q8_K => Kernel::Q8K(sc::q8_k),
+        IQ4_XS => Kernel::Q8K(sc::iq4_xs),
+        F32 => Kernel::F32(sc::f32_dot),
+        F16 => Kernel::F32(sc::f16_dot),
+        BF16 => Kernel::F32(sc::bf16_dot),
+        _ => return None,
+    })
+}
+
+/// A row-major weight matrix in its storage format (`rows` rows of `cols`
+/// elements; in GGUF terms dims = [cols, rows]).
+#[derive(Debug, Clone, Copy)]
+pub struct Matrix<'a> {
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+    row_bytes: usize,
+}
+
+impl<'a> Matrix<'a> {
+    pub fn new(
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, KernelError> {
+        let layout = dtype.layout().ok_or(KernelError::Unsupported(dtype))?;
+        if cols % layout.block_elems != 0 {
+            return Err(KernelError::Length {
+                what: "columns (whole blocks)",
+                expected: cols / layout.block_elems * layout.block_elems,
+                got: cols,
+            });
+        }
+        let row_bytes = cols / layout.block_elems * layout.block_bytes;
+        if data.len() != rows * row_bytes {
+            return Err(KernelError::Length {
+                what: "matrix bytes",
+                expected: rows * row_bytes,
+                got: data.len(),
+            });
+        }
+        Ok(Matrix {
+            dtype,
+            rows,
+            cols,
+            data,
+            row_bytes,
+        })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+/// Caller-owned buffers for quantized activations; grows to the largest
+/// batch seen and is then reused, so steady-state calls do not allocate.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    q8: Vec<Q8Block>,
+    q8k: Vec<Q8KBlock>,
+}
+
+/// Output pointer shared by tasks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each task writes only the rows of its own range (see `matmul`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Rows per task: enough tasks to balance the threads, each large enough to
+/// amortise the hand-out.
+fn rows_per_task(rows: usize, threads: usize) -> usize {
+    let target_tasks = threads * 8;
+    rows.div_ceil(target_tasks).clamp(4, 256)
+}
+
+/// Weight rows processed together before moving to the next group of
+/// columns: keeps a tile of weights in L2 while 4 activation columns stream.
+const ROW_TILE: usize = 16;
+
+/// `y[v * rows + r] = Σ_c W[r, c] · x[v * cols + c]` for `v in 0..n_vecs`.
+pub fn matmul(
+    pool: &ThreadPool,
+    simd: Simd,
+    w: &Matrix,
+    x: &[f32],
+    n_vecs: usize,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<(), KernelError> {
+    if x.len() != n_vecs * w.cols {
+        return Err(KernelError::Length {
+            what: "input elements (n_vecs × cols)",
+            expected: n_vecs * w.cols,
+            got: x.len(),
+        });
+    }
+    if y.len() != n_vecs * w.rows {
+        return Err(KernelError::Length {
+            what: "output elements (n_vecs × rows)",
+            expected: n_vecs * w.rows,
+            got: y.len(),
+        });
+    }
+    let k = kernel(w.dtype, simd).ok_or(KernelError::Unsupported(w.dtype))?;
+    if n_vecs == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    let nb = w.cols / w.dtype.layout().map_or(1, |l| l.block_elems);
+    match k {
+        Kernel::Q8(f) => {
+            scratch.q8.resize(n_vecs * nb, Q8Block::default());
+            for (xv, qv) in x.chunks_exact(w.cols).zip(scratch.q8.chunks_exact_mut(nb)) {
+                quantize_q8(xv, qv);
+            }
+            let acts = &scratch.q8[..n_vecs * nb];
+            run_rows(pool, w, n_vecs, y, |row, v0, nv, out| {
+                let cols: [&[Q8Block]; 4] = std::array::from_fn(|i| {
+                    if i < nv {
+                        &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
+                    } else {
+                        &[]
+                    }
+                });
+                f(row, &cols[..nv], out)
+            });
+        }
+        Kernel::Q8K(f) => {
+            scratch.q8k.resize(n_vecs * nb, Q8KBlock::default());
+            for (xv, qv) in x.chunks_exact(w.cols).zip(scratch.q8k.chunks_exact_mut(nb)) {
+                quantize_q8k(xv, qv);
+            }
+            let acts = &scratch.q8k[..n_vecs * nb];
+            run_rows(pool, w, n_vecs, y, |row, v0, nv, out| {
+                let cols: [&[Q8KBlock]; 4] = std::array::from_fn(|i| {
+                    if i < nv {
+                        &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
+                    } else {
+                        &[]
+                    }
+                });
+                f(row, &cols[..nv], out)
+            });
+        }
+        Kernel::F32(f) => {
+            let cols_n = w.cols;
+            run_rows(pool, w, n_vecs, y, |row, v0, nv, out| {
+                let cols: [&[f32]; 4] = std::array::from_fn(|i| {
+                    if i < nv {
+                        &x[(v0 + i) * cols_n..(v0 + i + 1) * cols_n]
+                    } else {
+                        &[]
+                    }
+                });
+                f(row, &cols[..nv], out)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Split rows across the pool; within a task, tiles of rows × groups of 4 columns.
+fn run_rows(
+    pool: &ThreadPool,
+    w: &Matrix,
+    n_vecs: usize,
+    y: &mut [f32],
+    dot: impl Fn(&[u8], usize, usize, &mut [f32]) + Sync,
+) {
+    let rows = w.rows;
+    let per = rows_per_task(rows, pool.n_threads());
+    let n_tasks = rows.div_ceil(per);
+    let out = OutPtr(y.as_mut_ptr());
+    pool.run(n_tasks, &|t| {
+        let out = out;
+        let (r0, r1) = (t * per, ((t + 1) * per).min(rows));
+        let mut res = [0f32; 4];
+        for tile in (r0..r1).step_by(ROW_TILE) {
+            let tile_end = (tile + ROW_TILE).min(r1);
+            for v0 in (0..n_vecs).step_by(4) {
+                let nv = (n_vecs - v0).min(4);
+                for r in tile..tile_end {
+                    dot(w.row(r), v0, nv, &mut res[..nv]);
+                    for (i, &val) in res[..nv].iter().enumerate() {
+                        // SAFETY: r is in this task's row range and v0 + i < n_vecs,
+                        // so the index is inside y and no other task writes it.
+                        unsafe { *out.0.add((v0 + i) * rows + r) = val };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Single-threaded convenience: `y = W·x` for one vector.
+pub fn matvec(
+    simd: Simd,
+    w: &Matrix,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<(), KernelError> {
+    thread_local! {
+        static SOLO: ThreadPool = ThreadPool::new(1);
+    }
+    SOLO.with(|p| matmul(p, simd, w, x, 1, y, scratch))
+}

@@ -1,0 +1,333 @@
+//! Kernels: the scalar reference agrees with an f64 product of the
+//! dequantized operands; SIMD agrees with scalar (≤ 1e-5 of Σ|wᵢxᵢ|) on
+//! random and real weights; batched products equal one-at-a-time products
+//! bit for bit; threading changes nothing.
+
+use proptest::prelude::*;
+use realizar_node::format::GgufFile;
+use realizar_node::tensor::act::{quantize_q8, quantize_q8k, Q8Block, Q8KBlock};
+use realizar_node::tensor::{
+    dequantize_to_vec, kernel, matmul, quantize_to_vec, GgmlType, Kernel, Matrix, Scratch, Simd,
+    ThreadPool,
+};
+
+const KERNEL_TYPES: [GgmlType; 16] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::IQ4_NL,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+    GgmlType::IQ4_XS,
+];
+
+struct Rng(u64);
+impl Rng {
+    fn u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        // Roughly N(0,1): sum of uniforms.
+        (0..4)
+            .map(|_| (self.u64() >> 40) as f32 / (1u64 << 24) as f32)
+            .sum::<f32>()
+            * 1.7
+            - 3.4
+    }
+}
+
+/// Weights of `t`: quantized from random floats where we have a quantizer,
+/// otherwise random bytes with sane f16 scales.
+fn weights(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let x: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+    if let Ok(q) = quantize_to_vec(t, &x) {
+        return q;
+    }
+    let l = t.layout().unwrap();
+    let mut b: Vec<u8> = (0..rows * cols / l.block_elems * l.block_bytes)
+        .map(|_| rng.u64() as u8)
+        .collect();
+    let scale_offsets: &[usize] = match t {
+        GgmlType::IQ4_NL => &[0],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::IQ4_XS => &[0],
+        _ => &[],
+    };
+    for blk in b.chunks_exact_mut(l.block_bytes) {
+        for &o in scale_offsets {
+            let v = half::f16::from_f32(0.001 + (rng.u64() % 1000) as f32 * 1e-5);
+            blk[o..o + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+        }
+    }
+    b
+}
+
+/// The activation vector as the kernel sees it (after its quantization).
+fn effective_acts(k: &Kernel, x: &[f32]) -> Vec<f32> {
+    match k {
+        Kernel::Q8(_) => {
+            let mut q = vec![Q8Block::default(); x.len() / 32];
+            quantize_q8(x, &mut q);
+            q.iter()
+                .flat_map(|b| b.qs.iter().map(move |&v| v as f32 * b.d))
+                .collect()
+        }
+        Kernel::Q8K(_) => {
+            let mut q = vec![Q8KBlock::default(); x.len() / 256];
+            quantize_q8k(x, &mut q);
+            q.iter()
+                .flat_map(|b| b.qs.iter().map(move |&v| v as f32 * b.d))
+                .collect()
+        }
+        Kernel::F32(_) => x.to_vec(),
+    }
+}
+
+fn run(
+    simd: Simd,
+    pool: &ThreadPool,
+    t: GgmlType,
+    rows: usize,
+    cols: usize,
+    w: &[u8],
+    x: &[f32],
+    n: usize,
+) -> Vec<f32> {
+    let m = Matrix::new(t, rows, cols, w).unwrap();
+    let mut y = vec![0f32; rows * n];
+    matmul(pool, simd, &m, x, n, &mut y, &mut Scratch::default()).unwrap();
+    y
+}
+
+/// Compare two outputs element-wise within `tol` × Σ|wᵢxᵢ| of each element.
+fn check_close(t: GgmlType, what: &str, a: &[f32], b: &[f32], norms: &[f64], tol: f64) {
+    for (i, ((x, y), n)) in a.iter().zip(b).zip(norms).enumerate() {
+        let err = (*x as f64 - *y as f64).abs();
+        assert!(
+            err <= tol * n.max(1e-30),
+            "{t} {what}: element {i}: {x} vs {y} (err {err:e}, scale {n:e})"
+        );
+    }
+}
+
+fn norms_and_reference(
+    t: GgmlType,
+    rows: usize,
+    cols: usize,
+    w: &[u8],
+    x: &[f32],
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let k = kernel(t, Simd::SCALAR).unwrap();
+    let wf = dequantize_to_vec(t, w).unwrap();
+    let mut norms = vec![0f64; rows * n];
+    let mut reference = vec![0f64; rows * n];
+    for v in 0..n {
+        let xa = effective_acts(&k, &x[v * cols..(v + 1) * cols]);
+        for r in 0..rows {
+            let row = &wf[r * cols..(r + 1) * cols];
+            norms[v * rows + r] = row
+                .iter()
+                .zip(&xa)
+                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                .sum();
+            reference[v * rows + r] = row
+                .iter()
+                .zip(&xa)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+        }
+    }
+    (norms, reference)
+}
+
+#[test]
+fn scalar_matches_an_f64_product_of_the_dequantized_operands() {
+    let pool = ThreadPool::new(1);
+    let mut rng = Rng(11);
+    for t in KERNEL_TYPES {
+        let (rows, cols, n) = (7, 512, 3);
+        let w = weights(t, rows, cols, &mut rng);
+        let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
+        let y = run(Simd::SCALAR, &pool, t, rows, cols, &w, &x, n);
+        let (norms, reference) = norms_and_reference(t, rows, cols, &w, &x, n);
+        let refs: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
+        // Q4_1/Q5_1 use ggml's Q8_1 block sum rounded to f16: allow for it.
+        let tol = if matches!(t, GgmlType::Q4_1 | GgmlType::Q5_1) {
+            2e-3
+        } else {
+            1e-5
+        };
+        check_close(t, "scalar vs f64", &y, &refs, &norms, tol);
+    }
+}
+
+#[test]
+fn simd_is_available_on_this_machine() {
+    // CI and development machines are AVX2 (Zen 3); if this fails the SIMD
+    // comparisons below would be comparing scalar with itself.
+    assert!(Simd::detect().is_avx2() || std::env::var("REALIZAR_SIMD").is_ok());
+}
+
+#[test]
+fn batched_equals_one_at_a_time_bit_for_bit_and_threads_change_nothing() {
+    let one = ThreadPool::new(1);
+    let two = ThreadPool::new(2);
+    let simd = Simd::detect();
+    let mut rng = Rng(5);
+    for t in KERNEL_TYPES {
+        let (rows, cols, n) = (37, 512, 11);
+        let w = weights(t, rows, cols, &mut rng);
+        let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
+        let batched = run(simd, &two, t, rows, cols, &w, &x, n);
+        for v in 0..n {
+            let single = run(
+                simd,
+                &one,
+                t,
+                rows,
+                cols,
+                &w,
+                &x[v * cols..(v + 1) * cols],
+                1,
+            );
+            assert_eq!(
+                &batched[v * rows..(v + 1) * rows],
+                &single[..],
+                "{t} vector {v}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn simd_agrees_with_scalar_on_random_shapes(
+        ti in 0usize..KERNEL_TYPES.len(),
+        rows in 1usize..24,
+        blocks in 1usize..5,
+        n in 1usize..10,
+        seed in any::<u64>(),
+    ) {
+        let t = KERNEL_TYPES[ti];
+        let be = t.layout().unwrap().block_elems;
+        let cols = blocks * be.max(32) / be * be;
+        let mut rng = Rng(seed | 1);
+        let w = weights(t, rows, cols, &mut rng);
+        let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
+        let pool = ThreadPool::new(2);
+        let a = run(Simd::SCALAR, &pool, t, rows, cols, &w, &x, n);
+        let b = run(Simd::detect(), &pool, t, rows, cols, &w, &x, n);
+        let (norms, _) = norms_and_reference(t, rows, cols, &w, &x, n);
+        check_close(t, "simd vs scalar", &a, &b, &norms, 1e-5);
+    }
+}
+
+fn model(name: &str) -> GgufFile {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-models.sh",
+        p.display()
+    );
+    GgufFile::open(p).unwrap()
+}
+
+#[test]
+fn simd_agrees_with_scalar_on_real_weights() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(99);
+    let smol = model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gemma = model("gemma-3-270m-q4_k_m.gguf");
+    let picks = [
+        (&smol, "blk.0.ffn_down.weight"),
+        (&smol, "blk.3.attn_q.weight"),
+        (&smol, "token_embd.weight"),
+        (&gemma, "blk.0.attn_output.weight"),
+        (&gemma, "blk.0.attn_k.weight"),
+        (&gemma, "blk.0.ffn_down.weight"),
+        (&gemma, "token_embd.weight"),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (f, name) in picks {
+        let t = f.tensor(name).unwrap();
+        seen.insert(t.dtype);
+        let cols = t.dims[0] as usize;
+        let rows = (t.dims[1] as usize).min(64);
+        let row_bytes = t.dtype.bytes_for(cols as u64).unwrap() as usize;
+        let w = &t.data[..rows * row_bytes];
+        let n = 3;
+        let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
+        let a = run(Simd::SCALAR, &pool, t.dtype, rows, cols, w, &x, n);
+        let b = run(Simd::detect(), &pool, t.dtype, rows, cols, w, &x, n);
+        let (norms, reference) = norms_and_reference(t.dtype, rows, cols, w, &x, n);
+        check_close(t.dtype, name, &a, &b, &norms, 1e-5);
+        let refs: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
+        let tol = if t.dtype == GgmlType::Q4_1 {
+            2e-3
+        } else {
+            1e-5
+        };
+        check_close(t.dtype, name, &a, &refs, &norms, tol);
+    }
+    let names: Vec<&str> = seen.iter().map(|t| t.name()).collect();
+    assert_eq!(names, ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]);
+}
+
+#[test]
+fn shape_errors_are_reported() {
+    let pool = ThreadPool::new(1);
+    let w = vec![0u8; 34 * 2];
+    assert!(Matrix::new(GgmlType::Q8_0, 2, 31, &w).is_err());
+    assert!(Matrix::new(GgmlType::Q8_0, 3, 32, &w).is_err());
+    let m = Matrix::new(GgmlType::Q8_0, 2, 32, &w).unwrap();
+    let mut y = vec![0f32; 2];
+    assert!(matmul(
+        &pool,
+        Simd::SCALAR,
+        &m,
+        &[0.0; 31],
+        1,
+        &mut y,
+        &mut Scratch::default()
+    )
+    .is_err());
+    assert!(matmul(
+        &pool,
+        Simd::SCALAR,
+        &m,
+        &[0.0; 32],
+        1,
+        &mut y[..1],
+        &mut Scratch::default()
+    )
+    .is_err());
+    let iq = vec![0u8; 66 * 2];
+    let m = Matrix::new(GgmlType::IQ2_XXS, 2, 256, &iq).unwrap();
+    assert!(matmul(
+        &pool,
+        Simd::SCALAR,
+        &m,
+        &[0.0; 256],
+        1,
+        &mut y,
+        &mut Scratch::default()
+    )
+    .is_err());
+}
