@@ -2,4 +2,6 @@
 //! models) and the node process that serves it.
 
 pub mod format;
+pub mod model;
 pub mod tensor;
+pub mod tokenizer;

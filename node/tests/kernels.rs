@@ -96,6 +96,7 @@ fn effective_acts(k: &Kernel, x: &[f32]) -> Vec<f32> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     simd: Simd,
     pool: &ThreadPool,

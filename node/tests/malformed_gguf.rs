@@ -47,7 +47,7 @@ impl B {
         b.u32(ty).u64(offset)
     }
     fn align(mut self, a: usize) -> B {
-        while self.0.len() % a != 0 {
+        while !self.0.len().is_multiple_of(a) {
             self.0.push(0);
         }
         self

@@ -402,6 +402,11 @@ impl GgufFile {
         self.storage.bytes().len() as u64
     }
 
+    /// The whole mapped file.
+    pub fn bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+
     pub fn tensor_infos(&self) -> &[TensorInfo] {
         &self.header.tensors
     }

@@ -1,6 +1,7 @@
 //! Model file formats: GGUF, safetensors (single and sharded) and the Hugging
 //! Face side files, all read through memory maps without copying tensor data.
 
+pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod gguf_write;

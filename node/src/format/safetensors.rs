@@ -558,7 +558,7 @@ pub fn write_safetensors(
         offset = end;
     }
     let mut text = serde_json::to_string(&header).expect("json");
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + offset as usize);

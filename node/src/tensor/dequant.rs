@@ -4,6 +4,9 @@
 //! follows ggml's reference code (and the gguf Python package), so results
 //! are bit-exact against both (tests/golden/dequant.json).
 
+// Block formats are index arithmetic; explicit index loops read closest to the layouts.
+#![allow(clippy::needless_range_loop)]
+
 use super::GgmlType;
 
 pub const QK: usize = 32;
@@ -258,7 +261,7 @@ pub fn can_dequantize(t: GgmlType) -> bool {
 pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), KernelError> {
     let layout = dtype.layout().ok_or(KernelError::Unsupported(dtype))?;
     let (be, bb) = (layout.block_elems, layout.block_bytes);
-    if src.len() % bb != 0 {
+    if !src.len().is_multiple_of(bb) {
         return Err(KernelError::Length {
             what: "source bytes (whole blocks)",
             expected: src.len() / bb * bb,

@@ -7,6 +7,8 @@
 //! The functions here are handed out only by [`kernel`], whose caller has
 //! checked that the CPU has AVX2, FMA and F16C.
 
+// Block formats are index arithmetic; explicit index loops read closest to the layouts.
+#![allow(clippy::needless_range_loop)]
 #![allow(clippy::missing_safety_doc)]
 
 use std::arch::x86_64::*;

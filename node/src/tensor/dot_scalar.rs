@@ -2,6 +2,9 @@
 //! storage format) against one or more quantized activation vectors.
 //! Always built, always tested; the SIMD kernels must agree with these.
 
+// Block formats are index arithmetic; explicit index loops read closest to the layouts.
+#![allow(clippy::needless_range_loop)]
+
 use super::act::{Q8Block, Q8KBlock};
 use super::dequant::{f16_at, f32_at, k_scales_mins, q3k_scales, IQ4NL_VALUES};
 

@@ -276,7 +276,7 @@ impl GgmlType {
     /// whole number of blocks, the type has no layout, or the size overflows.
     pub fn bytes_for(self, n_elems: u64) -> Option<u64> {
         let l = self.layout()?;
-        if n_elems % l.block_elems as u64 != 0 {
+        if !n_elems.is_multiple_of(l.block_elems as u64) {
             return None;
         }
         (n_elems / l.block_elems as u64).checked_mul(l.block_bytes as u64)

@@ -113,7 +113,7 @@ impl<'a> Matrix<'a> {
         data: &'a [u8],
     ) -> Result<Self, KernelError> {
         let layout = dtype.layout().ok_or(KernelError::Unsupported(dtype))?;
-        if cols % layout.block_elems != 0 {
+        if !cols.is_multiple_of(layout.block_elems) {
             return Err(KernelError::Length {
                 what: "columns (whole blocks)",
                 expected: cols / layout.block_elems * layout.block_elems,
@@ -160,6 +160,14 @@ struct OutPtr(*mut f32);
 // SAFETY: each task writes only the rows of its own range (see `matmul`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `i` must be inside the output and written by no other task.
+    unsafe fn write(self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
 
 /// Rows per task: enough tasks to balance the threads, each large enough to
 /// amortise the hand-out.
@@ -266,7 +274,6 @@ fn run_rows(
     let n_tasks = rows.div_ceil(per);
     let out = OutPtr(y.as_mut_ptr());
     pool.run(n_tasks, &|t| {
-        let out = out;
         let (r0, r1) = (t * per, ((t + 1) * per).min(rows));
         let mut res = [0f32; 4];
         for tile in (r0..r1).step_by(ROW_TILE) {
@@ -278,7 +285,7 @@ fn run_rows(
                     for (i, &val) in res[..nv].iter().enumerate() {
                         // SAFETY: r is in this task's row range and v0 + i < n_vecs,
                         // so the index is inside y and no other task writes it.
-                        unsafe { *out.0.add((v0 + i) * rows + r) = val };
+                        unsafe { out.write((v0 + i) * rows + r, val) };
                     }
                 }
             }

@@ -6,6 +6,9 @@
 //! (weighted least squares over a few candidate scales); Q8_K is the
 //! activation format of the K-quant dot products.
 
+// Block formats are index arithmetic; explicit index loops read closest to the layouts.
+#![allow(clippy::needless_range_loop)]
+
 use super::dequant::{k_scales_mins, KernelError, QK, QK_K};
 use super::GgmlType;
 
@@ -407,7 +410,7 @@ pub const QUANTIZABLE: [GgmlType; 12] = [
 pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
     let layout = dtype.layout().ok_or(KernelError::Unsupported(dtype))?;
     let (be, bb) = (layout.block_elems, layout.block_bytes);
-    if src.len() % be != 0 {
+    if !src.len().is_multiple_of(be) {
         return Err(KernelError::Length {
             what: "source elements (whole blocks)",
             expected: src.len() / be * be,

@@ -1,0 +1,367 @@
+//! The llama family (SmolLM2, TinyLlama, Llama 2/3, Mistral): RMSNorm,
+//! grouped-query attention with RoPE on adjacent pairs (the GGUF layout),
+//! SwiGLU feed-forward, tied or separate output projection.
+
+use std::sync::Arc;
+
+use super::ops::{add_in_place, dot, rms_norm, rope_adjacent, rope_inv_freq, softmax, swiglu};
+use super::{Loader, ModelError, Weight};
+use crate::format::GgufFile;
+use crate::tensor::{matmul, Scratch, Simd, ThreadPool};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub rope_base: f64,
+    pub rms_eps: f32,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    wo: Weight,
+    ffn_norm: Vec<f32>,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    file: Arc<GgufFile>,
+    tok_embd: Weight,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: Weight,
+    inv_freq: Vec<f32>,
+}
+
+/// Per-sequence key/value cache (f32), laid out [layer][position][kv width].
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kv_dim: usize,
+    capacity: usize,
+    n_layer: usize,
+    /// Positions filled.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &LlamaConfig, capacity: usize) -> Self {
+        let kv_dim = cfg.n_head_kv * cfg.head_dim;
+        let n = cfg.n_layer * capacity * kv_dim;
+        KvCache {
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            kv_dim,
+            capacity,
+            n_layer: cfg.n_layer,
+            len: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn at(&self, layer: usize, pos: usize) -> usize {
+        (layer * self.capacity + pos) * self.kv_dim
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Keep only the first `n` positions.
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.n_layer
+    }
+}
+
+/// Buffers reused across forward calls.
+#[derive(Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    ffn: Vec<f32>,
+    last: Vec<f32>,
+    pub logits: Vec<f32>,
+    scratch: Scratch,
+}
+
+/// Output pointer for attention tasks writing disjoint (token, head) slices.
+#[derive(Clone, Copy)]
+struct AttOut(*mut f32);
+// SAFETY: each task writes only its own (token, head) slice of the buffer.
+unsafe impl Send for AttOut {}
+unsafe impl Sync for AttOut {}
+
+impl AttOut {
+    /// # Safety
+    /// `range` must lie inside the buffer and belong to the calling task only.
+    unsafe fn slice(self, start: usize, len: usize) -> &'static mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+/// Which positions' logits a forward call produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+impl Llama {
+    pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+        let l = Loader { file: &file };
+        let arch = file.metadata().architecture().unwrap_or("").to_owned();
+        if arch != "llama" {
+            return Err(ModelError::UnsupportedArchitecture(arch));
+        }
+        let n_embd = l.u64("llama.embedding_length")? as usize;
+        let n_head = l.u64("llama.attention.head_count")? as usize;
+        let n_head_kv = file
+            .metadata()
+            .get_u64("llama.attention.head_count_kv")
+            .unwrap_or(n_head as u64) as usize;
+        let head_dim = file
+            .metadata()
+            .get_u64("llama.attention.key_length")
+            .map_or(n_embd / n_head.max(1), |v| v as usize);
+        let n_vocab = file
+            .metadata()
+            .get_u64("llama.vocab_size")
+            .or(file
+                .metadata()
+                .get_array("tokenizer.ggml.tokens")
+                .map(|a| a.len() as u64))
+            .ok_or_else(|| ModelError::Metadata {
+                file: file.path().display().to_string(),
+                key: "llama.vocab_size".into(),
+            })? as usize;
+        let cfg = LlamaConfig {
+            n_embd,
+            n_layer: l.u64("llama.block_count")? as usize,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: l.u64("llama.feed_forward_length")? as usize,
+            n_vocab,
+            n_ctx_train: l.u64("llama.context_length")? as usize,
+            rope_base: l.f64_or("llama.rope.freq_base", 10000.0),
+            rms_eps: l.f64_or("llama.attention.layer_norm_rms_epsilon", 1e-5) as f32,
+        };
+        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || !head_dim.is_multiple_of(2) {
+            return Err(ModelError::Metadata {
+                file: file.path().display().to_string(),
+                key: "llama.attention.head_count_kv".into(),
+            });
+        }
+        let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: l.vector(&p("attn_norm.weight"), n_embd)?,
+                wq: l.matrix(&p("attn_q.weight"), n_embd, q_dim)?,
+                wk: l.matrix(&p("attn_k.weight"), n_embd, kv_dim)?,
+                wv: l.matrix(&p("attn_v.weight"), n_embd, kv_dim)?,
+                wo: l.matrix(&p("attn_output.weight"), q_dim, n_embd)?,
+                ffn_norm: l.vector(&p("ffn_norm.weight"), n_embd)?,
+                w_gate: l.matrix(&p("ffn_gate.weight"), n_embd, cfg.n_ff)?,
+                w_up: l.matrix(&p("ffn_up.weight"), n_embd, cfg.n_ff)?,
+                w_down: l.matrix(&p("ffn_down.weight"), cfg.n_ff, n_embd)?,
+            });
+        }
+        let tok_embd = l.matrix("token_embd.weight", n_embd, n_vocab)?;
+        let output = if l.has("output.weight") {
+            l.matrix("output.weight", n_embd, n_vocab)?
+        } else {
+            tok_embd.clone()
+        };
+        let out_norm = l.vector("output_norm.weight", n_embd)?;
+        let inv_freq = rope_inv_freq(head_dim, cfg.rope_base);
+        Ok(Llama {
+            cfg,
+            file: file.clone(),
+            tok_embd,
+            layers,
+            out_norm,
+            output,
+            inv_freq,
+        })
+    }
+
+    pub fn file(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+
+    /// Run `tokens` at positions `cache.len ..`; appends them to the cache and
+    /// leaves logits (last position, or every position) in `ws.logits`.
+    pub fn forward(
+        &self,
+        pool: &ThreadPool,
+        simd: Simd,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        which: Logits,
+    ) {
+        let c = &self.cfg;
+        let t = tokens.len();
+        let pos0 = cache.len;
+        assert!(
+            pos0 + t <= cache.capacity,
+            "KV cache overflow: {} + {} > {}",
+            pos0,
+            t,
+            cache.capacity
+        );
+        let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let resize = |v: &mut Vec<f32>, n: usize| v.resize(n, 0.0);
+        resize(&mut ws.x, t * d);
+        resize(&mut ws.h, t * d);
+        resize(&mut ws.q, t * q_dim);
+        resize(&mut ws.k, t * kv_dim);
+        resize(&mut ws.v, t * kv_dim);
+        resize(&mut ws.att, t * q_dim);
+        resize(&mut ws.o, t * d);
+        resize(&mut ws.gate, t * c.n_ff);
+        resize(&mut ws.up, t * c.n_ff);
+        resize(&mut ws.ffn, t * d);
+        let f = &*self.file;
+        for (i, &tok) in tokens.iter().enumerate() {
+            let tok = (tok as usize).min(c.n_vocab - 1);
+            self.tok_embd
+                .row_into(f, tok, &mut ws.x[i * d..(i + 1) * d]);
+        }
+        let mm = |w: &Weight, x: &[f32], y: &mut [f32], s: &mut Scratch| {
+            matmul(pool, simd, &w.matrix(f), x, t, y, s).expect("shapes checked at load");
+        };
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let group = c.n_head / c.n_head_kv;
+        for (li, layer) in self.layers.iter().enumerate() {
+            for i in 0..t {
+                rms_norm(
+                    &ws.x[i * d..(i + 1) * d],
+                    &layer.attn_norm,
+                    c.rms_eps,
+                    &mut ws.h[i * d..(i + 1) * d],
+                );
+            }
+            mm(&layer.wq, &ws.h, &mut ws.q, &mut ws.scratch);
+            mm(&layer.wk, &ws.h, &mut ws.k, &mut ws.scratch);
+            mm(&layer.wv, &ws.h, &mut ws.v, &mut ws.scratch);
+            for i in 0..t {
+                rope_adjacent(
+                    &mut ws.q[i * q_dim..(i + 1) * q_dim],
+                    c.head_dim,
+                    pos0 + i,
+                    &self.inv_freq,
+                );
+                rope_adjacent(
+                    &mut ws.k[i * kv_dim..(i + 1) * kv_dim],
+                    c.head_dim,
+                    pos0 + i,
+                    &self.inv_freq,
+                );
+                let at = cache.at(li, pos0 + i);
+                cache.k[at..at + kv_dim].copy_from_slice(&ws.k[i * kv_dim..(i + 1) * kv_dim]);
+                cache.v[at..at + kv_dim].copy_from_slice(&ws.v[i * kv_dim..(i + 1) * kv_dim]);
+            }
+            // Attention: one task per (token, head).
+            {
+                let cache = &*cache;
+                let q = &ws.q;
+                let out = AttOut(ws.att.as_mut_ptr());
+                let hd = c.head_dim;
+                pool.run(t * c.n_head, &|task| {
+                    let (i, h) = (task / c.n_head, task % c.n_head);
+                    let g = h / group;
+                    let n_ctx = pos0 + i + 1;
+                    let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                    let mut scores = vec![0f32; n_ctx];
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        let at = cache.at(li, j) + g * hd;
+                        *s = dot(qh, &cache.k[at..at + hd]) * scale;
+                    }
+                    softmax(&mut scores);
+                    // SAFETY: task (i, h) owns this slice of `att`.
+                    let o = unsafe { out.slice(i * q_dim + h * hd, hd) };
+                    o.iter_mut().for_each(|v| *v = 0.0);
+                    for (j, &p) in scores.iter().enumerate() {
+                        let at = cache.at(li, j) + g * hd;
+                        for (ov, &vv) in o.iter_mut().zip(&cache.v[at..at + hd]) {
+                            *ov += p * vv;
+                        }
+                    }
+                });
+            }
+            mm(&layer.wo, &ws.att, &mut ws.o, &mut ws.scratch);
+            add_in_place(&mut ws.x, &ws.o);
+            for i in 0..t {
+                rms_norm(
+                    &ws.x[i * d..(i + 1) * d],
+                    &layer.ffn_norm,
+                    c.rms_eps,
+                    &mut ws.h[i * d..(i + 1) * d],
+                );
+            }
+            mm(&layer.w_gate, &ws.h, &mut ws.gate, &mut ws.scratch);
+            mm(&layer.w_up, &ws.h, &mut ws.up, &mut ws.scratch);
+            swiglu(&mut ws.gate, &ws.up);
+            let (gate, ffn, scratch) = (&ws.gate, &mut ws.ffn, &mut ws.scratch);
+            matmul(pool, simd, &layer.w_down.matrix(f), gate, t, ffn, scratch)
+                .expect("shapes checked at load");
+            add_in_place(&mut ws.x, &ws.ffn);
+        }
+        cache.len = pos0 + t;
+        let (first, n_out) = match which {
+            Logits::Last => (t - 1, 1),
+            Logits::All => (0, t),
+        };
+        resize(&mut ws.last, n_out * d);
+        for k in 0..n_out {
+            let i = first + k;
+            rms_norm(
+                &ws.x[i * d..(i + 1) * d],
+                &self.out_norm,
+                c.rms_eps,
+                &mut ws.last[k * d..(k + 1) * d],
+            );
+        }
+        resize(&mut ws.logits, n_out * c.n_vocab);
+        matmul(
+            pool,
+            simd,
+            &self.output.matrix(f),
+            &ws.last,
+            n_out,
+            &mut ws.logits,
+            &mut ws.scratch,
+        )
+        .expect("shapes checked at load");
+    }
+}

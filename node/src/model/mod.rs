@@ -1,0 +1,176 @@
+//! Transformer architectures behind one trait. One file per family.
+
+pub mod llama;
+pub mod ops;
+
+use std::sync::Arc;
+
+use crate::format::{FormatError, GgufFile};
+use crate::tensor::{dequantize, GgmlType, KernelError, Matrix};
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("architecture {0:?} is not supported (supported: {SUPPORTED})")]
+    UnsupportedArchitecture(String),
+    #[error("{file}: metadata key `{key}` is missing or invalid")]
+    Metadata { file: String, key: String },
+    #[error("{file}: tensor `{name}` is missing")]
+    MissingTensor { file: String, name: String },
+    #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        file: String,
+        name: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
+    #[error("{file}: tensor `{name}`: {source}")]
+    Kernel {
+        file: String,
+        name: String,
+        source: KernelError,
+    },
+}
+
+pub const SUPPORTED: &str = "llama (SmolLM2, TinyLlama, Llama 2/3, Mistral)";
+
+/// A weight matrix inside the mapped model file.
+#[derive(Debug, Clone)]
+pub struct Weight {
+    pub name: String,
+    pub dtype: GgmlType,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    offset: usize,
+    len: usize,
+}
+
+impl Weight {
+    pub fn matrix<'a>(&self, file: &'a GgufFile) -> Matrix<'a> {
+        Matrix::new(
+            self.dtype,
+            self.rows,
+            self.cols,
+            &file.bytes()[self.offset..self.offset + self.len],
+        )
+        .expect("shape checked when the model was loaded")
+    }
+
+    /// Dequantize row `r` into `out` (embedding lookup).
+    pub fn row_into(&self, file: &GgufFile, r: usize, out: &mut [f32]) {
+        let row_bytes = self.len / self.rows;
+        let start = self.offset + r * row_bytes;
+        dequantize(self.dtype, &file.bytes()[start..start + row_bytes], out)
+            .expect("row of a checked matrix");
+    }
+}
+
+/// Looks tensors up by name with shape checks, for model constructors.
+pub struct Loader<'a> {
+    pub file: &'a Arc<GgufFile>,
+}
+
+impl Loader<'_> {
+    fn file_name(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.file.tensor(name).is_some()
+    }
+
+    /// A 2-D weight with dims [cols, rows].
+    pub fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<Weight, ModelError> {
+        let info = self
+            .file
+            .tensor_infos()
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                file: self.file_name(),
+                name: name.to_owned(),
+            })?;
+        let expected = vec![cols as u64, rows as u64];
+        if info.dims != expected {
+            return Err(ModelError::Shape {
+                file: self.file_name(),
+                name: name.to_owned(),
+                expected,
+                found: info.dims.clone(),
+            });
+        }
+        let offset = (self.file.header().data_offset + info.offset) as usize;
+        let w = Weight {
+            name: name.to_owned(),
+            dtype: info.dtype,
+            rows,
+            cols,
+            offset,
+            len: info.n_bytes as usize,
+        };
+        // Validate once: block geometry and a kernel for the type.
+        Matrix::new(
+            w.dtype,
+            rows,
+            cols,
+            &self.file.bytes()[offset..offset + w.len],
+        )
+        .map_err(|source| ModelError::Kernel {
+            file: self.file_name(),
+            name: name.to_owned(),
+            source,
+        })?;
+        if crate::tensor::kernel(w.dtype, crate::tensor::Simd::SCALAR).is_none() {
+            return Err(ModelError::Kernel {
+                file: self.file_name(),
+                name: name.to_owned(),
+                source: KernelError::Unsupported(w.dtype),
+            });
+        }
+        Ok(w)
+    }
+
+    /// A 1-D tensor of `n` values, as f32.
+    pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+        let t = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                file: self.file_name(),
+                name: name.to_owned(),
+            })?;
+        if t.dims != [n as u64] {
+            return Err(ModelError::Shape {
+                file: self.file_name(),
+                name: name.to_owned(),
+                expected: vec![n as u64],
+                found: t.dims.to_vec(),
+            });
+        }
+        let mut v = vec![0f32; n];
+        dequantize(t.dtype, t.data, &mut v).map_err(|source| ModelError::Kernel {
+            file: self.file_name(),
+            name: name.to_owned(),
+            source,
+        })?;
+        Ok(v)
+    }
+
+    pub fn u64(&self, key: &str) -> Result<u64, ModelError> {
+        self.file
+            .metadata()
+            .get_u64(key)
+            .ok_or_else(|| ModelError::Metadata {
+                file: self.file_name(),
+                key: key.to_owned(),
+            })
+    }
+
+    pub fn f64_or(&self, key: &str, default: f64) -> f64 {
+        self.file.metadata().get_f64(key).unwrap_or(default)
+    }
+}

@@ -1,0 +1,69 @@
+//! Element-wise and row operations of the transformer forward pass.
+
+/// y = x / sqrt(mean(x²) + eps) * w (sum accumulated in f64, as ggml does).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+    let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    for ((o, &v), &g) in y.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+/// Rotate adjacent pairs (GGUF llama layout) of each head by `pos`.
+pub fn rope_adjacent(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let theta = pos as f32 * f;
+            let (s, c) = theta.sin_cos();
+            let (a, b) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = a * c - b * s;
+            head[2 * i + 1] = a * s + b * c;
+        }
+    }
+}
+
+/// base^(-2i/d) for i in 0..d/2.
+pub fn rope_inv_freq(head_dim: usize, base: f64) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| base.powf(-2.0 * i as f64 / head_dim as f64) as f32)
+        .collect()
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// gate ← silu(gate) · up
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, &b)| *a += b);
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Four partial sums: the compiler vectorises this.
+    let mut acc = [0f32; 8];
+    let n = a.len() / 8 * 8;
+    for (ca, cb) in a[..n].chunks_exact(8).zip(b[..n].chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += ca[k] * cb[k];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in n..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}

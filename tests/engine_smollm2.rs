@@ -1,0 +1,266 @@
+//! SmolLM2 against llama.cpp: tokenizer ids (tests/golden/tokenizer_smollm2.json)
+//! greedy generation with top-5 logprobs (tests/golden/generation_smollm2.json)
+//! on the F32 file our own convert tool makes from the Q4_1 file, and the
+//! last-position logits of that F32 file against an independent numpy
+//! forward (tests/golden/logits_smollm2_f32_numpy.json).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use realizar_node::format::convert::convert;
+use realizar_node::format::GgufFile;
+use realizar_node::model::llama::{KvCache, Llama, Logits, Workspace};
+use realizar_node::tensor::{GgmlType, Simd, ThreadPool};
+use realizar_node::tokenizer::Tokenizer;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn golden(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden").join(name)).unwrap())
+        .unwrap()
+}
+
+fn q4_1_path() -> PathBuf {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-models.sh",
+        p.display()
+    );
+    p
+}
+
+/// models/derived/<name>: made once from the Q4_1 file by our convert tool
+/// (atomically, so concurrent test binaries do not see a partial file).
+fn derived(t: GgmlType) -> PathBuf {
+    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
+    let _g = LOCK.get_or_init(Default::default).lock().unwrap();
+    let dir = root().join("models/derived");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("SmolLM2-135M-Instruct.{}.gguf", t.name()));
+    if !out.is_file() {
+        let src = GgufFile::open(q4_1_path()).unwrap();
+        let tmp = dir.join(format!(".{}.{}.partial", t.name(), std::process::id()));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+        convert(&src, t, &mut f, |_, _, _| {}).unwrap();
+        drop(f);
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+fn load(path: &Path) -> (Llama, Tokenizer) {
+    let f = Arc::new(GgufFile::open(path).unwrap());
+    let tok = Tokenizer::from_gguf(f.metadata()).unwrap();
+    (Llama::load(f).unwrap(), tok)
+}
+
+#[test]
+fn tokenizer_matches_llama_cpp() {
+    let (_, tok) = load(&q4_1_path());
+    let g = golden("tokenizer_smollm2.json");
+    let cases = g["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 20);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text, false, true), want, "text {text:?}");
+        // And decoding gives the text back.
+        assert_eq!(tok.decode(&want, true), text);
+    }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = logits
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    logits.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// The goldens were made with `ignore_eos`: llama-server sets the logits of
+/// end-of-generation tokens to -inf before sampling and before logprobs.
+fn mask_eog(tok: &Tokenizer, logits: &mut [f32]) {
+    for (id, l) in logits.iter_mut().enumerate() {
+        if tok.vocab.is_end_of_generation(id as u32) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Greedy generation; returns (ids, log-softmax at the first generated position).
+fn greedy(model: &Llama, tok: &Tokenizer, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f64>) {
+    let pool = ThreadPool::new(2);
+    let simd = Simd::detect();
+    let mut cache = KvCache::new(&model.cfg, prompt.len() + n + 1);
+    let mut ws = Workspace::default();
+    model.forward(&pool, simd, prompt, &mut cache, &mut ws, Logits::Last);
+    mask_eog(tok, &mut ws.logits);
+    let first = log_softmax(&ws.logits);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let next = ws
+            .logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0 as u32;
+        out.push(next);
+        model.forward(&pool, simd, &[next], &mut cache, &mut ws, Logits::Last);
+        mask_eog(tok, &mut ws.logits);
+    }
+    (out, first)
+}
+
+fn check_generation(variant: &str, path: &Path, logprob_tol: f64) {
+    let (model, tok) = load(path);
+    let g = golden("generation_smollm2.json");
+    let prompts = g["models"][variant]["prompts"].as_object().unwrap();
+    assert_eq!(prompts.len(), 5);
+    for (key, p) in prompts {
+        let text = p["prompt"].as_str().unwrap();
+        let ids: Vec<u32> = p["prompt_token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tok.encode(text, true, true),
+            ids,
+            "{variant}/{key}: prompt tokens"
+        );
+        let want: Vec<u32> = p["generated_token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let steps = p["steps"].as_array().unwrap();
+        let (got, first) = greedy(&model, &tok, &ids, 16);
+        // Identical up to 16 tokens, or up to a step where llama.cpp's top two were within 0.01.
+        for i in 0..16 {
+            if got[i] != want[i] {
+                let margin = steps[i]["margin"].as_f64().unwrap_or(f64::INFINITY);
+                assert!(margin < 0.01, "{variant}/{key}: token {i}: got {} want {} (llama.cpp margin {margin})\n got {got:?}\nwant {:?}", got[i], want[i], &want[..16]);
+                eprintln!(
+                    "{variant}/{key}: diverges at step {i} after a near-tie (margin {margin:.4})"
+                );
+                break;
+            }
+        }
+        // Top-5 at the first generated position.
+        let top: Vec<(u32, f64)> = steps[0]["top5"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["id"].as_u64().unwrap() as u32,
+                    e["logprob"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(top.len(), 5, "{variant}/{key}: golden top-5");
+        let mut ours: Vec<(usize, f64)> = first.iter().copied().enumerate().collect();
+        ours.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (rank, (id, lp)) in top.iter().enumerate() {
+            assert_eq!(
+                ours[rank].0 as u32, *id,
+                "{variant}/{key}: top-5 rank {rank}"
+            );
+            let diff = (first[*id as usize] - lp).abs();
+            assert!(
+                diff <= logprob_tol,
+                "{variant}/{key}: logprob of {id}: {} vs {lp} (diff {diff})",
+                first[*id as usize]
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_generation_matches_llama_cpp() {
+    check_generation("F32", &derived(GgmlType::F32), 0.02);
+}
+
+#[test]
+fn f32_logits_match_the_numpy_reference() {
+    let (model, tok) = load(&derived(GgmlType::F32));
+    let g = golden("logits_smollm2_f32_numpy.json");
+    let pool = ThreadPool::new(2);
+    let cases = g["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for c in cases {
+        let ids: Vec<u32> = c["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(c["prompt"].as_str().unwrap(), false, false), ids);
+        let mut cache = KvCache::new(&model.cfg, 64);
+        let mut ws = Workspace::default();
+        model.forward(
+            &pool,
+            Simd::detect(),
+            &ids,
+            &mut cache,
+            &mut ws,
+            Logits::Last,
+        );
+        for e in c["top5_next"].as_array().unwrap() {
+            let id = e["id"].as_u64().unwrap() as usize;
+            let want = e["logit"].as_f64().unwrap();
+            let diff = (ws.logits[id] as f64 - want).abs();
+            assert!(
+                diff <= 1e-3,
+                "{:?}: logit of {id}: {} vs numpy {want} (diff {diff})",
+                c["prompt"],
+                ws.logits[id]
+            );
+        }
+        // And the 16 greedy tokens (numpy takes plain argmax, no EOS masking).
+        let want: Vec<u32> = c["greedy_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let next = ws
+                .logits
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0 as u32;
+            got.push(next);
+            model.forward(
+                &pool,
+                Simd::detect(),
+                &[next],
+                &mut cache,
+                &mut ws,
+                Logits::Last,
+            );
+        }
+        assert_eq!(got, want, "{:?}", c["prompt"]);
+    }
+}
