@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use realizar_node::format::GgufFile;
 use realizar_node::tensor::act::{quantize_q8, quantize_q8k, Q8Block, Q8KBlock};
 use realizar_node::tensor::{
-    dequantize_to_vec, kernel, matmul, quantize_to_vec, GgmlType, Kernel, Matrix, Scratch, Simd,
-    ThreadPool,
+    dequantize_to_vec, has_simd_kernel, kernel, matmul, quantize_to_vec, GgmlType, Kernel, Matrix,
+    Scratch, Simd, ThreadPool,
 };
 
 const KERNEL_TYPES: [GgmlType; 16] = [
@@ -212,6 +212,29 @@ fn batched_equals_one_at_a_time_bit_for_bit_and_threads_change_nothing() {
             );
         }
     }
+}
+
+#[test]
+fn simd_agrees_with_scalar_for_every_format() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(2024);
+    let mut with_simd = 0;
+    for t in KERNEL_TYPES {
+        if !has_simd_kernel(t, Simd::detect()) {
+            continue;
+        }
+        with_simd += 1;
+        for n in [1usize, 3, 4, 5, 9] {
+            let (rows, cols) = (13, 768);
+            let w = weights(t, rows, cols, &mut rng);
+            let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
+            let a = run(Simd::SCALAR, &pool, t, rows, cols, &w, &x, n);
+            let b = run(Simd::detect(), &pool, t, rows, cols, &w, &x, n);
+            let (norms, _) = norms_and_reference(t, rows, cols, &w, &x, n);
+            check_close(t, "simd vs scalar", &a, &b, &norms, 1e-5);
+        }
+    }
+    assert_eq!(with_simd, KERNEL_TYPES.len());
 }
 
 proptest! {

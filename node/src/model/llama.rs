@@ -173,7 +173,11 @@ impl Llama {
             rope_base: l.f64_or("llama.rope.freq_base", 10000.0),
             rms_eps: l.f64_or("llama.attention.layer_norm_rms_epsilon", 1e-5) as f32,
         };
-        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || !head_dim.is_multiple_of(2) {
+        if n_head == 0
+            || n_head_kv == 0
+            || !n_head.is_multiple_of(n_head_kv)
+            || !head_dim.is_multiple_of(2)
+        {
             return Err(ModelError::Metadata {
                 file: file.path().display().to_string(),
                 key: "llama.attention.head_count_kv".into(),

@@ -34,6 +34,10 @@ pub(super) unsafe fn kernel(dtype: GgmlType) -> Option<Kernel> {
         Q4_K => Kernel::Q8K(q4_k),
         Q5_K => Kernel::Q8K(q5_k),
         Q6_K => Kernel::Q8K(q6_k),
+        Q2_K => Kernel::Q8K(q2_k),
+        Q3_K => Kernel::Q8K(q3_k),
+        IQ4_XS => Kernel::Q8K(iq4_xs),
+        Q8_K => Kernel::Q8K(q8_k),
         F32 => Kernel::F32(f32_dot),
         F16 => Kernel::F32(f16_dot),
         BF16 => Kernel::F32(bf16_dot),
@@ -156,6 +160,10 @@ entry!(iq4_nl, iq4_nl_n, Q8Block, 18);
 entry!(q4_k, q4_k_n, Q8KBlock, 144);
 entry!(q5_k, q5_k_n, Q8KBlock, 176);
 entry!(q6_k, q6_k_n, Q8KBlock, 210);
+entry!(q2_k, q2_k_n, Q8KBlock, 84);
+entry!(q3_k, q3_k_n, Q8KBlock, 110);
+entry!(iq4_xs, iq4_xs_n, Q8KBlock, 136);
+entry!(q8_k, q8_k_n, Q8KBlock, 292);
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Block]], out: &mut [f32]) {
@@ -448,6 +456,163 @@ unsafe fn q6_k_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &m
                 corr += sc[g] as i32 * x.bsums[g] as i32;
             }
             sumi = _mm256_sub_epi32(sumi, lane0(32 * corr));
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sumi), acc[c]);
+        }
+    }
+    for c in 0..N {
+        out[c] = hsum(acc[c]);
+    }
+}
+
+/// Two 16-element groups' scales in the low and high 128-bit lanes.
+#[inline(always)]
+unsafe fn lane_scales(lo: i16, hi: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+}
+
+/// Q2_K and Q3_K share the 2-bit layout: 32 bytes per 128 elements, four
+/// shifts; vector `4h + s` holds elements `128h + 32s .. +32`.
+#[inline(always)]
+unsafe fn two_bit_planes(qs: *const u8) -> [__m256i; 8] {
+    let m3 = _mm256_set1_epi8(3);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for h in 0..2 {
+        let raw = _mm256_loadu_si256(qs.add(32 * h) as *const __m256i);
+        q[4 * h] = _mm256_and_si256(raw, m3);
+        q[4 * h + 1] = _mm256_and_si256(_mm256_srli_epi16::<2>(raw), m3);
+        q[4 * h + 2] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m3);
+        q[4 * h + 3] = _mm256_and_si256(_mm256_srli_epi16::<6>(raw), m3);
+    }
+    q
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q2_k_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &mut [f32]) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut macc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * 84);
+        let (d, dmin) = (h2f(b.add(80)), h2f(b.add(82)));
+        let sc = std::slice::from_raw_parts(b, 16);
+        let q = two_bit_planes(b.add(16));
+        let s: [__m256i; 8] = std::array::from_fn(|k| {
+            lane_scales((sc[2 * k] & 0x0f) as i16, (sc[2 * k + 1] & 0x0f) as i16)
+        });
+        let mins16 = _mm256_cvtepu8_epi16(_mm_srli_epi16::<4>(_mm_and_si128(
+            _mm_loadu_si128(sc.as_ptr() as *const __m128i),
+            _mm_set1_epi8(0xf0u8 as i8),
+        )));
+        for c in 0..N {
+            let x = a[c].get_unchecked(i);
+            let mut sumi = _mm256_setzero_si256();
+            for k in 0..8 {
+                let p = _mm256_maddubs_epi16(q[k], load(x.qs.as_ptr().add(32 * k)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s[k]));
+            }
+            let msum = _mm256_madd_epi16(
+                _mm256_loadu_si256(x.bsums.as_ptr() as *const __m256i),
+                mins16,
+            );
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sumi), acc[c]);
+            macc[c] = _mm256_fmadd_ps(
+                _mm256_set1_ps(dmin * x.d),
+                _mm256_cvtepi32_ps(msum),
+                macc[c],
+            );
+        }
+    }
+    for c in 0..N {
+        out[c] = hsum(acc[c]) - hsum(macc[c]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q3_k_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &mut [f32]) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let one = _mm256_set1_epi8(1);
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * 110);
+        let d = h2f(b.add(108));
+        let scales = super::dequant::q3k_scales(std::slice::from_raw_parts(b.add(96), 12));
+        let hm = _mm256_loadu_si256(b as *const __m256i);
+        let mut q = two_bit_planes(b.add(32));
+        // The high bit (set: +0, clear: -4) is folded in as +4 here and
+        // 4·Σy subtracted through the block sums below.
+        for (j, qj) in q.iter_mut().enumerate() {
+            let hbit = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(j as i32)), one);
+            *qj = _mm256_or_si256(*qj, _mm256_slli_epi16::<2>(hbit));
+        }
+        let s: [__m256i; 8] =
+            std::array::from_fn(|k| lane_scales(scales[2 * k] as i16, scales[2 * k + 1] as i16));
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scales.as_ptr() as *const __m128i));
+        for c in 0..N {
+            let x = a[c].get_unchecked(i);
+            let mut sumi = _mm256_setzero_si256();
+            for k in 0..8 {
+                let p = _mm256_maddubs_epi16(q[k], load(x.qs.as_ptr().add(32 * k)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s[k]));
+            }
+            let corr = _mm256_madd_epi16(
+                _mm256_loadu_si256(x.bsums.as_ptr() as *const __m256i),
+                scales16,
+            );
+            sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<2>(corr));
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sumi), acc[c]);
+        }
+    }
+    for c in 0..N {
+        out[c] = hsum(acc[c]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_xs_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &mut [f32]) {
+    let table =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4NL_VALUES.as_ptr() as *const __m128i));
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * 136);
+        let d = h2f(b);
+        let sh = (b.add(2) as *const u16).read_unaligned();
+        let q: [__m256i; 8] =
+            std::array::from_fn(|ib| _mm256_shuffle_epi8(table, nibbles(b.add(8 + 16 * ib))));
+        let aq: [__m256i; 8] = std::array::from_fn(|ib| _mm256_sign_epi8(q[ib], q[ib]));
+        let s: [__m256i; 8] = std::array::from_fn(|ib| {
+            let low = (*b.add(4 + ib / 2) >> (4 * (ib % 2))) & 0x0f;
+            let high = ((sh >> (2 * ib)) & 3) as u8;
+            _mm256_set1_epi16(((low | (high << 4)) as i16) - 32)
+        });
+        for c in 0..N {
+            let x = a[c].get_unchecked(i);
+            let mut sumi = _mm256_setzero_si256();
+            for ib in 0..8 {
+                let y = _mm256_sign_epi8(load(x.qs.as_ptr().add(32 * ib)), q[ib]);
+                sumi = _mm256_add_epi32(
+                    sumi,
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(aq[ib], y), s[ib]),
+                );
+            }
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sumi), acc[c]);
+        }
+    }
+    for c in 0..N {
+        out[c] = hsum(acc[c]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_k_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &mut [f32]) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * 292);
+        let d = (b as *const f32).read_unaligned();
+        let q: [__m256i; 8] = std::array::from_fn(|k| load(b.add(4 + 32 * k) as *const i8));
+        for c in 0..N {
+            let x = a[c].get_unchecked(i);
+            let mut sumi = _mm256_setzero_si256();
+            for k in 0..8 {
+                sumi = _mm256_add_epi32(sumi, dot_i8_i8(q[k], load(x.qs.as_ptr().add(32 * k))));
+            }
             acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sumi), acc[c]);
         }
     }

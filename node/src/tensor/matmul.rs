@@ -71,6 +71,16 @@ pub fn kernel(dtype: GgmlType, simd: Simd) -> Option<Kernel> {
     scalar_kernel(dtype)
 }
 
+/// Whether `dtype` has a SIMD kernel that `simd` can use.
+pub fn has_simd_kernel(dtype: GgmlType, simd: Simd) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if simd.avx2 {
+        // SAFETY: as in `kernel`.
+        return unsafe { super::dot_avx2::kernel(dtype) }.is_some();
+    }
+    false
+}
+
 fn scalar_kernel(dtype: GgmlType) -> Option<Kernel> {
     use GgmlType::*;
     Some(match dtype {
