@@ -36,6 +36,49 @@ enum Command {
         #[arg(default_value = "all")]
         which: String,
     },
+    /// Re-encode a GGUF model's weights into another type (F32, F16, BF16, Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K); norms stay F32.
+    Quantize {
+        input: PathBuf,
+        output: PathBuf,
+        /// Target type, e.g. Q8_0.
+        #[arg(long = "type")]
+        dtype: String,
+    },
+    /// Generate text from a prompt, streaming it to stdout; speeds go to stderr.
+    Run {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0.05)]
+        min_p: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Compute threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Perplexity of a text file, computed the way llama-perplexity does.
+    Perplexity {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Serve the OpenAI API on one machine (node and front door in one process).
     Serve {
         /// Model file to serve; the default model is fetched when absent.
@@ -119,6 +162,191 @@ fn serve(model: Option<PathBuf>) -> ExitCode {
     }
 }
 
+fn fail(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("realizar {cmd}: {e}");
+    ExitCode::FAILURE
+}
+
+fn quantize(input: &Path, output: &Path, dtype: &str) -> ExitCode {
+    use std::io::Write;
+    let Some(t) = realizar_node::tensor::GgmlType::from_name(dtype) else {
+        return fail("quantize", format!("unknown type {dtype:?}"));
+    };
+    let src = match realizar_node::format::GgufFile::open(input) {
+        Ok(f) => f,
+        Err(e) => return fail("quantize", e),
+    };
+    let tmp = output.with_extension("partial");
+    let file = match std::fs::File::create(&tmp) {
+        Ok(f) => f,
+        Err(e) => return fail("quantize", format!("{}: {e}", tmp.display())),
+    };
+    let mut w = std::io::BufWriter::new(file);
+    let started = std::time::Instant::now();
+    let r = realizar_node::format::convert::convert(&src, t, &mut w, |i, n, name| {
+        eprint!("\r[{:>3}/{n}] {name:<40}", i + 1);
+    });
+    eprintln!();
+    if let Err(e) = r
+        .map_err(|e| e.to_string())
+        .and_then(|_| w.flush().map_err(|e| e.to_string()))
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return fail("quantize", e);
+    }
+    if let Err(e) = std::fs::rename(&tmp, output) {
+        return fail("quantize", e);
+    }
+    eprintln!(
+        "wrote {} in {:.1} s",
+        output.display(),
+        started.elapsed().as_secs_f64()
+    );
+    ExitCode::SUCCESS
+}
+
+fn load_llama(
+    path: &Path,
+) -> Result<
+    (
+        realizar_node::model::llama::Llama,
+        realizar_node::tokenizer::Tokenizer,
+    ),
+    String,
+> {
+    let f = std::sync::Arc::new(
+        realizar_node::format::GgufFile::open(path).map_err(|e| e.to_string())?,
+    );
+    let tok = realizar_node::tokenizer::Tokenizer::from_gguf(f.metadata())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let model = realizar_node::model::llama::Llama::load(f).map_err(|e| e.to_string())?;
+    Ok((model, tok))
+}
+
+fn threads(n: Option<usize>) -> usize {
+    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    model: &Path,
+    prompt: &str,
+    max_tokens: usize,
+    params: realizar_node::sampling::SamplingParams,
+    n_threads: usize,
+) -> ExitCode {
+    use realizar_node::model::llama::{KvCache, Logits, Workspace};
+    use realizar_node::sampling::Sampler;
+    use realizar_node::tokenizer::StreamDecoder;
+    use std::io::Write;
+    let (m, tok) = match load_llama(model) {
+        Ok(x) => x,
+        Err(e) => return fail("run", e),
+    };
+    if let Err(e) = params.validate(m.cfg.n_vocab) {
+        return fail("run", e);
+    }
+    let ids = tok.encode(prompt, true, true);
+    if ids.is_empty() {
+        return fail("run", "the prompt is empty");
+    }
+    let ctx = (ids.len() + max_tokens).min(m.cfg.n_ctx_train);
+    if ids.len() >= ctx {
+        return fail(
+            "run",
+            format!(
+                "the prompt has {} tokens; the model's context is {}",
+                ids.len(),
+                m.cfg.n_ctx_train
+            ),
+        );
+    }
+    let pool = realizar_node::tensor::ThreadPool::new(n_threads);
+    let simd = realizar_node::tensor::Simd::detect();
+    let mut cache = KvCache::new(&m.cfg, ctx);
+    let mut ws = Workspace::default();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut sampler = Sampler::new(params, seed).with_history(&ids);
+    let mut dec = StreamDecoder::default();
+    let t0 = std::time::Instant::now();
+    m.forward(&pool, simd, &ids, &mut cache, &mut ws, Logits::Last);
+    let prefill = t0.elapsed();
+    let t1 = std::time::Instant::now();
+    let mut out = std::io::stdout().lock();
+    let mut generated = 0;
+    while generated < ctx - ids.len() {
+        let next = sampler.sample(&mut ws.logits).token.id;
+        generated += 1;
+        if tok.vocab.is_end_of_generation(next) {
+            break;
+        }
+        let _ = out.write_all(dec.push(&tok, next).as_bytes());
+        let _ = out.flush();
+        if generated == ctx - ids.len() {
+            break;
+        }
+        m.forward(&pool, simd, &[next], &mut cache, &mut ws, Logits::Last);
+    }
+    let _ = writeln!(out, "{}", dec.finish());
+    let decode = t1.elapsed();
+    eprintln!(
+        "prefill: {} tokens in {:.1} ms ({:.1} tokens/s); decode: {} tokens in {:.1} ms ({:.1} tokens/s); {} threads, {}",
+        ids.len(),
+        prefill.as_secs_f64() * 1e3,
+        ids.len() as f64 / prefill.as_secs_f64(),
+        generated,
+        decode.as_secs_f64() * 1e3,
+        generated as f64 / decode.as_secs_f64(),
+        n_threads,
+        simd.name()
+    );
+    ExitCode::SUCCESS
+}
+
+fn perplexity(model: &Path, file: &Path, ctx: usize, n_threads: usize) -> ExitCode {
+    let (m, tok) = match load_llama(model) {
+        Ok(x) => x,
+        Err(e) => return fail("perplexity", e),
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail("perplexity", format!("{}: {e}", file.display())),
+    };
+    let pool = realizar_node::tensor::ThreadPool::new(n_threads);
+    let t0 = std::time::Instant::now();
+    let r = realizar_node::eval::perplexity(
+        &m,
+        &tok,
+        &pool,
+        realizar_node::tensor::Simd::detect(),
+        &text,
+        ctx,
+        |i, n, p| {
+            eprint!("[{i}]{p:.4},");
+            if i == n {
+                eprintln!();
+            }
+        },
+    );
+    match r {
+        Ok(p) => {
+            println!(
+                "Final estimate: PPL = {:.4} +/- {:.5}  ({} chunks of {ctx}, {} tokens scored, {:.1} s)",
+                p.ppl,
+                p.stderr,
+                p.chunks,
+                p.scored_tokens,
+                t0.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("perplexity", e),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -129,5 +357,37 @@ fn main() -> ExitCode {
         } => inspect(&path, json, tensors),
         Command::Pull { which } => pull(&which),
         Command::Serve { model } => serve(model),
+        Command::Quantize {
+            input,
+            output,
+            dtype,
+        } => quantize(&input, &output, &dtype),
+        Command::Run {
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            seed,
+            threads: t,
+        } => {
+            let params = realizar_node::sampling::SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                seed,
+                ..Default::default()
+            };
+            run(&model, &prompt, max_tokens, params, threads(t))
+        }
+        Command::Perplexity {
+            model,
+            file,
+            ctx,
+            threads: t,
+        } => perplexity(&model, &file, ctx, threads(t)),
     }
 }

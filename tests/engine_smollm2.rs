@@ -264,3 +264,59 @@ fn f32_logits_match_the_numpy_reference() {
         assert_eq!(got, want, "{:?}", c["prompt"]);
     }
 }
+
+/// Perplexity of /usr/share/common-licenses/GPL-3 at ctx 512 within 1% of
+/// llama-perplexity's figures (tests/golden/perplexity.json).
+fn check_perplexity(file_name: &str, path: &Path) {
+    let g = golden("perplexity.json");
+    let case = g["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["file"] == file_name)
+        .unwrap()
+        .clone();
+    let want = case["ppl"].as_f64().unwrap();
+    let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3")
+        .expect("GPL-3 text (Debian base-files)");
+    let (model, tok) = load(path);
+    let pool = ThreadPool::new(2);
+    let p = realizar_node::eval::perplexity(
+        &model,
+        &tok,
+        &pool,
+        Simd::detect(),
+        &text,
+        512,
+        |_, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(p.chunks, 14, "llama-perplexity scored 14 chunks");
+    let rel = (p.ppl - want).abs() / want;
+    eprintln!(
+        "{file_name}: ppl {:.4} vs llama.cpp {want} ({:+.3}%)",
+        p.ppl,
+        100.0 * (p.ppl - want) / want
+    );
+    assert!(
+        rel <= 0.01,
+        "{file_name}: ppl {} vs {want} ({:.2}% off)",
+        p.ppl,
+        rel * 100.0
+    );
+}
+
+#[test]
+fn perplexity_q4_1() {
+    check_perplexity("SmolLM2-135M-Instruct.Q4_1.gguf", &q4_1_path());
+}
+
+#[test]
+fn perplexity_q8_0() {
+    check_perplexity("SmolLM2-135M-Instruct.Q8_0.gguf", &derived(GgmlType::Q8_0));
+}
+
+#[test]
+fn perplexity_f32() {
+    check_perplexity("SmolLM2-135M-Instruct.F32.gguf", &derived(GgmlType::F32));
+}
