@@ -133,8 +133,8 @@ fn kernels(c: &mut Criterion) {
     for t in TYPES {
         let mut g = c.benchmark_group(format!("matmul/{}", t.name()));
         g.sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_millis(1200));
+            .warm_up_time(Duration::from_millis(150))
+            .measurement_time(Duration::from_millis(500));
         for (cols, rows) in SHAPES {
             if cols % t.layout().unwrap().block_elems != 0 {
                 continue; // e.g. 576 columns are not whole 256-element K-quant blocks
@@ -143,9 +143,16 @@ fn kernels(c: &mut Criterion) {
             // Matrices near the L3 size would be partly served from cache on
             // repeated iterations: rotate through copies totalling ≥ 96 MiB so
             // each iteration streams its weights from DRAM.
-            let copies = if w.len() > L3_BYTES / 2 { (3 * L3_BYTES).div_ceil(w.len()).max(1) } else { 1 };
+            let copies = if w.len() > L3_BYTES / 2 {
+                (3 * L3_BYTES).div_ceil(w.len()).max(1)
+            } else {
+                1
+            };
             let ws: Vec<Vec<u8>> = (0..copies).map(|_| w.clone()).collect();
-            let ms: Vec<Matrix> = ws.iter().map(|w| Matrix::new(t, rows, cols, w).unwrap()).collect();
+            let ms: Vec<Matrix> = ws
+                .iter()
+                .map(|w| Matrix::new(t, rows, cols, w).unwrap())
+                .collect();
             g.throughput(Throughput::Bytes(w.len() as u64));
             for (threads, pool) in &pools {
                 for n in [1usize, 8, 32] {
@@ -159,7 +166,16 @@ fn kernels(c: &mut Criterion) {
                     g.bench_function(id, |b| {
                         b.iter(|| {
                             next = (next + 1) % ms.len();
-                            matmul(pool, simd, &ms[next], black_box(&x), n, &mut y, &mut scratch).unwrap()
+                            matmul(
+                                pool,
+                                simd,
+                                &ms[next],
+                                black_box(&x),
+                                n,
+                                &mut y,
+                                &mut scratch,
+                            )
+                            .unwrap()
                         })
                     });
                 }

@@ -205,21 +205,18 @@ fn quantize(input: &Path, output: &Path, dtype: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn load_llama(
-    path: &Path,
-) -> Result<
-    (
-        realizar_node::model::llama::Llama,
-        realizar_node::tokenizer::Tokenizer,
-    ),
-    String,
-> {
+type Loaded = (
+    Box<dyn realizar_node::model::Model>,
+    realizar_node::tokenizer::Tokenizer,
+);
+
+fn load_model(path: &Path) -> Result<Loaded, String> {
     let f = std::sync::Arc::new(
         realizar_node::format::GgufFile::open(path).map_err(|e| e.to_string())?,
     );
     let tok = realizar_node::tokenizer::Tokenizer::from_gguf(f.metadata())
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let model = realizar_node::model::llama::Llama::load(f).map_err(|e| e.to_string())?;
+    let model = realizar_node::model::load(f).map_err(|e| e.to_string())?;
     Ok((model, tok))
 }
 
@@ -236,35 +233,35 @@ fn run(
     params: realizar_node::sampling::SamplingParams,
     n_threads: usize,
 ) -> ExitCode {
-    use realizar_node::model::llama::{KvCache, Logits, Workspace};
+    use realizar_node::model::{Logits, Workspace};
     use realizar_node::sampling::Sampler;
     use realizar_node::tokenizer::StreamDecoder;
     use std::io::Write;
-    let (m, tok) = match load_llama(model) {
+    let (m, tok) = match load_model(model) {
         Ok(x) => x,
         Err(e) => return fail("run", e),
     };
-    if let Err(e) = params.validate(m.cfg.n_vocab) {
+    if let Err(e) = params.validate(m.n_vocab()) {
         return fail("run", e);
     }
     let ids = tok.encode(prompt, true, true);
     if ids.is_empty() {
         return fail("run", "the prompt is empty");
     }
-    let ctx = (ids.len() + max_tokens).min(m.cfg.n_ctx_train);
+    let ctx = (ids.len() + max_tokens).min(m.n_ctx_train());
     if ids.len() >= ctx {
         return fail(
             "run",
             format!(
                 "the prompt has {} tokens; the model's context is {}",
                 ids.len(),
-                m.cfg.n_ctx_train
+                m.n_ctx_train()
             ),
         );
     }
     let pool = realizar_node::tensor::ThreadPool::new(n_threads);
     let simd = realizar_node::tensor::Simd::detect();
-    let mut cache = KvCache::new(&m.cfg, ctx);
+    let mut cache = m.new_cache(ctx);
     let mut ws = Workspace::default();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -307,7 +304,7 @@ fn run(
 }
 
 fn perplexity(model: &Path, file: &Path, ctx: usize, n_threads: usize) -> ExitCode {
-    let (m, tok) = match load_llama(model) {
+    let (m, tok) = match load_model(model) {
         Ok(x) => x,
         Err(e) => return fail("perplexity", e),
     };
@@ -318,7 +315,7 @@ fn perplexity(model: &Path, file: &Path, ctx: usize, n_threads: usize) -> ExitCo
     let pool = realizar_node::tensor::ThreadPool::new(n_threads);
     let t0 = std::time::Instant::now();
     let r = realizar_node::eval::perplexity(
-        &m,
+        m.as_ref(),
         &tok,
         &pool,
         realizar_node::tensor::Simd::detect(),

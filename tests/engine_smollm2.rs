@@ -9,7 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use realizar_node::format::convert::convert;
 use realizar_node::format::GgufFile;
-use realizar_node::model::llama::{KvCache, Llama, Logits, Workspace};
+use realizar_node::model::llama::Llama;
+use realizar_node::model::{Logits, Workspace};
 use realizar_node::tensor::{GgmlType, Simd, ThreadPool};
 use realizar_node::tokenizer::Tokenizer;
 
@@ -102,7 +103,7 @@ fn mask_eog(tok: &Tokenizer, logits: &mut [f32]) {
 fn greedy(model: &Llama, tok: &Tokenizer, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f64>) {
     let pool = ThreadPool::new(2);
     let simd = Simd::detect();
-    let mut cache = KvCache::new(&model.cfg, prompt.len() + n + 1);
+    let mut cache = model.new_cache(prompt.len() + n + 1);
     let mut ws = Workspace::default();
     model.forward(&pool, simd, prompt, &mut cache, &mut ws, Logits::Last);
     mask_eog(tok, &mut ws.logits);
@@ -212,7 +213,7 @@ fn f32_logits_match_the_numpy_reference() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         assert_eq!(tok.encode(c["prompt"].as_str().unwrap(), false, false), ids);
-        let mut cache = KvCache::new(&model.cfg, 64);
+        let mut cache = model.new_cache(64);
         let mut ws = Workspace::default();
         model.forward(
             &pool,

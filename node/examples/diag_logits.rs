@@ -1,6 +1,7 @@
 //! Diagnostic: top-5 raw logits at the last prompt position vs the numpy golden.
 use realizar_node::format::GgufFile;
-use realizar_node::model::llama::{KvCache, Llama, Logits, Workspace};
+use realizar_node::model::llama::Llama;
+use realizar_node::model::{Logits, Workspace};
 use realizar_node::tensor::{Simd, ThreadPool};
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ fn main() {
             .iter()
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
-        let mut cache = KvCache::new(&m.cfg, 64);
+        let mut cache = m.new_cache(64);
         let mut ws = Workspace::default();
         m.forward(
             &pool,

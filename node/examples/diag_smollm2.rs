@@ -1,6 +1,7 @@
 //! Diagnostic: per-step logprob differences against the llama.cpp golden.
 use realizar_node::format::GgufFile;
-use realizar_node::model::llama::{KvCache, Llama, Logits, Workspace};
+use realizar_node::model::llama::Llama;
+use realizar_node::model::{Logits, Workspace};
 use realizar_node::tensor::{Simd, ThreadPool};
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ fn main() {
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    let mut cache = KvCache::new(&m.cfg, 64);
+    let mut cache = m.new_cache(64);
     let mut ws = Workspace::default();
     m.forward(
         &pool,

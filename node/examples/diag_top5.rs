@@ -1,6 +1,7 @@
 //! Diagnostic: our top-5 logprobs at the first generated position vs the golden's.
 use realizar_node::format::GgufFile;
-use realizar_node::model::llama::{KvCache, Llama, Logits, Workspace};
+use realizar_node::model::llama::Llama;
+use realizar_node::model::{Logits, Workspace};
 use realizar_node::tensor::{Simd, ThreadPool};
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ fn main() {
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    let mut cache = KvCache::new(&m.cfg, 64);
+    let mut cache = m.new_cache(64);
     let mut ws = Workspace::default();
     let simd = if a.get(4).is_some_and(|s| s == "scalar") {
         Simd::SCALAR

@@ -3,7 +3,7 @@
 //! from an empty cache (its first token replaced by BOS when the model adds
 //! one), and only the second half of each chunk's predictions scored.
 
-use crate::model::llama::{KvCache, Llama, Logits, Workspace};
+use crate::model::{Logits, Model, Workspace};
 use crate::sampling::log_softmax;
 use crate::tensor::{Simd, ThreadPool};
 use crate::tokenizer::Tokenizer;
@@ -27,7 +27,7 @@ pub enum PerplexityError {
 
 /// `progress(done, total, running_ppl)` is called after each chunk.
 pub fn perplexity(
-    model: &Llama,
+    model: &dyn Model,
     tok: &Tokenizer,
     pool: &ThreadPool,
     simd: Simd,
@@ -47,10 +47,10 @@ pub fn perplexity(
         });
     }
     let first = n_ctx / 2;
-    let mut cache = KvCache::new(&model.cfg, n_ctx);
+    let mut cache = model.new_cache(n_ctx);
     let mut ws = Workspace::default();
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
-    let n_vocab = model.cfg.n_vocab;
+    let n_vocab = model.n_vocab();
     for c in 0..n_chunks {
         let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
         if tok.vocab.add_bos {

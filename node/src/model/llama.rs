@@ -4,10 +4,38 @@
 
 use std::sync::Arc;
 
-use super::ops::{add_in_place, dot, rms_norm, rope_adjacent, rope_inv_freq, softmax, swiglu};
-use super::{Loader, ModelError, Weight};
+use super::attention::{attention, AttentionShape};
+pub use super::kv::KvCache;
+use super::ops::{add_in_place, rms_norm, rope_adjacent, rope_inv_freq, swiglu};
+use super::{Loader, Logits, Model, ModelError, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{matmul, Scratch, Simd, ThreadPool};
+
+impl Model for Llama {
+    fn architecture(&self) -> &'static str {
+        "llama"
+    }
+    fn n_vocab(&self) -> usize {
+        self.cfg.n_vocab
+    }
+    fn n_ctx_train(&self) -> usize {
+        self.cfg.n_ctx_train
+    }
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        Llama::new_cache(self, capacity)
+    }
+    fn forward(
+        &self,
+        pool: &ThreadPool,
+        simd: Simd,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        which: Logits,
+    ) {
+        Llama::forward(self, pool, simd, tokens, cache, ws, which)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -43,94 +71,6 @@ pub struct Llama {
     out_norm: Vec<f32>,
     output: Weight,
     inv_freq: Vec<f32>,
-}
-
-/// Per-sequence key/value cache (f32), laid out [layer][position][kv width].
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
-    kv_dim: usize,
-    capacity: usize,
-    n_layer: usize,
-    /// Positions filled.
-    pub len: usize,
-}
-
-impl KvCache {
-    pub fn new(cfg: &LlamaConfig, capacity: usize) -> Self {
-        let kv_dim = cfg.n_head_kv * cfg.head_dim;
-        let n = cfg.n_layer * capacity * kv_dim;
-        KvCache {
-            k: vec![0.0; n],
-            v: vec![0.0; n],
-            kv_dim,
-            capacity,
-            n_layer: cfg.n_layer,
-            len: 0,
-        }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    fn at(&self, layer: usize, pos: usize) -> usize {
-        (layer * self.capacity + pos) * self.kv_dim
-    }
-
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// Keep only the first `n` positions.
-    pub fn truncate(&mut self, n: usize) {
-        self.len = self.len.min(n);
-    }
-
-    pub fn n_layer(&self) -> usize {
-        self.n_layer
-    }
-}
-
-/// Buffers reused across forward calls.
-#[derive(Default)]
-pub struct Workspace {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    o: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    ffn: Vec<f32>,
-    last: Vec<f32>,
-    pub logits: Vec<f32>,
-    scratch: Scratch,
-}
-
-/// Output pointer for attention tasks writing disjoint (token, head) slices.
-#[derive(Clone, Copy)]
-struct AttOut(*mut f32);
-// SAFETY: each task writes only its own (token, head) slice of the buffer.
-unsafe impl Send for AttOut {}
-unsafe impl Sync for AttOut {}
-
-impl AttOut {
-    /// # Safety
-    /// `range` must lie inside the buffer and belong to the calling task only.
-    unsafe fn slice(self, start: usize, len: usize) -> &'static mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
-    }
-}
-
-/// Which positions' logits a forward call produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    Last,
-    All,
 }
 
 impl Llama {
@@ -222,6 +162,15 @@ impl Llama {
         &self.file
     }
 
+    /// An empty cache for `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(
+            self.cfg.n_layer,
+            self.cfg.n_head_kv * self.cfg.head_dim,
+            capacity,
+        )
+    }
+
     /// Run `tokens` at positions `cache.len ..`; appends them to the cache and
     /// leaves logits (last position, or every position) in `ws.logits`.
     pub fn forward(
@@ -237,11 +186,11 @@ impl Llama {
         let t = tokens.len();
         let pos0 = cache.len;
         assert!(
-            pos0 + t <= cache.capacity,
+            pos0 + t <= cache.capacity(),
             "KV cache overflow: {} + {} > {}",
             pos0,
             t,
-            cache.capacity
+            cache.capacity()
         );
         let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         let resize = |v: &mut Vec<f32>, n: usize| v.resize(n, 0.0);
@@ -265,7 +214,6 @@ impl Llama {
             matmul(pool, simd, &w.matrix(f), x, t, y, s).expect("shapes checked at load");
         };
         let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let group = c.n_head / c.n_head_kv;
         for (li, layer) in self.layers.iter().enumerate() {
             for i in 0..t {
                 rms_norm(
@@ -291,38 +239,21 @@ impl Llama {
                     pos0 + i,
                     &self.inv_freq,
                 );
-                let at = cache.at(li, pos0 + i);
-                cache.k[at..at + kv_dim].copy_from_slice(&ws.k[i * kv_dim..(i + 1) * kv_dim]);
-                cache.v[at..at + kv_dim].copy_from_slice(&ws.v[i * kv_dim..(i + 1) * kv_dim]);
+                cache.store(
+                    li,
+                    pos0 + i,
+                    &ws.k[i * kv_dim..(i + 1) * kv_dim],
+                    &ws.v[i * kv_dim..(i + 1) * kv_dim],
+                );
             }
-            // Attention: one task per (token, head).
-            {
-                let cache = &*cache;
-                let q = &ws.q;
-                let out = AttOut(ws.att.as_mut_ptr());
-                let hd = c.head_dim;
-                pool.run(t * c.n_head, &|task| {
-                    let (i, h) = (task / c.n_head, task % c.n_head);
-                    let g = h / group;
-                    let n_ctx = pos0 + i + 1;
-                    let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-                    let mut scores = vec![0f32; n_ctx];
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        let at = cache.at(li, j) + g * hd;
-                        *s = dot(qh, &cache.k[at..at + hd]) * scale;
-                    }
-                    softmax(&mut scores);
-                    // SAFETY: task (i, h) owns this slice of `att`.
-                    let o = unsafe { out.slice(i * q_dim + h * hd, hd) };
-                    o.iter_mut().for_each(|v| *v = 0.0);
-                    for (j, &p) in scores.iter().enumerate() {
-                        let at = cache.at(li, j) + g * hd;
-                        for (ov, &vv) in o.iter_mut().zip(&cache.v[at..at + hd]) {
-                            *ov += p * vv;
-                        }
-                    }
-                });
-            }
+            let shape = AttentionShape {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: c.head_dim,
+                scale,
+                window: None,
+            };
+            attention(pool, cache, li, pos0, &ws.q, t, &shape, &mut ws.att);
             mm(&layer.wo, &ws.att, &mut ws.o, &mut ws.scratch);
             add_in_place(&mut ws.x, &ws.o);
             for i in 0..t {

@@ -1,12 +1,72 @@
 //! Transformer architectures behind one trait. One file per family.
 
+pub mod attention;
+pub mod gemma3;
+pub mod kv;
 pub mod llama;
 pub mod ops;
+
+pub use kv::KvCache;
 
 use std::sync::Arc;
 
 use crate::format::{FormatError, GgufFile};
-use crate::tensor::{dequantize, GgmlType, KernelError, Matrix};
+use crate::tensor::{dequantize, GgmlType, KernelError, Matrix, Scratch, Simd, ThreadPool};
+
+/// Which positions' logits a forward call produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+/// Buffers reused across forward calls (grown to the largest step seen).
+#[derive(Default)]
+pub struct Workspace {
+    pub(crate) x: Vec<f32>,
+    pub(crate) h: Vec<f32>,
+    pub(crate) q: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+    pub(crate) att: Vec<f32>,
+    pub(crate) o: Vec<f32>,
+    pub(crate) gate: Vec<f32>,
+    pub(crate) up: Vec<f32>,
+    pub(crate) ffn: Vec<f32>,
+    pub(crate) last: Vec<f32>,
+    /// Logits of the last position (`Logits::Last`) or of every position.
+    pub logits: Vec<f32>,
+    pub(crate) scratch: Scratch,
+}
+
+/// A loaded model of any supported architecture.
+pub trait Model: Send + Sync {
+    fn architecture(&self) -> &'static str;
+    fn n_vocab(&self) -> usize;
+    fn n_ctx_train(&self) -> usize;
+    /// An empty cache for `capacity` positions.
+    fn new_cache(&self, capacity: usize) -> KvCache;
+    /// Run `tokens` at positions `cache.len ..`, append them to the cache, and
+    /// leave the requested logits in `ws.logits`.
+    fn forward(
+        &self,
+        pool: &ThreadPool,
+        simd: Simd,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        which: Logits,
+    );
+}
+
+/// Load the model in `file`, choosing the implementation by `general.architecture`.
+pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>, ModelError> {
+    match file.metadata().architecture().unwrap_or("") {
+        "llama" => Ok(Box::new(llama::Llama::load(file)?)),
+        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(file)?)),
+        other => Err(ModelError::UnsupportedArchitecture(other.to_owned())),
+    }
+}
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +94,7 @@ pub enum ModelError {
     },
 }
 
-pub const SUPPORTED: &str = "llama (SmolLM2, TinyLlama, Llama 2/3, Mistral)";
+pub const SUPPORTED: &str = "llama (SmolLM2, TinyLlama, Llama 2/3, Mistral), gemma3";
 
 /// A weight matrix inside the mapped model file.
 #[derive(Debug, Clone)]

@@ -67,3 +67,36 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+/// Rotate the halves (i, i + d/2) of each head by `pos` (NEOX layout).
+pub fn rope_neox(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32]) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let theta = pos as f32 * f;
+            let (s, c) = theta.sin_cos();
+            let (a, b) = (head[i], head[i + half]);
+            head[i] = a * c - b * s;
+            head[i + half] = a * s + b * c;
+        }
+    }
+}
+
+/// gate ← gelu_tanh(gate) · up
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()) * u;
+    }
+}
+
+/// RMSNorm of each `n`-wide row in place.
+pub fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32, tmp: &mut Vec<f32>) {
+    let n = w.len();
+    tmp.resize(n, 0.0);
+    for row in x.chunks_exact_mut(n) {
+        tmp.copy_from_slice(row);
+        rms_norm(tmp, w, eps, row);
+    }
+}

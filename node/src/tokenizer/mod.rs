@@ -1,20 +1,26 @@
 //! Tokenizers built from a model's own metadata: byte-level BPE (GGUF
 //! `tokenizer.ggml.model = "gpt2"`) with the pre-tokenizer chosen by
-//! `tokenizer.ggml.pre`; control and user-defined tokens recognised in text
+//! `tokenizer.ggml.pre`, and SentencePiece-style (`"llama"`: scores, byte
+//! fallback, ▁ spaces); control and user-defined tokens recognised in text
 //! when asked; streaming decode that never emits a broken UTF-8 sequence.
 
 pub mod bpe;
 pub mod pretokenize;
+pub mod spm;
 pub mod vocab;
+
+use std::collections::HashMap;
 
 use crate::format::Metadata;
 pub use bpe::Bpe;
 pub use pretokenize::PreTokenizer;
+pub use spm::Spm;
 pub use vocab::{TokenType, TokenizerError, Vocab};
 
 #[derive(Debug, Clone)]
 pub enum Model {
     Bpe(Bpe),
+    Spm(Spm),
 }
 
 /// A tokenizer: vocabulary plus the algorithm that maps text onto it.
@@ -22,8 +28,9 @@ pub enum Model {
 pub struct Tokenizer {
     pub vocab: Vocab,
     model: Model,
-    /// Control and user-defined tokens, longest first, for parsing them out of text.
-    specials: Vec<u32>,
+    /// Control and user-defined tokens by first byte, longest first, for
+    /// parsing them out of text.
+    specials: HashMap<u8, Vec<u32>>,
 }
 
 impl Tokenizer {
@@ -37,9 +44,24 @@ impl Tokenizer {
                 let bpe = Bpe::from_gguf(md, &vocab)?;
                 (vocab, Model::Bpe(bpe))
             }
+            "llama" => {
+                let vocab = Vocab::from_gguf(md, true)?;
+                let spm = Spm::new(
+                    &vocab,
+                    md.get_bool("tokenizer.ggml.add_space_prefix")
+                        .unwrap_or(true),
+                );
+                (vocab, Model::Spm(spm))
+            }
             other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
         };
-        let specials = vocab.special_ids();
+        let mut specials: HashMap<u8, Vec<u32>> = HashMap::new();
+        for id in vocab.special_ids() {
+            specials
+                .entry(vocab.tokens[id as usize].as_bytes()[0])
+                .or_default()
+                .push(id);
+        }
         Ok(Tokenizer {
             vocab,
             model,
@@ -63,14 +85,20 @@ impl Tokenizer {
                 i += 1;
                 continue;
             }
-            let hit = self.specials.iter().copied().find(|&id| {
-                let t = &self.vocab.tokens[id as usize];
-                (parse_special || self.vocab.types[id as usize] == TokenType::UserDefined)
-                    && bytes[i..].starts_with(t.as_bytes())
-            });
+            let hit = self
+                .specials
+                .get(&bytes[i])
+                .into_iter()
+                .flatten()
+                .copied()
+                .find(|&id| {
+                    let t = &self.vocab.tokens[id as usize];
+                    (parse_special || self.vocab.types[id as usize] == TokenType::UserDefined)
+                        && bytes[i..].starts_with(t.as_bytes())
+                });
             match hit {
                 Some(id) => {
-                    self.encode_plain(&text[rest_start..i], &mut out);
+                    self.encode_plain(&text[rest_start..i], rest_start == 0, &mut out);
                     out.push(id);
                     i += self.vocab.tokens[id as usize].len();
                     rest_start = i;
@@ -78,19 +106,20 @@ impl Tokenizer {
                 None => i += 1,
             }
         }
-        self.encode_plain(&text[rest_start..], &mut out);
+        self.encode_plain(&text[rest_start..], rest_start == 0, &mut out);
         if add_special && self.vocab.add_eos {
             out.extend(self.vocab.eos);
         }
         out
     }
 
-    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
+    fn encode_plain(&self, text: &str, first: bool, out: &mut Vec<u32>) {
         if text.is_empty() {
             return;
         }
         match &self.model {
             Model::Bpe(b) => b.encode(text, &self.vocab, out),
+            Model::Spm(m) => m.encode(text, first, &self.vocab, out),
         }
     }
 
@@ -106,8 +135,9 @@ impl Tokenizer {
             | TokenType::UserDefined
             | TokenType::Unknown
             | TokenType::Unused => out.extend_from_slice(text.as_bytes()),
-            _ => match &self.model {
+            ty => match &self.model {
                 Model::Bpe(b) => b.token_bytes(text, out),
+                Model::Spm(m) => m.token_bytes(text, ty, out),
             },
         }
     }

@@ -1,0 +1,72 @@
+//! Causal grouped-query attention over the KV cache, optionally limited to a
+//! sliding window; one pool task per (token, head).
+
+use super::kv::KvCache;
+use super::ops::{dot, softmax};
+use crate::tensor::ThreadPool;
+
+/// Output pointer for tasks writing disjoint (token, head) slices.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each task writes only its own (token, head) slice of the buffer.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// # Safety
+    /// The range must lie inside the buffer and belong to the calling task only.
+    unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+pub struct AttentionShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    /// Attend to at most this many most recent positions (None: all).
+    pub window: Option<usize>,
+}
+
+/// `q` holds `t` tokens' queries at positions `pos0..`; the cache already
+/// holds their keys and values. Writes `t × n_head × head_dim` values to `out`.
+pub fn attention(
+    pool: &ThreadPool,
+    cache: &KvCache,
+    layer: usize,
+    pos0: usize,
+    q: &[f32],
+    t: usize,
+    s: &AttentionShape,
+    out: &mut [f32],
+) {
+    let q_dim = s.n_head * s.head_dim;
+    assert!(q.len() >= t * q_dim && out.len() >= t * q_dim);
+    let group = s.n_head / s.n_head_kv;
+    let hd = s.head_dim;
+    let o = Out(out.as_mut_ptr());
+    pool.run(t * s.n_head, &|task| {
+        let (i, h) = (task / s.n_head, task % s.n_head);
+        let g = h / group;
+        let pos = pos0 + i;
+        let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+        let mut scores: Vec<f32> = (first..=pos)
+            .map(|j| {
+                let at = cache.at(layer, j) + g * hd;
+                dot(qh, &cache.k[at..at + hd]) * s.scale
+            })
+            .collect();
+        softmax(&mut scores);
+        // SAFETY: task (i, h) owns this slice of `out`.
+        let dst = unsafe { o.slice(i * q_dim + h * hd, hd) };
+        dst.iter_mut().for_each(|v| *v = 0.0);
+        for (j, &p) in (first..=pos).zip(&scores) {
+            let at = cache.at(layer, j) + g * hd;
+            for (d, &v) in dst.iter_mut().zip(&cache.v[at..at + hd]) {
+                *d += p * v;
+            }
+        }
+    });
+}

@@ -1,0 +1,318 @@
+//! Gemma 3: embeddings scaled by √d, RMSNorm before and after both the
+//! attention and the feed-forward, per-head RMSNorm of queries and keys,
+//! NEOX RoPE with a 10k base on sliding-window layers and the file's base
+//! on global ones (every sixth layer is global), GELU-tanh gated
+//! feed-forward, tied output.
+
+use std::sync::Arc;
+
+use super::attention::{attention, AttentionShape};
+use super::kv::KvCache;
+use super::ops::{add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox};
+use super::{Loader, Logits, Model, ModelError, Weight, Workspace};
+use crate::format::GgufFile;
+use crate::tensor::{matmul, Simd, ThreadPool};
+
+/// llama.cpp's fixed values for Gemma 3 (not in the GGUF metadata).
+const SWA_PATTERN: usize = 6;
+const SWA_ROPE_BASE: f64 = 10_000.0;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gemma3Config {
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub rope_base: f64,
+    pub sliding_window: usize,
+    pub rms_eps: f32,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    wo: Weight,
+    post_attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
+    post_ffn_norm: Vec<f32>,
+}
+
+pub struct Gemma3 {
+    pub cfg: Gemma3Config,
+    file: Arc<GgufFile>,
+    tok_embd: Weight,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: Weight,
+    inv_freq_global: Vec<f32>,
+    inv_freq_local: Vec<f32>,
+}
+
+impl Gemma3 {
+    pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+        let l = Loader { file: &file };
+        let n_embd = l.u64("gemma3.embedding_length")? as usize;
+        let n_head = l.u64("gemma3.attention.head_count")? as usize;
+        let md = file.metadata();
+        let cfg = Gemma3Config {
+            n_embd,
+            n_layer: l.u64("gemma3.block_count")? as usize,
+            n_head,
+            n_head_kv: md
+                .get_u64("gemma3.attention.head_count_kv")
+                .unwrap_or(n_head as u64) as usize,
+            head_dim: md
+                .get_u64("gemma3.attention.key_length")
+                .map_or(n_embd / n_head.max(1), |v| v as usize),
+            n_ff: l.u64("gemma3.feed_forward_length")? as usize,
+            n_vocab: md
+                .get_array("tokenizer.ggml.tokens")
+                .map(|a| a.len())
+                .unwrap_or(0),
+            n_ctx_train: l.u64("gemma3.context_length")? as usize,
+            rope_base: l.f64_or("gemma3.rope.freq_base", 1_000_000.0),
+            sliding_window: md.get_u64("gemma3.attention.sliding_window").unwrap_or(512) as usize,
+            rms_eps: l.f64_or("gemma3.attention.layer_norm_rms_epsilon", 1e-6) as f32,
+        };
+        if cfg.n_head == 0
+            || cfg.n_head_kv == 0
+            || !cfg.n_head.is_multiple_of(cfg.n_head_kv)
+            || cfg.head_dim % 2 != 0
+            || cfg.n_vocab == 0
+        {
+            return Err(ModelError::Metadata {
+                file: file.path().display().to_string(),
+                key: "gemma3.attention.head_count_kv".into(),
+            });
+        }
+        let (q_dim, kv_dim, hd) = (
+            cfg.n_head * cfg.head_dim,
+            cfg.n_head_kv * cfg.head_dim,
+            cfg.head_dim,
+        );
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: l.vector(&p("attn_norm.weight"), n_embd)?,
+                wq: l.matrix(&p("attn_q.weight"), n_embd, q_dim)?,
+                wk: l.matrix(&p("attn_k.weight"), n_embd, kv_dim)?,
+                wv: l.matrix(&p("attn_v.weight"), n_embd, kv_dim)?,
+                q_norm: l.vector(&p("attn_q_norm.weight"), hd)?,
+                k_norm: l.vector(&p("attn_k_norm.weight"), hd)?,
+                wo: l.matrix(&p("attn_output.weight"), q_dim, n_embd)?,
+                post_attn_norm: l.vector(&p("post_attention_norm.weight"), n_embd)?,
+                ffn_norm: l.vector(&p("ffn_norm.weight"), n_embd)?,
+                w_gate: l.matrix(&p("ffn_gate.weight"), n_embd, cfg.n_ff)?,
+                w_up: l.matrix(&p("ffn_up.weight"), n_embd, cfg.n_ff)?,
+                w_down: l.matrix(&p("ffn_down.weight"), cfg.n_ff, n_embd)?,
+                post_ffn_norm: l.vector(&p("post_ffw_norm.weight"), n_embd)?,
+            });
+        }
+        let tok_embd = l.matrix("token_embd.weight", n_embd, cfg.n_vocab)?;
+        let output = if l.has("output.weight") {
+            l.matrix("output.weight", n_embd, cfg.n_vocab)?
+        } else {
+            tok_embd.clone()
+        };
+        let out_norm = l.vector("output_norm.weight", n_embd)?;
+        Ok(Gemma3 {
+            inv_freq_global: rope_inv_freq(hd, cfg.rope_base),
+            inv_freq_local: rope_inv_freq(hd, SWA_ROPE_BASE),
+            cfg,
+            file: file.clone(),
+            tok_embd,
+            layers,
+            out_norm,
+            output,
+        })
+    }
+
+    fn is_sliding(layer: usize) -> bool {
+        layer % SWA_PATTERN < SWA_PATTERN - 1
+    }
+}
+
+impl Model for Gemma3 {
+    fn architecture(&self) -> &'static str {
+        "gemma3"
+    }
+    fn n_vocab(&self) -> usize {
+        self.cfg.n_vocab
+    }
+    fn n_ctx_train(&self) -> usize {
+        self.cfg.n_ctx_train
+    }
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(
+            self.cfg.n_layer,
+            self.cfg.n_head_kv * self.cfg.head_dim,
+            capacity,
+        )
+    }
+
+    fn forward(
+        &self,
+        pool: &ThreadPool,
+        simd: Simd,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        which: Logits,
+    ) {
+        let c = &self.cfg;
+        let t = tokens.len();
+        let pos0 = cache.len;
+        assert!(
+            pos0 + t <= cache.capacity(),
+            "KV cache overflow: {} + {} > {}",
+            pos0,
+            t,
+            cache.capacity()
+        );
+        let (d, q_dim, kv_dim, hd) = (
+            c.n_embd,
+            c.n_head * c.head_dim,
+            c.n_head_kv * c.head_dim,
+            c.head_dim,
+        );
+        for (v, n) in [
+            (&mut ws.x, t * d),
+            (&mut ws.h, t * d),
+            (&mut ws.q, t * q_dim),
+            (&mut ws.k, t * kv_dim),
+            (&mut ws.v, t * kv_dim),
+            (&mut ws.att, t * q_dim),
+            (&mut ws.o, t * d),
+            (&mut ws.gate, t * c.n_ff),
+            (&mut ws.up, t * c.n_ff),
+            (&mut ws.ffn, t * d),
+        ] {
+            v.resize(n, 0.0);
+        }
+        let f = &*self.file;
+        let embd_scale = (d as f32).sqrt();
+        for (i, &tok) in tokens.iter().enumerate() {
+            let row = &mut ws.x[i * d..(i + 1) * d];
+            self.tok_embd
+                .row_into(f, (tok as usize).min(c.n_vocab - 1), row);
+            row.iter_mut().for_each(|v| *v *= embd_scale);
+        }
+        let mm = |w: &Weight, x: &[f32], y: &mut [f32], s: &mut crate::tensor::Scratch| {
+            matmul(pool, simd, &w.matrix(f), x, t, y, s).expect("shapes checked at load");
+        };
+        let mut tmp = Vec::new();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let sliding = Self::is_sliding(li);
+            let inv_freq = if sliding {
+                &self.inv_freq_local
+            } else {
+                &self.inv_freq_global
+            };
+            for i in 0..t {
+                rms_norm(
+                    &ws.x[i * d..(i + 1) * d],
+                    &layer.attn_norm,
+                    c.rms_eps,
+                    &mut ws.h[i * d..(i + 1) * d],
+                );
+            }
+            mm(&layer.wq, &ws.h, &mut ws.q, &mut ws.scratch);
+            mm(&layer.wk, &ws.h, &mut ws.k, &mut ws.scratch);
+            mm(&layer.wv, &ws.h, &mut ws.v, &mut ws.scratch);
+            rms_norm_rows(&mut ws.q, &layer.q_norm, c.rms_eps, &mut tmp);
+            rms_norm_rows(&mut ws.k, &layer.k_norm, c.rms_eps, &mut tmp);
+            for i in 0..t {
+                rope_neox(
+                    &mut ws.q[i * q_dim..(i + 1) * q_dim],
+                    hd,
+                    pos0 + i,
+                    inv_freq,
+                );
+                rope_neox(
+                    &mut ws.k[i * kv_dim..(i + 1) * kv_dim],
+                    hd,
+                    pos0 + i,
+                    inv_freq,
+                );
+                cache.store(
+                    li,
+                    pos0 + i,
+                    &ws.k[i * kv_dim..(i + 1) * kv_dim],
+                    &ws.v[i * kv_dim..(i + 1) * kv_dim],
+                );
+            }
+            let shape = AttentionShape {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window: sliding.then_some(c.sliding_window),
+            };
+            attention(pool, cache, li, pos0, &ws.q, t, &shape, &mut ws.att);
+            mm(&layer.wo, &ws.att, &mut ws.o, &mut ws.scratch);
+            rms_norm_rows(&mut ws.o, &layer.post_attn_norm, c.rms_eps, &mut tmp);
+            add_in_place(&mut ws.x, &ws.o);
+            for i in 0..t {
+                rms_norm(
+                    &ws.x[i * d..(i + 1) * d],
+                    &layer.ffn_norm,
+                    c.rms_eps,
+                    &mut ws.h[i * d..(i + 1) * d],
+                );
+            }
+            mm(&layer.w_gate, &ws.h, &mut ws.gate, &mut ws.scratch);
+            mm(&layer.w_up, &ws.h, &mut ws.up, &mut ws.scratch);
+            geglu(&mut ws.gate, &ws.up);
+            matmul(
+                pool,
+                simd,
+                &layer.w_down.matrix(f),
+                &ws.gate,
+                t,
+                &mut ws.ffn,
+                &mut ws.scratch,
+            )
+            .expect("shapes checked at load");
+            rms_norm_rows(&mut ws.ffn, &layer.post_ffn_norm, c.rms_eps, &mut tmp);
+            add_in_place(&mut ws.x, &ws.ffn);
+        }
+        cache.len = pos0 + t;
+        let (first, n_out) = match which {
+            Logits::Last => (t - 1, 1),
+            Logits::All => (0, t),
+        };
+        ws.last.resize(n_out * d, 0.0);
+        for k in 0..n_out {
+            let i = first + k;
+            rms_norm(
+                &ws.x[i * d..(i + 1) * d],
+                &self.out_norm,
+                c.rms_eps,
+                &mut ws.last[k * d..(k + 1) * d],
+            );
+        }
+        ws.logits.resize(n_out * c.n_vocab, 0.0);
+        matmul(
+            pool,
+            simd,
+            &self.output.matrix(f),
+            &ws.last,
+            n_out,
+            &mut ws.logits,
+            &mut ws.scratch,
+        )
+        .expect("shapes checked at load");
+    }
+}

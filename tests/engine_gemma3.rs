@@ -1,0 +1,94 @@
+//! Gemma 3 270M (Q4_K_M) against llama.cpp: SentencePiece tokenizer ids
+//! (tests/golden/tokenizer_gemma3.json) and perplexity (perplexity.json).
+//! Token-by-token agreement with generation_gemma3.json is open work: see
+//! docs/architecture.md on quantized-path sensitivity.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use realizar_node::format::GgufFile;
+use realizar_node::model::{load, Model};
+use realizar_node::tensor::{Simd, ThreadPool};
+use realizar_node::tokenizer::Tokenizer;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn golden(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden").join(name)).unwrap())
+        .unwrap()
+}
+
+fn gemma() -> (Box<dyn Model>, Tokenizer) {
+    let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-models.sh",
+        p.display()
+    );
+    let f = Arc::new(GgufFile::open(p).unwrap());
+    let tok = Tokenizer::from_gguf(f.metadata()).unwrap();
+    (load(f).unwrap(), tok)
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn tokenizer_matches_llama_cpp() {
+    let (_, tok) = gemma();
+    let g = golden("tokenizer_gemma3.json");
+    let cases = g["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 21);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, false, true),
+            ids(&c["ids"]),
+            "text {text:?}"
+        );
+    }
+}
+
+#[test]
+fn perplexity_within_one_percent_of_llama_cpp() {
+    let (model, tok) = gemma();
+    let g = golden("perplexity.json");
+    let want = g["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["file"] == "gemma-3-270m-q4_k_m.gguf")
+        .unwrap()["ppl"]
+        .as_f64()
+        .unwrap();
+    let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap();
+    let pool = ThreadPool::new(2);
+    let p = realizar_node::eval::perplexity(
+        model.as_ref(),
+        &tok,
+        &pool,
+        Simd::detect(),
+        &text,
+        512,
+        |_, _, _| {},
+    )
+    .unwrap();
+    eprintln!(
+        "gemma3: ppl {:.4} vs llama.cpp {want} ({:+.3}%)",
+        p.ppl,
+        100.0 * (p.ppl - want) / want
+    );
+    assert_eq!(p.chunks, 14);
+    assert!(
+        (p.ppl - want).abs() / want <= 0.01,
+        "ppl {} vs {want}",
+        p.ppl
+    );
+}
