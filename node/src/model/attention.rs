@@ -31,6 +31,7 @@ pub struct AttentionShape {
 
 /// `q` holds `t` tokens' queries at positions `pos0..`; the cache already
 /// holds their keys and values. Writes `t × n_head × head_dim` values to `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
     cache: &KvCache,

@@ -88,7 +88,7 @@ impl Gemma3 {
         if cfg.n_head == 0
             || cfg.n_head_kv == 0
             || !cfg.n_head.is_multiple_of(cfg.n_head_kv)
-            || cfg.head_dim % 2 != 0
+            || !cfg.head_dim.is_multiple_of(2)
             || cfg.n_vocab == 0
         {
             return Err(ModelError::Metadata {

@@ -19,7 +19,7 @@ pub use vocab::{TokenType, TokenizerError, Vocab};
 
 #[derive(Debug, Clone)]
 pub enum Model {
-    Bpe(Bpe),
+    Bpe(Box<Bpe>),
     Spm(Spm),
 }
 
@@ -42,7 +42,7 @@ impl Tokenizer {
             "gpt2" => {
                 let vocab = Vocab::from_gguf(md, false)?;
                 let bpe = Bpe::from_gguf(md, &vocab)?;
-                (vocab, Model::Bpe(bpe))
+                (vocab, Model::Bpe(Box::new(bpe)))
             }
             "llama" => {
                 let vocab = Vocab::from_gguf(md, true)?;
