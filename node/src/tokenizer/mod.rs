@@ -20,7 +20,7 @@ pub use vocab::{TokenType, TokenizerError, Vocab};
 #[derive(Debug, Clone)]
 pub enum Model {
     Bpe(Box<Bpe>),
-    Spm(Spm),
+    Spm(Box<Spm>),
 }
 
 /// A tokenizer: vocabulary plus the algorithm that maps text onto it.
@@ -51,7 +51,7 @@ impl Tokenizer {
                     md.get_bool("tokenizer.ggml.add_space_prefix")
                         .unwrap_or(true),
                 );
-                (vocab, Model::Spm(spm))
+                (vocab, Model::Spm(Box::new(spm)))
             }
             other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
         };
