@@ -53,6 +53,9 @@ enum Command {
         prompt: String,
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
+        /// Wrap the prompt as a user message in the model's chat template.
+        #[arg(long)]
+        chat: bool,
         /// 0 is greedy.
         #[arg(long, default_value_t = 0.8)]
         temperature: f32,
@@ -208,6 +211,7 @@ fn quantize(input: &Path, output: &Path, dtype: &str) -> ExitCode {
 type Loaded = (
     Box<dyn realizar_node::model::Model>,
     realizar_node::tokenizer::Tokenizer,
+    Option<String>,
 );
 
 fn load_model(path: &Path) -> Result<Loaded, String> {
@@ -216,8 +220,12 @@ fn load_model(path: &Path) -> Result<Loaded, String> {
     );
     let tok = realizar_node::tokenizer::Tokenizer::from_gguf(f.metadata())
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    let template = f
+        .metadata()
+        .get_str("tokenizer.chat_template")
+        .map(str::to_owned);
     let model = realizar_node::model::load(f).map_err(|e| e.to_string())?;
-    Ok((model, tok))
+    Ok((model, tok, template))
 }
 
 fn threads(n: Option<usize>) -> usize {
@@ -229,6 +237,7 @@ fn threads(n: Option<usize>) -> usize {
 fn run(
     model: &Path,
     prompt: &str,
+    chat: bool,
     max_tokens: usize,
     params: realizar_node::sampling::SamplingParams,
     n_threads: usize,
@@ -237,14 +246,29 @@ fn run(
     use realizar_node::sampling::Sampler;
     use realizar_node::tokenizer::StreamDecoder;
     use std::io::Write;
-    let (m, tok) = match load_model(model) {
+    let (m, tok, template) = match load_model(model) {
         Ok(x) => x,
         Err(e) => return fail("run", e),
     };
     if let Err(e) = params.validate(m.n_vocab()) {
         return fail("run", e);
     }
-    let ids = tok.encode(prompt, true, true);
+    let ids = if chat {
+        use realizar_node::tokenizer::{ChatMessage, ChatTemplate};
+        let rendered = ChatTemplate::for_model(template.as_deref(), &tok)
+            .and_then(|t| Ok((t.render(&[ChatMessage::new("user", prompt)], true)?, t)));
+        match rendered {
+            // A template that writes the BOS token itself gets no second one.
+            Ok((text, t)) => tok.encode(
+                &text,
+                t.bos_token().is_empty() || !text.starts_with(t.bos_token()),
+                true,
+            ),
+            Err(e) => return fail("run", e),
+        }
+    } else {
+        tok.encode(prompt, true, true)
+    };
     if ids.is_empty() {
         return fail("run", "the prompt is empty");
     }
@@ -304,7 +328,7 @@ fn run(
 }
 
 fn perplexity(model: &Path, file: &Path, ctx: usize, n_threads: usize) -> ExitCode {
-    let (m, tok) = match load_model(model) {
+    let (m, tok, _) = match load_model(model) {
         Ok(x) => x,
         Err(e) => return fail("perplexity", e),
     };
@@ -362,6 +386,7 @@ fn main() -> ExitCode {
         Command::Run {
             model,
             prompt,
+            chat,
             max_tokens,
             temperature,
             top_k,
@@ -378,7 +403,7 @@ fn main() -> ExitCode {
                 seed,
                 ..Default::default()
             };
-            run(&model, &prompt, max_tokens, params, threads(t))
+            run(&model, &prompt, chat, max_tokens, params, threads(t))
         }
         Command::Perplexity {
             model,

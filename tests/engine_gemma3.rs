@@ -92,3 +92,38 @@ fn perplexity_within_one_percent_of_llama_cpp() {
         p.ppl
     );
 }
+
+#[test]
+fn builtin_gemma_chat_template_gives_llama_cpps_prompt() {
+    use realizar_node::tokenizer::{ChatMessage, ChatTemplate};
+    let (_, tok) = gemma();
+    let t = ChatTemplate::for_model(None, &tok).unwrap();
+    assert_eq!(t.builtin, Some("gemma"));
+    let text = t
+        .render(&[ChatMessage::new("user", "What is 2+2?")], true)
+        .unwrap();
+    assert_eq!(
+        text,
+        "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n"
+    );
+    // The golden prompt `k` was this conversation, tokenized by llama.cpp with BOS added.
+    let g = golden("generation_gemma3.json");
+    assert_eq!(
+        tok.encode(&text, false, true),
+        ids(&g["prompts"]["k"]["prompt_token_ids"])
+    );
+    // A system message is folded into the first user turn.
+    let sys = t
+        .render(
+            &[
+                ChatMessage::new("system", "Be brief."),
+                ChatMessage::new("user", "Hi"),
+            ],
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        sys,
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+    );
+}

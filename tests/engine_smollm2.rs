@@ -321,3 +321,41 @@ fn perplexity_q8_0() {
 fn perplexity_f32() {
     check_perplexity("SmolLM2-135M-Instruct.F32.gguf", &derived(GgmlType::F32));
 }
+
+#[test]
+fn the_files_chat_template_renders_chatml() {
+    use realizar_node::tokenizer::{ChatMessage, ChatTemplate};
+    let f = GgufFile::open(q4_1_path()).unwrap();
+    let tok = Tokenizer::from_gguf(f.metadata()).unwrap();
+    let t = ChatTemplate::for_model(f.metadata().get_str("tokenizer.chat_template"), &tok).unwrap();
+    assert_eq!(t.builtin, None);
+    let text = t
+        .render(&[ChatMessage::new("user", "What is 2+2?")], true)
+        .unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let ids = tok.encode(&text, false, true);
+    assert_eq!(
+        ids.iter()
+            .filter(|&&i| tok.vocab.tokens[i as usize] == "<|im_start|>")
+            .count(),
+        3
+    );
+    // With an explicit system message the default one is not added.
+    let text = t
+        .render(
+            &[
+                ChatMessage::new("system", "S"),
+                ChatMessage::new("user", "U"),
+            ],
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
+    );
+}

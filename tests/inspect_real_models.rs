@@ -122,3 +122,86 @@ fn text_report_and_bad_input() {
         "{err}"
     );
 }
+
+#[test]
+fn inspect_a_sharded_safetensors_directory() {
+    use realizar_node::format::safetensors::write_safetensors;
+    use realizar_node::format::StDtype;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shard = |tensors: &[(&str, StDtype, Vec<u64>)]| {
+        let ts: Vec<_> = tensors
+            .iter()
+            .map(|(n, t, s)| {
+                (
+                    n.to_string(),
+                    *t,
+                    s.clone(),
+                    vec![0u8; (s.iter().product::<u64>() * t.size()) as usize],
+                )
+            })
+            .collect();
+        write_safetensors(&ts, &Default::default())
+    };
+    std::fs::write(
+        d.join("model-00001-of-00002.safetensors"),
+        shard(&[
+            ("model.embed_tokens.weight", StDtype::BF16, vec![64, 16]),
+            ("model.norm.weight", StDtype::F32, vec![16]),
+        ]),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("model-00002-of-00002.safetensors"),
+        shard(&[("lm_head.weight", StDtype::F16, vec![64, 16])]),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        r#"{"metadata":{},"weight_map":{"model.embed_tokens.weight":"model-00001-of-00002.safetensors",
+            "model.norm.weight":"model-00001-of-00002.safetensors","lm_head.weight":"model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        r#"{"model_type":"llama","hidden_size":16,"num_hidden_layers":2,"num_attention_heads":4,
+            "num_key_value_heads":2,"vocab_size":64,"max_position_embeddings":128,"bos_token_id":1,"eos_token_id":2}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("tokenizer.json"),
+        r#"{"model":{"type":"BPE","vocab":{"a":0}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("tokenizer_config.json"),
+        r#"{"chat_template":"{{ messages }}"}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+        .args(["inspect", "--json"])
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "safetensors");
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["block_count"], 2);
+    assert_eq!(v["embedding_length"], 16);
+    assert_eq!(v["head_count"], 4);
+    assert_eq!(v["head_count_kv"], 2);
+    assert_eq!(v["vocab_size"], 64);
+    assert_eq!(v["parameter_count"], 64 * 16 * 2 + 16);
+    assert_eq!(
+        v["tensor_types"],
+        serde_json::json!({"BF16": 1, "F16": 1, "F32": 1})
+    );
+    assert_eq!(v["tokenizer_kind"], "BPE");
+    assert_eq!(v["chat_template"], true);
+    assert_eq!(v["special_tokens"]["eos"], 2);
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::attention::{attention, AttentionShape};
 use super::kv::KvCache;
 use super::ops::{add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox};
-use super::{Loader, Logits, Model, ModelError, Weight, Workspace};
+use super::{output_logits, Loader, Logits, Model, ModelError, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{matmul, Simd, ThreadPool};
 
@@ -289,30 +289,16 @@ impl Model for Gemma3 {
             add_in_place(&mut ws.x, &ws.ffn);
         }
         cache.len = pos0 + t;
-        let (first, n_out) = match which {
-            Logits::Last => (t - 1, 1),
-            Logits::All => (0, t),
-        };
-        ws.last.resize(n_out * d, 0.0);
-        for k in 0..n_out {
-            let i = first + k;
-            rms_norm(
-                &ws.x[i * d..(i + 1) * d],
-                &self.out_norm,
-                c.rms_eps,
-                &mut ws.last[k * d..(k + 1) * d],
-            );
-        }
-        ws.logits.resize(n_out * c.n_vocab, 0.0);
-        matmul(
+        output_logits(
             pool,
             simd,
-            &self.output.matrix(f),
-            &ws.last,
-            n_out,
-            &mut ws.logits,
-            &mut ws.scratch,
-        )
-        .expect("shapes checked at load");
+            f,
+            &self.out_norm,
+            c.rms_eps,
+            &self.output,
+            t,
+            which,
+            ws,
+        );
     }
 }

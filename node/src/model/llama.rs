@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::attention::{attention, AttentionShape};
 pub use super::kv::KvCache;
 use super::ops::{add_in_place, rms_norm, rope_adjacent, rope_inv_freq, swiglu};
-use super::{Loader, Logits, Model, ModelError, Weight, Workspace};
+use super::{output_logits, Loader, Logits, Model, ModelError, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{matmul, Scratch, Simd, ThreadPool};
 
@@ -273,30 +273,16 @@ impl Llama {
             add_in_place(&mut ws.x, &ws.ffn);
         }
         cache.len = pos0 + t;
-        let (first, n_out) = match which {
-            Logits::Last => (t - 1, 1),
-            Logits::All => (0, t),
-        };
-        resize(&mut ws.last, n_out * d);
-        for k in 0..n_out {
-            let i = first + k;
-            rms_norm(
-                &ws.x[i * d..(i + 1) * d],
-                &self.out_norm,
-                c.rms_eps,
-                &mut ws.last[k * d..(k + 1) * d],
-            );
-        }
-        resize(&mut ws.logits, n_out * c.n_vocab);
-        matmul(
+        output_logits(
             pool,
             simd,
-            &self.output.matrix(f),
-            &ws.last,
-            n_out,
-            &mut ws.logits,
-            &mut ws.scratch,
-        )
-        .expect("shapes checked at load");
+            f,
+            &self.out_norm,
+            c.rms_eps,
+            &self.output,
+            t,
+            which,
+            ws,
+        );
     }
 }

@@ -39,6 +39,48 @@ pub struct Workspace {
     pub(crate) scratch: Scratch,
 }
 
+/// The final norm and the output projection for the positions `which`
+/// asks for; leaves the logits in `ws.logits`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn output_logits(
+    pool: &ThreadPool,
+    simd: Simd,
+    file: &GgufFile,
+    out_norm: &[f32],
+    eps: f32,
+    output: &Weight,
+    t: usize,
+    which: Logits,
+    ws: &mut Workspace,
+) {
+    let d = out_norm.len();
+    let (first, n_out) = match which {
+        Logits::Last => (t - 1, 1),
+        Logits::All => (0, t),
+    };
+    ws.last.resize(n_out * d, 0.0);
+    for k in 0..n_out {
+        let i = first + k;
+        ops::rms_norm(
+            &ws.x[i * d..(i + 1) * d],
+            out_norm,
+            eps,
+            &mut ws.last[k * d..(k + 1) * d],
+        );
+    }
+    ws.logits.resize(n_out * output.rows, 0.0);
+    crate::tensor::matmul(
+        pool,
+        simd,
+        &output.matrix(file),
+        &ws.last,
+        n_out,
+        &mut ws.logits,
+        &mut ws.scratch,
+    )
+    .expect("shapes checked at load");
+}
+
 /// A loaded model of any supported architecture.
 pub trait Model: Send + Sync {
     fn architecture(&self) -> &'static str;

@@ -5,6 +5,7 @@
 //! when asked; streaming decode that never emits a broken UTF-8 sequence.
 
 pub mod bpe;
+pub mod chat;
 pub mod pretokenize;
 pub mod spm;
 pub mod vocab;
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 
 use crate::format::Metadata;
 pub use bpe::Bpe;
+pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use pretokenize::PreTokenizer;
 pub use spm::Spm;
 pub use vocab::{TokenType, TokenizerError, Vocab};
