@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use realizar_node::format::convert::convert;
 use realizar_node::format::GgufFile;
 use realizar_node::model::llama::Llama;
-use realizar_node::model::{Logits, Workspace};
+use realizar_node::model::{Logits, Model, Workspace};
 use realizar_node::tensor::{GgmlType, Simd, ThreadPool};
 use realizar_node::tokenizer::Tokenizer;
 

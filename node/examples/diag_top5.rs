@@ -1,7 +1,7 @@
 //! Diagnostic: our top-5 logprobs at the first generated position vs the golden's.
 use realizar_node::format::GgufFile;
 use realizar_node::model::llama::Llama;
-use realizar_node::model::{Logits, Workspace};
+use realizar_node::model::{Logits, Model, Workspace};
 use realizar_node::tensor::{Simd, ThreadPool};
 use std::sync::Arc;
 

@@ -173,34 +173,13 @@ impl Model for Gemma3 {
     ) {
         let c = &self.cfg;
         let t = tokens.len();
-        let pos0 = cache.len;
-        assert!(
-            pos0 + t <= cache.capacity(),
-            "KV cache overflow: {} + {} > {}",
-            pos0,
-            t,
-            cache.capacity()
-        );
         let (d, q_dim, kv_dim, hd) = (
             c.n_embd,
             c.n_head * c.head_dim,
             c.n_head_kv * c.head_dim,
             c.head_dim,
         );
-        for (v, n) in [
-            (&mut ws.x, t * d),
-            (&mut ws.h, t * d),
-            (&mut ws.q, t * q_dim),
-            (&mut ws.k, t * kv_dim),
-            (&mut ws.v, t * kv_dim),
-            (&mut ws.att, t * q_dim),
-            (&mut ws.o, t * d),
-            (&mut ws.gate, t * c.n_ff),
-            (&mut ws.up, t * c.n_ff),
-            (&mut ws.ffn, t * d),
-        ] {
-            v.resize(n, 0.0);
-        }
+        let pos0 = ws.prepare(cache, t, d, q_dim, kv_dim, c.n_ff);
         let f = &*self.file;
         let embd_scale = (d as f32).sqrt();
         for (i, &tok) in tokens.iter().enumerate() {

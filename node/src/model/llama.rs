@@ -22,7 +22,11 @@ impl Model for Llama {
         self.cfg.n_ctx_train
     }
     fn new_cache(&self, capacity: usize) -> KvCache {
-        Llama::new_cache(self, capacity)
+        KvCache::new(
+            self.cfg.n_layer,
+            self.cfg.n_head_kv * self.cfg.head_dim,
+            capacity,
+        )
     }
     fn forward(
         &self,
@@ -33,7 +37,7 @@ impl Model for Llama {
         ws: &mut Workspace,
         which: Logits,
     ) {
-        Llama::forward(self, pool, simd, tokens, cache, ws, which)
+        self.run_forward(pool, simd, tokens, cache, ws, which)
     }
 }
 
@@ -162,18 +166,7 @@ impl Llama {
         &self.file
     }
 
-    /// An empty cache for `capacity` positions.
-    pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(
-            self.cfg.n_layer,
-            self.cfg.n_head_kv * self.cfg.head_dim,
-            capacity,
-        )
-    }
-
-    /// Run `tokens` at positions `cache.len ..`; appends them to the cache and
-    /// leaves logits (last position, or every position) in `ws.logits`.
-    pub fn forward(
+    fn run_forward(
         &self,
         pool: &ThreadPool,
         simd: Simd,
@@ -184,26 +177,8 @@ impl Llama {
     ) {
         let c = &self.cfg;
         let t = tokens.len();
-        let pos0 = cache.len;
-        assert!(
-            pos0 + t <= cache.capacity(),
-            "KV cache overflow: {} + {} > {}",
-            pos0,
-            t,
-            cache.capacity()
-        );
         let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let resize = |v: &mut Vec<f32>, n: usize| v.resize(n, 0.0);
-        resize(&mut ws.x, t * d);
-        resize(&mut ws.h, t * d);
-        resize(&mut ws.q, t * q_dim);
-        resize(&mut ws.k, t * kv_dim);
-        resize(&mut ws.v, t * kv_dim);
-        resize(&mut ws.att, t * q_dim);
-        resize(&mut ws.o, t * d);
-        resize(&mut ws.gate, t * c.n_ff);
-        resize(&mut ws.up, t * c.n_ff);
-        resize(&mut ws.ffn, t * d);
+        let pos0 = ws.prepare(cache, t, d, q_dim, kv_dim, c.n_ff);
         let f = &*self.file;
         for (i, &tok) in tokens.iter().enumerate() {
             let tok = (tok as usize).min(c.n_vocab - 1);

@@ -39,6 +39,43 @@ pub struct Workspace {
     pub(crate) scratch: Scratch,
 }
 
+impl Workspace {
+    /// Size every buffer for a step of `t` tokens; returns the start position
+    /// (the cache length). Panics if the cache cannot hold the step, which
+    /// callers size for.
+    pub(crate) fn prepare(
+        &mut self,
+        cache: &KvCache,
+        t: usize,
+        d: usize,
+        q_dim: usize,
+        kv_dim: usize,
+        n_ff: usize,
+    ) -> usize {
+        let pos0 = cache.len;
+        assert!(
+            pos0 + t <= cache.capacity(),
+            "KV cache overflow: {pos0} + {t} > {}",
+            cache.capacity()
+        );
+        for (v, n) in [
+            (&mut self.x, t * d),
+            (&mut self.h, t * d),
+            (&mut self.q, t * q_dim),
+            (&mut self.k, t * kv_dim),
+            (&mut self.v, t * kv_dim),
+            (&mut self.att, t * q_dim),
+            (&mut self.o, t * d),
+            (&mut self.gate, t * n_ff),
+            (&mut self.up, t * n_ff),
+            (&mut self.ffn, t * d),
+        ] {
+            v.resize(n, 0.0);
+        }
+        pos0
+    }
+}
+
 /// The final norm and the output projection for the positions `which`
 /// asks for; leaves the logits in `ws.logits`.
 #[allow(clippy::too_many_arguments)]
