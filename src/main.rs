@@ -70,6 +70,9 @@ enum Command {
         /// Compute threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// KV cache element type: f32 or f16.
+        #[arg(long, default_value = "f32")]
+        kv_type: String,
     },
     /// Perplexity of a text file, computed the way llama-perplexity does.
     Perplexity {
@@ -241,6 +244,7 @@ fn run(
     max_tokens: usize,
     params: realizar_node::sampling::SamplingParams,
     n_threads: usize,
+    kv: realizar_node::model::KvType,
 ) -> ExitCode {
     use realizar_node::model::{Logits, Workspace};
     use realizar_node::sampling::Sampler;
@@ -285,7 +289,7 @@ fn run(
     }
     let pool = realizar_node::tensor::ThreadPool::new(n_threads);
     let simd = realizar_node::tensor::Simd::detect();
-    let mut cache = m.new_cache(ctx);
+    let mut cache = m.new_cache_typed(ctx, kv);
     let mut ws = Workspace::default();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -394,7 +398,11 @@ fn main() -> ExitCode {
             min_p,
             seed,
             threads: t,
+            kv_type,
         } => {
+            let Some(kv) = realizar_node::model::KvType::from_name(&kv_type) else {
+                return fail("run", format!("--kv-type {kv_type:?}: expected f32 or f16"));
+            };
             let params = realizar_node::sampling::SamplingParams {
                 temperature,
                 top_k,
@@ -403,7 +411,7 @@ fn main() -> ExitCode {
                 seed,
                 ..Default::default()
             };
-            run(&model, &prompt, chat, max_tokens, params, threads(t))
+            run(&model, &prompt, chat, max_tokens, params, threads(t), kv)
         }
         Command::Perplexity {
             model,

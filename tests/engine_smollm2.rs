@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use realizar_node::format::convert::convert;
 use realizar_node::format::GgufFile;
 use realizar_node::model::llama::Llama;
-use realizar_node::model::{Logits, Model, Workspace};
+use realizar_node::model::{KvType, Logits, Model, Workspace};
 use realizar_node::tensor::{GgmlType, Simd, ThreadPool};
 use realizar_node::tokenizer::Tokenizer;
 
@@ -100,10 +100,16 @@ fn mask_eog(tok: &Tokenizer, logits: &mut [f32]) {
 }
 
 /// Greedy generation; returns (ids, log-softmax at the first generated position).
-fn greedy(model: &Llama, tok: &Tokenizer, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f64>) {
+fn greedy(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    n: usize,
+    kv: KvType,
+) -> (Vec<u32>, Vec<f64>) {
     let pool = ThreadPool::new(2);
     let simd = Simd::detect();
-    let mut cache = model.new_cache(prompt.len() + n + 1);
+    let mut cache = model.new_cache_typed(prompt.len() + n + 1, kv);
     let mut ws = Workspace::default();
     model.forward(&pool, simd, prompt, &mut cache, &mut ws, Logits::Last);
     mask_eog(tok, &mut ws.logits);
@@ -126,7 +132,7 @@ fn greedy(model: &Llama, tok: &Tokenizer, prompt: &[u32], n: usize) -> (Vec<u32>
     (out, first)
 }
 
-fn check_generation(variant: &str, path: &Path, logprob_tol: f64) {
+fn check_generation(variant: &str, path: &Path, logprob_tol: f64, kv: KvType) {
     let (model, tok) = load(path);
     let g = golden("generation_smollm2.json");
     let prompts = g["models"][variant]["prompts"].as_object().unwrap();
@@ -151,7 +157,7 @@ fn check_generation(variant: &str, path: &Path, logprob_tol: f64) {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         let steps = p["steps"].as_array().unwrap();
-        let (got, first) = greedy(&model, &tok, &ids, 16);
+        let (got, first) = greedy(&model, &tok, &ids, 16, kv);
         // Identical up to 16 tokens, or up to a step where llama.cpp's top two were within 0.01.
         for i in 0..16 {
             if got[i] != want[i] {
@@ -195,7 +201,13 @@ fn check_generation(variant: &str, path: &Path, logprob_tol: f64) {
 
 #[test]
 fn f32_generation_matches_llama_cpp() {
-    check_generation("F32", &derived(GgmlType::F32), 0.02);
+    check_generation("F32", &derived(GgmlType::F32), 0.02, KvType::F32);
+}
+
+/// The goldens were made with llama.cpp's f16 KV cache: ours must meet the same bar.
+#[test]
+fn f32_generation_with_an_f16_kv_cache_matches_llama_cpp() {
+    check_generation("F32", &derived(GgmlType::F32), 0.02, KvType::F16);
 }
 
 #[test]

@@ -1,9 +1,11 @@
-//! Causal grouped-query attention over the KV cache, optionally limited to a
-//! sliding window; one pool task per (token, head).
+//! Causal grouped-query attention over the KV cache (f32 or f16), optionally
+//! limited to a sliding window; one pool task per (token, head). Key dots
+//! use the matmul kernels of the cache's element type, so f16 keys are
+//! converted in registers (F16C) rather than copied.
 
 use super::kv::KvCache;
-use super::ops::{dot, softmax};
-use crate::tensor::ThreadPool;
+use super::ops::softmax;
+use crate::tensor::{dequantize, kernel, Kernel, Simd, ThreadPool};
 
 /// Output pointer for tasks writing disjoint (token, head) slices.
 #[derive(Clone, Copy)]
@@ -29,11 +31,15 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
+/// Largest head the value accumulation's stack buffer takes.
+const MAX_HEAD_DIM: usize = 512;
+
 /// `q` holds `t` tokens' queries at positions `pos0..`; the cache already
 /// holds their keys and values. Writes `t × n_head × head_dim` values to `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
+    simd: Simd,
     cache: &KvCache,
     layer: usize,
     pos0: usize,
@@ -43,9 +49,13 @@ pub fn attention(
     out: &mut [f32],
 ) {
     let q_dim = s.n_head * s.head_dim;
-    assert!(q.len() >= t * q_dim && out.len() >= t * q_dim);
-    let group = s.n_head / s.n_head_kv;
     let hd = s.head_dim;
+    assert!(q.len() >= t * q_dim && out.len() >= t * q_dim && hd <= MAX_HEAD_DIM);
+    let Some(Kernel::F32(dot)) = kernel(cache.ty.ggml(), simd) else {
+        unreachable!("F32 and F16 always have float kernels")
+    };
+    let group = s.n_head / s.n_head_kv;
+    let row_bytes = cache.at(0, 0, hd);
     let o = Out(out.as_mut_ptr());
     pool.run(t * s.n_head, &|task| {
         let (i, h) = (task / s.n_head, task % s.n_head);
@@ -55,17 +65,26 @@ pub fn attention(
         let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
         let mut scores: Vec<f32> = (first..=pos)
             .map(|j| {
-                let at = cache.at(layer, j) + g * hd;
-                dot(qh, &cache.k[at..at + hd]) * s.scale
+                let at = cache.at(layer, j, g * hd);
+                let mut r = [0f32];
+                dot(&cache.k[at..at + row_bytes], &[qh], &mut r);
+                r[0] * s.scale
             })
             .collect();
         softmax(&mut scores);
         // SAFETY: task (i, h) owns this slice of `out`.
         let dst = unsafe { o.slice(i * q_dim + h * hd, hd) };
         dst.iter_mut().for_each(|v| *v = 0.0);
+        let mut row = [0f32; MAX_HEAD_DIM];
         for (j, &p) in (first..=pos).zip(&scores) {
-            let at = cache.at(layer, j) + g * hd;
-            for (d, &v) in dst.iter_mut().zip(&cache.v[at..at + hd]) {
+            let at = cache.at(layer, j, g * hd);
+            dequantize(
+                cache.ty.ggml(),
+                &cache.v[at..at + row_bytes],
+                &mut row[..hd],
+            )
+            .expect("whole rows");
+            for (d, &v) in dst.iter_mut().zip(&row[..hd]) {
                 *d += p * v;
             }
         }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
-use super::kv::KvCache;
+use super::kv::{KvCache, KvType};
 use super::ops::{add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox};
 use super::{output_logits, Loader, Logits, Model, ModelError, Weight, Workspace};
 use crate::format::GgufFile;
@@ -154,11 +154,12 @@ impl Model for Gemma3 {
     fn n_ctx_train(&self) -> usize {
         self.cfg.n_ctx_train
     }
-    fn new_cache(&self, capacity: usize) -> KvCache {
+    fn new_cache_typed(&self, capacity: usize, ty: KvType) -> KvCache {
         KvCache::new(
             self.cfg.n_layer,
             self.cfg.n_head_kv * self.cfg.head_dim,
             capacity,
+            ty,
         )
     }
 
@@ -239,7 +240,7 @@ impl Model for Gemma3 {
                 scale: 1.0 / (hd as f32).sqrt(),
                 window: sliding.then_some(c.sliding_window),
             };
-            attention(pool, cache, li, pos0, &ws.q, t, &shape, &mut ws.att);
+            attention(pool, simd, cache, li, pos0, &ws.q, t, &shape, &mut ws.att);
             mm(&layer.wo, &ws.att, &mut ws.o, &mut ws.scratch);
             rms_norm_rows(&mut ws.o, &layer.post_attn_norm, c.rms_eps, &mut tmp);
             add_in_place(&mut ws.x, &ws.o);

@@ -1,9 +1,46 @@
-//! Per-sequence key/value cache (f32), laid out [layer][position][kv width].
+//! Per-sequence key/value cache, laid out [layer][position][kv width], in
+//! f32 or f16 (half the memory and the attention's memory traffic).
+
+use crate::tensor::GgmlType;
+
+/// Element type of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvType {
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Some(KvType::F32),
+            "f16" => Some(KvType::F16),
+            _ => None,
+        }
+    }
+
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            KvType::F32 => GgmlType::F32,
+            KvType::F16 => GgmlType::F16,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    pub(crate) k: Vec<f32>,
-    pub(crate) v: Vec<f32>,
+    /// Keys and values as little-endian bytes of `ty`.
+    pub(crate) k: Vec<u8>,
+    pub(crate) v: Vec<u8>,
+    pub(crate) ty: KvType,
     kv_dim: usize,
     capacity: usize,
     n_layer: usize,
@@ -12,11 +49,12 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_layer: usize, kv_dim: usize, capacity: usize) -> Self {
-        let n = n_layer * capacity * kv_dim;
+    pub fn new(n_layer: usize, kv_dim: usize, capacity: usize, ty: KvType) -> Self {
+        let n = n_layer * capacity * kv_dim * ty.bytes();
         KvCache {
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+            k: vec![0; n],
+            v: vec![0; n],
+            ty,
             kv_dim,
             capacity,
             n_layer,
@@ -32,15 +70,36 @@ impl KvCache {
         self.n_layer
     }
 
-    pub(crate) fn at(&self, layer: usize, pos: usize) -> usize {
-        (layer * self.capacity + pos) * self.kv_dim
+    pub fn kv_type(&self) -> KvType {
+        self.ty
+    }
+
+    /// Bytes held by keys and values together.
+    pub fn size_bytes(&self) -> usize {
+        self.k.len() + self.v.len()
+    }
+
+    /// Byte offset of element `elem` of position `pos` in `layer`.
+    pub(crate) fn at(&self, layer: usize, pos: usize, elem: usize) -> usize {
+        ((layer * self.capacity + pos) * self.kv_dim + elem) * self.ty.bytes()
     }
 
     /// Store one position's keys and values for `layer`.
     pub(crate) fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let at = self.at(layer, pos);
-        self.k[at..at + self.kv_dim].copy_from_slice(k);
-        self.v[at..at + self.kv_dim].copy_from_slice(v);
+        let at = self.at(layer, pos, 0);
+        let n = self.kv_dim * self.ty.bytes();
+        for (src, dst) in [(k, &mut self.k), (v, &mut self.v)] {
+            let out = &mut dst[at..at + n];
+            match self.ty {
+                KvType::F32 => out
+                    .chunks_exact_mut(4)
+                    .zip(src)
+                    .for_each(|(o, x)| o.copy_from_slice(&x.to_le_bytes())),
+                KvType::F16 => out.chunks_exact_mut(2).zip(src).for_each(|(o, x)| {
+                    o.copy_from_slice(&half::f16::from_f32(*x).to_bits().to_le_bytes())
+                }),
+            }
+        }
     }
 
     pub fn clear(&mut self) {
@@ -50,5 +109,24 @@ impl KvCache {
     /// Keep only the first `n` positions.
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_halves_the_memory_and_round_trips_values() {
+        let a = KvCache::new(2, 8, 16, KvType::F32);
+        let mut b = KvCache::new(2, 8, 16, KvType::F16);
+        assert_eq!(a.size_bytes(), 2 * b.size_bytes());
+        let k: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
+        b.store(1, 5, &k, &k);
+        let at = b.at(1, 5, 0);
+        let mut back = vec![0f32; 8];
+        crate::tensor::dequantize(crate::tensor::GgmlType::F16, &b.k[at..at + 16], &mut back)
+            .unwrap();
+        assert_eq!(back, k); // quarter steps are exact in f16
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
-pub use super::kv::KvCache;
+pub use super::kv::{KvCache, KvType};
 use super::ops::{add_in_place, rms_norm, rope_adjacent, rope_inv_freq, swiglu};
 use super::{output_logits, Loader, Logits, Model, ModelError, Weight, Workspace};
 use crate::format::GgufFile;
@@ -21,11 +21,12 @@ impl Model for Llama {
     fn n_ctx_train(&self) -> usize {
         self.cfg.n_ctx_train
     }
-    fn new_cache(&self, capacity: usize) -> KvCache {
+    fn new_cache_typed(&self, capacity: usize, ty: KvType) -> KvCache {
         KvCache::new(
             self.cfg.n_layer,
             self.cfg.n_head_kv * self.cfg.head_dim,
             capacity,
+            ty,
         )
     }
     fn forward(
@@ -228,7 +229,7 @@ impl Llama {
                 scale,
                 window: None,
             };
-            attention(pool, cache, li, pos0, &ws.q, t, &shape, &mut ws.att);
+            attention(pool, simd, cache, li, pos0, &ws.q, t, &shape, &mut ws.att);
             mm(&layer.wo, &ws.att, &mut ws.o, &mut ws.scratch);
             add_in_place(&mut ws.x, &ws.o);
             for i in 0..t {

@@ -6,7 +6,7 @@ pub mod kv;
 pub mod llama;
 pub mod ops;
 
-pub use kv::KvCache;
+pub use kv::{KvCache, KvType};
 
 use std::sync::Arc;
 
@@ -123,8 +123,12 @@ pub trait Model: Send + Sync {
     fn architecture(&self) -> &'static str;
     fn n_vocab(&self) -> usize;
     fn n_ctx_train(&self) -> usize;
-    /// An empty cache for `capacity` positions.
-    fn new_cache(&self, capacity: usize) -> KvCache;
+    /// An empty cache for `capacity` positions with elements of `ty`.
+    fn new_cache_typed(&self, capacity: usize, ty: KvType) -> KvCache;
+    /// An empty f32 cache for `capacity` positions.
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        self.new_cache_typed(capacity, KvType::F32)
+    }
     /// Run `tokens` at positions `cache.len ..`, append them to the cache, and
     /// leave the requested logits in `ws.logits`.
     fn forward(
