@@ -47,6 +47,7 @@ enum Command {
     },
     /// Generate text from a prompt, streaming it to stdout; speeds go to stderr.
     Run {
+        /// A GGUF file, or a known model name (smollm2, gemma3).
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
@@ -211,13 +212,40 @@ fn quantize(input: &Path, output: &Path, dtype: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A model argument: a path, or a known name whose file lives in models/
+/// (fetched with scripts/fetch-models.sh when missing).
+fn resolve_model(arg: &Path) -> Result<PathBuf, String> {
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let name = arg.to_string_lossy().to_ascii_lowercase();
+    let (file, which) = match name.as_str() {
+        "smollm2" | "smollm2-135m" | "smollm2-135m-instruct" => {
+            ("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
+        }
+        "gemma3" | "gemma-3-270m" | "gemma3-270m" => ("gemma-3-270m-q4_k_m.gguf", "gemma3"),
+        _ => {
+            return Err(format!(
+                "{}: no such file, and not a known model name (smollm2, gemma3)",
+                arg.display()
+            ))
+        }
+    };
+    let path = repo_root().join("models").join(file);
+    if !path.is_file() && pull(which) != ExitCode::SUCCESS {
+        return Err(format!("could not fetch {which}"));
+    }
+    Ok(path)
+}
+
 type Loaded = (
     Box<dyn realizar_node::model::Model>,
     realizar_node::tokenizer::Tokenizer,
     Option<String>,
 );
 
-fn load_model(path: &Path) -> Result<Loaded, String> {
+fn load_model(arg: &Path) -> Result<Loaded, String> {
+    let path = &resolve_model(arg)?;
     let f = std::sync::Arc::new(
         realizar_node::format::GgufFile::open(path).map_err(|e| e.to_string())?,
     );
