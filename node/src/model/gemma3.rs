@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
-use super::kv::{KvCache, KvType};
+use super::kv::KvCache;
 use super::ops::{add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox};
-use super::{output_logits, Loader, Logits, Model, ModelError, Weight, Workspace};
+use super::{output_logits, Dims, Loader, Logits, Model, ModelError, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{matmul, Simd, ThreadPool};
 
@@ -148,19 +148,14 @@ impl Model for Gemma3 {
     fn architecture(&self) -> &'static str {
         "gemma3"
     }
-    fn n_vocab(&self) -> usize {
-        self.cfg.n_vocab
-    }
-    fn n_ctx_train(&self) -> usize {
-        self.cfg.n_ctx_train
-    }
-    fn new_cache_typed(&self, capacity: usize, ty: KvType) -> KvCache {
-        KvCache::new(
-            self.cfg.n_layer,
-            self.cfg.n_head_kv * self.cfg.head_dim,
-            capacity,
-            ty,
-        )
+    fn dims(&self) -> Dims {
+        let c = &self.cfg;
+        Dims {
+            n_layer: c.n_layer,
+            kv_dim: c.n_head_kv * c.head_dim,
+            n_vocab: c.n_vocab,
+            n_ctx_train: c.n_ctx_train,
+        }
     }
 
     fn forward(

@@ -119,12 +119,30 @@ pub(crate) fn output_logits(
 }
 
 /// A loaded model of any supported architecture.
+/// The sizes every family shares, from which the common trait methods follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub n_layer: usize,
+    /// Keys (or values) per position per layer: kv heads × head size.
+    pub kv_dim: usize,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+}
+
 pub trait Model: Send + Sync {
     fn architecture(&self) -> &'static str;
-    fn n_vocab(&self) -> usize;
-    fn n_ctx_train(&self) -> usize;
+    fn dims(&self) -> Dims;
+    fn n_vocab(&self) -> usize {
+        self.dims().n_vocab
+    }
+    fn n_ctx_train(&self) -> usize {
+        self.dims().n_ctx_train
+    }
     /// An empty cache for `capacity` positions with elements of `ty`.
-    fn new_cache_typed(&self, capacity: usize, ty: KvType) -> KvCache;
+    fn new_cache_typed(&self, capacity: usize, ty: KvType) -> KvCache {
+        let d = self.dims();
+        KvCache::new(d.n_layer, d.kv_dim, capacity, ty)
+    }
     /// An empty f32 cache for `capacity` positions.
     fn new_cache(&self, capacity: usize) -> KvCache {
         self.new_cache_typed(capacity, KvType::F32)
