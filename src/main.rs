@@ -86,12 +86,45 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Serve the OpenAI API on one machine (node and front door in one process).
-    Serve {
-        /// Model file to serve; the default model is fetched when absent.
-        #[arg(long)]
-        model: Option<PathBuf>,
-    },
+    /// Serve the OpenAI API on one machine (node and front door in one
+    /// process). With no model given, serves SmolLM2 (fetched if missing).
+    Serve(NodeArgs),
+    /// Run a node: the OpenAI API and admin routes over the models it loads
+    /// (from --model, the config file, or later through POST /admin/models).
+    Node(NodeArgs),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// TOML configuration (see configs/node.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A model to load: a GGUF path or a known name (smollm2, gemma3),
+    /// optionally as ID=PATH. Repeatable.
+    #[arg(long)]
+    model: Vec<String>,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    port: Option<u16>,
+    /// Compute threads per model (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Context length per sequence.
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Most sequences per batch.
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Memory for each model's KV pool.
+    #[arg(long)]
+    kv_memory_mib: Option<usize>,
+    /// Memory for all loaded models; loading past it evicts the least recently used.
+    #[arg(long)]
+    memory_budget_mib: Option<u64>,
+    /// Enable POST /admin/models/{id}/fault (tests only).
+    #[arg(long, hide = true)]
+    fault_injection: bool,
 }
 
 fn repo_root() -> PathBuf {
@@ -140,32 +173,97 @@ fn inspect(path: &Path, json: bool, tensors: bool) -> ExitCode {
     }
 }
 
-fn serve(model: Option<PathBuf>) -> ExitCode {
-    let model = match model {
-        Some(m) => m,
-        None => {
-            let default = repo_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-            if !default.is_file() && pull("smollm2") != ExitCode::SUCCESS {
-                return ExitCode::FAILURE;
-            }
-            default
-        }
+fn node(args: NodeArgs, default_model: bool) -> ExitCode {
+    use realizar_node::server::config::{ModelEntry, NodeConfig};
+    let mut cfg = match &args.config {
+        Some(p) => match NodeConfig::from_file(p) {
+            Ok(c) => c,
+            Err(e) => return fail("serve", e),
+        },
+        None => NodeConfig::default(),
     };
-    match ModelSummary::of_path(&model, false) {
-        Ok(s) => {
-            eprintln!(
-                "realizar serve: {} ({}, {} parameters) opens fine, but serving is not yet implemented: \
-                 the node and its OpenAI API arrive with the node issue.",
-                model.display(),
-                s.architecture.as_deref().unwrap_or("unknown architecture"),
-                s.parameter_count
-            );
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("realizar serve: {e}");
-            ExitCode::FAILURE
-        }
+    if let Some(h) = args.host {
+        cfg.host = h;
+    }
+    if let Some(p) = args.port {
+        cfg.port = p;
+    }
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    if let Some(b) = args.memory_budget_mib {
+        cfg.memory_budget_mib = b;
+    }
+    cfg.fault_injection |= args.fault_injection;
+    let o = &mut cfg.model_defaults;
+    if let Some(c) = args.ctx {
+        o.n_ctx = c;
+    }
+    if let Some(b) = args.max_batch {
+        o.max_batch = b;
+    }
+    if let Some(m) = args.kv_memory_mib {
+        o.kv_memory_mib = m;
+    }
+    if let Err(e) = o.check("command line", "flags") {
+        return fail("serve", e);
+    }
+    for m in &args.model {
+        let (id, path) = match m.split_once('=') {
+            Some((id, path)) => (id.to_owned(), path.to_owned()),
+            None => {
+                let p = Path::new(m);
+                let id = if p.exists() {
+                    p.file_stem().map_or(m.clone(), |s| s.to_string_lossy().into_owned())
+                } else {
+                    m.clone()
+                };
+                (id, m.clone())
+            }
+        };
+        cfg.models.push(ModelEntry {
+            id,
+            path,
+            pinned: false,
+            options: None,
+        });
+    }
+    if default_model && cfg.models.is_empty() {
+        cfg.models.push(ModelEntry {
+            id: "smollm2".into(),
+            path: "smollm2".into(),
+            pinned: true,
+            options: None,
+        });
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail("serve", e),
+    };
+    let resolver: realizar_node::server::registry::Resolver =
+        std::sync::Arc::new(|m: &str| resolve_model(Path::new(m)));
+    let r = rt.block_on(realizar_node::server::run(
+        cfg,
+        resolver,
+        |addr| eprintln!("realizar: listening on http://{addr}"),
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    ));
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail("serve", e),
     }
 }
 
@@ -409,7 +507,8 @@ fn main() -> ExitCode {
             tensors,
         } => inspect(&path, json, tensors),
         Command::Pull { which } => pull(&which),
-        Command::Serve { model } => serve(model),
+        Command::Serve(a) => node(a, true),
+        Command::Node(a) => node(a, false),
         Command::Quantize {
             input,
             output,

@@ -5,5 +5,6 @@ pub mod eval;
 pub mod format;
 pub mod model;
 pub mod sampling;
+pub mod server;
 pub mod tensor;
 pub mod tokenizer;

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
-use super::kv::KvCache;
+use super::kv::KvPool;
 use super::ops::{add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox};
-use super::{output_logits, Dims, Loader, Logits, Model, ModelError, Weight, Workspace};
+use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{matmul, Simd, ThreadPool};
 
@@ -158,27 +158,25 @@ impl Model for Gemma3 {
         }
     }
 
-    fn forward(
+    fn forward_batch(
         &self,
         pool: &ThreadPool,
         simd: Simd,
-        tokens: &[u32],
-        cache: &mut KvCache,
+        seqs: &[SeqStep],
+        kv: &mut KvPool,
         ws: &mut Workspace,
-        which: Logits,
     ) {
         let c = &self.cfg;
-        let t = tokens.len();
-        let (d, q_dim, kv_dim, hd) = (
+                let (d, q_dim, kv_dim, hd) = (
             c.n_embd,
             c.n_head * c.head_dim,
             c.n_head_kv * c.head_dim,
             c.head_dim,
         );
-        let pos0 = ws.prepare(cache, t, d, q_dim, kv_dim, c.n_ff);
+        let t = ws.prepare(seqs, kv.block_size(), d, q_dim, kv_dim, c.n_ff);
         let f = &*self.file;
         let embd_scale = (d as f32).sqrt();
-        for (i, &tok) in tokens.iter().enumerate() {
+        for (i, &tok) in seqs.iter().flat_map(|s| s.tokens).enumerate() {
             let row = &mut ws.x[i * d..(i + 1) * d];
             self.tok_embd
                 .row_into(f, (tok as usize).min(c.n_vocab - 1), row);
@@ -212,18 +210,19 @@ impl Model for Gemma3 {
                 rope_neox(
                     &mut ws.q[i * q_dim..(i + 1) * q_dim],
                     hd,
-                    pos0 + i,
+                    ws.tok_pos[i] as usize,
                     inv_freq,
                 );
                 rope_neox(
                     &mut ws.k[i * kv_dim..(i + 1) * kv_dim],
                     hd,
-                    pos0 + i,
+                    ws.tok_pos[i] as usize,
                     inv_freq,
                 );
-                cache.store(
+                kv.store(
+                    seqs[ws.tok_seq[i] as usize].table,
                     li,
-                    pos0 + i,
+                    ws.tok_pos[i] as usize,
                     &ws.k[i * kv_dim..(i + 1) * kv_dim],
                     &ws.v[i * kv_dim..(i + 1) * kv_dim],
                 );
@@ -235,7 +234,18 @@ impl Model for Gemma3 {
                 scale: 1.0 / (hd as f32).sqrt(),
                 window: sliding.then_some(c.sliding_window),
             };
-            attention(pool, simd, cache, li, pos0, &ws.q, t, &shape, &mut ws.att);
+            attention(
+                pool,
+                simd,
+                kv,
+                li,
+                seqs,
+                &ws.tok_seq,
+                &ws.tok_pos,
+                &ws.q,
+                &shape,
+                &mut ws.att,
+            );
             mm(&layer.wo, &ws.att, &mut ws.o, &mut ws.scratch);
             rms_norm_rows(&mut ws.o, &layer.post_attn_norm, c.rms_eps, &mut tmp);
             add_in_place(&mut ws.x, &ws.o);
@@ -263,7 +273,6 @@ impl Model for Gemma3 {
             rms_norm_rows(&mut ws.ffn, &layer.post_ffn_norm, c.rms_eps, &mut tmp);
             add_in_place(&mut ws.x, &ws.ffn);
         }
-        cache.len = pos0 + t;
         output_logits(
             pool,
             simd,
@@ -271,8 +280,7 @@ impl Model for Gemma3 {
             &self.out_norm,
             c.rms_eps,
             &self.output,
-            t,
-            which,
+            seqs,
             ws,
         );
     }

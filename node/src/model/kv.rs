@@ -1,5 +1,6 @@
-//! Per-sequence key/value cache, laid out [layer][position][kv width], in
-//! f32 or f16 (half the memory and the attention's memory traffic).
+//! Key/value caches in f32 or f16 (half the memory and the attention's
+//! memory traffic): a paged pool shared by many sequences, and the
+//! single-sequence cache built on it.
 
 use crate::tensor::GgmlType;
 
@@ -27,7 +28,12 @@ impl KvType {
         }
     }
 
-    fn bytes(self) -> usize {
+    /// Bytes per stored element.
+    pub fn bytes_per_elem(self) -> usize {
+        self.bytes()
+    }
+
+    pub(crate) fn bytes(self) -> usize {
         match self {
             KvType::F32 => 4,
             KvType::F16 => 2,
@@ -35,35 +41,44 @@ impl KvType {
     }
 }
 
+/// Keys and values for many sequences in fixed-size blocks of positions,
+/// laid out [block][layer][slot][kv width]. A sequence owns a block table
+/// (indices into the pool); position `p` lives in block `table[p / block_size]`
+/// at slot `p % block_size`. Blocks may be shared read-only between
+/// sequences with a common prefix.
 #[derive(Debug, Clone)]
-pub struct KvCache {
+pub struct KvPool {
     /// Keys and values as little-endian bytes of `ty`.
     pub(crate) k: Vec<u8>,
     pub(crate) v: Vec<u8>,
     pub(crate) ty: KvType,
     kv_dim: usize,
-    capacity: usize,
     n_layer: usize,
-    /// Positions filled.
-    pub len: usize,
+    block_size: usize,
+    n_blocks: usize,
 }
 
-impl KvCache {
-    pub fn new(n_layer: usize, kv_dim: usize, capacity: usize, ty: KvType) -> Self {
-        let n = n_layer * capacity * kv_dim * ty.bytes();
-        KvCache {
+impl KvPool {
+    pub fn new(n_layer: usize, kv_dim: usize, block_size: usize, n_blocks: usize, ty: KvType) -> Self {
+        let block_size = block_size.max(1);
+        let n = n_blocks * n_layer * block_size * kv_dim * ty.bytes();
+        KvPool {
             k: vec![0; n],
             v: vec![0; n],
             ty,
             kv_dim,
-            capacity,
             n_layer,
-            len: 0,
+            block_size,
+            n_blocks,
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
     }
 
     pub fn n_layer(&self) -> usize {
@@ -74,19 +89,30 @@ impl KvCache {
         self.ty
     }
 
+    /// Bytes one block takes, keys and values together.
+    pub fn bytes_per_block(&self) -> usize {
+        2 * self.n_layer * self.block_size * self.kv_dim * self.ty.bytes()
+    }
+
     /// Bytes held by keys and values together.
     pub fn size_bytes(&self) -> usize {
         self.k.len() + self.v.len()
     }
 
-    /// Byte offset of element `elem` of position `pos` in `layer`.
-    pub(crate) fn at(&self, layer: usize, pos: usize, elem: usize) -> usize {
-        ((layer * self.capacity + pos) * self.kv_dim + elem) * self.ty.bytes()
+    /// Byte offset of element `elem` of position `pos` in `layer` for the
+    /// sequence with block table `table`.
+    #[inline]
+    pub(crate) fn at(&self, table: &[u32], layer: usize, pos: usize, elem: usize) -> usize {
+        let b = table[pos / self.block_size] as usize;
+        debug_assert!(b < self.n_blocks);
+        (((b * self.n_layer + layer) * self.block_size + pos % self.block_size) * self.kv_dim
+            + elem)
+            * self.ty.bytes()
     }
 
     /// Store one position's keys and values for `layer`.
-    pub(crate) fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let at = self.at(layer, pos, 0);
+    pub(crate) fn store(&mut self, table: &[u32], layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let at = self.at(table, layer, pos, 0);
         let n = self.kv_dim * self.ty.bytes();
         for (src, dst) in [(k, &mut self.k), (v, &mut self.v)] {
             let out = &mut dst[at..at + n];
@@ -100,6 +126,42 @@ impl KvCache {
                 }),
             }
         }
+    }
+}
+
+/// One sequence's cache: a pool of a single block as long as the context.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub(crate) pool: KvPool,
+    pub(crate) table: Vec<u32>,
+    /// Positions filled.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize, kv_dim: usize, capacity: usize, ty: KvType) -> Self {
+        KvCache {
+            pool: KvPool::new(n_layer, kv_dim, capacity, 1, ty),
+            table: vec![0],
+            len: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.pool.block_size
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.pool.n_layer
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.pool.ty
+    }
+
+    /// Bytes held by keys and values together.
+    pub fn size_bytes(&self) -> usize {
+        self.pool.size_bytes()
     }
 
     pub fn clear(&mut self) {
@@ -122,10 +184,10 @@ mod tests {
         let mut b = KvCache::new(2, 8, 16, KvType::F16);
         assert_eq!(a.size_bytes(), 2 * b.size_bytes());
         let k: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
-        b.store(1, 5, &k, &k);
-        let at = b.at(1, 5, 0);
+        b.pool.store(&[0], 1, 5, &k, &k);
+        let at = b.pool.at(&[0], 1, 5, 0);
         let mut back = vec![0f32; 8];
-        crate::tensor::dequantize(crate::tensor::GgmlType::F16, &b.k[at..at + 16], &mut back)
+        crate::tensor::dequantize(crate::tensor::GgmlType::F16, &b.pool.k[at..at + 16], &mut back)
             .unwrap();
         assert_eq!(back, k); // quarter steps are exact in f16
     }

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
-pub use super::kv::{KvCache, KvType};
+pub use super::kv::{KvCache, KvPool, KvType};
 use super::ops::{add_in_place, rms_norm, rope_adjacent, rope_inv_freq, swiglu};
-use super::{output_logits, Dims, Loader, Logits, Model, ModelError, Weight, Workspace};
+use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{matmul, Scratch, Simd, ThreadPool};
 
@@ -24,16 +24,15 @@ impl Model for Llama {
             n_ctx_train: c.n_ctx_train,
         }
     }
-    fn forward(
+    fn forward_batch(
         &self,
         pool: &ThreadPool,
         simd: Simd,
-        tokens: &[u32],
-        cache: &mut KvCache,
+        seqs: &[SeqStep],
+        kv: &mut KvPool,
         ws: &mut Workspace,
-        which: Logits,
     ) {
-        self.run_forward(pool, simd, tokens, cache, ws, which)
+        self.run_forward(pool, simd, seqs, kv, ws)
     }
 }
 
@@ -166,17 +165,15 @@ impl Llama {
         &self,
         pool: &ThreadPool,
         simd: Simd,
-        tokens: &[u32],
-        cache: &mut KvCache,
+        seqs: &[SeqStep],
+        kv: &mut KvPool,
         ws: &mut Workspace,
-        which: Logits,
     ) {
         let c = &self.cfg;
-        let t = tokens.len();
-        let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let pos0 = ws.prepare(cache, t, d, q_dim, kv_dim, c.n_ff);
+                let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let t = ws.prepare(seqs, kv.block_size(), d, q_dim, kv_dim, c.n_ff);
         let f = &*self.file;
-        for (i, &tok) in tokens.iter().enumerate() {
+        for (i, &tok) in seqs.iter().flat_map(|s| s.tokens).enumerate() {
             let tok = (tok as usize).min(c.n_vocab - 1);
             self.tok_embd
                 .row_into(f, tok, &mut ws.x[i * d..(i + 1) * d]);
@@ -201,18 +198,19 @@ impl Llama {
                 rope_adjacent(
                     &mut ws.q[i * q_dim..(i + 1) * q_dim],
                     c.head_dim,
-                    pos0 + i,
+                    ws.tok_pos[i] as usize,
                     &self.inv_freq,
                 );
                 rope_adjacent(
                     &mut ws.k[i * kv_dim..(i + 1) * kv_dim],
                     c.head_dim,
-                    pos0 + i,
+                    ws.tok_pos[i] as usize,
                     &self.inv_freq,
                 );
-                cache.store(
+                kv.store(
+                    seqs[ws.tok_seq[i] as usize].table,
                     li,
-                    pos0 + i,
+                    ws.tok_pos[i] as usize,
                     &ws.k[i * kv_dim..(i + 1) * kv_dim],
                     &ws.v[i * kv_dim..(i + 1) * kv_dim],
                 );
@@ -224,7 +222,18 @@ impl Llama {
                 scale,
                 window: None,
             };
-            attention(pool, simd, cache, li, pos0, &ws.q, t, &shape, &mut ws.att);
+            attention(
+                pool,
+                simd,
+                kv,
+                li,
+                seqs,
+                &ws.tok_seq,
+                &ws.tok_pos,
+                &ws.q,
+                &shape,
+                &mut ws.att,
+            );
             mm(&layer.wo, &ws.att, &mut ws.o, &mut ws.scratch);
             add_in_place(&mut ws.x, &ws.o);
             for i in 0..t {
@@ -243,7 +252,6 @@ impl Llama {
                 .expect("shapes checked at load");
             add_in_place(&mut ws.x, &ws.ffn);
         }
-        cache.len = pos0 + t;
         output_logits(
             pool,
             simd,
@@ -251,8 +259,7 @@ impl Llama {
             &self.out_norm,
             c.rms_eps,
             &self.output,
-            t,
-            which,
+            seqs,
             ws,
         );
     }

@@ -6,7 +6,7 @@ pub mod kv;
 pub mod llama;
 pub mod ops;
 
-pub use kv::{KvCache, KvType};
+pub use kv::{KvCache, KvPool, KvType};
 
 use std::sync::Arc;
 
@@ -18,6 +18,18 @@ use crate::tensor::{dequantize, GgmlType, KernelError, Matrix, Scratch, Simd, Th
 pub enum Logits {
     Last,
     All,
+    /// No logits (a prefill chunk that does not end the prompt).
+    None,
+}
+
+/// One sequence's part of a batched forward step: `tokens` at positions
+/// `pos0..`, stored through the block table `table` of the pool.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqStep<'a> {
+    pub tokens: &'a [u32],
+    pub pos0: usize,
+    pub table: &'a [u32],
+    pub logits: Logits,
 }
 
 /// Buffers reused across forward calls (grown to the largest step seen).
@@ -34,30 +46,43 @@ pub struct Workspace {
     pub(crate) up: Vec<f32>,
     pub(crate) ffn: Vec<f32>,
     pub(crate) last: Vec<f32>,
-    /// Logits of the last position (`Logits::Last`) or of every position.
+    /// Each token's sequence (index into the step) and position.
+    pub(crate) tok_seq: Vec<u32>,
+    pub(crate) tok_pos: Vec<u32>,
+    /// Logits of the positions each sequence asked for, sequence by sequence.
     pub logits: Vec<f32>,
     pub(crate) scratch: Scratch,
 }
 
 impl Workspace {
-    /// Size every buffer for a step of `t` tokens; returns the start position
-    /// (the cache length). Panics if the cache cannot hold the step, which
-    /// callers size for.
+    /// Size every buffer for a step over `seqs` and record each token's
+    /// sequence and position; returns the step's token count. Panics if a
+    /// sequence's block table cannot hold its positions, which callers size for.
     pub(crate) fn prepare(
         &mut self,
-        cache: &KvCache,
-        t: usize,
+        seqs: &[SeqStep],
+        block_size: usize,
         d: usize,
         q_dim: usize,
         kv_dim: usize,
         n_ff: usize,
     ) -> usize {
-        let pos0 = cache.len;
-        assert!(
-            pos0 + t <= cache.capacity(),
-            "KV cache overflow: {pos0} + {t} > {}",
-            cache.capacity()
-        );
+        self.tok_seq.clear();
+        self.tok_pos.clear();
+        for (si, s) in seqs.iter().enumerate() {
+            assert!(
+                s.pos0 + s.tokens.len() <= s.table.len() * block_size,
+                "KV cache overflow: {} + {} > {}",
+                s.pos0,
+                s.tokens.len(),
+                s.table.len() * block_size
+            );
+            for i in 0..s.tokens.len() {
+                self.tok_seq.push(si as u32);
+                self.tok_pos.push((s.pos0 + i) as u32);
+            }
+        }
+        let t = self.tok_seq.len();
         for (v, n) in [
             (&mut self.x, t * d),
             (&mut self.h, t * d),
@@ -72,12 +97,23 @@ impl Workspace {
         ] {
             v.resize(n, 0.0);
         }
-        pos0
+        t
     }
 }
 
-/// The final norm and the output projection for the positions `which`
-/// asks for; leaves the logits in `ws.logits`.
+/// Rows of `ws.logits` a step over `seqs` produces, in order.
+pub fn logits_rows(seqs: &[SeqStep]) -> usize {
+    seqs.iter()
+        .map(|s| match s.logits {
+            Logits::Last => 1,
+            Logits::All => s.tokens.len(),
+            Logits::None => 0,
+        })
+        .sum()
+}
+
+/// The final norm and the output projection for the positions each
+/// sequence asks for; leaves the logits in `ws.logits`, sequence by sequence.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn output_logits(
     pool: &ThreadPool,
@@ -86,26 +122,36 @@ pub(crate) fn output_logits(
     out_norm: &[f32],
     eps: f32,
     output: &Weight,
-    t: usize,
-    which: Logits,
+    seqs: &[SeqStep],
     ws: &mut Workspace,
 ) {
     let d = out_norm.len();
-    let (first, n_out) = match which {
-        Logits::Last => (t - 1, 1),
-        Logits::All => (0, t),
-    };
+    let n_out = logits_rows(seqs);
     ws.last.resize(n_out * d, 0.0);
-    for k in 0..n_out {
-        let i = first + k;
-        ops::rms_norm(
-            &ws.x[i * d..(i + 1) * d],
-            out_norm,
-            eps,
-            &mut ws.last[k * d..(k + 1) * d],
-        );
-    }
     ws.logits.resize(n_out * output.rows, 0.0);
+    if n_out == 0 {
+        return;
+    }
+    let (mut k, mut first) = (0, 0);
+    for s in seqs {
+        let t = s.tokens.len();
+        let rows = match s.logits {
+            Logits::Last => t - 1..t,
+            Logits::All => 0..t,
+            Logits::None => 0..0,
+        };
+        for r in rows {
+            let i = first + r;
+            ops::rms_norm(
+                &ws.x[i * d..(i + 1) * d],
+                out_norm,
+                eps,
+                &mut ws.last[k * d..(k + 1) * d],
+            );
+            k += 1;
+        }
+        first += t;
+    }
     crate::tensor::matmul(
         pool,
         simd,
@@ -143,10 +189,26 @@ pub trait Model: Send + Sync {
         let d = self.dims();
         KvCache::new(d.n_layer, d.kv_dim, capacity, ty)
     }
+    /// A pool of `n_blocks` blocks of `block_size` positions for many sequences.
+    fn new_pool(&self, block_size: usize, n_blocks: usize, ty: KvType) -> KvPool {
+        let d = self.dims();
+        KvPool::new(d.n_layer, d.kv_dim, block_size, n_blocks, ty)
+    }
     /// An empty f32 cache for `capacity` positions.
     fn new_cache(&self, capacity: usize) -> KvCache {
         self.new_cache_typed(capacity, KvType::F32)
     }
+    /// Run one batched step: every sequence's tokens at its positions,
+    /// written to the pool through its block table; the requested logits
+    /// are left in `ws.logits`, sequence by sequence.
+    fn forward_batch(
+        &self,
+        pool: &ThreadPool,
+        simd: Simd,
+        seqs: &[SeqStep],
+        kv: &mut KvPool,
+        ws: &mut Workspace,
+    );
     /// Run `tokens` at positions `cache.len ..`, append them to the cache, and
     /// leave the requested logits in `ws.logits`.
     fn forward(
@@ -157,7 +219,16 @@ pub trait Model: Send + Sync {
         cache: &mut KvCache,
         ws: &mut Workspace,
         which: Logits,
-    );
+    ) {
+        let step = SeqStep {
+            tokens,
+            pos0: cache.len,
+            table: &cache.table,
+            logits: which,
+        };
+        self.forward_batch(pool, simd, &[step], &mut cache.pool, ws);
+        cache.len += tokens.len();
+    }
 }
 
 /// Load the model in `file`, choosing the implementation by `general.architecture`.

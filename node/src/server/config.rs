@@ -1,0 +1,193 @@
+//! Node configuration (TOML). Every field has a default, so an empty file
+//! (or none) is a valid configuration.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::model::KvType;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub host: String,
+    pub port: u16,
+    /// Compute threads per model executor (0: all cores).
+    pub threads: usize,
+    /// Memory for loaded models (weights plus KV pools); loading past it
+    /// evicts the least recently used unpinned model.
+    pub memory_budget_mib: u64,
+    /// Requests queued or running per model before new ones get 429.
+    pub max_queue: usize,
+    /// Enables `POST /admin/models/{id}/fault`, which panics the model's
+    /// executor in its next step. For tests only.
+    pub fault_injection: bool,
+    /// Defaults for every model; each `[[models]]` entry may override them.
+    pub model_defaults: ModelOptions,
+    pub models: Vec<ModelEntry>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            threads: 0,
+            memory_budget_mib: 8192,
+            max_queue: 256,
+            fault_injection: false,
+            model_defaults: ModelOptions::default(),
+            models: Vec::new(),
+        }
+    }
+}
+
+/// Per-model serving limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelOptions {
+    /// Context length (prompt plus generation); 0: the model's training
+    /// context, capped by the KV pool.
+    pub n_ctx: usize,
+    /// Memory for the model's paged KV pool.
+    pub kv_memory_mib: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// "f16" or "f32".
+    pub kv_type: String,
+    pub max_batch: usize,
+    pub max_step_tokens: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            n_ctx: 4096,
+            kv_memory_mib: 512,
+            block_size: 16,
+            kv_type: "f16".into(),
+            max_batch: 16,
+            max_step_tokens: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// The name clients use in `model`.
+    pub id: String,
+    /// A GGUF path, or a known model name (smollm2, gemma3).
+    pub path: String,
+    /// Pinned models are never evicted.
+    #[serde(default)]
+    pub pinned: bool,
+    #[serde(default)]
+    pub options: Option<ModelOptions>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: `{field}`: {message}")]
+    Invalid {
+        file: String,
+        field: String,
+        message: String,
+    },
+}
+
+impl NodeConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let c: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        c.model_defaults.check(file, "model_defaults")?;
+        for (i, m) in c.models.iter().enumerate() {
+            if let Some(o) = &m.options {
+                o.check(file, &format!("models[{i}].options"))?;
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn threads(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.threads
+        }
+    }
+}
+
+impl ModelOptions {
+    pub fn kv_type(&self) -> KvType {
+        KvType::from_name(&self.kv_type).unwrap_or(KvType::F16)
+    }
+
+    pub fn check(&self, file: &str, at: &str) -> Result<(), ConfigError> {
+        let bad = |field: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                field: format!("{at}.{field}"),
+                message: message.to_owned(),
+            })
+        };
+        if KvType::from_name(&self.kv_type).is_none() {
+            return bad("kv_type", "must be \"f16\" or \"f32\"");
+        }
+        if self.block_size == 0 || self.block_size > 1024 {
+            return bad("block_size", "must be between 1 and 1024");
+        }
+        if self.max_batch == 0 {
+            return bad("max_batch", "must be at least 1");
+        }
+        if self.max_step_tokens == 0 {
+            return bad("max_step_tokens", "must be at least 1");
+        }
+        if self.kv_memory_mib == 0 {
+            return bad("kv_memory_mib", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults_and_errors_name_the_field() {
+        let c = NodeConfig::from_toml("", "x.toml").unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.model_defaults, ModelOptions::default());
+        let c = NodeConfig::from_toml(
+            "port = 9000\n[[models]]\nid = \"a\"\npath = \"smollm2\"\npinned = true\n[models.options]\nmax_batch = 4\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.port, 9000);
+        assert!(c.models[0].pinned);
+        assert_eq!(c.models[0].options.as_ref().unwrap().max_batch, 4);
+        let e = NodeConfig::from_toml("[model_defaults]\nkv_type = \"q4\"\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("model_defaults.kv_type"), "{e}");
+        let e = NodeConfig::from_toml("prot = 1\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("prot"), "{e}");
+    }
+}

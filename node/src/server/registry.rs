@@ -1,0 +1,537 @@
+//! The node's actors (ractor). The registry is the supervisor: it loads,
+//! warms and unloads models within a memory budget (evicting the least
+//! recently used unpinned model), and owns one model actor per loaded model.
+//! A model actor owns its executor thread: it forwards requests to it and,
+//! when the executor panics, fails the in-flight requests (the executor does
+//! that as it dies), logs and counts the restart, starts a fresh executor
+//! and hands it the requests that were still queued.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::Serialize;
+
+use super::config::ModelOptions;
+use super::executor::{Event, ExecConfig, ExecMsg, Executor, Exit, GenRequest};
+use crate::format::GgufFile;
+use crate::model::{Logits, Model, Workspace};
+use crate::tensor::{Simd, ThreadPool};
+use crate::tokenizer::{ChatTemplate, Tokenizer};
+
+/// Turns a model argument (a path or a known name) into a file path,
+/// fetching it if needed.
+pub type Resolver = Arc<dyn Fn(&str) -> Result<PathBuf, String> + Send + Sync>;
+
+/// What the HTTP layer needs of a loaded model; cheap to clone.
+pub struct ModelHandle {
+    pub id: String,
+    pub path: PathBuf,
+    pub architecture: &'static str,
+    pub tok: Arc<Tokenizer>,
+    pub template: Option<ChatTemplate>,
+    pub n_ctx: usize,
+    pub n_vocab: usize,
+    pub pinned: bool,
+    pub bytes: u64,
+    pub load_seconds: f64,
+    /// Unix seconds when loaded.
+    pub created: u64,
+    pub actor: ActorRef<ModelMsg>,
+    /// Requests submitted and not yet finished.
+    pub inflight: Arc<AtomicUsize>,
+    /// Milliseconds since the node started, at the last request.
+    pub last_used: AtomicU64,
+    fault: Arc<AtomicBool>,
+}
+
+impl ModelHandle {
+    /// Test-only: panic the executor in its next step with work.
+    pub fn inject_fault(&self) {
+        self.fault.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Loaded models by id, shared with the HTTP handlers.
+pub type Models = Arc<RwLock<HashMap<String, Arc<ModelHandle>>>>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub path: String,
+    pub architecture: String,
+    pub pinned: bool,
+    pub bytes: u64,
+    pub load_seconds: f64,
+    pub n_ctx: usize,
+    pub inflight: usize,
+}
+
+impl ModelInfo {
+    pub fn of_handle(h: &ModelHandle) -> Self {
+        ModelInfo {
+            id: h.id.clone(),
+            path: h.path.display().to_string(),
+            architecture: h.architecture.to_owned(),
+            pinned: h.pinned,
+            bytes: h.bytes,
+            load_seconds: h.load_seconds,
+            n_ctx: h.n_ctx,
+            inflight: h.inflight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    pub id: String,
+    pub path: String,
+    pub pinned: bool,
+    pub options: ModelOptions,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    #[error("model `{0}` is not loaded")]
+    NotFound(String),
+    #[error("model `{0}` is already loaded")]
+    AlreadyLoaded(String),
+    #[error("{0}")]
+    Load(String),
+    #[error("model `{id}` needs {need_mib} MiB; the budget is {budget_mib} MiB and pinned models hold {pinned_mib} MiB")]
+    OverBudget {
+        id: String,
+        need_mib: u64,
+        budget_mib: u64,
+        pinned_mib: u64,
+    },
+}
+
+pub enum RegistryMsg {
+    Load(LoadSpec, RpcReplyPort<Result<ModelInfo, RegistryError>>),
+    Unload(String, RpcReplyPort<Result<(), RegistryError>>),
+}
+
+pub struct RegistryArgs {
+    pub models: Models,
+    pub budget_bytes: u64,
+    pub threads: usize,
+    pub max_queue: usize,
+    pub resolver: Resolver,
+    pub started: Instant,
+}
+
+pub struct RegistryState {
+    args: RegistryArgs,
+    /// Model actor id → model id, for supervision events.
+    actors: HashMap<ractor::ActorId, String>,
+    /// How each model was loaded, to restart its actor.
+    specs: HashMap<String, (Arc<dyn Model>, ExecConfig)>,
+}
+
+pub struct Registry;
+
+impl Actor for Registry {
+    type Msg = RegistryMsg;
+    type State = RegistryState;
+    type Arguments = RegistryArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: RegistryArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        metrics::gauge!("realizar_loaded_models").set(0.0);
+        Ok(RegistryState {
+            args,
+            actors: HashMap::new(),
+            specs: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegistryMsg::Load(spec, reply) => {
+                let r = load(&myself, state, spec).await;
+                let _ = reply.send(r);
+            }
+            RegistryMsg::Unload(id, reply) => {
+                let _ = reply.send(unload(state, &id));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            // A model actor itself failed (not just its executor): start a
+            // new one for the same model.
+            let Some(id) = state.actors.remove(&cell.get_id()) else {
+                return Ok(());
+            };
+            tracing::error!(model = %id, error = %err, "model actor failed; restarting it");
+            metrics::counter!("realizar_model_actor_restarts_total", "model" => id.clone()).increment(1);
+            let handle = state.args.models.read().unwrap().get(&id).cloned();
+            if let (Some(h), Some((model, cfg))) = (handle, state.specs.get(&id).cloned()) {
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    ModelActor,
+                    ModelArgs {
+                        id: id.clone(),
+                        model,
+                        tok: h.tok.clone(),
+                        cfg,
+                        fault: h.fault.clone(),
+                    },
+                    myself.get_cell(),
+                )
+                .await?;
+                state.actors.insert(actor.get_id(), id.clone());
+                let mut new = clone_handle(&h);
+                new.actor = actor;
+                state.args.models.write().unwrap().insert(id, Arc::new(new));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn clone_handle(h: &ModelHandle) -> ModelHandle {
+    ModelHandle {
+        id: h.id.clone(),
+        path: h.path.clone(),
+        architecture: h.architecture,
+        tok: h.tok.clone(),
+        template: h.template.clone(),
+        n_ctx: h.n_ctx,
+        n_vocab: h.n_vocab,
+        pinned: h.pinned,
+        bytes: h.bytes,
+        load_seconds: h.load_seconds,
+        created: h.created,
+        actor: h.actor.clone(),
+        inflight: h.inflight.clone(),
+        last_used: AtomicU64::new(h.last_used.load(Ordering::Relaxed)),
+        fault: h.fault.clone(),
+    }
+}
+
+struct Opened {
+    model: Arc<dyn Model>,
+    tok: Arc<Tokenizer>,
+    template: Option<ChatTemplate>,
+    path: PathBuf,
+    file_bytes: u64,
+}
+
+/// Open, build and warm a model (blocking: runs off the async threads).
+fn open_model(spec: &LoadSpec, resolver: &Resolver, threads: usize) -> Result<Opened, String> {
+    let t0 = Instant::now();
+    let path = resolver(&spec.path)?;
+    tracing::info!(model = %spec.id, path = %path.display(), "loading: mapping the file");
+    let file = Arc::new(GgufFile::open(&path).map_err(|e| e.to_string())?);
+    let file_bytes = file.bytes().len() as u64;
+    tracing::info!(model = %spec.id, mib = file_bytes >> 20, "loading: tokenizer");
+    let tok = Tokenizer::from_gguf(file.metadata()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let template = ChatTemplate::for_model(file.metadata().get_str("tokenizer.chat_template"), &tok).ok();
+    tracing::info!(model = %spec.id, "loading: building the model");
+    let model: Arc<dyn Model> = Arc::from(crate::model::load(file).map_err(|e| e.to_string())?);
+    // Warm: one token through every layer pages the weights in, so the first
+    // request does not pay for it.
+    tracing::info!(model = %spec.id, "loading: warming");
+    let pool = ThreadPool::new(threads);
+    let mut cache = model.new_cache(1);
+    let mut ws = Workspace::default();
+    model.forward(&pool, Simd::detect(), &[0], &mut cache, &mut ws, Logits::Last);
+    tracing::info!(model = %spec.id, seconds = t0.elapsed().as_secs_f64(), "loaded");
+    Ok(Opened {
+        model,
+        tok: Arc::new(tok),
+        template,
+        path,
+        file_bytes,
+    })
+}
+
+fn exec_config(model: &dyn Model, o: &ModelOptions, threads: usize) -> ExecConfig {
+    let d = model.dims();
+    let kv_type = o.kv_type();
+    let per_block = 2 * d.n_layer * o.block_size * d.kv_dim * kv_type.bytes_per_elem();
+    let kv_blocks = ((o.kv_memory_mib << 20) / per_block.max(1)).max(1);
+    let mut n_ctx = if o.n_ctx == 0 { d.n_ctx_train } else { o.n_ctx.min(d.n_ctx_train) };
+    n_ctx = n_ctx.min(kv_blocks * o.block_size);
+    ExecConfig {
+        threads,
+        block_size: o.block_size,
+        kv_blocks,
+        kv_type,
+        max_batch: o.max_batch,
+        max_step_tokens: o.max_step_tokens,
+        n_ctx,
+    }
+}
+
+fn now_ms(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}
+
+async fn load(
+    myself: &ActorRef<RegistryMsg>,
+    state: &mut RegistryState,
+    spec: LoadSpec,
+) -> Result<ModelInfo, RegistryError> {
+    if state.args.models.read().unwrap().contains_key(&spec.id) {
+        return Err(RegistryError::AlreadyLoaded(spec.id));
+    }
+    let t0 = Instant::now();
+    let (resolver, threads) = (state.args.resolver.clone(), state.args.threads);
+    let spec2 = spec.clone();
+    let opened = tokio::task::spawn_blocking(move || open_model(&spec2, &resolver, threads))
+        .await
+        .map_err(|e| RegistryError::Load(format!("loading {} panicked: {e}", spec.id)))?
+        .map_err(RegistryError::Load)?;
+    let cfg = exec_config(&*opened.model, &spec.options, threads);
+    let kv_bytes = (cfg.kv_blocks
+        * 2
+        * opened.model.dims().n_layer
+        * cfg.block_size
+        * opened.model.dims().kv_dim
+        * cfg.kv_type.bytes_per_elem()) as u64;
+    let need = opened.file_bytes + kv_bytes;
+    // Make room: evict least recently used unpinned models.
+    loop {
+        let (used, pinned, victim) = {
+            let m = state.args.models.read().unwrap();
+            let used: u64 = m.values().map(|h| h.bytes).sum();
+            let pinned: u64 = m.values().filter(|h| h.pinned).map(|h| h.bytes).sum();
+            let victim = m
+                .values()
+                .filter(|h| !h.pinned)
+                .min_by_key(|h| h.last_used.load(Ordering::Relaxed))
+                .map(|h| h.id.clone());
+            (used, pinned, victim)
+        };
+        if used + need <= state.args.budget_bytes {
+            break;
+        }
+        match victim {
+            Some(v) => {
+                tracing::info!(evicted = %v, for_model = %spec.id, "memory budget: evicting the least recently used model");
+                metrics::counter!("realizar_model_evictions_total").increment(1);
+                let _ = unload(state, &v);
+            }
+            None => {
+                return Err(RegistryError::OverBudget {
+                    id: spec.id,
+                    need_mib: need >> 20,
+                    budget_mib: state.args.budget_bytes >> 20,
+                    pinned_mib: pinned >> 20,
+                })
+            }
+        }
+    }
+    let fault = Arc::new(AtomicBool::new(false));
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        ModelActor,
+        ModelArgs {
+            id: spec.id.clone(),
+            model: opened.model.clone(),
+            tok: opened.tok.clone(),
+            cfg: cfg.clone(),
+            fault: fault.clone(),
+        },
+        myself.get_cell(),
+    )
+    .await
+    .map_err(|e| RegistryError::Load(format!("starting {}: {e}", spec.id)))?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    metrics::histogram!("realizar_model_load_seconds", "model" => spec.id.clone()).record(load_seconds);
+    let handle = ModelHandle {
+        id: spec.id.clone(),
+        path: opened.path,
+        architecture: opened.model.architecture(),
+        n_vocab: opened.model.n_vocab(),
+        tok: opened.tok,
+        template: opened.template,
+        n_ctx: cfg.n_ctx,
+        pinned: spec.pinned,
+        bytes: need,
+        load_seconds,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        actor: actor.clone(),
+        inflight: Arc::new(AtomicUsize::new(0)),
+        last_used: AtomicU64::new(now_ms(state.args.started)),
+        fault,
+    };
+    let info = ModelInfo::of_handle(&handle);
+    state.actors.insert(actor.get_id(), spec.id.clone());
+    state.specs.insert(spec.id.clone(), (opened.model, cfg));
+    let n = {
+        let mut m = state.args.models.write().unwrap();
+        m.insert(spec.id.clone(), Arc::new(handle));
+        m.len()
+    };
+    metrics::gauge!("realizar_loaded_models").set(n as f64);
+    Ok(info)
+}
+
+fn unload(state: &mut RegistryState, id: &str) -> Result<(), RegistryError> {
+    let h = state
+        .args
+        .models
+        .write()
+        .unwrap()
+        .remove(id)
+        .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+    state.actors.retain(|_, v| v != id);
+    state.specs.remove(id);
+    let _ = h.actor.cast(ModelMsg::Shutdown);
+    let n = state.args.models.read().unwrap().len();
+    metrics::gauge!("realizar_loaded_models").set(n as f64);
+    tracing::info!(model = %id, "unloaded");
+    Ok(())
+}
+
+/// Touch a model for the LRU order.
+pub fn touch(h: &ModelHandle, started: Instant) {
+    h.last_used.store(now_ms(started), Ordering::Relaxed);
+}
+
+pub enum ModelMsg {
+    Generate(GenRequest),
+    /// Sent by the executor thread as it ends.
+    ExecutorExited(Option<String>, Vec<GenRequest>),
+    Shutdown,
+}
+
+pub struct ModelArgs {
+    id: String,
+    model: Arc<dyn Model>,
+    tok: Arc<Tokenizer>,
+    cfg: ExecConfig,
+    fault: Arc<AtomicBool>,
+}
+
+pub struct ModelState {
+    args: ModelArgs,
+    exec: mpsc::Sender<ExecMsg>,
+    /// Requests that arrived while the executor was down.
+    pending: Vec<GenRequest>,
+    stopping: bool,
+}
+
+pub struct ModelActor;
+
+fn spawn_executor(myself: ActorRef<ModelMsg>, a: &ModelArgs) -> mpsc::Sender<ExecMsg> {
+    let (tx, rx) = mpsc::channel();
+    let (id, model, tok, cfg, fault) = (
+        a.id.clone(),
+        a.model.clone(),
+        a.tok.clone(),
+        a.cfg.clone(),
+        a.fault.clone(),
+    );
+    std::thread::Builder::new()
+        .name(format!("exec-{id}"))
+        .spawn(move || {
+            let exec = Executor::new(id, model, tok, cfg, fault);
+            let exit = exec.run(&rx);
+            // Requests still in the channel were never started.
+            let mut queued = Vec::new();
+            while let Ok(m) = rx.try_recv() {
+                if let ExecMsg::Submit(r) = m {
+                    queued.push(r);
+                }
+            }
+            drop(rx);
+            let msg = match exit {
+                Exit::Clean => {
+                    for r in queued.drain(..) {
+                        let _ = r.events.send(Event::Error("the model was unloaded".into()));
+                    }
+                    None
+                }
+                Exit::Panicked { message, queued: q } => {
+                    queued.splice(0..0, q);
+                    Some(message)
+                }
+            };
+            let _ = myself.cast(ModelMsg::ExecutorExited(msg, queued));
+        })
+        .expect("spawn executor thread");
+    tx
+}
+
+impl Actor for ModelActor {
+    type Msg = ModelMsg;
+    type State = ModelState;
+    type Arguments = ModelArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ModelArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let exec = spawn_executor(myself, &args);
+        Ok(ModelState {
+            args,
+            exec,
+            pending: Vec::new(),
+            stopping: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ModelMsg::Generate(req) => {
+                if state.stopping {
+                    let _ = req.events.send(Event::Error("the model was unloaded".into()));
+                } else if let Err(mpsc::SendError(ExecMsg::Submit(req))) =
+                    state.exec.send(ExecMsg::Submit(req))
+                {
+                    // The executor is down; it is restarted when its exit arrives.
+                    state.pending.push(req);
+                }
+            }
+            ModelMsg::ExecutorExited(None, _) => myself.stop(None),
+            ModelMsg::ExecutorExited(Some(why), queued) => {
+                let id = &state.args.id;
+                tracing::error!(model = %id, error = %why, requeued = queued.len(), "executor panicked; restarting it");
+                metrics::counter!("realizar_executor_restarts_total", "model" => id.clone()).increment(1);
+                state.exec = spawn_executor(myself.clone(), &state.args);
+                for r in queued.into_iter().chain(state.pending.drain(..)) {
+                    let _ = state.exec.send(ExecMsg::Submit(r));
+                }
+            }
+            ModelMsg::Shutdown => {
+                state.stopping = true;
+                let _ = state.exec.send(ExecMsg::Shutdown);
+                for r in state.pending.drain(..) {
+                    let _ = r.events.send(Event::Error("the model was unloaded".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
