@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod bench;
 use realizar_node::format::ModelSummary;
 
 #[derive(Parser)]
@@ -92,6 +94,37 @@ enum Command {
     /// Run a node: the OpenAI API and admin routes over the models it loads
     /// (from --model, the config file, or later through POST /admin/models).
     Node(NodeArgs),
+    /// Load-test an OpenAI-compatible server (realizar, llama-server, ...).
+    Bench {
+        /// Server base URL, e.g. http://127.0.0.1:8080
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        /// Concurrency levels, run one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+        concurrency: Vec<usize>,
+        /// Requests per concurrency level.
+        #[arg(long, default_value_t = 16)]
+        requests: usize,
+        /// Length of the synthetic prompt, in tokens.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Prompts, one per line (instead of the synthetic prompt).
+        #[arg(long)]
+        prompts_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// Stream the responses (needed for TTFT and inter-token latency).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        stream: bool,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -509,6 +542,47 @@ fn main() -> ExitCode {
         Command::Pull { which } => pull(&which),
         Command::Serve(a) => node(a, true),
         Command::Node(a) => node(a, false),
+        Command::Bench {
+            url,
+            model,
+            concurrency,
+            requests,
+            prompt_tokens,
+            prompts_file,
+            max_tokens,
+            stream,
+            json,
+            quiet,
+        } => {
+            let args = bench::BenchArgs {
+                url,
+                model,
+                concurrency,
+                requests,
+                prompt_tokens,
+                prompts_file,
+                max_tokens,
+                stream,
+                progress: !quiet,
+            };
+            match bench::run(args) {
+                Ok(r) => {
+                    print!("{}", bench::markdown(&r));
+                    if let Some(p) = json {
+                        let v = serde_json::to_string_pretty(&r).unwrap_or_default();
+                        if let Err(e) = std::fs::write(&p, v) {
+                            return fail("bench", format!("{}: {e}", p.display()));
+                        }
+                    }
+                    if r.iter().all(|l| l.errors == 0) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => fail("bench", e),
+            }
+        }
         Command::Quantize {
             input,
             output,

@@ -1,0 +1,333 @@
+//! `realizar bench`: a load generator for any OpenAI-compatible server
+//! (realizar, llama.cpp's llama-server, vLLM ...). For each concurrency level
+//! it keeps that many requests in flight until `--requests` have finished,
+//! and reports time to first token, inter-token latency and end-to-end
+//! latency (p50/p90/p99), request and token throughput, and errors, as a
+//! markdown table and optionally JSON.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub url: String,
+    pub model: String,
+    pub concurrency: Vec<usize>,
+    pub requests: usize,
+    pub prompt_tokens: usize,
+    pub prompts_file: Option<std::path::PathBuf>,
+    pub max_tokens: usize,
+    pub stream: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    ok: bool,
+    error: Option<String>,
+    ttft: f64,
+    itl: Vec<f64>,
+    e2e: f64,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = (p / 100.0 * (v.len() - 1) as f64).round() as usize;
+    v[rank.min(v.len() - 1)]
+}
+
+/// Results of one concurrency level.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LevelReport {
+    pub concurrency: usize,
+    pub requests: usize,
+    pub errors: usize,
+    pub first_error: Option<String>,
+    pub wall_s: f64,
+    pub request_throughput: f64,
+    pub output_tokens_per_s: f64,
+    pub prompt_tokens_per_s: f64,
+    pub mean_prompt_tokens: f64,
+    pub mean_output_tokens: f64,
+    pub ttft_ms: [f64; 3],
+    pub itl_ms: [f64; 3],
+    pub e2e_ms: [f64; 3],
+    /// Output tokens/s of one request while it generates (1 / mean ITL).
+    pub decode_tokens_per_s_per_request: f64,
+}
+
+fn split_url(url: &str) -> String {
+    url.trim_end_matches('/').trim_end_matches("/v1").to_owned()
+}
+
+async fn post(client: &HttpClient, url: &str, body: &Value) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let req = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    client.request(req).await.map_err(|e| format!("{url}: {e}"))
+}
+
+/// A prompt of about `n` tokens: calibrated with the server's /tokenize when
+/// it has one (realizar and llama-server both do), else ~1 token per word.
+async fn synthetic_prompt(client: &HttpClient, base: &str, model: &str, n: usize) -> String {
+    const WORDS: &[&str] = &[
+        "the", "history", "of", "science", "shows", "that", "careful", "measurement", "and", "open",
+        "debate", "move", "knowledge", "forward", "while", "every", "new", "instrument", "reveals", "questions",
+    ];
+    let make = |k: usize| -> String {
+        (0..k).map(|i| WORDS[(i * 7 + i / 20) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+    };
+    let mut k = n.max(1);
+    for _ in 0..4 {
+        let text = make(k);
+        let body = json!({"model": model, "content": text, "add_special": false});
+        let Ok(resp) = post(client, &format!("{base}/tokenize"), &body).await else { break };
+        if !resp.status().is_success() {
+            break;
+        }
+        let Ok(bytes) = resp.into_body().collect().await.map(|b| b.to_bytes()) else { break };
+        let Some(got) = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["tokens"].as_array().map(|a| a.len()))
+        else {
+            break;
+        };
+        if got == n || got == 0 {
+            break;
+        }
+        k = ((k as f64) * n as f64 / got as f64).round().max(1.0) as usize;
+    }
+    make(k)
+}
+
+async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: String) -> Sample {
+    let mut s = Sample::default();
+    let body = json!({
+        "model": a.model,
+        "prompt": prompt,
+        "max_tokens": a.max_tokens,
+        "temperature": 0.0,
+        "ignore_eos": true,
+        "stream": a.stream,
+        "stream_options": {"include_usage": true},
+    });
+    let t0 = Instant::now();
+    let resp = match post(client, &format!("{base}/v1/completions"), &body).await {
+        Ok(r) => r,
+        Err(e) => {
+            s.error = Some(e);
+            return s;
+        }
+    };
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let text = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        s.error = Some(format!("HTTP {status}: {}", String::from_utf8_lossy(&text)));
+        return s;
+    }
+    if !a.stream {
+        let Ok(bytes) = body.collect().await.map(|b| b.to_bytes()) else {
+            s.error = Some("reading the body failed".into());
+            return s;
+        };
+        s.e2e = t0.elapsed().as_secs_f64();
+        s.ttft = s.e2e;
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        s.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+        s.completion_tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize;
+        if s.completion_tokens > 1 {
+            let per = (s.e2e) / s.completion_tokens as f64;
+            s.itl = vec![per; s.completion_tokens - 1];
+        }
+        s.ok = true;
+        return s;
+    }
+    let mut buf = Vec::<u8>::new();
+    let mut last: Option<Instant> = None;
+    let mut chunks = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            s.error = Some("the stream broke".into());
+            return s;
+        };
+        let Some(data) = frame.data_ref() else { continue };
+        buf.extend_from_slice(data);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            for line in text.lines() {
+                let Some(payload) = line.strip_prefix("data:").map(str::trim) else { continue };
+                if payload == "[DONE]" {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<Value>(payload) else { continue };
+                if v.get("error").is_some() {
+                    s.error = Some(v["error"].to_string());
+                    return s;
+                }
+                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                    s.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+                    s.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
+                }
+                let has_text = v["choices"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["text"].as_str().is_some_and(|t| !t.is_empty())));
+                if has_text {
+                    let now = Instant::now();
+                    match last {
+                        None => s.ttft = (now - t0).as_secs_f64(),
+                        Some(l) => s.itl.push((now - l).as_secs_f64()),
+                    }
+                    last = Some(now);
+                    chunks += 1;
+                }
+            }
+        }
+    }
+    s.e2e = t0.elapsed().as_secs_f64();
+    if s.completion_tokens == 0 {
+        s.completion_tokens = chunks;
+    }
+    s.ok = last.is_some();
+    if !s.ok {
+        s.error = Some("no tokens in the stream".into());
+    }
+    s
+}
+
+async fn level(client: &HttpClient, base: &str, a: &BenchArgs, prompts: &[String], conc: usize) -> LevelReport {
+    let next = Arc::new(AtomicUsize::new(0));
+    let bar = if a.progress {
+        let b = indicatif::ProgressBar::new(a.requests as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("concurrency {msg:>3} [{bar:40}] {pos}/{len} {elapsed_precise}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_message(conc.to_string());
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (client, base, a, next, bar) = (client.clone(), base.to_owned(), a.clone(), next.clone(), bar.clone());
+        let prompts = prompts.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= a.requests {
+                    break;
+                }
+                // A distinct first line per request keeps prefix caches from
+                // turning the benchmark into a cache test.
+                let prompt = format!("Request {i}.\n{}", prompts[i % prompts.len()]);
+                out.push(one_request(&client, &base, &a, prompt).await);
+                bar.inc(1);
+            }
+            out
+        }));
+    }
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.unwrap_or_default());
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
+    let mut ttft: Vec<f64> = ok.iter().map(|s| s.ttft * 1e3).collect();
+    let mut itl: Vec<f64> = ok.iter().flat_map(|s| s.itl.iter().map(|x| x * 1e3)).collect();
+    let mut e2e: Vec<f64> = ok.iter().map(|s| s.e2e * 1e3).collect();
+    let out_tokens: usize = ok.iter().map(|s| s.completion_tokens).sum();
+    let in_tokens: usize = ok.iter().map(|s| s.prompt_tokens).sum();
+    let mean_itl = if itl.is_empty() { f64::NAN } else { itl.iter().sum::<f64>() / itl.len() as f64 };
+    let n_ok = ok.len().max(1) as f64;
+    LevelReport {
+        concurrency: conc,
+        requests: samples.len(),
+        errors: samples.len() - ok.len(),
+        first_error: samples.iter().find_map(|s| s.error.clone()),
+        wall_s: wall,
+        request_throughput: ok.len() as f64 / wall,
+        output_tokens_per_s: out_tokens as f64 / wall,
+        prompt_tokens_per_s: in_tokens as f64 / wall,
+        mean_prompt_tokens: in_tokens as f64 / n_ok,
+        mean_output_tokens: out_tokens as f64 / n_ok,
+        ttft_ms: [percentile(&mut ttft, 50.0), percentile(&mut ttft, 90.0), percentile(&mut ttft, 99.0)],
+        itl_ms: [percentile(&mut itl, 50.0), percentile(&mut itl, 90.0), percentile(&mut itl, 99.0)],
+        e2e_ms: [percentile(&mut e2e, 50.0), percentile(&mut e2e, 90.0), percentile(&mut e2e, 99.0)],
+        decode_tokens_per_s_per_request: 1e3 / mean_itl,
+    }
+}
+
+pub fn markdown(reports: &[LevelReport]) -> String {
+    let mut s = String::from(
+        "| concurrency | requests | errors | req/s | output tok/s | prompt tok/s | TTFT p50/p90/p99 ms | ITL p50/p90/p99 ms | E2E p50/p90/p99 ms |\n\
+         |---:|---:|---:|---:|---:|---:|---|---|---|\n",
+    );
+    for r in reports {
+        let f = |v: [f64; 3]| format!("{:.1} / {:.1} / {:.1}", v[0], v[1], v[2]);
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {:.1} | {:.1} | {} | {} | {} |\n",
+            r.concurrency,
+            r.requests,
+            r.errors,
+            r.request_throughput,
+            r.output_tokens_per_s,
+            r.prompt_tokens_per_s,
+            f(r.ttft_ms),
+            f(r.itl_ms),
+            f(r.e2e_ms)
+        ));
+    }
+    s
+}
+
+pub fn run(a: BenchArgs) -> Result<Vec<LevelReport>, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http();
+        let base = split_url(&a.url);
+        let prompts = match &a.prompts_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let v: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+                if v.is_empty() {
+                    return Err(format!("{}: no prompts", p.display()));
+                }
+                v
+            }
+            None => vec![synthetic_prompt(&client, &base, &a.model, a.prompt_tokens).await],
+        };
+        let mut reports = Vec::new();
+        for &c in &a.concurrency {
+            let r = level(&client, &base, &a, &prompts, c.max(1)).await;
+            reports.push(r);
+        }
+        Ok(reports)
+    })
+}
