@@ -6,6 +6,20 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-models.sh
+# What the server tests drive it with: the official openai package (in a
+# virtualenv under target/) and promtool (Debian's prometheus package).
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openai" 2>/dev/null; then
+    python3 -m venv target/pyenv
+    target/pyenv/bin/pip install --quiet --disable-pip-version-check openai
+fi
+export REALIZAR_TEST_PYTHON="$PWD/target/pyenv/bin/python"
+if ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null
+    else
+        echo "promtool is missing: install Debian's prometheus package" >&2
+    fi
+fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0

@@ -155,6 +155,9 @@ struct NodeArgs {
     /// Memory for all loaded models; loading past it evicts the least recently used.
     #[arg(long)]
     memory_budget_mib: Option<u64>,
+    /// Requests queued or running per model before 429.
+    #[arg(long)]
+    max_queue: Option<usize>,
     /// Enable POST /admin/models/{id}/fault (tests only).
     #[arg(long, hide = true)]
     fault_injection: bool,
@@ -228,6 +231,9 @@ fn node(args: NodeArgs, default_model: bool) -> ExitCode {
         cfg.memory_budget_mib = b;
     }
     cfg.fault_injection |= args.fault_injection;
+    if let Some(q) = args.max_queue {
+        cfg.max_queue = q;
+    }
     let o = &mut cfg.model_defaults;
     if let Some(c) = args.ctx {
         o.n_ctx = c;
@@ -291,6 +297,22 @@ fn node(args: NodeArgs, default_model: bool) -> ExitCode {
         resolver,
         |addr| eprintln!("realizar: listening on http://{addr}"),
         async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
             let _ = tokio::signal::ctrl_c().await;
         },
     ));

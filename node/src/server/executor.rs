@@ -200,7 +200,7 @@ impl Executor {
         fault: Arc<AtomicBool>,
     ) -> Self {
         let kv = model.new_pool(cfg.block_size, cfg.kv_blocks, cfg.kv_type);
-        metrics::gauge!("realizar_kv_blocks_total", "model" => name.clone()).set(cfg.kv_blocks as f64);
+        metrics::gauge!("realizar_kv_blocks_capacity", "model" => name.clone()).set(cfg.kv_blocks as f64);
         Executor {
             pool: ThreadPool::new(cfg.threads),
             simd: Simd::detect(),

@@ -48,7 +48,7 @@ fn install_metrics() -> Result<PrometheusHandle, String> {
     describe_gauge!("realizar_running_sequences", "Sequences in the running batch");
     describe_gauge!("realizar_waiting_sequences", "Sequences waiting for admission");
     describe_gauge!("realizar_kv_blocks_used", "KV blocks held by sequences");
-    describe_gauge!("realizar_kv_blocks_total", "KV blocks in the pool");
+    describe_gauge!("realizar_kv_blocks_capacity", "KV blocks in the pool");
     describe_counter!("realizar_prefix_cache_hits_total", "Prompt tokens found in the prefix cache");
     describe_counter!("realizar_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache");
     describe_counter!("realizar_preemptions_total", "Sequences preempted for lack of KV blocks");

@@ -176,6 +176,19 @@ impl Actor for Registry {
         evt: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorTerminated(..) = evt {
+            // An unloaded model's actor is gone with its state (weights map,
+            // tokenizer): return the freed heap pages, now and once the last
+            // handles held by finishing requests are gone.
+            release_free_memory();
+            tokio::spawn(async {
+                for ms in [100, 1000] {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    release_free_memory();
+                }
+            });
+            return Ok(());
+        }
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
             // A model actor itself failed (not just its executor): start a
             // new one for the same model.
@@ -408,6 +421,21 @@ fn unload(state: &mut RegistryState, id: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// Return free heap memory to the operating system (glibc keeps freed
+/// small allocations, like a tokenizer's vocabulary, in its arenas).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only releases memory glibc holds as free.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// Touch a model for the LRU order.
 pub fn touch(h: &ModelHandle, started: Instant) {
     h.last_used.store(now_ms(started), Ordering::Relaxed);
@@ -514,7 +542,12 @@ impl Actor for ModelActor {
                     state.pending.push(req);
                 }
             }
-            ModelMsg::ExecutorExited(None, _) => myself.stop(None),
+            ModelMsg::ExecutorExited(None, _) => {
+                // The executor has dropped the KV pool; give freed heap
+                // pages back to the system so RSS reflects the unload.
+                release_free_memory();
+                myself.stop(None)
+            }
             ModelMsg::ExecutorExited(Some(why), queued) => {
                 let id = &state.args.id;
                 tracing::error!(model = %id, error = %why, requeued = queued.len(), "executor panicked; restarting it");

@@ -1,0 +1,93 @@
+//! Memory: loading past the budget evicts the least recently used unpinned
+//! model; unloading gives the memory back (RSS within 10% of before).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use serde_json::json;
+
+fn load(server: &Server, id: &str, pinned: bool) -> serde_json::Value {
+    let r = server.post(
+        "/admin/models",
+        &json!({"id": id, "path": id, "pinned": pinned, "options": {"kv_memory_mib": 64, "n_ctx": 512}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+fn loaded(server: &Server) -> Vec<String> {
+    let v = server.get("/admin/models").json();
+    v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn generate(server: &Server, id: &str) {
+    let r = server.post(
+        "/v1/completions",
+        &json!({"model": id, "prompt": "The history of science", "max_tokens": 8}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn over_budget_evicts_lru_and_unload_returns_memory() {
+    // 400 MiB holds SmolLM2 (~93 MB + 64 MiB KV) or Gemma3 (~253 MB + 64 MiB KV), not both.
+    let server = Server::start(&["node", "--memory-budget-mib", "400", "--threads", "1"]);
+    assert_eq!(server.get("/health").status, 503, "healthy with no model");
+
+    // Warm-up cycle so allocator and metrics registry reach steady state.
+    load(&server, "smollm2", false);
+    assert_eq!(server.get("/health").status, 200);
+    generate(&server, "smollm2");
+    assert_eq!(server.delete("/admin/models/smollm2").status, 200);
+    assert!(loaded(&server).is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+
+    let before = server.rss();
+    let info = load(&server, "gemma3", false);
+    assert!(info["bytes"].as_u64().unwrap() > 250 << 20);
+    generate(&server, "gemma3");
+    let during = server.rss();
+    assert!(during > before + (100 << 20), "the model never became resident: {before} → {during}");
+    let r = server.delete("/admin/models/gemma3");
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The executor thread and the actor wind down asynchronously.
+    let mut after = server.rss();
+    for _ in 0..50 {
+        if after <= before + before / 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        after = server.rss();
+    }
+    println!("RSS before loading {before}, loaded {during}, after unloading {after} bytes");
+    assert!(
+        after <= before + before / 10,
+        "RSS after unloading {after} is not within 10% of before loading {before} (loaded: {during})"
+    );
+
+    // Budget: SmolLM2 then Gemma3 evicts SmolLM2 (least recently used, unpinned).
+    load(&server, "smollm2", false);
+    generate(&server, "smollm2");
+    load(&server, "gemma3", false);
+    assert_eq!(loaded(&server), vec!["gemma3".to_owned()]);
+    let gone = server.post("/v1/completions", &json!({"model": "smollm2", "prompt": "x"}));
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    assert!(server.get("/metrics").body.contains("realizar_model_evictions_total 1"));
+    // A pinned model is never evicted: with Gemma3 pinned, SmolLM2 does not fit.
+    assert_eq!(server.delete("/admin/models/gemma3").status, 200);
+    load(&server, "gemma3", true);
+    let r = server.post(
+        "/admin/models",
+        &json!({"id": "smollm2", "path": "smollm2", "options": {"kv_memory_mib": 64, "n_ctx": 512}}),
+    );
+    assert_eq!(r.status, 507, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "over_budget");
+    assert_eq!(loaded(&server), vec!["gemma3".to_owned()]);
+}

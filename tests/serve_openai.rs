@@ -1,0 +1,115 @@
+//! `realizar serve` driven by the official `openai` Python package
+//! (tests/openai_client.py), then its /metrics checked by `promtool`.
+//! scripts/test.sh installs both (a virtualenv with openai, Debian's
+//! prometheus package); REALIZAR_TEST_PYTHON names the interpreter.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::Server;
+
+fn python() -> String {
+    std::env::var("REALIZAR_TEST_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyenv/bin/python");
+        if std::path::Path::new(venv).exists() {
+            venv.to_owned()
+        } else {
+            "python3".to_owned()
+        }
+    })
+}
+
+#[test]
+fn openai_client_and_promtool_against_serve() {
+    let py = python();
+    let probe = Command::new(&py).args(["-c", "import openai"]).status();
+    assert!(
+        probe.is_ok_and(|s| s.success()),
+        "{py} cannot import openai: run scripts/test.sh (it makes target/pyenv) or set REALIZAR_TEST_PYTHON"
+    );
+    const CTX: usize = 1024;
+    let question = "What is the capital of France?";
+    // The independent expectation: the CLI's single-sequence greedy generation.
+    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+        .args(["run", "--model", "smollm2", "--chat", "--prompt", question])
+        .args(["--temperature", "0", "--max-tokens", "24", "--kv-type", "f16"])
+        .output()
+        .expect("realizar run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.txt");
+    std::fs::write(&expected, &out.stdout).unwrap();
+
+    let server = Server::start(&[
+        "serve",
+        "--max-queue",
+        "4",
+        "--max-batch",
+        "4",
+        "--ctx",
+        &CTX.to_string(),
+    ]);
+    server.wait_ready(Duration::from_secs(120));
+    let run = Command::new(&py)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"))
+        .args([&server.url(), "smollm2", expected.to_str().unwrap(), &CTX.to_string()])
+        .output()
+        .expect("run the python client");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    assert!(
+        run.status.success(),
+        "openai client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("12 checks passed"), "{stdout}");
+
+    // The metrics after that traffic: well-formed for Prometheus, and counting it.
+    let m = server.get("/metrics");
+    assert_eq!(m.status, 200);
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, &m.body).unwrap();
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    assert!(
+        check.status.success(),
+        "promtool rejected /metrics:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for needle in [
+        "realizar_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}",
+        "realizar_http_requests_total{endpoint=\"/v1/completions\",status=\"429\"}",
+        "realizar_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"404\"}",
+        "realizar_time_to_first_token_seconds_bucket",
+        "realizar_inter_token_latency_seconds_bucket",
+        "realizar_e2e_request_latency_seconds_bucket",
+        "realizar_request_queue_seconds_bucket",
+        "realizar_batch_size_bucket",
+        "realizar_model_load_seconds_bucket",
+        "realizar_prompt_tokens_total",
+        "realizar_generation_tokens_total",
+        "realizar_running_sequences",
+        "realizar_waiting_sequences",
+        "realizar_kv_blocks_used",
+        "realizar_kv_blocks_capacity",
+        "realizar_prefix_cache_hits_total",
+        "realizar_prefix_cache_queries_total",
+        "realizar_loaded_models 1",
+    ] {
+        assert!(m.body.contains(needle), "/metrics lacks {needle}:\n{}", m.body);
+    }
+    let hits: f64 = m
+        .body
+        .lines()
+        .find(|l| l.starts_with("realizar_prefix_cache_hits_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(hits > 0.0, "no prefix cache hits counted");
+}

@@ -1,0 +1,127 @@
+//! Supervision: a test-only fault panics one model's executor mid-batch.
+//! The other model keeps answering throughout, the requests running in the
+//! failed batch get an error, the queued ones complete, the model answers
+//! again within 2 s, and the restart is counted.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{http, Server};
+use serde_json::json;
+
+#[test]
+fn executor_panic_is_contained_and_restarted() {
+    let server = Server::start(&[
+        "node",
+        "--model",
+        "smollm2",
+        "--model",
+        "gemma3",
+        "--max-batch",
+        "2",
+        "--ctx",
+        "512",
+        "--kv-memory-mib",
+        "64",
+        "--threads",
+        "1",
+        "--fault-injection",
+    ]);
+    let addr = server.addr;
+    // Both models loaded.
+    let t0 = Instant::now();
+    while server.get("/v1/models").json()["data"].as_array().map_or(0, |a| a.len()) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "models did not load");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The other model answers throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let other = std::thread::spawn(move || {
+        let mut statuses = Vec::new();
+        while !stop2.load(Ordering::SeqCst) {
+            let r = http(
+                addr,
+                "POST",
+                "/v1/completions",
+                Some(&json!({"model": "gemma3", "prompt": "One, two,", "max_tokens": 4, "temperature": 0})),
+            );
+            statuses.push((r.status, r.body));
+        }
+        statuses
+    });
+    // Five long requests: two run (max_batch 2), three wait.
+    let body = json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 96,
+                      "temperature": 0, "ignore_eos": true});
+    let reqs: Vec<_> = (0..5)
+        .map(|i| {
+            let b = body.clone();
+            let h = std::thread::spawn(move || http(addr, "POST", "/v1/completions", Some(&b)));
+            if i == 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            h
+        })
+        .collect();
+    // Wait until two are running and the rest queued, then panic the executor.
+    let t0 = Instant::now();
+    loop {
+        let m = server.get("/metrics").body;
+        let gauge = |name: &str| {
+            m.lines()
+                .find(|l| l.starts_with(&format!("{name}{{model=\"smollm2\"}}")))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if gauge("realizar_running_sequences") == 2.0 && gauge("realizar_waiting_sequences") >= 1.0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "requests never queued");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let armed = server.post("/admin/models/smollm2/fault", &json!({}));
+    assert_eq!(armed.status, 200, "{}", armed.body);
+    let fault_at = Instant::now();
+    // The model answers again within 2 s.
+    let small = json!({"model": "smollm2", "prompt": "Hello", "max_tokens": 2, "temperature": 0});
+    loop {
+        let r = server.post("/v1/completions", &small);
+        if r.status == 200 {
+            break;
+        }
+        assert!(fault_at.elapsed() < Duration::from_secs(2), "smollm2 did not recover: {}", r.body);
+    }
+    let recovered = fault_at.elapsed();
+    assert!(recovered <= Duration::from_secs(2), "recovery took {recovered:?}");
+    let results: Vec<_> = reqs.into_iter().map(|h| h.join().unwrap()).collect();
+    let failed: Vec<_> = results.iter().filter(|r| r.status == 500).collect();
+    let done: Vec<_> = results.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(failed.len() + done.len(), 5, "{results:?}");
+    // The two in the panicking batch fail, with an OpenAI-shaped error ...
+    assert_eq!(failed.len(), 2, "{results:?}");
+    for f in &failed {
+        assert!(f.json()["error"]["message"].as_str().unwrap().contains("injected fault"), "{}", f.body);
+    }
+    // ... and the three queued ones complete in full.
+    for d in &done {
+        assert_eq!(d.json()["usage"]["completion_tokens"], 96, "{}", d.body);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let statuses = other.join().unwrap();
+    assert!(statuses.len() >= 2, "the other model was barely exercised");
+    for (s, b) in &statuses {
+        assert_eq!(*s, 200, "gemma3 failed during the fault: {b}");
+    }
+    let m = server.get("/metrics").body;
+    assert!(
+        m.contains("realizar_executor_restarts_total{model=\"smollm2\"} 1"),
+        "restart not counted:\n{m}"
+    );
+    assert!(!m.contains("realizar_executor_restarts_total{model=\"gemma3\"}"));
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("executor panicked; restarting it"), "restart not logged");
+}
