@@ -331,3 +331,46 @@ pub fn run(a: BenchArgs) -> Result<Vec<LevelReport>, String> {
         Ok(reports)
     })
 }
+
+/// Time to first token of two requests that share a system prompt of about
+/// `n` tokens (the second should reuse the first's KV blocks), over several
+/// trials with a different shared prompt each time.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PrefixTrial {
+    pub first_ttft_ms: f64,
+    pub second_ttft_ms: f64,
+    pub ratio: f64,
+}
+
+pub fn prefix_reuse(a: BenchArgs, n: usize, trials: usize) -> Result<Vec<PrefixTrial>, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let base = split_url(&a.url);
+        let shared = synthetic_prompt(&client, &base, &a.model, n).await;
+        let mut out = Vec::new();
+        let one = BenchArgs {
+            max_tokens: 1,
+            stream: true,
+            ..a.clone()
+        };
+        for t in 0..trials {
+            let system = format!("Trial {t} {}.", shared);
+            let first = one_request(&client, &base, &one, format!("{system}\nQuestion: what is measured first?")).await;
+            let second = one_request(&client, &base, &one, format!("{system}\nQuestion: why does it matter?")).await;
+            if let Some(e) = first.error.or(second.error) {
+                return Err(e);
+            }
+            out.push(PrefixTrial {
+                first_ttft_ms: first.ttft * 1e3,
+                second_ttft_ms: second.ttft * 1e3,
+                ratio: second.ttft / first.ttft,
+            });
+        }
+        Ok(out)
+    })
+}

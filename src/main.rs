@@ -124,6 +124,10 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Instead of the load test: time to first token of a request and of
+        /// a second one sharing its first N prompt tokens (prefix reuse).
+        #[arg(long)]
+        prefix_reuse: Option<usize>,
     },
 }
 
@@ -575,6 +579,7 @@ fn main() -> ExitCode {
             stream,
             json,
             quiet,
+            prefix_reuse,
         } => {
             let args = bench::BenchArgs {
                 url,
@@ -587,6 +592,24 @@ fn main() -> ExitCode {
                 stream,
                 progress: !quiet,
             };
+            if let Some(n) = prefix_reuse {
+                return match bench::prefix_reuse(args, n, 5) {
+                    Ok(trials) => {
+                        println!("| trial | first TTFT ms | second TTFT ms | second / first |\n|---:|---:|---:|---:|");
+                        for (i, t) in trials.iter().enumerate() {
+                            println!("| {i} | {:.1} | {:.1} | {:.1}% |", t.first_ttft_ms, t.second_ttft_ms, t.ratio * 100.0);
+                        }
+                        let mut r: Vec<f64> = trials.iter().map(|t| t.ratio).collect();
+                        r.sort_by(|a, b| a.total_cmp(b));
+                        println!("\nmedian second/first: {:.1}%", r[r.len() / 2] * 100.0);
+                        if let Some(p) = json {
+                            let _ = std::fs::write(&p, serde_json::to_string_pretty(&trials).unwrap_or_default());
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail("bench", e),
+                };
+            }
             match bench::run(args) {
                 Ok(r) => {
                     print!("{}", bench::markdown(&r));

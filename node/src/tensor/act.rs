@@ -54,9 +54,55 @@ fn f16_round(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
 }
 
+/// Whether the CPU has AVX2 (then the quantizers are compiled for it, so
+/// rounding is one vector instruction rather than a libm call per value).
+fn use_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2") && std::env::var("REALIZAR_SIMD").as_deref() != Ok("scalar")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_q8_avx2(x: &[f32], out: &mut [Q8Block]) {
+    quantize_q8_impl(x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_q8k_avx2(x: &[f32], out: &mut [Q8KBlock]) {
+    quantize_q8k_impl(x, out)
+}
+
 /// Quantize `x` (a multiple of 32 long) into `out` (x.len() / 32 blocks),
 /// the way llama.cpp's x86 path does it (`127 / amax`, round half to even).
 pub fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: AVX2 is present (checked at run time).
+        return unsafe { quantize_q8_avx2(x, out) };
+    }
+    quantize_q8_impl(x, out)
+}
+
+/// Quantize `x` (a multiple of 256 long) into `out` (ggml's Q8_K rule).
+pub fn quantize_q8k(x: &[f32], out: &mut [Q8KBlock]) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: AVX2 is present (checked at run time).
+        return unsafe { quantize_q8k_avx2(x, out) };
+    }
+    quantize_q8k_impl(x, out)
+}
+
+#[inline(always)]
+fn quantize_q8_impl(x: &[f32], out: &mut [Q8Block]) {
     debug_assert_eq!(x.len(), out.len() * QK);
     for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
@@ -74,8 +120,8 @@ pub fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
     }
 }
 
-/// Quantize `x` (a multiple of 256 long) into `out` (ggml's Q8_K rule).
-pub fn quantize_q8k(x: &[f32], out: &mut [Q8KBlock]) {
+#[inline(always)]
+fn quantize_q8k_impl(x: &[f32], out: &mut [Q8KBlock]) {
     debug_assert_eq!(x.len(), out.len() * QK_K);
     for (xs, b) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
         let (mut amax, mut max) = (0f32, 0f32);
