@@ -39,7 +39,7 @@ enum Command {
         which: String,
     },
     /// Re-encode a GGUF model's weights into another type (F32, F16, BF16, Q4_0,
-    /// Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K); norms stay F32.
+    /// Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) or the Q4_K_M mix; norms stay F32.
     Quantize {
         input: PathBuf,
         output: PathBuf,
@@ -333,7 +333,7 @@ fn fail(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
 
 fn quantize(input: &Path, output: &Path, dtype: &str) -> ExitCode {
     use std::io::Write;
-    let Some(t) = realizar_node::tensor::GgmlType::from_name(dtype) else {
+    let Some(t) = realizar_node::format::convert::Recipe::from_name(dtype) else {
         return fail("quantize", format!("unknown type {dtype:?}"));
     };
     let src = match realizar_node::format::GgufFile::open(input) {
@@ -347,7 +347,7 @@ fn quantize(input: &Path, output: &Path, dtype: &str) -> ExitCode {
     };
     let mut w = std::io::BufWriter::new(file);
     let started = std::time::Instant::now();
-    let r = realizar_node::format::convert::convert(&src, t, &mut w, |i, n, name| {
+    let r = realizar_node::format::convert::convert_with(&src, t, &mut w, |i, n, name| {
         eprint!("\r[{:>3}/{n}] {name:<40}", i + 1);
     });
     eprintln!();

@@ -125,3 +125,50 @@ fn executor_panic_is_contained_and_restarted() {
     let log = server.log.lock().unwrap().join("\n");
     assert!(log.contains("executor panicked; restarting it"), "restart not logged");
 }
+
+/// A client that goes away mid-stream cancels its sequence: the executor
+/// drops it and frees its KV blocks, and the server keeps serving.
+#[test]
+fn a_disconnected_client_cancels_its_sequence() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["serve", "--ctx", "1024", "--kv-memory-mib", "64", "--threads", "1"]);
+    server.wait_ready(Duration::from_secs(120));
+    let gauge = |name: &str| -> f64 {
+        let m = server.get("/metrics").body;
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let body = json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 900,
+                      "ignore_eos": true, "stream": true})
+    .to_string();
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Read until a few tokens have streamed.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.windows(5).filter(|w| w == b"data:").count() < 5 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(gauge("realizar_kv_blocks_used{model=\"smollm2\"}") > 0.0);
+    drop(s);
+    let t0 = Instant::now();
+    while gauge("realizar_cancelled_requests_total{model=\"smollm2\"}") < 1.0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the sequence was not cancelled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its blocks are free again (only cached, unreferenced blocks remain).
+    assert_eq!(gauge("realizar_kv_blocks_used{model=\"smollm2\"}"), 0.0);
+    assert_eq!(gauge("realizar_running_sequences{model=\"smollm2\"}"), 0.0);
+    let r = server.post("/v1/completions", &json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 3}));
+    assert_eq!(r.status, 200, "{}", r.body);
+}

@@ -11,7 +11,7 @@ use super::kv::KvPool;
 use super::ops::{add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox};
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
-use crate::tensor::{matmul, Simd, ThreadPool};
+use crate::tensor::{matmul, matmul_many, Simd, ThreadPool};
 
 /// llama.cpp's fixed values for Gemma 3 (not in the GGUF metadata).
 const SWA_PATTERN: usize = 6;
@@ -201,9 +201,16 @@ impl Model for Gemma3 {
                     &mut ws.h[i * d..(i + 1) * d],
                 );
             }
-            mm(&layer.wq, &ws.h, &mut ws.q, &mut ws.scratch);
-            mm(&layer.wk, &ws.h, &mut ws.k, &mut ws.scratch);
-            mm(&layer.wv, &ws.h, &mut ws.v, &mut ws.scratch);
+            matmul_many(
+                pool,
+                simd,
+                &[&layer.wq.matrix(f), &layer.wk.matrix(f), &layer.wv.matrix(f)],
+                &ws.h,
+                t,
+                &mut [&mut ws.q, &mut ws.k, &mut ws.v],
+                &mut ws.scratch,
+            )
+            .expect("shapes checked at load");
             rms_norm_rows(&mut ws.q, &layer.q_norm, c.rms_eps, &mut tmp);
             rms_norm_rows(&mut ws.k, &layer.k_norm, c.rms_eps, &mut tmp);
             for i in 0..t {
@@ -257,8 +264,16 @@ impl Model for Gemma3 {
                     &mut ws.h[i * d..(i + 1) * d],
                 );
             }
-            mm(&layer.w_gate, &ws.h, &mut ws.gate, &mut ws.scratch);
-            mm(&layer.w_up, &ws.h, &mut ws.up, &mut ws.scratch);
+            matmul_many(
+                pool,
+                simd,
+                &[&layer.w_gate.matrix(f), &layer.w_up.matrix(f)],
+                &ws.h,
+                t,
+                &mut [&mut ws.gate, &mut ws.up],
+                &mut ws.scratch,
+            )
+            .expect("shapes checked at load");
             geglu(&mut ws.gate, &ws.up);
             matmul(
                 pool,

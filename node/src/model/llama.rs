@@ -9,7 +9,7 @@ pub use super::kv::{KvCache, KvPool, KvType};
 use super::ops::{add_in_place, rms_norm, rope_adjacent, rope_inv_freq, swiglu};
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
-use crate::tensor::{matmul, Scratch, Simd, ThreadPool};
+use crate::tensor::{matmul, matmul_many, Scratch, Simd, ThreadPool};
 
 impl Model for Llama {
     fn architecture(&self) -> &'static str {
@@ -191,9 +191,16 @@ impl Llama {
                     &mut ws.h[i * d..(i + 1) * d],
                 );
             }
-            mm(&layer.wq, &ws.h, &mut ws.q, &mut ws.scratch);
-            mm(&layer.wk, &ws.h, &mut ws.k, &mut ws.scratch);
-            mm(&layer.wv, &ws.h, &mut ws.v, &mut ws.scratch);
+            matmul_many(
+                pool,
+                simd,
+                &[&layer.wq.matrix(f), &layer.wk.matrix(f), &layer.wv.matrix(f)],
+                &ws.h,
+                t,
+                &mut [&mut ws.q, &mut ws.k, &mut ws.v],
+                &mut ws.scratch,
+            )
+            .expect("shapes checked at load");
             for i in 0..t {
                 rope_adjacent(
                     &mut ws.q[i * q_dim..(i + 1) * q_dim],
@@ -244,8 +251,16 @@ impl Llama {
                     &mut ws.h[i * d..(i + 1) * d],
                 );
             }
-            mm(&layer.w_gate, &ws.h, &mut ws.gate, &mut ws.scratch);
-            mm(&layer.w_up, &ws.h, &mut ws.up, &mut ws.scratch);
+            matmul_many(
+                pool,
+                simd,
+                &[&layer.w_gate.matrix(f), &layer.w_up.matrix(f)],
+                &ws.h,
+                t,
+                &mut [&mut ws.gate, &mut ws.up],
+                &mut ws.scratch,
+            )
+            .expect("shapes checked at load");
             swiglu(&mut ws.gate, &ws.up);
             let (gate, ffn, scratch) = (&ws.gate, &mut ws.ffn, &mut ws.scratch);
             matmul(pool, simd, &layer.w_down.matrix(f), gate, t, ffn, scratch)

@@ -67,7 +67,7 @@ impl Default for ModelOptions {
             block_size: 16,
             kv_type: "f16".into(),
             max_batch: 16,
-            max_step_tokens: 512,
+            max_step_tokens: 256,
         }
     }
 }
@@ -189,5 +189,17 @@ mod tests {
         assert!(e.to_string().contains("model_defaults.kv_type"), "{e}");
         let e = NodeConfig::from_toml("prot = 1\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("prot"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/node.toml");
+        let c = super::NodeConfig::from_file(std::path::Path::new(p)).unwrap();
+        assert_eq!(c.models.len(), 2);
+        assert!(c.models[0].pinned);
+        assert_eq!(c.models[1].options.as_ref().unwrap().n_ctx, 8192);
     }
 }

@@ -186,6 +186,9 @@ fn rows_per_task(rows: usize, threads: usize) -> usize {
     rows.div_ceil(target_tasks).clamp(4, 256)
 }
 
+/// Most matrices one [`matmul_many`] dispatch takes.
+const MAX_MANY: usize = 8;
+
 /// Weight rows processed together before moving to the next group of
 /// columns: keeps a tile of weights in L2 while 4 activation columns stream.
 const ROW_TILE: usize = 16;
@@ -200,6 +203,39 @@ pub fn matmul(
     y: &mut [f32],
     scratch: &mut Scratch,
 ) -> Result<(), KernelError> {
+    matmul_many(pool, simd, &[w], x, n_vecs, &mut [y], scratch)
+}
+
+/// Several products of the same input (`ys[m] = ws[m] · X`, e.g. the query,
+/// key and value projections): the input is quantized once and all rows go
+/// out in one dispatch when the matrices share a type; otherwise one
+/// [`matmul`] each.
+pub fn matmul_many(
+    pool: &ThreadPool,
+    simd: Simd,
+    ws: &[&Matrix],
+    x: &[f32],
+    n_vecs: usize,
+    ys: &mut [&mut [f32]],
+    scratch: &mut Scratch,
+) -> Result<(), KernelError> {
+    let Some(first) = ws.first() else {
+        return Ok(());
+    };
+    if ws.len() != ys.len() {
+        return Err(KernelError::Length {
+            what: "outputs (one per matrix)",
+            expected: ws.len(),
+            got: ys.len(),
+        });
+    }
+    if ws.len() > MAX_MANY || ws.iter().any(|w| w.dtype != first.dtype || w.cols != first.cols) {
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            matmul_many(pool, simd, &[w], x, n_vecs, &mut [&mut **y], scratch)?;
+        }
+        return Ok(());
+    }
+    let w = first;
     if x.len() != n_vecs * w.cols {
         return Err(KernelError::Length {
             what: "input elements (n_vecs × cols)",
@@ -207,15 +243,17 @@ pub fn matmul(
             got: x.len(),
         });
     }
-    if y.len() != n_vecs * w.rows {
-        return Err(KernelError::Length {
-            what: "output elements (n_vecs × rows)",
-            expected: n_vecs * w.rows,
-            got: y.len(),
-        });
+    for (wm, y) in ws.iter().zip(ys.iter()) {
+        if y.len() != n_vecs * wm.rows {
+            return Err(KernelError::Length {
+                what: "output elements (n_vecs × rows)",
+                expected: n_vecs * wm.rows,
+                got: y.len(),
+            });
+        }
     }
     let k = kernel(w.dtype, simd).ok_or(KernelError::Unsupported(w.dtype))?;
-    if n_vecs == 0 || w.rows == 0 {
+    if n_vecs == 0 || ws.iter().all(|w| w.rows == 0) {
         return Ok(());
     }
     let nb = w.cols / w.dtype.layout().map_or(1, |l| l.block_elems);
@@ -226,7 +264,7 @@ pub fn matmul(
                 quantize_q8(xv, qv);
             }
             let acts = &scratch.q8[..n_vecs * nb];
-            run_rows(pool, w, n_vecs, y, |row, v0, nv, out| {
+            run_rows(pool, ws, n_vecs, ys, |row, v0, nv, out| {
                 let cols: [&[Q8Block]; 4] = std::array::from_fn(|i| {
                     if i < nv {
                         &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
@@ -243,7 +281,7 @@ pub fn matmul(
                 quantize_q8k(xv, qv);
             }
             let acts = &scratch.q8k[..n_vecs * nb];
-            run_rows(pool, w, n_vecs, y, |row, v0, nv, out| {
+            run_rows(pool, ws, n_vecs, ys, |row, v0, nv, out| {
                 let cols: [&[Q8KBlock]; 4] = std::array::from_fn(|i| {
                     if i < nv {
                         &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
@@ -256,7 +294,7 @@ pub fn matmul(
         }
         Kernel::F32(f) => {
             let cols_n = w.cols;
-            run_rows(pool, w, n_vecs, y, |row, v0, nv, out| {
+            run_rows(pool, ws, n_vecs, ys, |row, v0, nv, out| {
                 let cols: [&[f32]; 4] = std::array::from_fn(|i| {
                     if i < nv {
                         &x[(v0 + i) * cols_n..(v0 + i + 1) * cols_n]
@@ -271,20 +309,33 @@ pub fn matmul(
     Ok(())
 }
 
-/// Split rows across the pool; within a task, tiles of rows × groups of 4 columns.
+/// Split the rows of every matrix in `ws` across the pool in one dispatch;
+/// within a task, tiles of rows × groups of 4 columns. `ys[m]` receives the
+/// products of `ws[m]`.
 fn run_rows(
     pool: &ThreadPool,
-    w: &Matrix,
+    ws: &[&Matrix],
     n_vecs: usize,
-    y: &mut [f32],
+    ys: &mut [&mut [f32]],
     dot: impl Fn(&[u8], usize, usize, &mut [f32]) + Sync,
 ) {
-    let rows = w.rows;
-    let per = rows_per_task(rows, pool.n_threads());
-    let n_tasks = rows.div_ceil(per);
-    let out = OutPtr(y.as_mut_ptr());
+    debug_assert_eq!(ws.len(), ys.len());
+    assert!(ws.len() <= MAX_MANY, "at most {MAX_MANY} matrices per dispatch");
+    let total_rows: usize = ws.iter().map(|w| w.rows).sum();
+    let per = rows_per_task(total_rows, pool.n_threads());
+    let mut outs = [OutPtr(std::ptr::null_mut()); MAX_MANY];
+    let mut first_task = [0usize; MAX_MANY + 1];
+    for (m, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
+        outs[m] = OutPtr(y.as_mut_ptr());
+        first_task[m + 1] = first_task[m] + w.rows.div_ceil(per);
+    }
+    let n_tasks = first_task[ws.len()];
     pool.run(n_tasks, &|t| {
-        let (r0, r1) = (t * per, ((t + 1) * per).min(rows));
+        let m = (0..ws.len()).rfind(|&m| first_task[m] <= t).expect("task in range");
+        let (w, out) = (ws[m], outs[m]);
+        let r0 = (t - first_task[m]) * per;
+        let r1 = (r0 + per).min(w.rows);
+        let rows = w.rows;
         let mut res = [0f32; 4];
         for tile in (r0..r1).step_by(ROW_TILE) {
             let tile_end = (tile + ROW_TILE).min(r1);
@@ -293,8 +344,9 @@ fn run_rows(
                 for r in tile..tile_end {
                     dot(w.row(r), v0, nv, &mut res[..nv]);
                     for (i, &val) in res[..nv].iter().enumerate() {
-                        // SAFETY: r is in this task's row range and v0 + i < n_vecs,
-                        // so the index is inside y and no other task writes it.
+                        // SAFETY: r is in this task's row range of matrix m and
+                        // v0 + i < n_vecs, so the index is inside ys[m] and no
+                        // other task writes it.
                         unsafe { out.write((v0 + i) * rows + r, val) };
                     }
                 }

@@ -25,6 +25,9 @@ struct Shared {
     pending: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
+    /// Workers about to sleep or asleep: `run` takes the lock and notifies
+    /// only when this is non-zero, so back-to-back jobs cost no syscall.
+    sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -57,6 +60,7 @@ impl ThreadPool {
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -98,14 +102,17 @@ impl ThreadPool {
         let job: Job = unsafe {
             std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), Job>(f as *const _)
         };
-        {
+        // SAFETY: no worker reads `job` while pending == 0 (previous job
+        // drained); they read it only after seeing the generation bump below.
+        unsafe { *s.job.get() = Some(job) };
+        s.n_tasks.store(n_tasks, Ordering::Relaxed);
+        s.next_task.store(0, Ordering::Relaxed);
+        s.pending.store(self.workers.len(), Ordering::Relaxed);
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        // A worker registers as a sleeper before it re-checks the generation
+        // (both SeqCst), so either it sees the bump or we see it here.
+        if s.sleepers.load(Ordering::SeqCst) != 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-            // SAFETY: no worker reads `job` while pending == 0 (previous job drained).
-            unsafe { *s.job.get() = Some(job) };
-            s.n_tasks.store(n_tasks, Ordering::Relaxed);
-            s.next_task.store(0, Ordering::Relaxed);
-            s.pending.store(self.workers.len(), Ordering::Relaxed);
-            s.generation.fetch_add(1, Ordering::Release);
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| drain(s, f)));
@@ -149,11 +156,15 @@ fn worker(s: &Shared) {
                 std::hint::spin_loop();
             } else {
                 let g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-                if s.generation.load(Ordering::Acquire) == seen
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                if s.generation.load(Ordering::SeqCst) == seen
                     && !s.shutdown.load(Ordering::Acquire)
                 {
                     drop(s.wake.wait(g).unwrap_or_else(|e| e.into_inner()));
+                } else {
+                    drop(g);
                 }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         }
         seen = s.generation.load(Ordering::Acquire);
