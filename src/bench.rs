@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -308,8 +308,10 @@ pub fn run(a: BenchArgs) -> Result<Vec<LevelReport>, String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
+        // A fresh connection per request: some servers (llama-server) close
+        // idle keep-alive connections in ways a pooled client trips over.
         let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(0)
             .build_http();
         let base = split_url(&a.url);
         let prompts = match &a.prompts_file {
@@ -349,7 +351,9 @@ pub fn prefix_reuse(a: BenchArgs, n: usize, trials: usize) -> Result<Vec<PrefixT
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http();
         let base = split_url(&a.url);
         let shared = synthetic_prompt(&client, &base, &a.model, n).await;
         let mut out = Vec::new();

@@ -80,7 +80,14 @@ start_server() { # which file -> sets PID, START_NS
 stop_server() {
     kill "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
+    PID=
 }
+PID=
+trap 'stop_server' EXIT
+if curl -s "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
+    echo "port $PORT is in use: stop what listens there first" >&2
+    exit 1
+fi
 
 bench() { # name args...
     local name=$1; shift

@@ -214,27 +214,47 @@ fn batched_equals_one_at_a_time_bit_for_bit_and_threads_change_nothing() {
     }
 }
 
+/// Every SIMD level this CPU has: AVX2, and AVX-512 VNNI when present (its
+/// kernels cover some formats; the rest fall back to AVX2).
+fn simd_levels() -> Vec<Simd> {
+    let best = Simd::detect();
+    let mut v = Vec::new();
+    if best.is_avx2() {
+        v.push(Simd::AVX2);
+    }
+    if best.is_avx512() {
+        v.push(best);
+    }
+    v
+}
+
 #[test]
 fn simd_agrees_with_scalar_for_every_format() {
     let pool = ThreadPool::new(2);
     let mut rng = Rng(2024);
-    let mut with_simd = 0;
-    for t in KERNEL_TYPES {
-        if !has_simd_kernel(t, Simd::detect()) {
-            continue;
+    for simd in simd_levels() {
+        let mut with_simd = 0;
+        for t in KERNEL_TYPES {
+            if !has_simd_kernel(t, simd) {
+                continue;
+            }
+            with_simd += 1;
+            // An even and (for 32-element blocks) an odd number of blocks per row.
+            let widths: &[usize] = if t.layout().unwrap().block_elems == 32 { &[768, 800] } else { &[768] };
+            for &cols in widths {
+                for n in [1usize, 3, 4, 5, 9] {
+                    let rows = 13;
+                    let w = weights(t, rows, cols, &mut rng);
+                    let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
+                    let a = run(Simd::SCALAR, &pool, t, rows, cols, &w, &x, n);
+                    let b = run(simd, &pool, t, rows, cols, &w, &x, n);
+                    let (norms, _) = norms_and_reference(t, rows, cols, &w, &x, n);
+                    check_close(t, simd.name(), &a, &b, &norms, 1e-5);
+                }
+            }
         }
-        with_simd += 1;
-        for n in [1usize, 3, 4, 5, 9] {
-            let (rows, cols) = (13, 768);
-            let w = weights(t, rows, cols, &mut rng);
-            let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
-            let a = run(Simd::SCALAR, &pool, t, rows, cols, &w, &x, n);
-            let b = run(Simd::detect(), &pool, t, rows, cols, &w, &x, n);
-            let (norms, _) = norms_and_reference(t, rows, cols, &w, &x, n);
-            check_close(t, "simd vs scalar", &a, &b, &norms, 1e-5);
-        }
+        assert_eq!(with_simd, KERNEL_TYPES.len(), "{}", simd.name());
     }
-    assert_eq!(with_simd, KERNEL_TYPES.len());
 }
 
 proptest! {
@@ -255,9 +275,11 @@ proptest! {
         let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
         let pool = ThreadPool::new(2);
         let a = run(Simd::SCALAR, &pool, t, rows, cols, &w, &x, n);
-        let b = run(Simd::detect(), &pool, t, rows, cols, &w, &x, n);
         let (norms, _) = norms_and_reference(t, rows, cols, &w, &x, n);
-        check_close(t, "simd vs scalar", &a, &b, &norms, 1e-5);
+        for simd in simd_levels() {
+            let b = run(simd, &pool, t, rows, cols, &w, &x, n);
+            check_close(t, simd.name(), &a, &b, &norms, 1e-5);
+        }
     }
 }
 
@@ -299,9 +321,11 @@ fn simd_agrees_with_scalar_on_real_weights() {
         let n = 3;
         let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
         let a = run(Simd::SCALAR, &pool, t.dtype, rows, cols, w, &x, n);
-        let b = run(Simd::detect(), &pool, t.dtype, rows, cols, w, &x, n);
         let (norms, reference) = norms_and_reference(t.dtype, rows, cols, w, &x, n);
-        check_close(t.dtype, name, &a, &b, &norms, 1e-5);
+        for simd in simd_levels() {
+            let b = run(simd, &pool, t.dtype, rows, cols, w, &x, n);
+            check_close(t.dtype, &format!("{name} ({})", simd.name()), &a, &b, &norms, 1e-5);
+        }
         let refs: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
         let tol = if t.dtype == GgmlType::Q4_1 {
             2e-3

@@ -4,6 +4,8 @@ pub mod act;
 pub mod dequant;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx512;
 pub mod dot_scalar;
 pub mod dtype;
 pub mod matmul;

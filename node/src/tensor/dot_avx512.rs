@@ -1,0 +1,287 @@
+//! AVX-512 (F, BW, VL) + VNNI dot products for the formats that dominate
+//! the real models: Q8_0, Q4_0, Q4_1 (two 32-element blocks per 512-bit
+//! step) and Q4_K (two 32-element sub-blocks per step). `vpdpbusd`
+//! multiplies unsigned by signed bytes and sums groups of four into i32
+//! lanes in one instruction, where AVX2 needs `vpmaddubsw` + `vpmaddwd`.
+//! Signed × signed (Q8_0) uses the offset trick: (x + 128) · w − 128 · Σw.
+//! Integer parts are exact; only the float accumulation order differs from
+//! the scalar reference. Every other format uses the AVX2 kernels.
+//!
+//! The functions here are handed out only by [`kernel`], whose caller has
+//! checked that the CPU has AVX-512 F/BW/VL/VNNI as well as AVX2/FMA/F16C.
+
+#![allow(clippy::needless_range_loop)]
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use super::act::{Q8Block, Q8KBlock};
+use super::dequant::k_scales_mins;
+use super::matmul::Kernel;
+use super::GgmlType;
+
+/// Kernel for `dtype`, if it has an AVX-512 path.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and VNNI, and AVX2, FMA and F16C.
+pub(super) unsafe fn kernel(dtype: GgmlType) -> Option<Kernel> {
+    use GgmlType::*;
+    Some(match dtype {
+        Q4_0 => Kernel::Q8(q4_0),
+        Q4_1 => Kernel::Q8(q4_1),
+        Q8_0 => Kernel::Q8(q8_0),
+        Q4_K => Kernel::Q8K(q4_k),
+        _ => return None,
+    })
+}
+
+#[inline(always)]
+unsafe fn h2f(p: *const u8) -> f32 {
+    let h = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+#[inline(always)]
+unsafe fn load256(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// Two 256-bit halves as one 512-bit register.
+#[inline(always)]
+unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// `a` in lanes 0..8, `b` in lanes 8..16.
+#[inline(always)]
+unsafe fn join_ps(a: f32, b: f32) -> __m512 {
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+        _mm512_castps_pd(_mm512_set1_ps(a)),
+        _mm256_castps_pd(_mm256_set1_ps(b)),
+    ))
+}
+
+/// 16 packed nibble bytes → 32 bytes: low nibbles first, then high nibbles
+/// (the element order of Q4_0/Q4_1).
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let raw = _mm_loadu_si128(p as *const __m128i);
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+#[inline(always)]
+unsafe fn dpbusd(u: __m512i, s: __m512i) -> __m512i {
+    _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
+}
+
+/// The last block of an odd count, in 256 bits: Σ u8 × i8 as 8 i32 lanes.
+#[inline(always)]
+unsafe fn dot256_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+#[inline(always)]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+macro_rules! dispatch {
+    ($name:ident, $inner:ident, $act:ty, $bytes:expr) => {
+        fn $name(w: &[u8], a: &[&[$act]], out: &mut [f32]) {
+            let nb = w.len() / $bytes;
+            debug_assert!(a.iter().all(|c| c.len() >= nb));
+            // SAFETY: `kernel` hands these out only on CPUs with the features.
+            unsafe {
+                match a.len() {
+                    1 => $inner::<1>(w, nb, a, out),
+                    2 => $inner::<2>(w, nb, a, out),
+                    3 => $inner::<3>(w, nb, a, out),
+                    4 => $inner::<4>(w, nb, a, out),
+                    n => unreachable!("{n} columns per call"),
+                }
+            }
+        }
+    };
+}
+
+dispatch!(q8_0, q8_0_n, Q8Block, 34);
+dispatch!(q4_0, q4_0_n, Q8Block, 18);
+dispatch!(q4_1, q4_1_n, Q8Block, 20);
+dispatch!(q4_k, q4_k_n, Q8KBlock, 144);
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q8_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Block]], out: &mut [f32]) {
+    let mut acc = [_mm512_setzero_ps(); N];
+    let ones = _mm512_set1_epi8(1);
+    let flip = _mm512_set1_epi8(-128);
+    let mut i = 0;
+    while i + 1 < nb {
+        let b0 = w.as_ptr().add(i * 34);
+        let b1 = b0.add(34);
+        let wq = join(load256(b0.add(2)), load256(b1.add(2)));
+        // 128 · Σw per lane: what the +128 offset of the activations adds.
+        let wsum = _mm512_slli_epi32::<7>(dpbusd(ones, wq));
+        let dw = join_ps(h2f(b0), h2f(b1));
+        for c in 0..N {
+            let (x0, x1) = (a[c].get_unchecked(i), a[c].get_unchecked(i + 1));
+            let xq = join(load256(x0.qs.as_ptr() as _), load256(x1.qs.as_ptr() as _));
+            let p = _mm512_sub_epi32(dpbusd(_mm512_xor_si512(xq, flip), wq), wsum);
+            let s = _mm512_mul_ps(dw, join_ps(x0.d, x1.d));
+            acc[c] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[c]);
+        }
+        i += 2;
+    }
+    for c in 0..N {
+        let mut sum = _mm512_reduce_add_ps(acc[c]);
+        if i < nb {
+            let b = w.as_ptr().add(i * 34);
+            let q = load256(b.add(2));
+            let x = a[c].get_unchecked(i);
+            let p = dot256_u8_i8(
+                _mm256_sign_epi8(q, q),
+                _mm256_sign_epi8(load256(x.qs.as_ptr() as _), q),
+            );
+            sum += h2f(b) * x.d * hsum256(_mm256_cvtepi32_ps(p));
+        }
+        out[c] = sum;
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Block]], out: &mut [f32]) {
+    // w = d · (q − 8): Σ q·x by VNNI, minus 8 · Σx per block (exact in i32).
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut i = 0;
+    while i + 1 < nb {
+        let b0 = w.as_ptr().add(i * 18);
+        let b1 = b0.add(18);
+        let wq = join(nibbles(b0.add(2)), nibbles(b1.add(2)));
+        let dw = join_ps(h2f(b0), h2f(b1));
+        for c in 0..N {
+            let (x0, x1) = (a[c].get_unchecked(i), a[c].get_unchecked(i + 1));
+            let xq = join(load256(x0.qs.as_ptr() as _), load256(x1.qs.as_ptr() as _));
+            let corr = _mm512_mask_set1_epi32(_mm512_set1_epi32(0), 0x0001, 8 * x0.isum);
+            let corr = _mm512_mask_set1_epi32(corr, 0x0100, 8 * x1.isum);
+            let p = _mm512_sub_epi32(dpbusd(wq, xq), corr);
+            let s = _mm512_mul_ps(dw, join_ps(x0.d, x1.d));
+            acc[c] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[c]);
+        }
+        i += 2;
+    }
+    for c in 0..N {
+        let mut sum = _mm512_reduce_add_ps(acc[c]);
+        if i < nb {
+            let b = w.as_ptr().add(i * 18);
+            let x = a[c].get_unchecked(i);
+            let p = dot256_u8_i8(nibbles(b.add(2)), load256(x.qs.as_ptr() as _));
+            let dot = hsum256(_mm256_cvtepi32_ps(p)) - (8 * x.isum) as f32;
+            sum += h2f(b) * x.d * dot;
+        }
+        out[c] = sum;
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_1_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Block]], out: &mut [f32]) {
+    // w = d · q + m: Σ q·x by VNNI; the minimum adds m · (d_x Σ x) = m · s.
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut mins = [[0f32; 2]; N];
+    let mut i = 0;
+    while i + 1 < nb {
+        let b0 = w.as_ptr().add(i * 20);
+        let b1 = b0.add(20);
+        let wq = join(nibbles(b0.add(4)), nibbles(b1.add(4)));
+        let dw = join_ps(h2f(b0), h2f(b1));
+        let (m0, m1) = (h2f(b0.add(2)), h2f(b1.add(2)));
+        for c in 0..N {
+            let (x0, x1) = (a[c].get_unchecked(i), a[c].get_unchecked(i + 1));
+            let xq = join(load256(x0.qs.as_ptr() as _), load256(x1.qs.as_ptr() as _));
+            let p = dpbusd(wq, xq);
+            let s = _mm512_mul_ps(dw, join_ps(x0.d, x1.d));
+            acc[c] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[c]);
+            mins[c][0] += m0 * x0.s;
+            mins[c][1] += m1 * x1.s;
+        }
+        i += 2;
+    }
+    for c in 0..N {
+        let mut sum = _mm512_reduce_add_ps(acc[c]) + mins[c][0] + mins[c][1];
+        if i < nb {
+            let b = w.as_ptr().add(i * 20);
+            let x = a[c].get_unchecked(i);
+            let p = dot256_u8_i8(nibbles(b.add(4)), load256(x.qs.as_ptr() as _));
+            sum += h2f(b) * x.d * hsum256(_mm256_cvtepi32_ps(p)) + h2f(b.add(2)) * x.s;
+        }
+        out[c] = sum;
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_k_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &mut [f32]) {
+    // Per super-block: 8 sub-blocks of 32 with 6-bit scales and minimums.
+    // Σ_j sc_j Σ q·x in i32 (VNNI, two sub-blocks per step), then one float
+    // multiply by d · d_x; the minimums use the activations' 16-element sums.
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut macc = [0f32; N];
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * 144);
+        let (d, dmin) = (h2f(b), h2f(b.add(2)));
+        let (sc, mn) = k_scales_mins(std::slice::from_raw_parts(b.add(4), 12));
+        let qs = b.add(16);
+        let mut wq = [_mm512_setzero_si512(); 4];
+        let mut sv = [_mm512_setzero_si512(); 4];
+        for k in 0..4 {
+            let raw = load256(qs.add(32 * k));
+            wq[k] = join(
+                _mm256_and_si256(raw, m4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4),
+            );
+            sv[k] = join(
+                _mm256_set1_epi32(sc[2 * k] as i32),
+                _mm256_set1_epi32(sc[2 * k + 1] as i32),
+            );
+        }
+        let mins16 = _mm256_set_epi16(
+            mn[7] as i16,
+            mn[7] as i16,
+            mn[6] as i16,
+            mn[6] as i16,
+            mn[5] as i16,
+            mn[5] as i16,
+            mn[4] as i16,
+            mn[4] as i16,
+            mn[3] as i16,
+            mn[3] as i16,
+            mn[2] as i16,
+            mn[2] as i16,
+            mn[1] as i16,
+            mn[1] as i16,
+            mn[0] as i16,
+            mn[0] as i16,
+        );
+        for c in 0..N {
+            let x = a[c].get_unchecked(i);
+            let xp = x.qs.as_ptr() as *const u8;
+            let mut isum = _mm512_setzero_si512();
+            for k in 0..4 {
+                let xq = _mm512_loadu_si512(xp.add(64 * k) as *const _);
+                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dpbusd(wq[k], xq), sv[k]));
+            }
+            acc[c] = _mm512_fmadd_ps(
+                _mm512_set1_ps(d * x.d),
+                _mm512_cvtepi32_ps(isum),
+                acc[c],
+            );
+            let bs = _mm256_loadu_si256(x.bsums.as_ptr() as *const __m256i);
+            let m = _mm256_madd_epi16(bs, mins16);
+            macc[c] += dmin * x.d * hsum256(_mm256_cvtepi32_ps(m));
+        }
+    }
+    for c in 0..N {
+        out[c] = _mm512_reduce_add_ps(acc[c]) - macc[c];
+    }
+}
