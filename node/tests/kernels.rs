@@ -220,7 +220,7 @@ fn simd_levels() -> Vec<Simd> {
     let best = Simd::detect();
     let mut v = Vec::new();
     if best.is_avx2() {
-        v.push(Simd::AVX2);
+        v.push(best.without_avx512());
     }
     if best.is_avx512() {
         v.push(best);

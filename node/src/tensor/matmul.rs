@@ -23,15 +23,22 @@ pub enum Kernel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Simd {
     avx2: bool,
+    /// AVX-512 F/BW/VL + VNNI on top of AVX2 (only ever set with `avx2`).
+    avx512: bool,
 }
 
 impl Simd {
     /// The scalar reference paths.
-    pub const SCALAR: Simd = Simd { avx2: false };
+    pub const SCALAR: Simd = Simd {
+        avx2: false,
+        avx512: false,
+    };
 
-    /// The best the CPU offers (AVX2+FMA+F16C), unless `REALIZAR_SIMD=scalar`.
+    /// The best the CPU offers (AVX-512 VNNI kernels where they exist, else
+    /// AVX2+FMA+F16C); `REALIZAR_SIMD=scalar` or `REALIZAR_SIMD=avx2` caps it.
     pub fn detect() -> Simd {
-        if std::env::var("REALIZAR_SIMD").is_ok_and(|v| v == "scalar") {
+        let cap = std::env::var("REALIZAR_SIMD").unwrap_or_default();
+        if cap == "scalar" {
             return Simd::SCALAR;
         }
         #[cfg(target_arch = "x86_64")]
@@ -40,21 +47,38 @@ impl Simd {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
             {
-                return Simd { avx2: true };
+                let avx512 = cap != "avx2"
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni");
+                return Simd { avx2: true, avx512 };
             }
         }
         Simd::SCALAR
+    }
+
+    /// The same, without the AVX-512 kernels (to compare or test the AVX2 ones).
+    pub fn without_avx512(self) -> Simd {
+        Simd {
+            avx2: self.avx2,
+            avx512: false,
+        }
     }
 
     pub fn is_avx2(self) -> bool {
         self.avx2
     }
 
+    pub fn is_avx512(self) -> bool {
+        self.avx512
+    }
+
     pub fn name(self) -> &'static str {
-        if self.avx2 {
-            "avx2"
-        } else {
-            "scalar"
+        match (self.avx2, self.avx512) {
+            (true, true) => "avx512-vnni",
+            (true, false) => "avx2",
+            _ => "scalar",
         }
     }
 }
@@ -62,8 +86,16 @@ impl Simd {
 /// The kernel for weights of `dtype` (SIMD when `simd` allows and one exists).
 pub fn kernel(dtype: GgmlType, simd: Simd) -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
+    if simd.avx512 {
+        // SAFETY: `avx512` is only set by `detect` after checking the CPU
+        // for AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C).
+        if let Some(k) = unsafe { super::dot_avx512::kernel(dtype) } {
+            return Some(k);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if simd.avx2 {
-        // SAFETY: `Simd { avx2: true }` is only built by `detect` after checking the CPU.
+        // SAFETY: `avx2` is only set by `detect` after checking the CPU.
         if let Some(k) = unsafe { super::dot_avx2::kernel(dtype) } {
             return Some(k);
         }
