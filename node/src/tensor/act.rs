@@ -31,6 +31,44 @@ impl Default for Q8Block {
     }
 }
 
+/// Two [`Q8Block`]s laid out for 512-bit kernels: the 64 quants back to
+/// back, and each block's scale repeated over its 8 i32 lanes, so a kernel
+/// loads both with one instruction each. A row with an odd number of blocks
+/// ends in a pair whose second half is zero.
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Q8Pair {
+    pub qs: [i8; 2 * QK],
+    pub d: [f32; 16],
+    pub s: [f32; 2],
+    pub isum: [i32; 2],
+}
+
+impl Default for Q8Pair {
+    fn default() -> Self {
+        Q8Pair {
+            qs: [0; 2 * QK],
+            d: [0.0; 16],
+            s: [0.0; 2],
+            isum: [0; 2],
+        }
+    }
+}
+
+/// Regroup a row's blocks into pairs (`out.len() == blocks.len().div_ceil(2)`).
+pub fn pair_q8(blocks: &[Q8Block], out: &mut [Q8Pair]) {
+    debug_assert_eq!(out.len(), blocks.len().div_ceil(2));
+    for (pair, o) in blocks.chunks(2).zip(out.iter_mut()) {
+        *o = Q8Pair::default();
+        for (h, b) in pair.iter().enumerate() {
+            o.qs[h * QK..(h + 1) * QK].copy_from_slice(&b.qs);
+            o.d[h * 8..(h + 1) * 8].fill(b.d);
+            o.s[h] = b.s;
+            o.isum[h] = b.isum;
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Q8KBlock {

@@ -2,7 +2,7 @@
 //! `Y = W·X` for a batch of activation vectors, each weight row read from
 //! memory once for the whole batch, rows split across a [`ThreadPool`].
 
-use super::act::{quantize_q8, quantize_q8k, Q8Block, Q8KBlock};
+use super::act::{pair_q8, quantize_q8, quantize_q8k, Q8Block, Q8KBlock, Q8Pair};
 use super::dequant::KernelError;
 use super::pool::ThreadPool;
 use super::{dot_scalar as sc, GgmlType};
@@ -12,6 +12,8 @@ use super::{dot_scalar as sc, GgmlType};
 pub enum Kernel {
     /// 32-element formats, against [`Q8Block`] activations.
     Q8(fn(&[u8], &[&[Q8Block]], &mut [f32])),
+    /// Activations as [`Q8Pair`]s (the AVX-512 kernels of 32-element formats).
+    Q8Pair(fn(&[u8], &[&[Q8Pair]], &mut [f32])),
     /// K-quants, against [`Q8KBlock`] activations.
     Q8K(fn(&[u8], &[&[Q8KBlock]], &mut [f32])),
     /// Float formats, against f32 activations.
@@ -193,6 +195,7 @@ impl<'a> Matrix<'a> {
 #[derive(Debug, Default)]
 pub struct Scratch {
     q8: Vec<Q8Block>,
+    q8p: Vec<Q8Pair>,
     q8k: Vec<Q8KBlock>,
 }
 
@@ -300,6 +303,30 @@ pub fn matmul_many(
                 let cols: [&[Q8Block]; 4] = std::array::from_fn(|i| {
                     if i < nv {
                         &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
+                    } else {
+                        &[]
+                    }
+                });
+                f(row, &cols[..nv], out)
+            });
+        }
+        Kernel::Q8Pair(f) => {
+            scratch.q8.resize(n_vecs * nb, Q8Block::default());
+            let np = nb.div_ceil(2);
+            scratch.q8p.resize(n_vecs * np, Q8Pair::default());
+            for ((xv, qv), pv) in x
+                .chunks_exact(w.cols)
+                .zip(scratch.q8.chunks_exact_mut(nb))
+                .zip(scratch.q8p.chunks_exact_mut(np))
+            {
+                quantize_q8(xv, qv);
+                pair_q8(qv, pv);
+            }
+            let acts = &scratch.q8p[..n_vecs * np];
+            run_rows(pool, ws, n_vecs, ys, |row, v0, nv, out| {
+                let cols: [&[Q8Pair]; 4] = std::array::from_fn(|i| {
+                    if i < nv {
+                        &acts[(v0 + i) * np..(v0 + i + 1) * np]
                     } else {
                         &[]
                     }
