@@ -74,7 +74,11 @@ fn split_url(url: &str) -> String {
     url.trim_end_matches('/').trim_end_matches("/v1").to_owned()
 }
 
-async fn post(client: &HttpClient, url: &str, body: &Value) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+async fn post(
+    client: &HttpClient,
+    url: &str,
+    body: &Value,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
     let req = hyper::Request::post(url)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
@@ -86,21 +90,46 @@ async fn post(client: &HttpClient, url: &str, body: &Value) -> Result<hyper::Res
 /// it has one (realizar and llama-server both do), else ~1 token per word.
 async fn synthetic_prompt(client: &HttpClient, base: &str, model: &str, n: usize) -> String {
     const WORDS: &[&str] = &[
-        "the", "history", "of", "science", "shows", "that", "careful", "measurement", "and", "open",
-        "debate", "move", "knowledge", "forward", "while", "every", "new", "instrument", "reveals", "questions",
+        "the",
+        "history",
+        "of",
+        "science",
+        "shows",
+        "that",
+        "careful",
+        "measurement",
+        "and",
+        "open",
+        "debate",
+        "move",
+        "knowledge",
+        "forward",
+        "while",
+        "every",
+        "new",
+        "instrument",
+        "reveals",
+        "questions",
     ];
     let make = |k: usize| -> String {
-        (0..k).map(|i| WORDS[(i * 7 + i / 20) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+        (0..k)
+            .map(|i| WORDS[(i * 7 + i / 20) % WORDS.len()])
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let mut k = n.max(1);
     for _ in 0..4 {
         let text = make(k);
         let body = json!({"model": model, "content": text, "add_special": false});
-        let Ok(resp) = post(client, &format!("{base}/tokenize"), &body).await else { break };
+        let Ok(resp) = post(client, &format!("{base}/tokenize"), &body).await else {
+            break;
+        };
         if !resp.status().is_success() {
             break;
         }
-        let Ok(bytes) = resp.into_body().collect().await.map(|b| b.to_bytes()) else { break };
+        let Ok(bytes) = resp.into_body().collect().await.map(|b| b.to_bytes()) else {
+            break;
+        };
         let Some(got) = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v["tokens"].as_array().map(|a| a.len()))
@@ -137,7 +166,11 @@ async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: Str
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
-        let text = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let text = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         s.error = Some(format!("HTTP {status}: {}", String::from_utf8_lossy(&text)));
         return s;
     }
@@ -166,17 +199,23 @@ async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: Str
             s.error = Some("the stream broke".into());
             return s;
         };
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         buf.extend_from_slice(data);
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = buf.drain(..end + 2).collect();
             let text = String::from_utf8_lossy(&event);
             for line in text.lines() {
-                let Some(payload) = line.strip_prefix("data:").map(str::trim) else { continue };
+                let Some(payload) = line.strip_prefix("data:").map(str::trim) else {
+                    continue;
+                };
                 if payload == "[DONE]" {
                     continue;
                 }
-                let Ok(v) = serde_json::from_str::<Value>(payload) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(payload) else {
+                    continue;
+                };
                 if v.get("error").is_some() {
                     s.error = Some(v["error"].to_string());
                     return s;
@@ -185,9 +224,10 @@ async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: Str
                     s.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
                     s.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
                 }
-                let has_text = v["choices"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["text"].as_str().is_some_and(|t| !t.is_empty())));
+                let has_text = v["choices"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["text"].as_str().is_some_and(|t| !t.is_empty()))
+                });
                 if has_text {
                     let now = Instant::now();
                     match last {
@@ -211,14 +251,22 @@ async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: Str
     s
 }
 
-async fn level(client: &HttpClient, base: &str, a: &BenchArgs, prompts: &[String], conc: usize) -> LevelReport {
+async fn level(
+    client: &HttpClient,
+    base: &str,
+    a: &BenchArgs,
+    prompts: &[String],
+    conc: usize,
+) -> LevelReport {
     let next = Arc::new(AtomicUsize::new(0));
     let bar = if a.progress {
         let b = indicatif::ProgressBar::new(a.requests as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("concurrency {msg:>3} [{bar:40}] {pos}/{len} {elapsed_precise}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "concurrency {msg:>3} [{bar:40}] {pos}/{len} {elapsed_precise}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         b.set_message(conc.to_string());
         b
@@ -228,7 +276,13 @@ async fn level(client: &HttpClient, base: &str, a: &BenchArgs, prompts: &[String
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
-        let (client, base, a, next, bar) = (client.clone(), base.to_owned(), a.clone(), next.clone(), bar.clone());
+        let (client, base, a, next, bar) = (
+            client.clone(),
+            base.to_owned(),
+            a.clone(),
+            next.clone(),
+            bar.clone(),
+        );
         let prompts = prompts.to_vec();
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
@@ -254,11 +308,18 @@ async fn level(client: &HttpClient, base: &str, a: &BenchArgs, prompts: &[String
     bar.finish_and_clear();
     let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
     let mut ttft: Vec<f64> = ok.iter().map(|s| s.ttft * 1e3).collect();
-    let mut itl: Vec<f64> = ok.iter().flat_map(|s| s.itl.iter().map(|x| x * 1e3)).collect();
+    let mut itl: Vec<f64> = ok
+        .iter()
+        .flat_map(|s| s.itl.iter().map(|x| x * 1e3))
+        .collect();
     let mut e2e: Vec<f64> = ok.iter().map(|s| s.e2e * 1e3).collect();
     let out_tokens: usize = ok.iter().map(|s| s.completion_tokens).sum();
     let in_tokens: usize = ok.iter().map(|s| s.prompt_tokens).sum();
-    let mean_itl = if itl.is_empty() { f64::NAN } else { itl.iter().sum::<f64>() / itl.len() as f64 };
+    let mean_itl = if itl.is_empty() {
+        f64::NAN
+    } else {
+        itl.iter().sum::<f64>() / itl.len() as f64
+    };
     let n_ok = ok.len().max(1) as f64;
     LevelReport {
         concurrency: conc,
@@ -271,9 +332,21 @@ async fn level(client: &HttpClient, base: &str, a: &BenchArgs, prompts: &[String
         prompt_tokens_per_s: in_tokens as f64 / wall,
         mean_prompt_tokens: in_tokens as f64 / n_ok,
         mean_output_tokens: out_tokens as f64 / n_ok,
-        ttft_ms: [percentile(&mut ttft, 50.0), percentile(&mut ttft, 90.0), percentile(&mut ttft, 99.0)],
-        itl_ms: [percentile(&mut itl, 50.0), percentile(&mut itl, 90.0), percentile(&mut itl, 99.0)],
-        e2e_ms: [percentile(&mut e2e, 50.0), percentile(&mut e2e, 90.0), percentile(&mut e2e, 99.0)],
+        ttft_ms: [
+            percentile(&mut ttft, 50.0),
+            percentile(&mut ttft, 90.0),
+            percentile(&mut ttft, 99.0),
+        ],
+        itl_ms: [
+            percentile(&mut itl, 50.0),
+            percentile(&mut itl, 90.0),
+            percentile(&mut itl, 99.0),
+        ],
+        e2e_ms: [
+            percentile(&mut e2e, 50.0),
+            percentile(&mut e2e, 90.0),
+            percentile(&mut e2e, 99.0),
+        ],
         decode_tokens_per_s_per_request: 1e3 / mean_itl,
     }
 }
@@ -316,8 +389,13 @@ pub fn run(a: BenchArgs) -> Result<Vec<LevelReport>, String> {
         let base = split_url(&a.url);
         let prompts = match &a.prompts_file {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                let v: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let v: Vec<String> = text
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned)
+                    .collect();
                 if v.is_empty() {
                     return Err(format!("{}: no prompts", p.display()));
                 }
@@ -364,8 +442,20 @@ pub fn prefix_reuse(a: BenchArgs, n: usize, trials: usize) -> Result<Vec<PrefixT
         };
         for t in 0..trials {
             let system = format!("Trial {t} {}.", shared);
-            let first = one_request(&client, &base, &one, format!("{system}\nQuestion: what is measured first?")).await;
-            let second = one_request(&client, &base, &one, format!("{system}\nQuestion: why does it matter?")).await;
+            let first = one_request(
+                &client,
+                &base,
+                &one,
+                format!("{system}\nQuestion: what is measured first?"),
+            )
+            .await;
+            let second = one_request(
+                &client,
+                &base,
+                &one,
+                format!("{system}\nQuestion: why does it matter?"),
+            )
+            .await;
             if let Some(e) = first.error.or(second.error) {
                 return Err(e);
             }

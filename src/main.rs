@@ -257,7 +257,8 @@ fn node(args: NodeArgs, default_model: bool) -> ExitCode {
             None => {
                 let p = Path::new(m);
                 let id = if p.exists() {
-                    p.file_stem().map_or(m.clone(), |s| s.to_string_lossy().into_owned())
+                    p.file_stem()
+                        .map_or(m.clone(), |s| s.to_string_lossy().into_owned())
                 } else {
                     m.clone()
                 };
@@ -597,13 +598,21 @@ fn main() -> ExitCode {
                     Ok(trials) => {
                         println!("| trial | first TTFT ms | second TTFT ms | second / first |\n|---:|---:|---:|---:|");
                         for (i, t) in trials.iter().enumerate() {
-                            println!("| {i} | {:.1} | {:.1} | {:.1}% |", t.first_ttft_ms, t.second_ttft_ms, t.ratio * 100.0);
+                            println!(
+                                "| {i} | {:.1} | {:.1} | {:.1}% |",
+                                t.first_ttft_ms,
+                                t.second_ttft_ms,
+                                t.ratio * 100.0
+                            );
                         }
                         let mut r: Vec<f64> = trials.iter().map(|t| t.ratio).collect();
                         r.sort_by(|a, b| a.total_cmp(b));
                         println!("\nmedian second/first: {:.1}%", r[r.len() / 2] * 100.0);
                         if let Some(p) = json {
-                            let _ = std::fs::write(&p, serde_json::to_string_pretty(&trials).unwrap_or_default());
+                            let _ = std::fs::write(
+                                &p,
+                                serde_json::to_string_pretty(&trials).unwrap_or_default(),
+                            );
                         }
                         ExitCode::SUCCESS
                     }

@@ -406,7 +406,9 @@ fn batched_paged_forward_equals_one_sequence_at_a_time() {
     // over the pool.
     let bs = 16;
     let mut kv = m.new_pool(bs, 24, KvType::F16);
-    let tables: Vec<Vec<u32>> = (0..3u32).map(|s| (0..8).map(|j| j * 3 + s).collect()).collect();
+    let tables: Vec<Vec<u32>> = (0..3u32)
+        .map(|s| (0..8).map(|j| j * 3 + s).collect())
+        .collect();
     let mut toks = ids.clone();
     let mut done = [0usize; 3]; // positions computed
     let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
@@ -426,7 +428,11 @@ fn batched_paged_forward_equals_one_sequence_at_a_time() {
                 tokens: &toks[s][done[s]..done[s] + n],
                 pos0: done[s],
                 table: &tables[s],
-                logits: if done[s] + n == toks[s].len() { Logits::Last } else { Logits::None },
+                logits: if done[s] + n == toks[s].len() {
+                    Logits::Last
+                } else {
+                    Logits::None
+                },
             })
             .collect();
         m.forward_batch(&pool, simd, &steps, &mut kv, &mut ws);
@@ -443,8 +449,15 @@ fn batched_paged_forward_equals_one_sequence_at_a_time() {
     }
     for s in 0..3 {
         for (k, (a, b)) in got[s].iter().zip(&reference[s]).enumerate() {
-            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(worst <= 1e-4, "sequence {s} step {k}: logits differ by {worst}");
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-4,
+                "sequence {s} step {k}: logits differ by {worst}"
+            );
         }
     }
 }

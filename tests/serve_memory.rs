@@ -41,20 +41,26 @@ fn over_budget_evicts_lru_and_unload_returns_memory() {
     let server = Server::start(&["node", "--memory-budget-mib", "400", "--threads", "1"]);
     assert_eq!(server.get("/health").status, 503, "healthy with no model");
 
-    // Warm-up cycle so allocator and metrics registry reach steady state.
-    load(&server, "smollm2", false);
-    assert_eq!(server.get("/health").status, 200);
-    generate(&server, "smollm2");
-    assert_eq!(server.delete("/admin/models/smollm2").status, 200);
+    // Warm-up cycles so the allocator, the runtime's threads and the metrics
+    // registry (which keeps each model's series) reach their steady state.
+    for id in ["smollm2", "gemma3"] {
+        load(&server, id, false);
+        assert_eq!(server.get("/health").status, 200);
+        generate(&server, id);
+        assert_eq!(server.delete(&format!("/admin/models/{id}")).status, 200);
+    }
     assert!(loaded(&server).is_empty());
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1200));
 
     let before = server.rss();
     let info = load(&server, "gemma3", false);
     assert!(info["bytes"].as_u64().unwrap() > 250 << 20);
     generate(&server, "gemma3");
     let during = server.rss();
-    assert!(during > before + (100 << 20), "the model never became resident: {before} → {during}");
+    assert!(
+        during > before + (100 << 20),
+        "the model never became resident: {before} → {during}"
+    );
     let r = server.delete("/admin/models/gemma3");
     assert_eq!(r.status, 200, "{}", r.body);
     // The executor thread and the actor wind down asynchronously.
@@ -77,9 +83,15 @@ fn over_budget_evicts_lru_and_unload_returns_memory() {
     generate(&server, "smollm2");
     load(&server, "gemma3", false);
     assert_eq!(loaded(&server), vec!["gemma3".to_owned()]);
-    let gone = server.post("/v1/completions", &json!({"model": "smollm2", "prompt": "x"}));
+    let gone = server.post(
+        "/v1/completions",
+        &json!({"model": "smollm2", "prompt": "x"}),
+    );
     assert_eq!(gone.status, 404, "{}", gone.body);
-    assert!(server.get("/metrics").body.contains("realizar_model_evictions_total 1"));
+    assert!(server
+        .get("/metrics")
+        .body
+        .contains("realizar_model_evictions_total 1"));
     // A pinned model is never evicted: with Gemma3 pinned, SmolLM2 does not fit.
     assert_eq!(server.delete("/admin/models/gemma3").status, 200);
     load(&server, "gemma3", true);

@@ -34,10 +34,21 @@ fn openai_client_and_promtool_against_serve() {
     // The independent expectation: the CLI's single-sequence greedy generation.
     let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
         .args(["run", "--model", "smollm2", "--chat", "--prompt", question])
-        .args(["--temperature", "0", "--max-tokens", "24", "--kv-type", "f16"])
+        .args([
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--kv-type",
+            "f16",
+        ])
         .output()
         .expect("realizar run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = tempfile::tempdir().unwrap();
     let expected = dir.path().join("expected.txt");
     std::fs::write(&expected, &out.stdout).unwrap();
@@ -53,8 +64,16 @@ fn openai_client_and_promtool_against_serve() {
     ]);
     server.wait_ready(Duration::from_secs(120));
     let run = Command::new(&py)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"))
-        .args([&server.url(), "smollm2", expected.to_str().unwrap(), &CTX.to_string()])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/openai_client.py"
+        ))
+        .args([
+            &server.url(),
+            "smollm2",
+            expected.to_str().unwrap(),
+            &CTX.to_string(),
+        ])
         .output()
         .expect("run the python client");
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -102,7 +121,11 @@ fn openai_client_and_promtool_against_serve() {
         "realizar_prefix_cache_queries_total",
         "realizar_loaded_models 1",
     ] {
-        assert!(m.body.contains(needle), "/metrics lacks {needle}:\n{}", m.body);
+        assert!(
+            m.body.contains(needle),
+            "/metrics lacks {needle}:\n{}",
+            m.body
+        );
     }
     let hits: f64 = m
         .body

@@ -33,8 +33,15 @@ fn executor_panic_is_contained_and_restarted() {
     let addr = server.addr;
     // Both models loaded.
     let t0 = Instant::now();
-    while server.get("/v1/models").json()["data"].as_array().map_or(0, |a| a.len()) < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(120), "models did not load");
+    while server.get("/v1/models").json()["data"]
+        .as_array()
+        .map_or(0, |a| a.len())
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "models did not load"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // The other model answers throughout.
@@ -47,7 +54,9 @@ fn executor_panic_is_contained_and_restarted() {
                 addr,
                 "POST",
                 "/v1/completions",
-                Some(&json!({"model": "gemma3", "prompt": "One, two,", "max_tokens": 4, "temperature": 0})),
+                Some(
+                    &json!({"model": "gemma3", "prompt": "One, two,", "max_tokens": 4, "temperature": 0}),
+                ),
             );
             statuses.push((r.status, r.body));
         }
@@ -77,10 +86,14 @@ fn executor_panic_is_contained_and_restarted() {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        if gauge("realizar_running_sequences") == 2.0 && gauge("realizar_waiting_sequences") >= 1.0 {
+        if gauge("realizar_running_sequences") == 2.0 && gauge("realizar_waiting_sequences") >= 1.0
+        {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "requests never queued");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "requests never queued"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let armed = server.post("/admin/models/smollm2/fault", &json!({}));
@@ -93,10 +106,17 @@ fn executor_panic_is_contained_and_restarted() {
         if r.status == 200 {
             break;
         }
-        assert!(fault_at.elapsed() < Duration::from_secs(2), "smollm2 did not recover: {}", r.body);
+        assert!(
+            fault_at.elapsed() < Duration::from_secs(2),
+            "smollm2 did not recover: {}",
+            r.body
+        );
     }
     let recovered = fault_at.elapsed();
-    assert!(recovered <= Duration::from_secs(2), "recovery took {recovered:?}");
+    assert!(
+        recovered <= Duration::from_secs(2),
+        "recovery took {recovered:?}"
+    );
     let results: Vec<_> = reqs.into_iter().map(|h| h.join().unwrap()).collect();
     let failed: Vec<_> = results.iter().filter(|r| r.status == 500).collect();
     let done: Vec<_> = results.iter().filter(|r| r.status == 200).collect();
@@ -104,7 +124,14 @@ fn executor_panic_is_contained_and_restarted() {
     // The two in the panicking batch fail, with an OpenAI-shaped error ...
     assert_eq!(failed.len(), 2, "{results:?}");
     for f in &failed {
-        assert!(f.json()["error"]["message"].as_str().unwrap().contains("injected fault"), "{}", f.body);
+        assert!(
+            f.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("injected fault"),
+            "{}",
+            f.body
+        );
     }
     // ... and the three queued ones complete in full.
     for d in &done {
@@ -123,7 +150,10 @@ fn executor_panic_is_contained_and_restarted() {
     );
     assert!(!m.contains("realizar_executor_restarts_total{model=\"gemma3\"}"));
     let log = server.log.lock().unwrap().join("\n");
-    assert!(log.contains("executor panicked; restarting it"), "restart not logged");
+    assert!(
+        log.contains("executor panicked; restarting it"),
+        "restart not logged"
+    );
 }
 
 /// A client that goes away mid-stream cancels its sequence: the executor
@@ -131,7 +161,15 @@ fn executor_panic_is_contained_and_restarted() {
 #[test]
 fn a_disconnected_client_cancels_its_sequence() {
     use std::io::{Read, Write};
-    let server = Server::start(&["serve", "--ctx", "1024", "--kv-memory-mib", "64", "--threads", "1"]);
+    let server = Server::start(&[
+        "serve",
+        "--ctx",
+        "1024",
+        "--kv-memory-mib",
+        "64",
+        "--threads",
+        "1",
+    ]);
     server.wait_ready(Duration::from_secs(120));
     let gauge = |name: &str| -> f64 {
         let m = server.get("/metrics").body;
@@ -163,12 +201,18 @@ fn a_disconnected_client_cancels_its_sequence() {
     drop(s);
     let t0 = Instant::now();
     while gauge("realizar_cancelled_requests_total{model=\"smollm2\"}") < 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the sequence was not cancelled");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the sequence was not cancelled"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Its blocks are free again (only cached, unreferenced blocks remain).
     assert_eq!(gauge("realizar_kv_blocks_used{model=\"smollm2\"}"), 0.0);
     assert_eq!(gauge("realizar_running_sequences{model=\"smollm2\"}"), 0.0);
-    let r = server.post("/v1/completions", &json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 3}));
+    let r = server.post(
+        "/v1/completions",
+        &json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 3}),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
 }

@@ -26,6 +26,10 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Alternatives to report with each token's logprob (0: none).
     pub top_logprobs: usize,
+    /// Report the chosen token's logprob. Computing it costs a pass of
+    /// `exp` over the whole vocabulary per token, so it is off unless asked
+    /// for (or implied by `top_logprobs > 0`); when off the logprob is NaN.
+    pub logprobs: bool,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +46,7 @@ impl Default for SamplingParams {
             logit_bias: HashMap::new(),
             seed: None,
             top_logprobs: 0,
+            logprobs: false,
         }
     }
 }
@@ -220,20 +225,29 @@ impl Sampler {
                 *l += b;
             }
         }
-        let logprobs = log_softmax(logits);
-        let top = top_n(&logprobs, p.top_logprobs);
+        let (want, n_top) = (p.logprobs || p.top_logprobs > 0, p.top_logprobs);
         let id = if p.temperature == 0.0 {
             argmax(logits)
         } else {
             self.draw(logits)
         };
         self.history.push(id);
+        if !want {
+            return Sampled {
+                token: TokenLogprob {
+                    id,
+                    logprob: f32::NAN,
+                },
+                top: Vec::new(),
+            };
+        }
+        let logprobs = log_softmax(logits);
         Sampled {
             token: TokenLogprob {
                 id,
                 logprob: logprobs[id as usize],
             },
-            top,
+            top: top_n(&logprobs, n_top),
         }
     }
 

@@ -240,7 +240,11 @@ fn simd_agrees_with_scalar_for_every_format() {
             }
             with_simd += 1;
             // An even and (for 32-element blocks) an odd number of blocks per row.
-            let widths: &[usize] = if t.layout().unwrap().block_elems == 32 { &[768, 800] } else { &[768] };
+            let widths: &[usize] = if t.layout().unwrap().block_elems == 32 {
+                &[768, 800]
+            } else {
+                &[768]
+            };
             for &cols in widths {
                 for n in [1usize, 3, 4, 5, 9] {
                     let rows = 13;
@@ -324,7 +328,14 @@ fn simd_agrees_with_scalar_on_real_weights() {
         let (norms, reference) = norms_and_reference(t.dtype, rows, cols, w, &x, n);
         for simd in simd_levels() {
             let b = run(simd, &pool, t.dtype, rows, cols, w, &x, n);
-            check_close(t.dtype, &format!("{name} ({})", simd.name()), &a, &b, &norms, 1e-5);
+            check_close(
+                t.dtype,
+                &format!("{name} ({})", simd.name()),
+                &a,
+                &b,
+                &norms,
+                1e-5,
+            );
         }
         let refs: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
         let tol = if t.dtype == GgmlType::Q4_1 {

@@ -60,7 +60,10 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("server not ready after {timeout:?}: {:?}", self.log.lock().unwrap());
+        panic!(
+            "server not ready after {timeout:?}: {:?}",
+            self.log.lock().unwrap()
+        );
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -77,7 +80,8 @@ impl Server {
 
     /// Resident set size of the server process, in bytes.
     pub fn rss(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
         let kb: u64 = s
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -114,7 +118,12 @@ impl Response {
     }
 }
 
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&serde_json::Value>) -> Response {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Response {
     try_http(addr, method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
@@ -149,14 +158,24 @@ pub fn try_http(
     let chunked = headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_owned() };
-    Ok(Response { status, headers, body })
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

@@ -77,13 +77,16 @@ impl Recipe {
             .and_then(|i| i.parse::<usize>().ok());
         let more_bits = |i: usize| {
             let n = n_layer.max(1);
-            i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+            i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
         };
         if name == "output.weight" || (tied && name == "token_embd.weight") {
             return GgmlType::Q6_K;
         }
         match layer {
-            Some(i) if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight")) && more_bits(i) => {
+            Some(i)
+                if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
+                    && more_bits(i) =>
+            {
                 GgmlType::Q6_K
             }
             _ => GgmlType::Q4_K,
@@ -123,7 +126,14 @@ pub fn convert_with(
     let n_layer = src
         .tensor_infos()
         .iter()
-        .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|t| {
+            t.name
+                .strip_prefix("blk.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map_or(0, |m| m + 1);
     let tied = src.tensor("output.weight").is_none();

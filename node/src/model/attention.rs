@@ -5,8 +5,8 @@
 //! converted in registers (F16C) rather than copied.
 
 use super::kv::KvPool;
-use super::SeqStep;
 use super::ops::softmax;
+use super::SeqStep;
 use crate::tensor::{dequantize, Simd, ThreadPool};
 
 /// Output pointer for tasks writing disjoint (token, head) slices.
@@ -68,7 +68,11 @@ pub fn attention(
     assert!(q.len() >= t * q_dim && out.len() >= t * q_dim && hd <= MAX_HEAD_DIM);
     let group = s.n_head / s.n_head_kv;
     // Heads per task: the whole group, or one head when tasks would be few.
-    let per_task = if t * s.n_head_kv >= 4 * pool.n_threads() { group } else { 1 };
+    let per_task = if t * s.n_head_kv >= 4 * pool.n_threads() {
+        group
+    } else {
+        1
+    };
     let tasks_per_token = s.n_head / per_task;
     let o = Out(out.as_mut_ptr());
     let avx2 = simd.is_avx2();
@@ -137,7 +141,12 @@ fn load_row(job: &HeadJob, data: &[u8], j: usize, row: &mut [f32]) {
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ac.zip(bc) {
         for k in 0..8 {
             acc[k] += x[k] * y[k];

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
 use super::kv::KvPool;
-use super::ops::{add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox};
+use super::ops::{
+    add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox, rope_table,
+};
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{matmul, matmul_many, Simd, ThreadPool};
@@ -167,7 +169,7 @@ impl Model for Gemma3 {
         ws: &mut Workspace,
     ) {
         let c = &self.cfg;
-                let (d, q_dim, kv_dim, hd) = (
+        let (d, q_dim, kv_dim, hd) = (
             c.n_embd,
             c.n_head * c.head_dim,
             c.n_head_kv * c.head_dim,
@@ -186,13 +188,24 @@ impl Model for Gemma3 {
             matmul(pool, simd, &w.matrix(f), x, t, y, s).expect("shapes checked at load");
         };
         let mut tmp = Vec::new();
+        let np = self.inv_freq_local.len();
+        ws.rope.resize(t * np, (0.0, 0.0));
+        ws.rope2.resize(t * np, (0.0, 0.0));
+        for i in 0..t {
+            let pos = ws.tok_pos[i] as usize;
+            rope_table(
+                pos,
+                &self.inv_freq_local,
+                &mut ws.rope[i * np..(i + 1) * np],
+            );
+            rope_table(
+                pos,
+                &self.inv_freq_global,
+                &mut ws.rope2[i * np..(i + 1) * np],
+            );
+        }
         for (li, layer) in self.layers.iter().enumerate() {
             let sliding = Self::is_sliding(li);
-            let inv_freq = if sliding {
-                &self.inv_freq_local
-            } else {
-                &self.inv_freq_global
-            };
             for i in 0..t {
                 rms_norm(
                     &ws.x[i * d..(i + 1) * d],
@@ -204,7 +217,11 @@ impl Model for Gemma3 {
             matmul_many(
                 pool,
                 simd,
-                &[&layer.wq.matrix(f), &layer.wk.matrix(f), &layer.wv.matrix(f)],
+                &[
+                    &layer.wq.matrix(f),
+                    &layer.wk.matrix(f),
+                    &layer.wv.matrix(f),
+                ],
                 &ws.h,
                 t,
                 &mut [&mut ws.q, &mut ws.k, &mut ws.v],
@@ -214,18 +231,10 @@ impl Model for Gemma3 {
             rms_norm_rows(&mut ws.q, &layer.q_norm, c.rms_eps, &mut tmp);
             rms_norm_rows(&mut ws.k, &layer.k_norm, c.rms_eps, &mut tmp);
             for i in 0..t {
-                rope_neox(
-                    &mut ws.q[i * q_dim..(i + 1) * q_dim],
-                    hd,
-                    ws.tok_pos[i] as usize,
-                    inv_freq,
-                );
-                rope_neox(
-                    &mut ws.k[i * kv_dim..(i + 1) * kv_dim],
-                    hd,
-                    ws.tok_pos[i] as usize,
-                    inv_freq,
-                );
+                let table = if sliding { &ws.rope } else { &ws.rope2 };
+                let sc = &table[i * np..(i + 1) * np];
+                rope_neox(&mut ws.q[i * q_dim..(i + 1) * q_dim], hd, sc);
+                rope_neox(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], hd, sc);
                 kv.store(
                     seqs[ws.tok_seq[i] as usize].table,
                     li,

@@ -59,7 +59,13 @@ pub struct KvPool {
 }
 
 impl KvPool {
-    pub fn new(n_layer: usize, kv_dim: usize, block_size: usize, n_blocks: usize, ty: KvType) -> Self {
+    pub fn new(
+        n_layer: usize,
+        kv_dim: usize,
+        block_size: usize,
+        n_blocks: usize,
+        ty: KvType,
+    ) -> Self {
         let block_size = block_size.max(1);
         let n = n_blocks * n_layer * block_size * kv_dim * ty.bytes();
         KvPool {
@@ -187,8 +193,12 @@ mod tests {
         b.pool.store(&[0], 1, 5, &k, &k);
         let at = b.pool.at(&[0], 1, 5, 0);
         let mut back = vec![0f32; 8];
-        crate::tensor::dequantize(crate::tensor::GgmlType::F16, &b.pool.k[at..at + 16], &mut back)
-            .unwrap();
+        crate::tensor::dequantize(
+            crate::tensor::GgmlType::F16,
+            &b.pool.k[at..at + 16],
+            &mut back,
+        )
+        .unwrap();
         assert_eq!(back, k); // quarter steps are exact in f16
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
 pub use super::kv::{KvCache, KvPool, KvType};
-use super::ops::{add_in_place, rms_norm, rope_adjacent, rope_inv_freq, swiglu};
+use super::ops::{add_in_place, rms_norm, rope_adjacent, rope_inv_freq, rope_table, swiglu};
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{matmul, matmul_many, Scratch, Simd, ThreadPool};
@@ -170,7 +170,7 @@ impl Llama {
         ws: &mut Workspace,
     ) {
         let c = &self.cfg;
-                let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         let t = ws.prepare(seqs, kv.block_size(), d, q_dim, kv_dim, c.n_ff);
         let f = &*self.file;
         for (i, &tok) in seqs.iter().flat_map(|s| s.tokens).enumerate() {
@@ -182,6 +182,15 @@ impl Llama {
             matmul(pool, simd, &w.matrix(f), x, t, y, s).expect("shapes checked at load");
         };
         let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let np = self.inv_freq.len();
+        ws.rope.resize(t * np, (0.0, 0.0));
+        for i in 0..t {
+            rope_table(
+                ws.tok_pos[i] as usize,
+                &self.inv_freq,
+                &mut ws.rope[i * np..(i + 1) * np],
+            );
+        }
         for (li, layer) in self.layers.iter().enumerate() {
             for i in 0..t {
                 rms_norm(
@@ -194,7 +203,11 @@ impl Llama {
             matmul_many(
                 pool,
                 simd,
-                &[&layer.wq.matrix(f), &layer.wk.matrix(f), &layer.wv.matrix(f)],
+                &[
+                    &layer.wq.matrix(f),
+                    &layer.wk.matrix(f),
+                    &layer.wv.matrix(f),
+                ],
                 &ws.h,
                 t,
                 &mut [&mut ws.q, &mut ws.k, &mut ws.v],
@@ -202,18 +215,9 @@ impl Llama {
             )
             .expect("shapes checked at load");
             for i in 0..t {
-                rope_adjacent(
-                    &mut ws.q[i * q_dim..(i + 1) * q_dim],
-                    c.head_dim,
-                    ws.tok_pos[i] as usize,
-                    &self.inv_freq,
-                );
-                rope_adjacent(
-                    &mut ws.k[i * kv_dim..(i + 1) * kv_dim],
-                    c.head_dim,
-                    ws.tok_pos[i] as usize,
-                    &self.inv_freq,
-                );
+                let sc = &ws.rope[i * np..(i + 1) * np];
+                rope_adjacent(&mut ws.q[i * q_dim..(i + 1) * q_dim], c.head_dim, sc);
+                rope_adjacent(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], c.head_dim, sc);
                 kv.store(
                     seqs[ws.tok_seq[i] as usize].table,
                     li,

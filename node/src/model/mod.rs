@@ -49,6 +49,10 @@ pub struct Workspace {
     /// Each token's sequence (index into the step) and position.
     pub(crate) tok_seq: Vec<u32>,
     pub(crate) tok_pos: Vec<u32>,
+    /// RoPE (sin, cos) per token and frequency (two tables for models with
+    /// two RoPE bases).
+    pub(crate) rope: Vec<(f32, f32)>,
+    pub(crate) rope2: Vec<(f32, f32)>,
     /// Logits of the positions each sequence asked for, sequence by sequence.
     pub logits: Vec<f32>,
     pub(crate) scratch: Scratch,

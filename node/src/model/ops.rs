@@ -9,12 +9,18 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     }
 }
 
-/// Rotate adjacent pairs (GGUF llama layout) of each head by `pos`.
-pub fn rope_adjacent(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32]) {
+/// (sin, cos) of `pos · f` for each frequency: computed once per token and
+/// shared by every head of every layer.
+pub fn rope_table(pos: usize, inv_freq: &[f32], out: &mut [(f32, f32)]) {
+    for (o, &f) in out.iter_mut().zip(inv_freq) {
+        *o = (pos as f32 * f).sin_cos();
+    }
+}
+
+/// Rotate adjacent pairs (GGUF llama layout) of each head by the angles of `sc`.
+pub fn rope_adjacent(x: &mut [f32], head_dim: usize, sc: &[(f32, f32)]) {
     for head in x.chunks_exact_mut(head_dim) {
-        for (i, &f) in inv_freq.iter().enumerate() {
-            let theta = pos as f32 * f;
-            let (s, c) = theta.sin_cos();
+        for (i, &(s, c)) in sc.iter().enumerate() {
             let (a, b) = (head[2 * i], head[2 * i + 1]);
             head[2 * i] = a * c - b * s;
             head[2 * i + 1] = a * s + b * c;
@@ -69,12 +75,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Rotate the halves (i, i + d/2) of each head by `pos` (NEOX layout).
-pub fn rope_neox(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32]) {
+pub fn rope_neox(x: &mut [f32], head_dim: usize, sc: &[(f32, f32)]) {
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
-        for (i, &f) in inv_freq.iter().enumerate() {
-            let theta = pos as f32 * f;
-            let (s, c) = theta.sin_cos();
+        for (i, &(s, c)) in sc.iter().enumerate() {
             let (a, b) = (head[i], head[i + half]);
             head[i] = a * c - b * s;
             head[i + half] = a * s + b * c;

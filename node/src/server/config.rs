@@ -185,7 +185,8 @@ mod tests {
         assert_eq!(c.port, 9000);
         assert!(c.models[0].pinned);
         assert_eq!(c.models[0].options.as_ref().unwrap().max_batch, 4);
-        let e = NodeConfig::from_toml("[model_defaults]\nkv_type = \"q4\"\n", "x.toml").unwrap_err();
+        let e =
+            NodeConfig::from_toml("[model_defaults]\nkv_type = \"q4\"\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("model_defaults.kv_type"), "{e}");
         let e = NodeConfig::from_toml("prot = 1\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("prot"), "{e}");

@@ -106,7 +106,7 @@ pub enum Event {
 }
 
 pub enum ExecMsg {
-    Submit(GenRequest),
+    Submit(Box<GenRequest>),
     /// Finish: fail what is in flight and exit.
     Shutdown,
 }
@@ -200,7 +200,8 @@ impl Executor {
         fault: Arc<AtomicBool>,
     ) -> Self {
         let kv = model.new_pool(cfg.block_size, cfg.kv_blocks, cfg.kv_type);
-        metrics::gauge!("realizar_kv_blocks_capacity", "model" => name.clone()).set(cfg.kv_blocks as f64);
+        metrics::gauge!("realizar_kv_blocks_capacity", "model" => name.clone())
+            .set(cfg.kv_blocks as f64);
         Executor {
             pool: ThreadPool::new(cfg.threads),
             simd: Simd::detect(),
@@ -274,7 +275,7 @@ impl Executor {
     fn accept(&mut self, m: ExecMsg) -> bool {
         match m {
             ExecMsg::Submit(req) => {
-                self.waiting.push_back(Seq::new(req));
+                self.waiting.push_back(Seq::new(*req));
                 true
             }
             ExecMsg::Shutdown => {
@@ -293,9 +294,12 @@ impl Executor {
 
     fn publish(&mut self) {
         let m = self.name.clone();
-        metrics::gauge!("realizar_running_sequences", "model" => m.clone()).set(self.running.len() as f64);
-        metrics::gauge!("realizar_waiting_sequences", "model" => m.clone()).set(self.waiting.len() as f64);
-        metrics::gauge!("realizar_kv_blocks_used", "model" => m.clone()).set(self.blocks.n_used() as f64);
+        metrics::gauge!("realizar_running_sequences", "model" => m.clone())
+            .set(self.running.len() as f64);
+        metrics::gauge!("realizar_waiting_sequences", "model" => m.clone())
+            .set(self.waiting.len() as f64);
+        metrics::gauge!("realizar_kv_blocks_used", "model" => m.clone())
+            .set(self.blocks.n_used() as f64);
         let bs = self.cfg.block_size as u64;
         metrics::counter!("realizar_prefix_cache_hits_total", "model" => m.clone())
             .increment((self.blocks.hits - self.reported_hits) * bs);
@@ -431,7 +435,8 @@ impl Executor {
         self.model
             .forward_batch(&self.pool, self.simd, &steps, &mut self.kv, &mut self.ws);
         drop(steps);
-        metrics::histogram!("realizar_batch_size", "model" => self.name.clone()).record(plan.len() as f64);
+        metrics::histogram!("realizar_batch_size", "model" => self.name.clone())
+            .record(plan.len() as f64);
         if self.fault.swap(false, Ordering::SeqCst) {
             panic!("injected fault (test only)");
         }
@@ -535,7 +540,8 @@ impl Executor {
             }
             self.blocks.release(&s.table);
             let name = self.name.clone();
-            metrics::counter!("realizar_prompt_tokens_total", "model" => name.clone()).increment(s.n_prompt as u64);
+            metrics::counter!("realizar_prompt_tokens_total", "model" => name.clone())
+                .increment(s.n_prompt as u64);
             metrics::counter!("realizar_generation_tokens_total", "model" => name.clone())
                 .increment(s.generated as u64);
             metrics::histogram!("realizar_e2e_request_latency_seconds", "model" => name)

@@ -85,7 +85,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &str, msg: impl Into<String>, param: Option<&str>, code: Option<&str>) -> Self {
+    fn new(
+        status: StatusCode,
+        kind: &str,
+        msg: impl Into<String>,
+        param: Option<&str>,
+        code: Option<&str>,
+    ) -> Self {
         ApiError {
             status,
             body: ErrorBody::new(kind, msg, param, code),
@@ -93,7 +99,13 @@ impl ApiError {
         }
     }
     fn param(param: &str, msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", msg, Some(param), Some("invalid_value"))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            msg,
+            Some(param),
+            Some("invalid_value"),
+        )
     }
     fn model_not_found(id: &str) -> Self {
         Self::new(
@@ -105,7 +117,13 @@ impl ApiError {
         )
     }
     fn server(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", msg, None, None)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            msg,
+            None,
+            None,
+        )
     }
 }
 
@@ -113,14 +131,21 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(self.body)).into_response();
         if let Some(s) = self.retry_after {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }
 }
 
 async fn not_found_route() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "no such route", None, Some("not_found"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "no such route",
+        None,
+        Some("not_found"),
+    )
 }
 
 // ---------------------------------------------------------------- params
@@ -193,7 +218,10 @@ impl Params<'_> {
 fn model_for(state: &AppState, p: &Params) -> Result<Arc<ModelHandle>, ApiError> {
     let models = state.models.read().unwrap();
     let h = match p.str("model")? {
-        Some(id) => models.get(id).cloned().ok_or_else(|| ApiError::model_not_found(id))?,
+        Some(id) => models
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::model_not_found(id))?,
         None if models.len() == 1 => models.values().next().cloned().expect("one model"),
         None => return Err(ApiError::param("model", "`model` is required")),
     };
@@ -217,7 +245,10 @@ fn gen_spec(p: &Params, h: &ModelHandle, chat: bool) -> Result<GenSpec, ApiError
     let mut s = SamplingParams::default();
     if let Some(t) = p.f32("temperature")? {
         if !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::param("temperature", "`temperature` must be between 0 and 2"));
+            return Err(ApiError::param(
+                "temperature",
+                "`temperature` must be between 0 and 2",
+            ));
         }
         s.temperature = t;
     }
@@ -236,7 +267,10 @@ fn gen_spec(p: &Params, h: &ModelHandle, chat: bool) -> Result<GenSpec, ApiError
     ] {
         if let Some(v) = p.f32(k)? {
             if !(-2.0..=2.0).contains(&v) {
-                return Err(ApiError::param(k, format!("`{k}` must be between -2 and 2")));
+                return Err(ApiError::param(
+                    k,
+                    format!("`{k}` must be between -2 and 2"),
+                ));
             }
             *dst = v;
         }
@@ -254,20 +288,30 @@ fn gen_spec(p: &Params, h: &ModelHandle, chat: bool) -> Result<GenSpec, ApiError
         );
     }
     if let Some(v) = p.get("logit_bias") {
-        let m = v
-            .as_object()
-            .ok_or_else(|| ApiError::param("logit_bias", "`logit_bias` must map token ids to numbers"))?;
+        let m = v.as_object().ok_or_else(|| {
+            ApiError::param("logit_bias", "`logit_bias` must map token ids to numbers")
+        })?;
         let mut bias = HashMap::new();
         for (k, b) in m {
             let id: u32 = k
                 .parse()
                 .ok()
                 .filter(|&id: &u32| (id as usize) < h.n_vocab)
-                .ok_or_else(|| ApiError::param("logit_bias", format!("`logit_bias`: {k:?} is not a token id of this model")))?;
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "logit_bias",
+                        format!("`logit_bias`: {k:?} is not a token id of this model"),
+                    )
+                })?;
             let b = b
                 .as_f64()
                 .filter(|b| (-100.0..=100.0).contains(b))
-                .ok_or_else(|| ApiError::param("logit_bias", "`logit_bias` values must be numbers between -100 and 100"))?;
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "logit_bias",
+                        "`logit_bias` values must be numbers between -100 and 100",
+                    )
+                })?;
             bias.insert(id, b as f32);
         }
         s.logit_bias = bias;
@@ -276,21 +320,34 @@ fn gen_spec(p: &Params, h: &ModelHandle, chat: bool) -> Result<GenSpec, ApiError
         let lp = p.bool("logprobs")?.unwrap_or(false);
         let top = p.uint("top_logprobs")?.unwrap_or(0) as usize;
         if top > 20 {
-            return Err(ApiError::param("top_logprobs", "`top_logprobs` must be between 0 and 20"));
+            return Err(ApiError::param(
+                "top_logprobs",
+                "`top_logprobs` must be between 0 and 20",
+            ));
         }
         if top > 0 && !lp {
-            return Err(ApiError::param("top_logprobs", "`top_logprobs` needs `logprobs` set to true"));
+            return Err(ApiError::param(
+                "top_logprobs",
+                "`top_logprobs` needs `logprobs` set to true",
+            ));
         }
         (lp, top)
     } else {
         match p.uint("logprobs")? {
             None => (false, 0),
             Some(n) if n <= 20 => (true, n as usize),
-            Some(_) => return Err(ApiError::param("logprobs", "`logprobs` must be between 0 and 20")),
+            Some(_) => {
+                return Err(ApiError::param(
+                    "logprobs",
+                    "`logprobs` must be between 0 and 20",
+                ))
+            }
         }
     };
     s.top_logprobs = top;
-    s.validate(h.n_vocab).map_err(|e| ApiError::param(e.param, e.to_string()))?;
+    s.logprobs = logprobs;
+    s.validate(h.n_vocab)
+        .map_err(|e| ApiError::param(e.param, e.to_string()))?;
     let mut max_tokens = None;
     for k in ["max_tokens", "max_completion_tokens", "n_predict"] {
         if let Some(v) = p.uint(k)? {
@@ -305,13 +362,20 @@ fn gen_spec(p: &Params, h: &ModelHandle, chat: bool) -> Result<GenSpec, ApiError
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => {
             let v: Option<Vec<String>> = a.iter().map(|x| x.as_str().map(str::to_owned)).collect();
-            let v = v.ok_or_else(|| ApiError::param("stop", "`stop` must be a string or an array of strings"))?;
+            let v = v.ok_or_else(|| {
+                ApiError::param("stop", "`stop` must be a string or an array of strings")
+            })?;
             if v.len() > 16 {
                 return Err(ApiError::param("stop", "`stop` takes at most 16 strings"));
             }
             v
         }
-        Some(_) => return Err(ApiError::param("stop", "`stop` must be a string or an array of strings")),
+        Some(_) => {
+            return Err(ApiError::param(
+                "stop",
+                "`stop` must be a string or an array of strings",
+            ))
+        }
     };
     let n = p.uint("n")?.unwrap_or(1) as usize;
     if !(1..=16).contains(&n) {
@@ -320,11 +384,21 @@ fn gen_spec(p: &Params, h: &ModelHandle, chat: bool) -> Result<GenSpec, ApiError
     let stream = p.bool("stream")?.unwrap_or(false);
     let include_usage = match p.get("stream_options") {
         None => false,
-        Some(Value::Object(o)) => Params(o).bool("include_usage").map_err(|_| {
-            ApiError::param("stream_options", "`stream_options.include_usage` must be a boolean")
-        })?
-        .unwrap_or(false),
-        Some(_) => return Err(ApiError::param("stream_options", "`stream_options` must be an object")),
+        Some(Value::Object(o)) => Params(o)
+            .bool("include_usage")
+            .map_err(|_| {
+                ApiError::param(
+                    "stream_options",
+                    "`stream_options.include_usage` must be a boolean",
+                )
+            })?
+            .unwrap_or(false),
+        Some(_) => {
+            return Err(ApiError::param(
+                "stream_options",
+                "`stream_options` must be an object",
+            ))
+        }
     };
     Ok(GenSpec {
         params: s,
@@ -389,7 +463,10 @@ fn submit(
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
-            format!("model `{}` has {before} requests queued or running (limit {}); retry later", h.id, state.max_queue),
+            format!(
+                "model `{}` has {before} requests queued or running (limit {}); retry later",
+                h.id, state.max_queue
+            ),
             None,
             Some("queue_full"),
         );
@@ -457,7 +534,11 @@ fn completion_logprobs(tokens: &[TokenOut], mut offset: usize) -> Value {
     for t in tokens {
         toks.push(json!(t.logprob.token));
         lps.push(json!(t.logprob.logprob));
-        let m: Map<String, Value> = t.top.iter().map(|e| (e.token.clone(), json!(e.logprob))).collect();
+        let m: Map<String, Value> = t
+            .top
+            .iter()
+            .map(|e| (e.token.clone(), json!(e.logprob)))
+            .collect();
         tops.push(Value::Object(m));
         offs.push(json!(offset));
         offset += t.text.len();
@@ -498,7 +579,11 @@ async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Choice, ApiError> {
                 c.text.push_str(&t.text);
                 c.tokens.push(t);
             }
-            Event::Done { text, finish, usage } => {
+            Event::Done {
+                text,
+                finish,
+                usage,
+            } => {
                 c.text.push_str(&text);
                 c.finish = finish.as_str();
                 c.usage = usage;
@@ -518,17 +603,25 @@ fn chat_messages(p: &Params) -> Result<Vec<ChatMessage>, ApiError> {
         .and_then(Value::as_array)
         .ok_or_else(|| ApiError::param("messages", "`messages` must be a non-empty array"))?;
     if msgs.is_empty() {
-        return Err(ApiError::param("messages", "`messages` must be a non-empty array"));
+        return Err(ApiError::param(
+            "messages",
+            "`messages` must be a non-empty array",
+        ));
     }
     let mut out = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         let at = format!("messages[{i}]");
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::param(&format!("{at}.role"), format!("`{at}.role` must be a string")))?;
+        let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::param(
+                &format!("{at}.role"),
+                format!("`{at}.role` must be a string"),
+            )
+        })?;
         if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
-            return Err(ApiError::param(&format!("{at}.role"), format!("`{at}.role`: unknown role {role:?}")));
+            return Err(ApiError::param(
+                &format!("{at}.role"),
+                format!("`{at}.role`: unknown role {role:?}"),
+            ));
         }
         let content = match m.get("content") {
             None | Some(Value::Null) => String::new(),
@@ -536,7 +629,10 @@ fn chat_messages(p: &Params) -> Result<Vec<ChatMessage>, ApiError> {
             Some(Value::Array(parts)) => {
                 let mut s = String::new();
                 for part in parts {
-                    match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                    match (
+                        part.get("type").and_then(Value::as_str),
+                        part.get("text").and_then(Value::as_str),
+                    ) {
                         (Some("text"), Some(t)) => s.push_str(t),
                         _ => {
                             return Err(ApiError::param(
@@ -561,14 +657,20 @@ fn chat_messages(p: &Params) -> Result<Vec<ChatMessage>, ApiError> {
     Ok(out)
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let map = parse_body(&body)?;
     let p = Params(&map);
     let h = model_for(&state, &p)?;
     let messages = chat_messages(&p)?;
     let spec = gen_spec(&p, &h, true)?;
     let t = h.template.as_ref().ok_or_else(|| {
-        ApiError::param("messages", format!("model `{}` has no chat template; use /v1/completions", h.id))
+        ApiError::param(
+            "messages",
+            format!("model `{}` has no chat template; use /v1/completions", h.id),
+        )
     })?;
     let text = t
         .render(&messages, true)
@@ -576,7 +678,10 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
     let add_bos = t.bos_token().is_empty() || !text.starts_with(t.bos_token());
     let prompt = h.tok.encode(&text, add_bos, true);
     let sub = submit(&state, &h, std::slice::from_ref(&prompt), &spec, "messages")?;
-    let id = format!("chatcmpl-{:016x}", state.next_id.fetch_add(1, Ordering::Relaxed) ^ unix_now() << 20);
+    let id = format!(
+        "chatcmpl-{:016x}",
+        state.next_id.fetch_add(1, Ordering::Relaxed) ^ unix_now() << 20
+    );
     let created = unix_now();
     if spec.stream {
         return Ok(stream_response(sub, spec, id, created, h.id.clone(), true));
@@ -612,7 +717,12 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
 // ---------------------------------------------------------------- completions
 
 fn completion_prompts(p: &Params, h: &ModelHandle) -> Result<Vec<Vec<u32>>, ApiError> {
-    let bad = || ApiError::param("prompt", "`prompt` must be a string, an array of strings, or token ids");
+    let bad = || {
+        ApiError::param(
+            "prompt",
+            "`prompt` must be a string, an array of strings, or token ids",
+        )
+    };
     let enc = |s: &str| h.tok.encode(s, true, true);
     let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
         a.iter()
@@ -620,25 +730,35 @@ fn completion_prompts(p: &Params, h: &ModelHandle) -> Result<Vec<Vec<u32>>, ApiE
                 v.as_u64()
                     .filter(|&x| (x as usize) < h.n_vocab)
                     .map(|x| x as u32)
-                    .ok_or_else(|| ApiError::param("prompt", "`prompt` holds a token id outside the vocabulary"))
+                    .ok_or_else(|| {
+                        ApiError::param(
+                            "prompt",
+                            "`prompt` holds a token id outside the vocabulary",
+                        )
+                    })
             })
             .collect()
     };
     match p.get("prompt") {
         Some(Value::String(s)) => Ok(vec![enc(s)]),
         Some(Value::Array(a)) if a.is_empty() => Err(bad()),
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-            Ok(a.iter().map(|s| enc(s.as_str().expect("checked"))).collect())
-        }
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(a
+            .iter()
+            .map(|s| enc(s.as_str().expect("checked")))
+            .collect()),
         Some(Value::Array(a)) if a.iter().all(Value::is_number) => Ok(vec![ids(a)?]),
-        Some(Value::Array(a)) if a.iter().all(Value::is_array) => {
-            a.iter().map(|x| ids(x.as_array().expect("checked"))).collect()
-        }
+        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a
+            .iter()
+            .map(|x| ids(x.as_array().expect("checked")))
+            .collect(),
         _ => Err(bad()),
     }
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let map = parse_body(&body)?;
     let p = Params(&map);
     let h = model_for(&state, &p)?;
@@ -651,7 +771,10 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<
         spec.max_tokens = Some(16); // OpenAI's default for completions
     }
     let sub = submit(&state, &h, &prompts, &spec, "prompt")?;
-    let id = format!("cmpl-{:016x}", state.next_id.fetch_add(1, Ordering::Relaxed) ^ unix_now() << 20);
+    let id = format!(
+        "cmpl-{:016x}",
+        state.next_id.fetch_add(1, Ordering::Relaxed) ^ unix_now() << 20
+    );
     let created = unix_now();
     if spec.stream {
         return Ok(stream_response(sub, spec, id, created, h.id.clone(), false));
@@ -685,7 +808,8 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<
 // ---------------------------------------------------------------- streaming
 
 struct StreamState {
-    events: futures_util::stream::SelectAll<futures_util::stream::BoxStream<'static, (usize, Event)>>,
+    events:
+        futures_util::stream::SelectAll<futures_util::stream::BoxStream<'static, (usize, Event)>>,
     spec: GenSpec,
     id: String,
     created: u64,
@@ -713,7 +837,14 @@ impl StreamState {
         SseEvent::default().data(v.to_string())
     }
 
-    fn choice(&self, i: usize, text: &str, tokens: &[TokenOut], finish: Option<&str>, first: bool) -> Value {
+    fn choice(
+        &self,
+        i: usize,
+        text: &str,
+        tokens: &[TokenOut],
+        finish: Option<&str>,
+        first: bool,
+    ) -> Value {
         if self.chat {
             let mut delta = json!({});
             if first {
@@ -750,7 +881,11 @@ impl StreamState {
                 self.offsets[i] += t.text.len();
                 out.push(self.chunk(c, None));
             }
-            Event::Done { text, finish, usage } => {
+            Event::Done {
+                text,
+                finish,
+                usage,
+            } => {
                 if !text.is_empty() {
                     let c = self.choice(i, &text, &[], None, false);
                     out.push(self.chunk(c, None));
@@ -760,7 +895,8 @@ impl StreamState {
                 self.usages[i] = Some(usage);
                 if self.usages.iter().all(Option::is_some) {
                     if self.spec.include_usage {
-                        let u: Vec<Usage> = self.usages.iter().map(|u| u.expect("all done")).collect();
+                        let u: Vec<Usage> =
+                            self.usages.iter().map(|u| u.expect("all done")).collect();
                         let total = total_usage(&u, self.spec.n);
                         out.push(self.chunk(json!([]), Some(usage_json(&total))));
                     }
@@ -770,7 +906,9 @@ impl StreamState {
             }
             Event::Error(m) => {
                 let body = ErrorBody::new("server_error", m, None, None);
-                out.push(SseEvent::default().data(serde_json::to_string(&body).unwrap_or_default()));
+                out.push(
+                    SseEvent::default().data(serde_json::to_string(&body).unwrap_or_default()),
+                );
                 out.push(SseEvent::default().data("[DONE]"));
                 self.done = true;
             }
@@ -779,11 +917,20 @@ impl StreamState {
     }
 }
 
-fn stream_response(sub: Submitted, spec: GenSpec, id: String, created: u64, model: String, chat: bool) -> Response {
+fn stream_response(
+    sub: Submitted,
+    spec: GenSpec,
+    id: String,
+    created: u64,
+    model: String,
+    chat: bool,
+) -> Response {
     let Submitted { rxs, _guard } = sub;
     let n = rxs.len();
     let streams = rxs.into_iter().enumerate().map(|(i, rx)| {
-        UnboundedReceiverStream::new(rx).map(move |e| (i, e)).boxed()
+        UnboundedReceiverStream::new(rx)
+            .map(move |e| (i, e))
+            .boxed()
     });
     let st = StreamState {
         events: futures_util::stream::select_all(streams),
@@ -799,29 +946,45 @@ fn stream_response(sub: Submitted, spec: GenSpec, id: String, created: u64, mode
     };
     // The role comes first, for every chat choice.
     let first: Vec<SseEvent> = if chat {
-        (0..n).map(|i| st.chunk(st.choice(i, "", &[], None, true), None)).collect()
+        (0..n)
+            .map(|i| st.chunk(st.choice(i, "", &[], None, true), None))
+            .collect()
     } else {
         Vec::new()
     };
-    let rest = futures_util::stream::unfold(st, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        match st.events.next().await {
-            Some((i, e)) => {
-                let evs = st.on(i, e);
-                Some((evs, st))
+    let rest =
+        futures_util::stream::unfold(st, |mut st| async move {
+            if st.done {
+                return None;
             }
-            None => {
-                st.done = true;
-                let body = ErrorBody::new("server_error", "the generation ended without a result", None, None);
-                Some((vec![SseEvent::default().data(serde_json::to_string(&body).unwrap_or_default())], st))
+            match st.events.next().await {
+                Some((i, e)) => {
+                    let evs = st.on(i, e);
+                    Some((evs, st))
+                }
+                None => {
+                    st.done = true;
+                    let body = ErrorBody::new(
+                        "server_error",
+                        "the generation ended without a result",
+                        None,
+                        None,
+                    );
+                    Some((
+                        vec![SseEvent::default()
+                            .data(serde_json::to_string(&body).unwrap_or_default())],
+                        st,
+                    ))
+                }
             }
-        }
-    })
-    .flat_map(|v| futures_util::stream::iter(v.into_iter().map(Ok::<_, std::convert::Infallible>)));
+        })
+        .flat_map(|v| {
+            futures_util::stream::iter(v.into_iter().map(Ok::<_, std::convert::Infallible>))
+        });
     let all = futures_util::stream::iter(first.into_iter().map(Ok)).chain(rest);
-    Sse::new(all).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(all)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 // ---------------------------------------------------------------- the rest
@@ -836,11 +999,16 @@ async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let map = parse_body(&body)?;
     let p = Params(&map);
     let h = model_for(&state, &p)?;
-    let content = p.str("content")?.ok_or_else(|| ApiError::param("content", "`content` must be a string"))?;
+    let content = p
+        .str("content")?
+        .ok_or_else(|| ApiError::param("content", "`content` must be a string"))?;
     let add_special = p.bool("add_special")?.unwrap_or(true);
     let with_pieces = p.bool("with_pieces")?.unwrap_or(false);
     let ids = h.tok.encode(content, add_special, true);
@@ -858,7 +1026,10 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Jso
     Ok(Json(json!({"tokens": ids})))
 }
 
-async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let map = parse_body(&body)?;
     let p = Params(&map);
     let h = model_for(&state, &p)?;
@@ -872,7 +1043,12 @@ async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
             v.as_u64()
                 .filter(|&x| (x as usize) < h.n_vocab)
                 .map(|x| x as u32)
-                .ok_or_else(|| ApiError::param("tokens", "`tokens` holds a value that is not a token id of this model"))
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "tokens",
+                        "`tokens` holds a value that is not a token id of this model",
+                    )
+                })
         })
         .collect::<Result<_, _>>()?;
     Ok(Json(json!({"content": h.tok.decode(&ids, false)})))
@@ -895,7 +1071,10 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.prometheus.render(),
     )
         .into_response()
@@ -904,34 +1083,57 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 fn registry_error(e: RegistryError) -> ApiError {
     match e {
         RegistryError::NotFound(id) => ApiError::model_not_found(&id),
-        RegistryError::AlreadyLoaded(_) => {
-            ApiError::new(StatusCode::CONFLICT, "invalid_request_error", e.to_string(), Some("id"), Some("already_loaded"))
-        }
-        RegistryError::Load(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string(), Some("path"), Some("load_failed")),
-        RegistryError::OverBudget { .. } => {
-            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "server_error", e.to_string(), None, Some("over_budget"))
-        }
+        RegistryError::AlreadyLoaded(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            e.to_string(),
+            Some("id"),
+            Some("already_loaded"),
+        ),
+        RegistryError::Load(_) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            e.to_string(),
+            Some("path"),
+            Some("load_failed"),
+        ),
+        RegistryError::OverBudget { .. } => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "server_error",
+            e.to_string(),
+            None,
+            Some("over_budget"),
+        ),
     }
 }
 
 async fn admin_list(State(state): State<Arc<AppState>>) -> Json<Value> {
     let models = state.models.read().unwrap();
-    let mut v: Vec<_> = models.values().map(|h| super::registry::ModelInfo::of_handle(h)).collect();
+    let mut v: Vec<_> = models
+        .values()
+        .map(|h| super::registry::ModelInfo::of_handle(h))
+        .collect();
     v.sort_by(|a, b| a.id.cmp(&b.id));
     Json(json!({"models": v}))
 }
 
-async fn admin_load(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn admin_load(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let map = parse_body(&body)?;
     let p = Params(&map);
-    let path = p.str("path")?.ok_or_else(|| ApiError::param("path", "`path` must be a string"))?;
+    let path = p
+        .str("path")?
+        .ok_or_else(|| ApiError::param("path", "`path` must be a string"))?;
     let id = p.str("id")?.unwrap_or(path).to_owned();
     let options = match p.get("options") {
         None => state.default_options.clone(),
         Some(v) => {
             let o: ModelOptions = serde_json::from_value(v.clone())
                 .map_err(|e| ApiError::param("options", format!("`options`: {e}")))?;
-            o.check("request", "options").map_err(|e| ApiError::param("options", e.to_string()))?;
+            o.check("request", "options")
+                .map_err(|e| ApiError::param("options", e.to_string()))?;
             o
         }
     };
@@ -947,13 +1149,18 @@ async fn admin_load(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
         .await
         .map_err(|e| ApiError::server(format!("the registry is down: {e}")))?;
     match r {
-        ractor::rpc::CallResult::Success(Ok(info)) => Ok(Json(serde_json::to_value(info).unwrap_or_default())),
+        ractor::rpc::CallResult::Success(Ok(info)) => {
+            Ok(Json(serde_json::to_value(info).unwrap_or_default()))
+        }
         ractor::rpc::CallResult::Success(Err(e)) => Err(registry_error(e)),
         _ => Err(ApiError::server("the registry did not answer")),
     }
 }
 
-async fn admin_unload(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn admin_unload(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let r = state
         .registry
         .call(|reply| RegistryMsg::Unload(id.clone(), reply), None)
@@ -966,11 +1173,20 @@ async fn admin_unload(State(state): State<Arc<AppState>>, Path(id): Path<String>
     }
 }
 
-async fn admin_fault(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn admin_fault(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     if !state.fault_injection {
         return Err(not_found_route().await);
     }
-    let h = state.models.read().unwrap().get(&id).cloned().ok_or_else(|| ApiError::model_not_found(&id))?;
+    let h = state
+        .models
+        .read()
+        .unwrap()
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::model_not_found(&id))?;
     h.inject_fault();
     Ok(Json(json!({"id": id, "fault": "armed"})))
 }

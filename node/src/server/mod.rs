@@ -31,32 +31,97 @@ fn install_metrics() -> Result<PrometheusHandle, String> {
     }
     let h = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("realizar_batch_size".into()), BATCH_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("realizar_batch_size".into()), BATCH_BUCKETS)
+        })
         .and_then(|b| b.install_recorder())
         .map_err(|e| format!("metrics: {e}"))?;
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("realizar_http_requests_total", "HTTP requests by endpoint and status");
-    describe_histogram!("realizar_http_request_duration_seconds", Unit::Seconds, "HTTP request handling time (until the response head)");
-    describe_histogram!("realizar_time_to_first_token_seconds", Unit::Seconds, "Arrival to first generated token");
-    describe_histogram!("realizar_inter_token_latency_seconds", Unit::Seconds, "Time between consecutive generated tokens of a sequence");
-    describe_histogram!("realizar_e2e_request_latency_seconds", Unit::Seconds, "Arrival to last generated token");
-    describe_histogram!("realizar_request_queue_seconds", Unit::Seconds, "Arrival to admission into the running batch");
+    describe_counter!(
+        "realizar_http_requests_total",
+        "HTTP requests by endpoint and status"
+    );
+    describe_histogram!(
+        "realizar_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request handling time (until the response head)"
+    );
+    describe_histogram!(
+        "realizar_time_to_first_token_seconds",
+        Unit::Seconds,
+        "Arrival to first generated token"
+    );
+    describe_histogram!(
+        "realizar_inter_token_latency_seconds",
+        Unit::Seconds,
+        "Time between consecutive generated tokens of a sequence"
+    );
+    describe_histogram!(
+        "realizar_e2e_request_latency_seconds",
+        Unit::Seconds,
+        "Arrival to last generated token"
+    );
+    describe_histogram!(
+        "realizar_request_queue_seconds",
+        Unit::Seconds,
+        "Arrival to admission into the running batch"
+    );
     describe_histogram!("realizar_batch_size", "Sequences per forward step");
-    describe_histogram!("realizar_model_load_seconds", Unit::Seconds, "Time to open, build and warm a model");
-    describe_counter!("realizar_prompt_tokens_total", "Prompt tokens of finished requests");
-    describe_counter!("realizar_generation_tokens_total", "Generated tokens of finished requests");
-    describe_gauge!("realizar_running_sequences", "Sequences in the running batch");
-    describe_gauge!("realizar_waiting_sequences", "Sequences waiting for admission");
+    describe_histogram!(
+        "realizar_model_load_seconds",
+        Unit::Seconds,
+        "Time to open, build and warm a model"
+    );
+    describe_counter!(
+        "realizar_prompt_tokens_total",
+        "Prompt tokens of finished requests"
+    );
+    describe_counter!(
+        "realizar_generation_tokens_total",
+        "Generated tokens of finished requests"
+    );
+    describe_gauge!(
+        "realizar_running_sequences",
+        "Sequences in the running batch"
+    );
+    describe_gauge!(
+        "realizar_waiting_sequences",
+        "Sequences waiting for admission"
+    );
     describe_gauge!("realizar_kv_blocks_used", "KV blocks held by sequences");
     describe_gauge!("realizar_kv_blocks_capacity", "KV blocks in the pool");
-    describe_counter!("realizar_prefix_cache_hits_total", "Prompt tokens found in the prefix cache");
-    describe_counter!("realizar_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache");
-    describe_counter!("realizar_preemptions_total", "Sequences preempted for lack of KV blocks");
-    describe_counter!("realizar_cancelled_requests_total", "Sequences dropped because their client went away");
-    describe_counter!("realizar_rejected_requests_total", "Requests refused because the queue was full");
-    describe_counter!("realizar_executor_restarts_total", "Executor restarts after a panic");
-    describe_counter!("realizar_model_actor_restarts_total", "Model actor restarts after a failure");
-    describe_counter!("realizar_model_evictions_total", "Models evicted to fit the memory budget");
+    describe_counter!(
+        "realizar_prefix_cache_hits_total",
+        "Prompt tokens found in the prefix cache"
+    );
+    describe_counter!(
+        "realizar_prefix_cache_queries_total",
+        "Prompt tokens looked up in the prefix cache"
+    );
+    describe_counter!(
+        "realizar_preemptions_total",
+        "Sequences preempted for lack of KV blocks"
+    );
+    describe_counter!(
+        "realizar_cancelled_requests_total",
+        "Sequences dropped because their client went away"
+    );
+    describe_counter!(
+        "realizar_rejected_requests_total",
+        "Requests refused because the queue was full"
+    );
+    describe_counter!(
+        "realizar_executor_restarts_total",
+        "Executor restarts after a panic"
+    );
+    describe_counter!(
+        "realizar_model_actor_restarts_total",
+        "Model actor restarts after a failure"
+    );
+    describe_counter!(
+        "realizar_model_evictions_total",
+        "Models evicted to fit the memory budget"
+    );
     describe_gauge!("realizar_loaded_models", "Models loaded");
     let _ = HANDLE.set(h.clone());
     Ok(h)
@@ -126,7 +191,9 @@ pub async fn run(
                 Ok(ractor::rpc::CallResult::Success(Ok(info))) => {
                     tracing::info!(model = %info.id, seconds = info.load_seconds, mib = info.bytes >> 20, "model ready")
                 }
-                Ok(ractor::rpc::CallResult::Success(Err(e))) => tracing::error!(model = %m.id, error = %e, "load failed"),
+                Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+                    tracing::error!(model = %m.id, error = %e, "load failed")
+                }
                 other => tracing::error!(model = %m.id, "load failed: {:?}", other.err()),
             }
         }

@@ -196,7 +196,8 @@ impl Actor for Registry {
                 return Ok(());
             };
             tracing::error!(model = %id, error = %err, "model actor failed; restarting it");
-            metrics::counter!("realizar_model_actor_restarts_total", "model" => id.clone()).increment(1);
+            metrics::counter!("realizar_model_actor_restarts_total", "model" => id.clone())
+                .increment(1);
             let handle = state.args.models.read().unwrap().get(&id).cloned();
             if let (Some(h), Some((model, cfg))) = (handle, state.specs.get(&id).cloned()) {
                 let (actor, _) = Actor::spawn_linked(
@@ -258,8 +259,10 @@ fn open_model(spec: &LoadSpec, resolver: &Resolver, threads: usize) -> Result<Op
     let file = Arc::new(GgufFile::open(&path).map_err(|e| e.to_string())?);
     let file_bytes = file.bytes().len() as u64;
     tracing::info!(model = %spec.id, mib = file_bytes >> 20, "loading: tokenizer");
-    let tok = Tokenizer::from_gguf(file.metadata()).map_err(|e| format!("{}: {e}", path.display()))?;
-    let template = ChatTemplate::for_model(file.metadata().get_str("tokenizer.chat_template"), &tok).ok();
+    let tok =
+        Tokenizer::from_gguf(file.metadata()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let template =
+        ChatTemplate::for_model(file.metadata().get_str("tokenizer.chat_template"), &tok).ok();
     tracing::info!(model = %spec.id, "loading: building the model");
     let model: Arc<dyn Model> = Arc::from(crate::model::load(file).map_err(|e| e.to_string())?);
     // Warm: one token through every layer pages the weights in, so the first
@@ -268,7 +271,14 @@ fn open_model(spec: &LoadSpec, resolver: &Resolver, threads: usize) -> Result<Op
     let pool = ThreadPool::new(threads);
     let mut cache = model.new_cache(1);
     let mut ws = Workspace::default();
-    model.forward(&pool, Simd::detect(), &[0], &mut cache, &mut ws, Logits::Last);
+    model.forward(
+        &pool,
+        Simd::detect(),
+        &[0],
+        &mut cache,
+        &mut ws,
+        Logits::Last,
+    );
     tracing::info!(model = %spec.id, seconds = t0.elapsed().as_secs_f64(), "loaded");
     Ok(Opened {
         model,
@@ -284,7 +294,11 @@ fn exec_config(model: &dyn Model, o: &ModelOptions, threads: usize) -> ExecConfi
     let kv_type = o.kv_type();
     let per_block = 2 * d.n_layer * o.block_size * d.kv_dim * kv_type.bytes_per_elem();
     let kv_blocks = ((o.kv_memory_mib << 20) / per_block.max(1)).max(1);
-    let mut n_ctx = if o.n_ctx == 0 { d.n_ctx_train } else { o.n_ctx.min(d.n_ctx_train) };
+    let mut n_ctx = if o.n_ctx == 0 {
+        d.n_ctx_train
+    } else {
+        o.n_ctx.min(d.n_ctx_train)
+    };
     n_ctx = n_ctx.min(kv_blocks * o.block_size);
     ExecConfig {
         threads,
@@ -372,7 +386,8 @@ async fn load(
     .await
     .map_err(|e| RegistryError::Load(format!("starting {}: {e}", spec.id)))?;
     let load_seconds = t0.elapsed().as_secs_f64();
-    metrics::histogram!("realizar_model_load_seconds", "model" => spec.id.clone()).record(load_seconds);
+    metrics::histogram!("realizar_model_load_seconds", "model" => spec.id.clone())
+        .record(load_seconds);
     let handle = ModelHandle {
         id: spec.id.clone(),
         path: opened.path,
@@ -484,7 +499,7 @@ fn spawn_executor(myself: ActorRef<ModelMsg>, a: &ModelArgs) -> mpsc::Sender<Exe
             let mut queued = Vec::new();
             while let Ok(m) = rx.try_recv() {
                 if let ExecMsg::Submit(r) = m {
-                    queued.push(r);
+                    queued.push(*r);
                 }
             }
             drop(rx);
@@ -534,12 +549,14 @@ impl Actor for ModelActor {
         match msg {
             ModelMsg::Generate(req) => {
                 if state.stopping {
-                    let _ = req.events.send(Event::Error("the model was unloaded".into()));
+                    let _ = req
+                        .events
+                        .send(Event::Error("the model was unloaded".into()));
                 } else if let Err(mpsc::SendError(ExecMsg::Submit(req))) =
-                    state.exec.send(ExecMsg::Submit(req))
+                    state.exec.send(ExecMsg::Submit(Box::new(req)))
                 {
                     // The executor is down; it is restarted when its exit arrives.
-                    state.pending.push(req);
+                    state.pending.push(*req);
                 }
             }
             ModelMsg::ExecutorExited(None, _) => {
@@ -551,10 +568,11 @@ impl Actor for ModelActor {
             ModelMsg::ExecutorExited(Some(why), queued) => {
                 let id = &state.args.id;
                 tracing::error!(model = %id, error = %why, requeued = queued.len(), "executor panicked; restarting it");
-                metrics::counter!("realizar_executor_restarts_total", "model" => id.clone()).increment(1);
+                metrics::counter!("realizar_executor_restarts_total", "model" => id.clone())
+                    .increment(1);
                 state.exec = spawn_executor(myself.clone(), &state.args);
                 for r in queued.into_iter().chain(state.pending.drain(..)) {
-                    let _ = state.exec.send(ExecMsg::Submit(r));
+                    let _ = state.exec.send(ExecMsg::Submit(Box::new(r)));
                 }
             }
             ModelMsg::Shutdown => {

@@ -99,7 +99,8 @@ fn use_avx2() -> bool {
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVX2.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2") && std::env::var("REALIZAR_SIMD").as_deref() != Ok("scalar")
+            std::is_x86_feature_detected!("avx2")
+                && std::env::var("REALIZAR_SIMD").as_deref() != Ok("scalar")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -264,7 +264,11 @@ pub fn matmul_many(
             got: ys.len(),
         });
     }
-    if ws.len() > MAX_MANY || ws.iter().any(|w| w.dtype != first.dtype || w.cols != first.cols) {
+    if ws.len() > MAX_MANY
+        || ws
+            .iter()
+            .any(|w| w.dtype != first.dtype || w.cols != first.cols)
+    {
         for (w, y) in ws.iter().zip(ys.iter_mut()) {
             matmul_many(pool, simd, &[w], x, n_vecs, &mut [&mut **y], scratch)?;
         }
@@ -379,7 +383,10 @@ fn run_rows(
     dot: impl Fn(&[u8], usize, usize, &mut [f32]) + Sync,
 ) {
     debug_assert_eq!(ws.len(), ys.len());
-    assert!(ws.len() <= MAX_MANY, "at most {MAX_MANY} matrices per dispatch");
+    assert!(
+        ws.len() <= MAX_MANY,
+        "at most {MAX_MANY} matrices per dispatch"
+    );
     let total_rows: usize = ws.iter().map(|w| w.rows).sum();
     let per = rows_per_task(total_rows, pool.n_threads());
     let mut outs = [OutPtr(std::ptr::null_mut()); MAX_MANY];
@@ -390,7 +397,9 @@ fn run_rows(
     }
     let n_tasks = first_task[ws.len()];
     pool.run(n_tasks, &|t| {
-        let m = (0..ws.len()).rfind(|&m| first_task[m] <= t).expect("task in range");
+        let m = (0..ws.len())
+            .rfind(|&m| first_task[m] <= t)
+            .expect("task in range");
         let (w, out) = (ws[m], outs[m]);
         let r0 = (t - first_task[m]) * per;
         let r1 = (r0 + per).min(w.rows);

@@ -14,6 +14,8 @@ pub mod quantize;
 
 pub use dequant::{dequantize, dequantize_to_vec, KernelError};
 pub use dtype::{BlockLayout, GgmlType};
-pub use matmul::{has_simd_kernel, kernel, matmul, matmul_many, matvec, Kernel, Matrix, Scratch, Simd};
+pub use matmul::{
+    has_simd_kernel, kernel, matmul, matmul_many, matvec, Kernel, Matrix, Scratch, Simd,
+};
 pub use pool::ThreadPool;
 pub use quantize::{quantize, quantize_to_vec};
