@@ -1,5 +1,5 @@
 //! AVX-512 (F, BW, VL) + VNNI dot products for the 4-bit formats of the real
-//! models: Q4_0, Q4_1 (two 32-element blocks per 512-bit step) and Q4_K (two
+//! models: Q4_0, Q4_1, Q5_0 (two 32-element blocks per 512-bit step) and Q4_K (two
 //! 32-element sub-blocks per step), and Q8_0. Signed × signed (Q8_0) moves
 //! the weights' signs onto the activations (|w| · ±x, as AVX2's `vpsignb`
 //! trick does, with a byte mask and a masked negate). `vpdpbusd`
@@ -30,6 +30,7 @@ pub(super) unsafe fn kernel(dtype: GgmlType) -> Option<Kernel> {
     Some(match dtype {
         Q4_0 => Kernel::Q8Pair(q4_0),
         Q4_1 => Kernel::Q8Pair(q4_1),
+        Q5_0 => Kernel::Q8Pair(q5_0),
         Q8_0 => Kernel::Q8Pair(q8_0),
         Q4_K => Kernel::Q8K(q4_k),
         _ => return None,
@@ -103,6 +104,7 @@ macro_rules! dispatch {
 
 dispatch!(q4_0, q4_0_n, Q8Pair, 18);
 dispatch!(q4_1, q4_1_n, Q8Pair, 20);
+dispatch!(q5_0, q5_0_n, Q8Pair, 22);
 dispatch!(q8_0, q8_0_n, Q8Pair, 34);
 dispatch!(q4_k, q4_k_n, Q8KBlock, 144);
 
@@ -174,6 +176,53 @@ unsafe fn q4_1_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut
     }
     for c in 0..N {
         out[c] = _mm512_reduce_add_ps(acc[c]) + mins[c][0] + mins[c][1];
+    }
+}
+
+/// 32 bits → 32 bytes, 0x10 where the bit is set (Q5's fifth bit).
+#[inline(always)]
+unsafe fn high_bits(qh: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
+    let bits = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    let v = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q5_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut [f32]) {
+    // w = d · (q − 16), q = nibble | fifth bit << 4: Σ q·x by VNNI, minus
+    // 16 · Σx per block (exact in i32).
+    let q5 = |b: *const u8| {
+        let qh = (b.add(2) as *const u32).read_unaligned();
+        _mm256_or_si256(nibbles(b.add(6)), high_bits(qh))
+    };
+    let mut acc = [_mm512_setzero_ps(); N];
+    for p in 0..nb.div_ceil(2) {
+        let b0 = w.as_ptr().add(2 * p * 22);
+        let (wq, dw) = if 2 * p + 1 < nb {
+            let b1 = b0.add(22);
+            (join(q5(b0), q5(b1)), join_ps(h2f(b0), h2f(b1)))
+        } else {
+            (join(q5(b0), _mm256_setzero_si256()), join_ps(h2f(b0), 0.0))
+        };
+        for c in 0..N {
+            let x = a[c].get_unchecked(p);
+            let corr = _mm512_mask_set1_epi32(_mm512_setzero_si512(), 0x0001, 16 * x.isum[0]);
+            let corr = _mm512_mask_set1_epi32(corr, 0x0100, 16 * x.isum[1]);
+            let xq = _mm512_loadu_si512(x.qs.as_ptr() as *const _);
+            let pr = _mm512_sub_epi32(dpbusd(wq, xq), corr);
+            let s = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr()));
+            acc[c] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(pr), acc[c]);
+        }
+    }
+    for c in 0..N {
+        out[c] = _mm512_reduce_add_ps(acc[c]);
     }
 }
 
