@@ -216,7 +216,7 @@ impl Params<'_> {
 }
 
 fn model_for(state: &AppState, p: &Params) -> Result<Arc<ModelHandle>, ApiError> {
-    let models = state.models.read().unwrap();
+    let models = state.models.read().unwrap_or_else(|e| e.into_inner());
     let h = match p.str("model")? {
         Some(id) => models
             .get(id)
@@ -990,7 +990,7 @@ fn stream_response(
 // ---------------------------------------------------------------- the rest
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let models = state.models.read().unwrap();
+    let models = state.models.read().unwrap_or_else(|e| e.into_inner());
     let mut data: Vec<Value> = models
         .values()
         .map(|h| json!({"id": h.id, "object": "model", "created": h.created, "owned_by": "realizar", "meta": {"n_ctx": h.n_ctx, "n_vocab": h.n_vocab, "architecture": h.architecture}}))
@@ -1055,7 +1055,12 @@ async fn detokenize(
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    if state.models.read().unwrap().is_empty() {
+    if state
+        .models
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty()
+    {
         let mut r = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable_error",
@@ -1108,7 +1113,7 @@ fn registry_error(e: RegistryError) -> ApiError {
 }
 
 async fn admin_list(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let models = state.models.read().unwrap();
+    let models = state.models.read().unwrap_or_else(|e| e.into_inner());
     let mut v: Vec<_> = models
         .values()
         .map(|h| super::registry::ModelInfo::of_handle(h))
@@ -1183,7 +1188,7 @@ async fn admin_fault(
     let h = state
         .models
         .read()
-        .unwrap()
+        .unwrap_or_else(|e| e.into_inner())
         .get(&id)
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&id))?;

@@ -198,7 +198,13 @@ impl Actor for Registry {
             tracing::error!(model = %id, error = %err, "model actor failed; restarting it");
             metrics::counter!("realizar_model_actor_restarts_total", "model" => id.clone())
                 .increment(1);
-            let handle = state.args.models.read().unwrap().get(&id).cloned();
+            let handle = state
+                .args
+                .models
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&id)
+                .cloned();
             if let (Some(h), Some((model, cfg))) = (handle, state.specs.get(&id).cloned()) {
                 let (actor, _) = Actor::spawn_linked(
                     None,
@@ -216,7 +222,12 @@ impl Actor for Registry {
                 state.actors.insert(actor.get_id(), id.clone());
                 let mut new = clone_handle(&h);
                 new.actor = actor;
-                state.args.models.write().unwrap().insert(id, Arc::new(new));
+                state
+                    .args
+                    .models
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, Arc::new(new));
             }
         }
         Ok(())
@@ -320,7 +331,13 @@ async fn load(
     state: &mut RegistryState,
     spec: LoadSpec,
 ) -> Result<ModelInfo, RegistryError> {
-    if state.args.models.read().unwrap().contains_key(&spec.id) {
+    if state
+        .args
+        .models
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&spec.id)
+    {
         return Err(RegistryError::AlreadyLoaded(spec.id));
     }
     let t0 = Instant::now();
@@ -341,7 +358,7 @@ async fn load(
     // Make room: evict least recently used unpinned models.
     loop {
         let (used, pinned, victim) = {
-            let m = state.args.models.read().unwrap();
+            let m = state.args.models.read().unwrap_or_else(|e| e.into_inner());
             let used: u64 = m.values().map(|h| h.bytes).sum();
             let pinned: u64 = m.values().filter(|h| h.pinned).map(|h| h.bytes).sum();
             let victim = m
@@ -411,7 +428,7 @@ async fn load(
     state.actors.insert(actor.get_id(), spec.id.clone());
     state.specs.insert(spec.id.clone(), (opened.model, cfg));
     let n = {
-        let mut m = state.args.models.write().unwrap();
+        let mut m = state.args.models.write().unwrap_or_else(|e| e.into_inner());
         m.insert(spec.id.clone(), Arc::new(handle));
         m.len()
     };
@@ -424,13 +441,18 @@ fn unload(state: &mut RegistryState, id: &str) -> Result<(), RegistryError> {
         .args
         .models
         .write()
-        .unwrap()
+        .unwrap_or_else(|e| e.into_inner())
         .remove(id)
         .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
     state.actors.retain(|_, v| v != id);
     state.specs.remove(id);
     let _ = h.actor.cast(ModelMsg::Shutdown);
-    let n = state.args.models.read().unwrap().len();
+    let n = state
+        .args
+        .models
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .len();
     metrics::gauge!("realizar_loaded_models").set(n as f64);
     tracing::info!(model = %id, "unloaded");
     Ok(())
