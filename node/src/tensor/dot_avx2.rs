@@ -46,14 +46,14 @@ pub(super) unsafe fn kernel(dtype: GgmlType) -> Option<Kernel> {
 }
 
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 #[inline(always)]
-unsafe fn h2f(p: *const u8) -> f32 {
+pub(super) unsafe fn h2f(p: *const u8) -> f32 {
     let h = (p as *const u16).read_unaligned();
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
 }
@@ -61,7 +61,7 @@ unsafe fn h2f(p: *const u8) -> f32 {
 /// 16 packed nibble bytes → 32 bytes: low nibbles (elements 0..15) in the
 /// low lane, high nibbles (elements 16..31) in the high lane.
 #[inline(always)]
-unsafe fn nibbles(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
     let raw = _mm_loadu_si128(p as *const __m128i);
     let both = _mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw);
     _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
@@ -69,7 +69,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 
 /// 32 bits → 32 bytes, 0x10 where the bit is set.
 #[inline(always)]
-unsafe fn high_bits(qh: u32) -> __m256i {
+pub(super) unsafe fn high_bits(qh: u32) -> __m256i {
     let shuf = _mm256_set_epi64x(
         0x0303030303030303,
         0x0202020202020202,

@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 
 use super::act::{Q8KBlock, Q8Pair};
 use super::dequant::k_scales_mins;
+use super::dot_avx2::{h2f, high_bits, hsum, nibbles};
 use super::matmul::Kernel;
 use super::GgmlType;
 
@@ -35,12 +36,6 @@ pub(super) unsafe fn kernel(dtype: GgmlType) -> Option<Kernel> {
         Q4_K => Kernel::Q8K(q4_k),
         _ => return None,
     })
-}
-
-#[inline(always)]
-unsafe fn h2f(p: *const u8) -> f32 {
-    let h = (p as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
 }
 
 #[inline(always)]
@@ -63,25 +58,9 @@ unsafe fn join_ps(a: f32, b: f32) -> __m512 {
     ))
 }
 
-/// 16 packed nibble bytes → 32 bytes: low nibbles first, then high nibbles
-/// (the element order of Q4_0/Q4_1).
-#[inline(always)]
-unsafe fn nibbles(p: *const u8) -> __m256i {
-    let raw = _mm_loadu_si128(p as *const __m128i);
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
-}
-
 #[inline(always)]
 unsafe fn dpbusd(u: __m512i, s: __m512i) -> __m512i {
     _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
-}
-
-#[inline(always)]
-unsafe fn hsum256(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 macro_rules! dispatch {
@@ -177,21 +156,6 @@ unsafe fn q4_1_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut
     for c in 0..N {
         out[c] = _mm512_reduce_add_ps(acc[c]) + mins[c][0] + mins[c][1];
     }
-}
-
-/// 32 bits → 32 bytes, 0x10 where the bit is set (Q5's fifth bit).
-#[inline(always)]
-unsafe fn high_bits(qh: u32) -> __m256i {
-    let shuf = _mm256_set_epi64x(
-        0x0303030303030303,
-        0x0202020202020202,
-        0x0101010101010101,
-        0,
-    );
-    let bits = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
-    let v = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits);
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -315,7 +279,7 @@ unsafe fn q4_k_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &m
             acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(d * x.d), _mm512_cvtepi32_ps(isum), acc[c]);
             let bs = _mm256_loadu_si256(x.bsums.as_ptr() as *const __m256i);
             let m = _mm256_madd_epi16(bs, mins16);
-            macc[c] += dmin * x.d * hsum256(_mm256_cvtepi32_ps(m));
+            macc[c] += dmin * x.d * hsum(_mm256_cvtepi32_ps(m));
         }
     }
     for c in 0..N {
