@@ -69,6 +69,74 @@ pub fn pair_q8(blocks: &[Q8Block], out: &mut [Q8Pair]) {
     }
 }
 
+/// 512 consecutive activations (16 blocks of 32) transposed for the AVX-512
+/// group kernels: `qs[d][4 * j + b]` is element `4 * d + b` of block `j`, so
+/// eight `vpdpbusd` against weights transposed the same way leave block
+/// `j`'s whole integer dot product in i32 lane `j`, and the float work is
+/// one convert and two multiplies per 512 weights per column. Built from
+/// [`Q8Block`]s (`d` is each block's scale) or from [`Q8KBlock`]s (two
+/// super-blocks; `d` is a super-block's scale on its 8 lanes). A row whose
+/// length is not a multiple of 512 ends in a group padded with zeros.
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Q8Group {
+    pub qs: [[i8; 64]; 8],
+    pub d: [f32; 16],
+    /// Σ qs of each block.
+    pub isum: [i32; 16],
+    /// `d · isum` per block.
+    pub sx: [f32; 16],
+}
+
+impl Default for Q8Group {
+    fn default() -> Self {
+        Q8Group {
+            qs: [[0; 64]; 8],
+            d: [0.0; 16],
+            isum: [0; 16],
+            sx: [0.0; 16],
+        }
+    }
+}
+
+/// Regroup a row's [`Q8Block`]s by 16 (`out.len() == blocks.len().div_ceil(16)`).
+pub fn group_q8(blocks: &[Q8Block], out: &mut [Q8Group]) {
+    debug_assert_eq!(out.len(), blocks.len().div_ceil(16));
+    for (grp, o) in blocks.chunks(16).zip(out.iter_mut()) {
+        *o = Q8Group::default();
+        for (j, b) in grp.iter().enumerate() {
+            for d in 0..8 {
+                o.qs[d][4 * j..4 * j + 4].copy_from_slice(&b.qs[4 * d..4 * d + 4]);
+            }
+            o.d[j] = b.d;
+            o.isum[j] = b.isum;
+            o.sx[j] = b.d * b.isum as f32;
+        }
+    }
+}
+
+/// Regroup a row's [`Q8KBlock`]s by 2 (`out.len() == blocks.len().div_ceil(2)`):
+/// lane `8 · s + j` holds sub-block `j` (elements `32 j ..`) of super-block `s`.
+pub fn group_q8k(blocks: &[Q8KBlock], out: &mut [Q8Group]) {
+    debug_assert_eq!(out.len(), blocks.len().div_ceil(2));
+    for (pair, o) in blocks.chunks(2).zip(out.iter_mut()) {
+        *o = Q8Group::default();
+        for (s, b) in pair.iter().enumerate() {
+            for j in 0..8 {
+                let l = 8 * s + j;
+                for d in 0..8 {
+                    o.qs[d][4 * l..4 * l + 4]
+                        .copy_from_slice(&b.qs[32 * j + 4 * d..32 * j + 4 * d + 4]);
+                }
+                let isum = b.bsums[2 * j] as i32 + b.bsums[2 * j + 1] as i32;
+                o.d[l] = b.d;
+                o.isum[l] = isum;
+                o.sx[l] = b.d * isum as f32;
+            }
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Q8KBlock {

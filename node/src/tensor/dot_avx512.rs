@@ -16,7 +16,8 @@
 
 use std::arch::x86_64::*;
 
-use super::act::{Q8KBlock, Q8Pair};
+use super::act::{Q8Group, Q8KBlock, Q8Pair};
+#[cfg(test)]
 use super::dequant::k_scales_mins;
 use super::dot_avx2::{h2f, high_bits, hsum, nibbles};
 use super::matmul::Kernel;
@@ -32,10 +33,26 @@ pub(super) unsafe fn kernel(dtype: GgmlType) -> Option<Kernel> {
         Q4_0 => Kernel::Q8Pair(q4_0),
         Q4_1 => Kernel::Q8Pair(q4_1),
         Q5_0 => Kernel::Q8Pair(q5_0),
-        Q8_0 => Kernel::Q8Pair(q8_0),
-        Q4_K => Kernel::Q8K(q4_k),
+        Q8_0 => Kernel::Q8Group(q8_0_group),
+        Q4_K => Kernel::Q8KGroup(q4_k_group),
         _ => return None,
     })
+}
+
+/// The row-at-a-time kernel of a format whose [`kernel`] is a group
+/// kernel. The group kernels transpose each weight group in registers,
+/// which pays for itself only when several columns share it, and a row that
+/// ends in a partial group pays for a whole one; [`super::matmul`] takes
+/// this kernel for single columns and for short rows with a partial group.
+///
+/// # Safety
+/// As for [`kernel`].
+pub(super) unsafe fn row_kernel(dtype: GgmlType) -> Option<Kernel> {
+    match dtype {
+        GgmlType::Q8_0 => Some(Kernel::Q8Pair(q8_0)),
+        GgmlType::Q4_K => Some(Kernel::Q8K(q4_k)),
+        _ => None,
+    }
 }
 
 #[inline(always)]
@@ -86,6 +103,32 @@ dispatch!(q4_1, q4_1_n, Q8Pair, 20);
 dispatch!(q5_0, q5_0_n, Q8Pair, 22);
 dispatch!(q8_0, q8_0_n, Q8Pair, 34);
 dispatch!(q4_k, q4_k_n, Q8KBlock, 144);
+
+/// Up to 8 columns per call (the group kernels), adding into `acc`.
+macro_rules! dispatch8 {
+    ($name:ident, $inner:ident, $act:ty, $bytes:expr) => {
+        fn $name(w: &[u8], a: &[&[$act]], out: &mut [[f32; 16]]) {
+            let nb = w.len() / $bytes;
+            // SAFETY: `kernel` hands these out only on CPUs with the features.
+            unsafe {
+                match a.len() {
+                    1 => $inner::<1>(w, nb, a, out),
+                    2 => $inner::<2>(w, nb, a, out),
+                    3 => $inner::<3>(w, nb, a, out),
+                    4 => $inner::<4>(w, nb, a, out),
+                    5 => $inner::<5>(w, nb, a, out),
+                    6 => $inner::<6>(w, nb, a, out),
+                    7 => $inner::<7>(w, nb, a, out),
+                    8 => $inner::<8>(w, nb, a, out),
+                    n => unreachable!("{n} columns per call"),
+                }
+            }
+        }
+    };
+}
+
+dispatch8!(q8_0_group, q8_0_g, Q8Group, 34);
+dispatch8!(q4_k_group, q4_k_g, Q8Group, 144);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut [f32]) {
@@ -228,14 +271,25 @@ unsafe fn q8_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut
 unsafe fn q4_k_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &mut [f32]) {
     // Per super-block: 8 sub-blocks of 32 with 6-bit scales and minimums.
     // Σ_j sc_j Σ q·x in i32 (VNNI, two sub-blocks per step), then one float
-    // multiply by d · d_x; the minimums use the activations' 16-element sums.
+    // multiply by d · d_x; the minimums, Σ_j min_j · (Σ x over sub-block j),
+    // go into a float vector that is reduced once at the end.
     let m4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    // Lanes 0..8 take scale 2k, lanes 8..16 scale 2k + 1.
+    let spread: [__m512i; 4] = std::array::from_fn(|k| {
+        let (lo, hi) = (2 * k as i32, 2 * k as i32 + 1);
+        _mm512_setr_epi32(
+            lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi,
+        )
+    });
     let mut acc = [_mm512_setzero_ps(); N];
-    let mut macc = [0f32; N];
+    let mut macc = [_mm256_setzero_ps(); N];
     for i in 0..nb {
         let b = w.as_ptr().add(i * 144);
         let (d, dmin) = (h2f(b), h2f(b.add(2)));
-        let (sc, mn) = k_scales_mins(std::slice::from_raw_parts(b.add(4), 12));
+        let (sc, mn) = k_scales_mins_u64(b.add(4));
+        let sc32 = _mm512_castsi256_si512(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64)));
+        let mn32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64));
         let qs = b.add(16);
         let mut wq = [_mm512_setzero_si512(); 4];
         let mut sv = [_mm512_setzero_si512(); 4];
@@ -245,29 +299,8 @@ unsafe fn q4_k_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &m
                 _mm256_and_si256(raw, m4),
                 _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4),
             );
-            sv[k] = join(
-                _mm256_set1_epi32(sc[2 * k] as i32),
-                _mm256_set1_epi32(sc[2 * k + 1] as i32),
-            );
+            sv[k] = _mm512_permutexvar_epi32(spread[k], sc32);
         }
-        let mins16 = _mm256_set_epi16(
-            mn[7] as i16,
-            mn[7] as i16,
-            mn[6] as i16,
-            mn[6] as i16,
-            mn[5] as i16,
-            mn[5] as i16,
-            mn[4] as i16,
-            mn[4] as i16,
-            mn[3] as i16,
-            mn[3] as i16,
-            mn[2] as i16,
-            mn[2] as i16,
-            mn[1] as i16,
-            mn[1] as i16,
-            mn[0] as i16,
-            mn[0] as i16,
-        );
         for c in 0..N {
             let x = a[c].get_unchecked(i);
             let xp = x.qs.as_ptr() as *const u8;
@@ -277,12 +310,323 @@ unsafe fn q4_k_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8KBlock]], out: &m
                 isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dpbusd(wq[k], xq), sv[k]));
             }
             acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(d * x.d), _mm512_cvtepi32_ps(isum), acc[c]);
+            // Σ x per sub-block (pairs of 16-element sums) times its minimum.
             let bs = _mm256_loadu_si256(x.bsums.as_ptr() as *const __m256i);
-            let m = _mm256_madd_epi16(bs, mins16);
-            macc[c] += dmin * x.d * hsum(_mm256_cvtepi32_ps(m));
+            let m = _mm256_mullo_epi32(_mm256_madd_epi16(bs, ones), mn32);
+            macc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * x.d), _mm256_cvtepi32_ps(m), macc[c]);
         }
     }
     for c in 0..N {
-        out[c] = _mm512_reduce_add_ps(acc[c]) - macc[c];
+        out[c] = _mm512_reduce_add_ps(acc[c]) - hsum(macc[c]);
+    }
+}
+
+/// The 6-bit scales and minimums of a Q4_K / Q5_K super-block (12 bytes at
+/// `p`) as 8 bytes each, by word operations (the same values as
+/// [`k_scales_mins`]).
+#[inline(always)]
+pub(crate) unsafe fn k_scales_mins_u64(p: *const u8) -> (u64, u64) {
+    const M6: u32 = 0x3f3f_3f3f;
+    const M4: u32 = 0x0f0f_0f0f;
+    const M2: u32 = 0x0303_0303;
+    let w0 = (p as *const u32).read_unaligned();
+    let w1 = (p.add(4) as *const u32).read_unaligned();
+    let w2 = (p.add(8) as *const u32).read_unaligned();
+    let sc_lo = w0 & M6;
+    let sc_hi = (w2 & M4) | (((w0 >> 6) & M2) << 4);
+    let mn_lo = w1 & M6;
+    let mn_hi = ((w2 >> 4) & M4) | (((w1 >> 6) & M2) << 4);
+    (
+        sc_lo as u64 | (sc_hi as u64) << 32,
+        mn_lo as u64 | (mn_hi as u64) << 32,
+    )
+}
+
+/// `vpermt2d` index tables of a three-round transpose of eight vectors whose
+/// 128 dwords are labelled `lane_of_block · 8 + dword`: round `k` pairs the
+/// vectors that differ in bit `k` of their index and sends the dwords whose
+/// number has bit `k` clear to the lower one, set to the upper one. After
+/// three rounds vector `d` holds dword `d` of blocks 0..16 in lanes 0..16.
+/// Built (and checked) at compile time from the starting labels; within a
+/// round every lower output uses one index vector and every upper output
+/// another (checked too), so a kernel keeps the six in registers.
+const fn transpose_tables(init: [[u8; 16]; 8]) -> [[[i32; 16]; 2]; 3] {
+    let mut cur = init;
+    let mut tab = [[[0i32; 16]; 8]; 3];
+    let mut k = 0;
+    while k < 3 {
+        let mut next = [[0u8; 16]; 8];
+        let mut v = 0;
+        while v < 8 {
+            let a = v & !(1 << k);
+            let b = a | (1 << k);
+            let want = (v >> k) & 1;
+            let mut n = 0;
+            let mut label = 0;
+            while label < 128 {
+                if ((label % 8) >> k) & 1 == want {
+                    let mut lane = 0;
+                    while lane < 32 {
+                        let src = if lane < 16 {
+                            cur[a][lane]
+                        } else {
+                            cur[b][lane - 16]
+                        };
+                        if src as usize == label {
+                            assert!(n < 16, "transpose: too many dwords for one vector");
+                            next[v][n] = label as u8;
+                            tab[k][v][n] = lane as i32;
+                            n += 1;
+                        }
+                        lane += 1;
+                    }
+                }
+                label += 1;
+            }
+            assert!(n == 16, "transpose: a vector is not filled");
+            v += 1;
+        }
+        cur = next;
+        k += 1;
+    }
+    let mut v = 0;
+    while v < 8 {
+        let mut l = 0;
+        while l < 16 {
+            assert!(cur[v][l] as usize == l * 8 + v, "transpose: wrong result");
+            l += 1;
+        }
+        v += 1;
+    }
+    let mut out = [[[0i32; 16]; 2]; 3];
+    let mut k = 0;
+    while k < 3 {
+        let mut v = 0;
+        while v < 8 {
+            let side = (v >> k) & 1;
+            let mut l = 0;
+            while l < 16 {
+                if v == side << k {
+                    out[k][side][l] = tab[k][v][l];
+                }
+                assert!(
+                    tab[k][v][l] == tab[k][side << k][l],
+                    "transpose: index vectors differ within a round"
+                );
+                l += 1;
+            }
+            v += 1;
+        }
+        k += 1;
+    }
+    out
+}
+
+/// Q8_0: vector `i` holds blocks `2i` (lanes 0..8) and `2i + 1` (lanes 8..16).
+const Q8_0_T: [[[i32; 16]; 2]; 3] = {
+    let mut init = [[0u8; 16]; 8];
+    let mut v = 0;
+    while v < 8 {
+        let mut m = 0;
+        while m < 16 {
+            init[v][m] = ((2 * v + m / 8) * 8 + m % 8) as u8;
+            m += 1;
+        }
+        v += 1;
+    }
+    transpose_tables(init)
+};
+
+/// Q4_K, two super-blocks: vector `v` = super-block `v / 4`, quant bytes
+/// `64 · ((v / 2) % 2)..` as low (`v` even) or high nibbles; its dword `m`
+/// belongs to sub-block `2 · (2 · half + m / 8) + nibble`.
+const Q4_K_T: [[[i32; 16]; 2]; 3] = {
+    let mut init = [[0u8; 16]; 8];
+    let mut v = 0;
+    while v < 8 {
+        let (sb, half, nib) = (v / 4, (v / 2) % 2, v % 2);
+        let mut m = 0;
+        while m < 16 {
+            let j = 2 * (2 * half + m / 8) + nib;
+            init[v][m] = ((8 * sb + j) * 8 + m % 8) as u8;
+            m += 1;
+        }
+        v += 1;
+    }
+    transpose_tables(init)
+};
+
+/// A transpose table's six index vectors, loaded once per call.
+#[inline(always)]
+unsafe fn load_table(tab: &[[[i32; 16]; 2]; 3]) -> [[__m512i; 2]; 3] {
+    std::array::from_fn(|k| {
+        std::array::from_fn(|h| _mm512_loadu_si512(tab[k][h].as_ptr() as *const _))
+    })
+}
+
+#[inline(always)]
+unsafe fn transpose(mut x: [__m512i; 8], idx: &[[__m512i; 2]; 3]) -> [__m512i; 8] {
+    for k in 0..3 {
+        let mut y = [_mm512_setzero_si512(); 8];
+        for v in 0..8 {
+            let a = v & !(1 << k);
+            let b = a | (1 << k);
+            y[v] = _mm512_permutex2var_epi32(x[a], idx[k][(v >> k) & 1], x[b]);
+        }
+        x = y;
+    }
+    x
+}
+
+/// Q8_0 against up to 8 columns, 16 blocks at a time: the weights are
+/// transposed once per group (so block `j`'s integer dot product collects in
+/// lane `j`), offset to unsigned (`w + 128`, with `−128 Σx` as the starting
+/// sum), and reused by every column.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q8_0_g<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Group]], out: &mut [[f32; 16]]) {
+    const BB: usize = 34;
+    let mut acc: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(out[c].as_ptr()));
+    let offs = _mm512_setr_epi32(
+        0, 34, 68, 102, 136, 170, 204, 238, 272, 306, 340, 374, 408, 442, 476, 510,
+    );
+    let flip = _mm512_set1_epi8(-128);
+    let tq = load_table(&Q8_0_T);
+    let mut tail = [0u8; 16 * BB];
+    for g in 0..nb.div_ceil(16) {
+        let n = (nb - 16 * g).min(16);
+        let src = if n == 16 {
+            w.as_ptr().add(16 * g * BB)
+        } else {
+            tail[..n * BB].copy_from_slice(&w[16 * g * BB..(16 * g + n) * BB]);
+            tail[n * BB..].fill(0);
+            tail.as_ptr()
+        };
+        let mut v = [_mm512_setzero_si512(); 8];
+        for (i, vi) in v.iter_mut().enumerate() {
+            *vi = join(
+                load256(src.add(2 * i * BB + 2)),
+                load256(src.add((2 * i + 1) * BB + 2)),
+            );
+        }
+        let v = transpose(v, &tq);
+        let mut wu = [_mm512_setzero_si512(); 8];
+        for d in 0..8 {
+            wu[d] = _mm512_xor_si512(v[d], flip);
+        }
+        let dh = _mm512_i32gather_epi32::<1>(offs, src as *const _);
+        let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
+        for c in 0..N {
+            let x = a[c].get_unchecked(g);
+            let isum = _mm512_loadu_si512(x.isum.as_ptr() as *const _);
+            // Two chains of four (vpdpbusd's latency, not its throughput, bounds one chain).
+            let mut s0 = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(isum));
+            let mut s1 = _mm512_setzero_si512();
+            for d in 0..4 {
+                let x0 = _mm512_loadu_si512(x.qs[d].as_ptr() as *const _);
+                let x1 = _mm512_loadu_si512(x.qs[d + 4].as_ptr() as *const _);
+                s0 = _mm512_dpbusd_epi32(s0, wu[d], x0);
+                s1 = _mm512_dpbusd_epi32(s1, wu[d + 4], x1);
+            }
+            let s = _mm512_add_epi32(s0, s1);
+            let f = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr()));
+            acc[c] = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(s), acc[c]);
+        }
+    }
+    for c in 0..N {
+        _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
+    }
+}
+
+/// Q4_K against up to 8 columns, two super-blocks (16 sub-blocks) at a time:
+/// nibbles split and transposed once per group so sub-block `l`'s integer
+/// dot product collects in lane `l`; then per column one multiply by
+/// `d · scale · d_x` and the minimums as `−dmin · min · d_x Σx`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_k_g<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Group]], out: &mut [[f32; 16]]) {
+    const BB: usize = 144;
+    let m4 = _mm512_set1_epi8(0x0f);
+    let tq = load_table(&Q4_K_T);
+    let nib = |z: __m512i| {
+        (
+            _mm512_and_si512(z, m4),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(z), m4),
+        )
+    };
+    let mut acc: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(out[c].as_ptr()));
+    for g in 0..nb.div_ceil(2) {
+        let b0 = w.as_ptr().add(2 * g * BB);
+        let two = 2 * g + 1 < nb;
+        let (a0, a1) = nib(_mm512_loadu_si512(b0.add(16) as *const _));
+        let (a2, a3) = nib(_mm512_loadu_si512(b0.add(80) as *const _));
+        let (sc0, mn0) = k_scales_mins_u64(b0.add(4));
+        // d and dmin of both super-blocks (0 for a missing second one).
+        let dd0 = (b0 as *const u32).read_unaligned() as u64;
+        let (v, sc1, mn1, dd1) = if two {
+            let b1 = b0.add(BB);
+            let (b0q, b1q) = nib(_mm512_loadu_si512(b1.add(16) as *const _));
+            let (b2q, b3q) = nib(_mm512_loadu_si512(b1.add(80) as *const _));
+            let (sc1, mn1) = k_scales_mins_u64(b1.add(4));
+            let dd1 = (b1 as *const u32).read_unaligned() as u64;
+            ([a0, a1, a2, a3, b0q, b1q, b2q, b3q], sc1, mn1, dd1)
+        } else {
+            let z = _mm512_setzero_si512();
+            ([a0, a1, a2, a3, z, z, z, z], 0, 0, 0)
+        };
+        let v = transpose(v, &tq);
+        // [d0, dmin0, d1, dmin1] as f32.
+        let dm = _mm_cvtph_ps(_mm_cvtsi64_si128((dd0 | dd1 << 32) as i64));
+        let dvec = _mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
+            _mm512_castps128_ps512(dm),
+        );
+        let mvec = _mm512_permutexvar_ps(
+            _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3),
+            _mm512_castps128_ps512(dm),
+        );
+        let scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(sc1 as i64, sc0 as i64)));
+        let mnf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(mn1 as i64, mn0 as i64)));
+        let dsc = _mm512_mul_ps(scf, dvec);
+        let nmin = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(mnf, mvec));
+        for c in 0..N {
+            let x = a[c].get_unchecked(g);
+            let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for d in 0..4 {
+                let x0 = _mm512_loadu_si512(x.qs[d].as_ptr() as *const _);
+                let x1 = _mm512_loadu_si512(x.qs[d + 4].as_ptr() as *const _);
+                s0 = _mm512_dpbusd_epi32(s0, v[d], x0);
+                s1 = _mm512_dpbusd_epi32(s1, v[d + 4], x1);
+            }
+            let s = _mm512_add_epi32(s0, s1);
+            let f = _mm512_mul_ps(dsc, _mm512_loadu_ps(x.d.as_ptr()));
+            acc[c] = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(s), acc[c]);
+            acc[c] = _mm512_fmadd_ps(nmin, _mm512_loadu_ps(x.sx.as_ptr()), acc[c]);
+        }
+    }
+    for c in 0..N {
+        _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_scale_unpacking_equals_the_bytewise_one() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            let mut s = [0u8; 12];
+            for b in s.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let (sc, mn) = k_scales_mins(&s);
+            // SAFETY: 12 readable bytes; no CPU feature is involved.
+            let (sw, mw) = unsafe { k_scales_mins_u64(s.as_ptr()) };
+            assert_eq!(sw.to_le_bytes(), sc, "{s:?}");
+            assert_eq!(mw.to_le_bytes(), mn, "{s:?}");
+        }
     }
 }

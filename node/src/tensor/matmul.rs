@@ -2,12 +2,15 @@
 //! `Y = W·X` for a batch of activation vectors, each weight row read from
 //! memory once for the whole batch, rows split across a [`ThreadPool`].
 
-use super::act::{pair_q8, quantize_q8, quantize_q8k, Q8Block, Q8KBlock, Q8Pair};
+use super::act::{
+    group_q8, group_q8k, pair_q8, quantize_q8, quantize_q8k, Q8Block, Q8Group, Q8KBlock, Q8Pair,
+};
 use super::dequant::KernelError;
 use super::pool::ThreadPool;
 use super::{dot_scalar as sc, GgmlType};
 
-/// A dot-product kernel: one weight row against 1..=4 activation columns.
+/// A dot-product kernel: one weight row against 1..=4 activation columns
+/// (1..=8 for the group kernels).
 #[derive(Clone, Copy)]
 pub enum Kernel {
     /// 32-element formats, against [`Q8Block`] activations.
@@ -18,6 +21,40 @@ pub enum Kernel {
     Q8K(fn(&[u8], &[&[Q8KBlock]], &mut [f32])),
     /// Float formats, against f32 activations.
     F32(fn(&[u8], &[&[f32]], &mut [f32])),
+    /// 32-element formats against [`Q8Group`]s made from [`Q8Block`]s
+    /// (AVX-512: weights transposed in registers, up to 8 columns per call).
+    /// A call covers part of a row (whole groups) and adds into one
+    /// 16-lane accumulator per column, summed by [`reduce_lanes`] at the end.
+    Q8Group(GroupFn),
+    /// K-quants against [`Q8Group`]s made from [`Q8KBlock`]s (the same).
+    Q8KGroup(GroupFn),
+}
+
+/// A group kernel: weights of whole groups of one row, the same groups of
+/// up to 8 activation columns, one accumulator per column.
+pub type GroupFn = fn(&[u8], &[&[Q8Group]], &mut [[f32; 16]]);
+
+/// Sum of a group kernel's accumulator lanes, in a fixed order.
+pub fn reduce_lanes(a: &[f32; 16]) -> f32 {
+    let mut v = *a;
+    let mut n = 16;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            v[i] += v[i + n];
+        }
+    }
+    v[0]
+}
+
+impl Kernel {
+    /// Most activation columns one call takes.
+    fn columns_per_call(&self) -> usize {
+        match self {
+            Kernel::Q8Group(_) | Kernel::Q8KGroup(_) => 8,
+            _ => 4,
+        }
+    }
 }
 
 /// Which instruction set the kernels use. Only [`Simd::detect`] can give
@@ -197,6 +234,7 @@ pub struct Scratch {
     q8: Vec<Q8Block>,
     q8p: Vec<Q8Pair>,
     q8k: Vec<Q8KBlock>,
+    grp: Vec<Q8Group>,
 }
 
 /// Output pointer shared by tasks that write disjoint rows.
@@ -219,6 +257,20 @@ impl OutPtr {
 fn rows_per_task(rows: usize, threads: usize) -> usize {
     let target_tasks = threads * 8;
     rows.div_ceil(target_tasks).clamp(4, 256)
+}
+
+/// Whether a group kernel should give way to its format's row kernel: for
+/// one column (the transposition is not shared), and for rows shorter than
+/// four groups that end in a partial one (it costs a whole group: 18 blocks
+/// would pay for 32). The choice depends on the batch only through
+/// `n_vecs == 1`, so any batch of two or more gives every column the same bits.
+fn prefer_row_kernel(k: &Kernel, nb: usize, n_vecs: usize) -> bool {
+    let group_blocks = match k {
+        Kernel::Q8Group(_) => 16,
+        Kernel::Q8KGroup(_) => 2,
+        _ => return false,
+    };
+    n_vecs == 1 || (!nb.is_multiple_of(group_blocks) && nb < 4 * group_blocks)
 }
 
 /// Most matrices one [`matmul_many`] dispatch takes.
@@ -291,11 +343,19 @@ pub fn matmul_many(
             });
         }
     }
-    let k = kernel(w.dtype, simd).ok_or(KernelError::Unsupported(w.dtype))?;
+    let mut k = kernel(w.dtype, simd).ok_or(KernelError::Unsupported(w.dtype))?;
+    let nb = w.cols / w.dtype.layout().map_or(1, |l| l.block_elems);
+    #[cfg(target_arch = "x86_64")]
+    if simd.avx512 && prefer_row_kernel(&k, nb, n_vecs) {
+        // SAFETY: as in `kernel`.
+        if let Some(row) = unsafe { super::dot_avx512::row_kernel(w.dtype) } {
+            k = row;
+        }
+    }
     if n_vecs == 0 || ws.iter().all(|w| w.rows == 0) {
         return Ok(());
     }
-    let nb = w.cols / w.dtype.layout().map_or(1, |l| l.block_elems);
+    let per_call = k.columns_per_call();
     match k {
         Kernel::Q8(f) => {
             scratch.q8.resize(n_vecs * nb, Q8Block::default());
@@ -303,7 +363,7 @@ pub fn matmul_many(
                 quantize_q8(xv, qv);
             }
             let acts = &scratch.q8[..n_vecs * nb];
-            run_rows(pool, ws, n_vecs, ys, |row, v0, nv, out| {
+            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
                 let cols: [&[Q8Block]; 4] = std::array::from_fn(|i| {
                     if i < nv {
                         &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
@@ -327,7 +387,7 @@ pub fn matmul_many(
                 pair_q8(qv, pv);
             }
             let acts = &scratch.q8p[..n_vecs * np];
-            run_rows(pool, ws, n_vecs, ys, |row, v0, nv, out| {
+            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
                 let cols: [&[Q8Pair]; 4] = std::array::from_fn(|i| {
                     if i < nv {
                         &acts[(v0 + i) * np..(v0 + i + 1) * np]
@@ -344,7 +404,7 @@ pub fn matmul_many(
                 quantize_q8k(xv, qv);
             }
             let acts = &scratch.q8k[..n_vecs * nb];
-            run_rows(pool, ws, n_vecs, ys, |row, v0, nv, out| {
+            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
                 let cols: [&[Q8KBlock]; 4] = std::array::from_fn(|i| {
                     if i < nv {
                         &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
@@ -355,9 +415,57 @@ pub fn matmul_many(
                 f(row, &cols[..nv], out)
             });
         }
+        Kernel::Q8Group(f) => {
+            scratch.q8.resize(n_vecs * nb, Q8Block::default());
+            let ng = nb.div_ceil(16);
+            scratch.grp.resize(n_vecs * ng, Q8Group::default());
+            for ((xv, qv), gv) in x
+                .chunks_exact(w.cols)
+                .zip(scratch.q8.chunks_exact_mut(nb))
+                .zip(scratch.grp.chunks_exact_mut(ng))
+            {
+                quantize_q8(xv, qv);
+                group_q8(qv, gv);
+            }
+            let group_bytes = 16 * w.row_bytes() / nb;
+            run_rows_grouped(
+                pool,
+                ws,
+                n_vecs,
+                ys,
+                &scratch.grp[..n_vecs * ng],
+                ng,
+                group_bytes,
+                f,
+            );
+        }
+        Kernel::Q8KGroup(f) => {
+            scratch.q8k.resize(n_vecs * nb, Q8KBlock::default());
+            let ng = nb.div_ceil(2);
+            scratch.grp.resize(n_vecs * ng, Q8Group::default());
+            for ((xv, qv), gv) in x
+                .chunks_exact(w.cols)
+                .zip(scratch.q8k.chunks_exact_mut(nb))
+                .zip(scratch.grp.chunks_exact_mut(ng))
+            {
+                quantize_q8k(xv, qv);
+                group_q8k(qv, gv);
+            }
+            let group_bytes = 2 * w.row_bytes() / nb;
+            run_rows_grouped(
+                pool,
+                ws,
+                n_vecs,
+                ys,
+                &scratch.grp[..n_vecs * ng],
+                ng,
+                group_bytes,
+                f,
+            );
+        }
         Kernel::F32(f) => {
             let cols_n = w.cols;
-            run_rows(pool, ws, n_vecs, ys, |row, v0, nv, out| {
+            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
                 let cols: [&[f32]; 4] = std::array::from_fn(|i| {
                     if i < nv {
                         &x[(v0 + i) * cols_n..(v0 + i + 1) * cols_n]
@@ -373,12 +481,13 @@ pub fn matmul_many(
 }
 
 /// Split the rows of every matrix in `ws` across the pool in one dispatch;
-/// within a task, tiles of rows × groups of 4 columns. `ys[m]` receives the
-/// products of `ws[m]`.
+/// within a task, tiles of rows × groups of `per_call` (≤ 8) columns. `ys[m]`
+/// receives the products of `ws[m]`.
 fn run_rows(
     pool: &ThreadPool,
     ws: &[&Matrix],
     n_vecs: usize,
+    per_call: usize,
     ys: &mut [&mut [f32]],
     dot: impl Fn(&[u8], usize, usize, &mut [f32]) + Sync,
 ) {
@@ -404,11 +513,11 @@ fn run_rows(
         let r0 = (t - first_task[m]) * per;
         let r1 = (r0 + per).min(w.rows);
         let rows = w.rows;
-        let mut res = [0f32; 4];
+        let mut res = [0f32; 8];
         for tile in (r0..r1).step_by(ROW_TILE) {
             let tile_end = (tile + ROW_TILE).min(r1);
-            for v0 in (0..n_vecs).step_by(4) {
-                let nv = (n_vecs - v0).min(4);
+            for v0 in (0..n_vecs).step_by(per_call) {
+                let nv = (n_vecs - v0).min(per_call);
                 for r in tile..tile_end {
                     dot(w.row(r), v0, nv, &mut res[..nv]);
                     for (i, &val) in res[..nv].iter().enumerate() {
@@ -421,6 +530,112 @@ fn run_rows(
             }
         }
     });
+}
+
+/// Bytes of activations [`run_rows_grouped`] keeps in L1 while a tile of
+/// rows passes over them (e.g. 8 columns × 4 groups of 704 bytes).
+const GROUP_CHUNK_BYTES: usize = 24 << 10;
+
+/// How many rows ahead [`run_rows_grouped`] prefetches weights.
+const PREFETCH_ROWS: usize = 4;
+
+/// Where the whole group kernels' activations do not fit in L1 (8 columns of
+/// a 8192-wide row are 90 KiB), each tile of rows is taken a chunk of groups
+/// at a time, the kernels adding into per-(row, column) accumulators; the
+/// additions happen in the same order as without chunks, so results do not
+/// depend on the batch.
+#[allow(clippy::too_many_arguments)]
+fn run_rows_grouped(
+    pool: &ThreadPool,
+    ws: &[&Matrix],
+    n_vecs: usize,
+    ys: &mut [&mut [f32]],
+    acts: &[Q8Group],
+    ng: usize,
+    group_bytes: usize,
+    f: GroupFn,
+) {
+    debug_assert_eq!(ws.len(), ys.len());
+    assert!(
+        ws.len() <= MAX_MANY,
+        "at most {MAX_MANY} matrices per dispatch"
+    );
+    let total_rows: usize = ws.iter().map(|w| w.rows).sum();
+    let per = rows_per_task(total_rows, pool.n_threads());
+    let mut outs = [OutPtr(std::ptr::null_mut()); MAX_MANY];
+    let mut first_task = [0usize; MAX_MANY + 1];
+    for (m, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
+        outs[m] = OutPtr(y.as_mut_ptr());
+        first_task[m + 1] = first_task[m] + w.rows.div_ceil(per);
+    }
+    let n_tasks = first_task[ws.len()];
+    pool.run(n_tasks, &|t| {
+        let m = (0..ws.len())
+            .rfind(|&m| first_task[m] <= t)
+            .expect("task in range");
+        let (w, out) = (ws[m], outs[m]);
+        let r0 = (t - first_task[m]) * per;
+        let r1 = (r0 + per).min(w.rows);
+        let rows = w.rows;
+        let mut acc = [[[0f32; 16]; 8]; ROW_TILE];
+        for tile in (r0..r1).step_by(ROW_TILE) {
+            let tile_end = (tile + ROW_TILE).min(r1);
+            for v0 in (0..n_vecs).step_by(8) {
+                let nv = (n_vecs - v0).min(8);
+                for a in acc[..tile_end - tile].iter_mut() {
+                    a[..nv].fill([0f32; 16]);
+                }
+                let chunk = (GROUP_CHUNK_BYTES / (nv * std::mem::size_of::<Q8Group>())).max(1);
+                for g0 in (0..ng).step_by(chunk) {
+                    let g1 = (g0 + chunk).min(ng);
+                    let cols: [&[Q8Group]; 8] = std::array::from_fn(|i| {
+                        if i < nv {
+                            &acts[(v0 + i) * ng + g0..(v0 + i) * ng + g1]
+                        } else {
+                            &[]
+                        }
+                    });
+                    let span = |r: usize| {
+                        let row = w.row(r);
+                        &row[g0 * group_bytes..(g1 * group_bytes).min(row.len())]
+                    };
+                    // A chunk is too short a run for the hardware prefetcher:
+                    // fetch two rows ahead while a row is computed.
+                    for r in tile..(tile + PREFETCH_ROWS).min(tile_end) {
+                        prefetch(span(r));
+                    }
+                    for r in tile..tile_end {
+                        if r + PREFETCH_ROWS < tile_end {
+                            prefetch(span(r + PREFETCH_ROWS));
+                        }
+                        f(span(r), &cols[..nv], &mut acc[r - tile][..nv]);
+                    }
+                }
+                for r in tile..tile_end {
+                    for (i, a) in acc[r - tile][..nv].iter().enumerate() {
+                        // SAFETY: as in `run_rows`.
+                        unsafe { out.write((v0 + i) * rows + r, reduce_lanes(a)) };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Ask for `bytes` to be brought into the caches.
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..bytes.len()).step_by(64) {
+        // SAFETY: a prefetch of an address inside `bytes` (a hint; it cannot fault).
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                bytes.as_ptr().add(off) as *const i8,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// Single-threaded convenience: `y = W·x` for one vector.
