@@ -6,11 +6,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-models.sh
-# What the server tests drive it with: the official openai package (in a
-# virtualenv under target/) and promtool (Debian's prometheus package).
-if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openai" 2>/dev/null; then
-    python3 -m venv target/pyenv
-    target/pyenv/bin/pip install --quiet --disable-pip-version-check openai
+# What some tests check against: the official openai package (server
+# tests) and Hugging Face tokenizers (the exported tokenizer.json), in a
+# virtualenv under target/, and promtool (Debian's prometheus package).
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openai, tokenizers" 2>/dev/null; then
+    [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
+    target/pyenv/bin/pip install --quiet --disable-pip-version-check openai tokenizers
 fi
 export REALIZAR_TEST_PYTHON="$PWD/target/pyenv/bin/python"
 if ! command -v promtool >/dev/null; then

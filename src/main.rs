@@ -47,9 +47,21 @@ enum Command {
         #[arg(long = "type")]
         dtype: String,
     },
+    /// Write a GGUF model (llama or qwen2, byte-level BPE tokenizer) as a
+    /// Hugging Face safetensors directory: model.safetensors in HF layout,
+    /// config.json, tokenizer.json, tokenizer_config.json.
+    Export {
+        input: PathBuf,
+        /// Output directory (created).
+        output: PathBuf,
+        /// Tensor type: F32, F16 or BF16.
+        #[arg(long = "type", default_value = "F32")]
+        dtype: String,
+    },
     /// Generate text from a prompt, streaming it to stdout; speeds go to stderr.
     Run {
-        /// A GGUF file, or a known model name (smollm2, gemma3).
+        /// A GGUF file, a Hugging Face safetensors directory, or a known
+        /// model name (smollm2, gemma3).
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
@@ -370,6 +382,34 @@ fn quantize(input: &Path, output: &Path, dtype: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn export(input: &Path, output: &Path, dtype: &str) -> ExitCode {
+    use realizar_node::format::StDtype;
+    let t = match dtype.to_ascii_uppercase().as_str() {
+        "F32" => StDtype::F32,
+        "F16" => StDtype::F16,
+        "BF16" => StDtype::BF16,
+        _ => return fail("export", format!("--type {dtype:?}: F32, F16 or BF16")),
+    };
+    let src = match realizar_node::format::GgufFile::open(input) {
+        Ok(f) => f,
+        Err(e) => return fail("export", e),
+    };
+    let started = std::time::Instant::now();
+    match realizar_node::format::hf_convert::export_hf(&src, output, t) {
+        Ok(s) => {
+            eprintln!(
+                "wrote {} ({} tensors, {:.1} MiB) in {:.1} s",
+                output.display(),
+                s.tensors,
+                s.bytes as f64 / (1 << 20) as f64,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("export", e),
+    }
+}
+
 /// A model argument: a path, or a known name whose file lives in models/
 /// (fetched with scripts/fetch-models.sh when missing).
 fn resolve_model(arg: &Path) -> Result<PathBuf, String> {
@@ -405,7 +445,7 @@ type Loaded = (
 fn load_model(arg: &Path) -> Result<Loaded, String> {
     let path = &resolve_model(arg)?;
     let f = std::sync::Arc::new(
-        realizar_node::format::GgufFile::open(path).map_err(|e| e.to_string())?,
+        realizar_node::format::hf_convert::open_model_file(path).map_err(|e| e.to_string())?,
     );
     let tok = realizar_node::tokenizer::Tokenizer::from_gguf(f.metadata())
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -642,6 +682,11 @@ fn main() -> ExitCode {
             output,
             dtype,
         } => quantize(&input, &output, &dtype),
+        Command::Export {
+            input,
+            output,
+            dtype,
+        } => export(&input, &output, &dtype),
         Command::Run {
             model,
             prompt,

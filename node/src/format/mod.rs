@@ -6,6 +6,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_write;
 pub mod hf;
+pub mod hf_convert;
 pub mod safetensors;
 pub mod storage;
 pub mod summary;

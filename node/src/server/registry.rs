@@ -17,7 +17,6 @@ use serde::Serialize;
 
 use super::config::ModelOptions;
 use super::executor::{Event, ExecConfig, ExecMsg, Executor, Exit, GenRequest};
-use crate::format::GgufFile;
 use crate::model::{Logits, Model, Workspace};
 use crate::tensor::{Simd, ThreadPool};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
@@ -267,7 +266,8 @@ fn open_model(spec: &LoadSpec, resolver: &Resolver, threads: usize) -> Result<Op
     let t0 = Instant::now();
     let path = resolver(&spec.path)?;
     tracing::info!(model = %spec.id, path = %path.display(), "loading: mapping the file");
-    let file = Arc::new(GgufFile::open(&path).map_err(|e| e.to_string())?);
+    let file =
+        Arc::new(crate::format::hf_convert::open_model_file(&path).map_err(|e| e.to_string())?);
     let file_bytes = file.bytes().len() as u64;
     tracing::info!(model = %spec.id, mib = file_bytes >> 20, "loading: tokenizer");
     let tok =
