@@ -269,7 +269,9 @@ pub fn export_hf(src: &GgufFile, out_dir: &Path, dtype: StDtype) -> Result<Expor
         let cols = t.dims[0] as usize;
         let values = match qk_heads(&arch, t.name, n_head, n_head_kv) {
             Some(heads) => {
-                if cols == 0 || values.len() / cols.max(1) != heads * head_dim || head_dim % 2 != 0
+                if cols == 0
+                    || values.len() / cols.max(1) != heads * head_dim
+                    || !head_dim.is_multiple_of(2)
                 {
                     return Err(schema(
                         file,
@@ -487,7 +489,7 @@ pub fn import_hf(dir: &Path) -> Result<GgufFile> {
     let n_embd = need(c.hidden_size, "hidden_size")?;
     let n_head = need(c.num_attention_heads, "num_attention_heads")?;
     let n_head_kv = c.num_key_value_heads.unwrap_or(n_head);
-    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+    if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
         return Err(schema(
             &cfg_path,
             "num_key_value_heads",
@@ -560,7 +562,7 @@ pub fn import_hf(dir: &Path) -> Result<GgufFile> {
         let data = match qk_heads(arch, &gname, n_head as usize, n_head_kv as usize) {
             Some(heads) => {
                 let rows = t.data.len() / row_bytes.max(1);
-                if rows != heads * head_dim as usize || head_dim % 2 != 0 {
+                if rows != heads * head_dim as usize || !head_dim.is_multiple_of(2) {
                     return Err(schema(
                         dir,
                         t.name,
