@@ -7,11 +7,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-models.sh
 # What some tests check against: the official openai package (server
-# tests) and Hugging Face tokenizers (the exported tokenizer.json), in a
-# virtualenv under target/, and promtool (Debian's prometheus package).
-if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openai, tokenizers" 2>/dev/null; then
+# tests), Hugging Face tokenizers (the exported tokenizer.json) and numpy
+# (the qwen2 reference forward), in a virtualenv under target/, and
+# promtool (Debian's prometheus package).
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openai, tokenizers, numpy" 2>/dev/null; then
     [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
-    target/pyenv/bin/pip install --quiet --disable-pip-version-check openai tokenizers
+    target/pyenv/bin/pip install --quiet --disable-pip-version-check openai tokenizers numpy
 fi
 export REALIZAR_TEST_PYTHON="$PWD/target/pyenv/bin/python"
 if ! command -v promtool >/dev/null; then

@@ -1,19 +1,23 @@
 //! The llama family (SmolLM2, TinyLlama, Llama 2/3, Mistral): RMSNorm,
 //! grouped-query attention with RoPE on adjacent pairs (the GGUF layout),
-//! SwiGLU feed-forward, tied or separate output projection.
+//! SwiGLU feed-forward, tied or separate output projection. The same code
+//! runs qwen2 (see [`super::qwen2`]): biases on Q/K/V and RoPE on the two
+//! halves of each head (NEOX style).
 
 use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
 pub use super::kv::{KvCache, KvPool, KvType};
-use super::ops::{add_in_place, rms_norm, rope_adjacent, rope_inv_freq, rope_table, swiglu};
+use super::ops::{
+    add_in_place, rms_norm, rope_adjacent, rope_inv_freq, rope_neox, rope_table, swiglu,
+};
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{matmul, matmul_many, Scratch, Simd, ThreadPool};
 
 impl Model for Llama {
     fn architecture(&self) -> &'static str {
-        "llama"
+        self.variant.arch()
     }
     fn dims(&self) -> Dims {
         let c = &self.cfg;
@@ -36,6 +40,25 @@ impl Model for Llama {
     }
 }
 
+/// Which member of the family: the GGUF architecture name and its
+/// differences from llama.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// RoPE on adjacent pairs, no attention biases.
+    Llama,
+    /// Q/K/V biases, RoPE on the halves of each head.
+    Qwen2,
+}
+
+impl Variant {
+    pub fn arch(self) -> &'static str {
+        match self {
+            Variant::Llama => "llama",
+            Variant::Qwen2 => "qwen2",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
     pub n_embd: usize,
@@ -55,6 +78,8 @@ struct Layer {
     wq: Weight,
     wk: Weight,
     wv: Weight,
+    /// Q, K, V biases (qwen2).
+    bias: Option<[Vec<f32>; 3]>,
     wo: Weight,
     ffn_norm: Vec<f32>,
     w_gate: Weight,
@@ -64,6 +89,7 @@ struct Layer {
 
 pub struct Llama {
     pub cfg: LlamaConfig,
+    variant: Variant,
     file: Arc<GgufFile>,
     tok_embd: Weight,
     layers: Vec<Layer>,
@@ -74,43 +100,49 @@ pub struct Llama {
 
 impl Llama {
     pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+        Self::load_variant(file, Variant::Llama)
+    }
+
+    /// Load a file of `variant`'s architecture (its keys are `<arch>.*`).
+    pub fn load_variant(file: Arc<GgufFile>, variant: Variant) -> Result<Self, ModelError> {
         let l = Loader { file: &file };
         let arch = file.metadata().architecture().unwrap_or("").to_owned();
-        if arch != "llama" {
+        if arch != variant.arch() {
             return Err(ModelError::UnsupportedArchitecture(arch));
         }
-        let n_embd = l.u64("llama.embedding_length")? as usize;
-        let n_head = l.u64("llama.attention.head_count")? as usize;
+        let key = |k: &str| format!("{arch}.{k}");
+        let n_embd = l.u64(&key("embedding_length"))? as usize;
+        let n_head = l.u64(&key("attention.head_count"))? as usize;
         let n_head_kv = file
             .metadata()
-            .get_u64("llama.attention.head_count_kv")
+            .get_u64(&key("attention.head_count_kv"))
             .unwrap_or(n_head as u64) as usize;
         let head_dim = file
             .metadata()
-            .get_u64("llama.attention.key_length")
+            .get_u64(&key("attention.key_length"))
             .map_or(n_embd / n_head.max(1), |v| v as usize);
         let n_vocab = file
             .metadata()
-            .get_u64("llama.vocab_size")
+            .get_u64(&key("vocab_size"))
             .or(file
                 .metadata()
                 .get_array("tokenizer.ggml.tokens")
                 .map(|a| a.len() as u64))
             .ok_or_else(|| ModelError::Metadata {
                 file: file.path().display().to_string(),
-                key: "llama.vocab_size".into(),
+                key: key("vocab_size"),
             })? as usize;
         let cfg = LlamaConfig {
             n_embd,
-            n_layer: l.u64("llama.block_count")? as usize,
+            n_layer: l.u64(&key("block_count"))? as usize,
             n_head,
             n_head_kv,
             head_dim,
-            n_ff: l.u64("llama.feed_forward_length")? as usize,
+            n_ff: l.u64(&key("feed_forward_length"))? as usize,
             n_vocab,
-            n_ctx_train: l.u64("llama.context_length")? as usize,
-            rope_base: l.f64_or("llama.rope.freq_base", 10000.0),
-            rms_eps: l.f64_or("llama.attention.layer_norm_rms_epsilon", 1e-5) as f32,
+            n_ctx_train: l.u64(&key("context_length"))? as usize,
+            rope_base: l.f64_or(&key("rope.freq_base"), 10000.0),
+            rms_eps: l.f64_or(&key("attention.layer_norm_rms_epsilon"), 1e-5) as f32,
         };
         if n_head == 0
             || n_head_kv == 0
@@ -119,7 +151,7 @@ impl Llama {
         {
             return Err(ModelError::Metadata {
                 file: file.path().display().to_string(),
-                key: "llama.attention.head_count_kv".into(),
+                key: key("attention.head_count_kv"),
             });
         }
         let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
@@ -131,6 +163,14 @@ impl Llama {
                 wq: l.matrix(&p("attn_q.weight"), n_embd, q_dim)?,
                 wk: l.matrix(&p("attn_k.weight"), n_embd, kv_dim)?,
                 wv: l.matrix(&p("attn_v.weight"), n_embd, kv_dim)?,
+                bias: match variant {
+                    Variant::Llama => None,
+                    Variant::Qwen2 => Some([
+                        l.vector(&p("attn_q.bias"), q_dim)?,
+                        l.vector(&p("attn_k.bias"), kv_dim)?,
+                        l.vector(&p("attn_v.bias"), kv_dim)?,
+                    ]),
+                },
                 wo: l.matrix(&p("attn_output.weight"), q_dim, n_embd)?,
                 ffn_norm: l.vector(&p("ffn_norm.weight"), n_embd)?,
                 w_gate: l.matrix(&p("ffn_gate.weight"), n_embd, cfg.n_ff)?,
@@ -148,6 +188,7 @@ impl Llama {
         let inv_freq = rope_inv_freq(head_dim, cfg.rope_base);
         Ok(Llama {
             cfg,
+            variant,
             file: file.clone(),
             tok_embd,
             layers,
@@ -214,10 +255,21 @@ impl Llama {
                 &mut ws.scratch,
             )
             .expect("shapes checked at load");
+            if let Some([bq, bk, bv]) = &layer.bias {
+                for i in 0..t {
+                    add_in_place(&mut ws.q[i * q_dim..(i + 1) * q_dim], bq);
+                    add_in_place(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], bk);
+                    add_in_place(&mut ws.v[i * kv_dim..(i + 1) * kv_dim], bv);
+                }
+            }
+            let rope = match self.variant {
+                Variant::Llama => rope_adjacent,
+                Variant::Qwen2 => rope_neox,
+            };
             for i in 0..t {
                 let sc = &ws.rope[i * np..(i + 1) * np];
-                rope_adjacent(&mut ws.q[i * q_dim..(i + 1) * q_dim], c.head_dim, sc);
-                rope_adjacent(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], c.head_dim, sc);
+                rope(&mut ws.q[i * q_dim..(i + 1) * q_dim], c.head_dim, sc);
+                rope(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], c.head_dim, sc);
                 kv.store(
                     seqs[ws.tok_seq[i] as usize].table,
                     li,

@@ -5,6 +5,7 @@ pub mod gemma3;
 pub mod kv;
 pub mod llama;
 pub mod ops;
+pub mod qwen2;
 
 pub use kv::{KvCache, KvPool, KvType};
 
@@ -239,6 +240,7 @@ pub trait Model: Send + Sync {
 pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>, ModelError> {
     match file.metadata().architecture().unwrap_or("") {
         "llama" => Ok(Box::new(llama::Llama::load(file)?)),
+        "qwen2" => Ok(Box::new(qwen2::load(file)?)),
         "gemma3" => Ok(Box::new(gemma3::Gemma3::load(file)?)),
         other => Err(ModelError::UnsupportedArchitecture(other.to_owned())),
     }
@@ -270,7 +272,7 @@ pub enum ModelError {
     },
 }
 
-pub const SUPPORTED: &str = "llama (SmolLM2, TinyLlama, Llama 2/3, Mistral), gemma3";
+pub const SUPPORTED: &str = "llama (SmolLM2, TinyLlama, Llama 2/3, Mistral), qwen2, gemma3";
 
 /// A weight matrix inside the mapped model file.
 #[derive(Debug, Clone)]
