@@ -7,6 +7,10 @@
 //! tokenizer.json is also loaded by Hugging Face `tokenizers` (Python, in the
 //! virtualenv scripts/test.sh makes; REALIZAR_TEST_PYTHON names it).
 
+mod common;
+
+use common::python;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -282,17 +286,6 @@ fn unsupported_directories_are_named_errors() {
     let e = open_model_file(&dir).unwrap_err().to_string();
     assert!(e.contains("hidden_size"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn python() -> String {
-    std::env::var("REALIZAR_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyenv/bin/python");
-        if Path::new(venv).exists() {
-            venv.to_owned()
-        } else {
-            "python3".to_owned()
-        }
-    })
 }
 
 /// The exported tokenizer.json is a real one: Hugging Face `tokenizers`

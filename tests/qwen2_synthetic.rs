@@ -6,6 +6,10 @@
 //! output). No Qwen2 weights can be fetched here; this checks the
 //! architecture, not a checkpoint.
 
+mod common;
+
+use common::python;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,17 +29,6 @@ const HEAD_DIM: usize = HIDDEN / HEADS;
 const FF: usize = 96;
 const LAYERS: usize = 2;
 const VOCAB: usize = 96;
-
-fn python() -> String {
-    std::env::var("REALIZAR_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyenv/bin/python");
-        if Path::new(venv).exists() {
-            venv.to_owned()
-        } else {
-            "python3".to_owned()
-        }
-    })
-}
 
 struct Rng(u64);
 impl Rng {

@@ -8,18 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Server;
-
-fn python() -> String {
-    std::env::var("REALIZAR_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyenv/bin/python");
-        if std::path::Path::new(venv).exists() {
-            venv.to_owned()
-        } else {
-            "python3".to_owned()
-        }
-    })
-}
+use common::{python, Server};
 
 #[test]
 fn openai_client_and_promtool_against_serve() {

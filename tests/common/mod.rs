@@ -184,3 +184,16 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// The Python interpreter of the test oracles (openai, tokenizers, numpy):
+/// REALIZAR_TEST_PYTHON, else the virtualenv scripts/test.sh makes, else python3.
+pub fn python() -> String {
+    std::env::var("REALIZAR_TEST_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyenv/bin/python");
+        if std::path::Path::new(venv).exists() {
+            venv.to_owned()
+        } else {
+            "python3".to_owned()
+        }
+    })
+}

@@ -417,51 +417,27 @@ pub fn matmul_many(
         }
         Kernel::Q8Group(f) => {
             scratch.q8.resize(n_vecs * nb, Q8Block::default());
-            let ng = nb.div_ceil(16);
-            scratch.grp.resize(n_vecs * ng, Q8Group::default());
-            for ((xv, qv), gv) in x
-                .chunks_exact(w.cols)
-                .zip(scratch.q8.chunks_exact_mut(nb))
-                .zip(scratch.grp.chunks_exact_mut(ng))
-            {
+            let q8 = &mut scratch.q8;
+            let ng = group_activations(x, w.cols, nb, 16, &mut scratch.grp, |v, xv, g| {
+                let qv = &mut q8[v * nb..(v + 1) * nb];
                 quantize_q8(xv, qv);
-                group_q8(qv, gv);
-            }
+                group_q8(qv, g);
+            });
+            let acts = &scratch.grp[..n_vecs * ng];
             let group_bytes = 16 * w.row_bytes() / nb;
-            run_rows_grouped(
-                pool,
-                ws,
-                n_vecs,
-                ys,
-                &scratch.grp[..n_vecs * ng],
-                ng,
-                group_bytes,
-                f,
-            );
+            run_rows_grouped(pool, ws, n_vecs, ys, acts, ng, group_bytes, f);
         }
         Kernel::Q8KGroup(f) => {
             scratch.q8k.resize(n_vecs * nb, Q8KBlock::default());
-            let ng = nb.div_ceil(2);
-            scratch.grp.resize(n_vecs * ng, Q8Group::default());
-            for ((xv, qv), gv) in x
-                .chunks_exact(w.cols)
-                .zip(scratch.q8k.chunks_exact_mut(nb))
-                .zip(scratch.grp.chunks_exact_mut(ng))
-            {
+            let q8k = &mut scratch.q8k;
+            let ng = group_activations(x, w.cols, nb, 2, &mut scratch.grp, |v, xv, g| {
+                let qv = &mut q8k[v * nb..(v + 1) * nb];
                 quantize_q8k(xv, qv);
-                group_q8k(qv, gv);
-            }
+                group_q8k(qv, g);
+            });
+            let acts = &scratch.grp[..n_vecs * ng];
             let group_bytes = 2 * w.row_bytes() / nb;
-            run_rows_grouped(
-                pool,
-                ws,
-                n_vecs,
-                ys,
-                &scratch.grp[..n_vecs * ng],
-                ng,
-                group_bytes,
-                f,
-            );
+            run_rows_grouped(pool, ws, n_vecs, ys, acts, ng, group_bytes, f);
         }
         Kernel::F32(f) => {
             let cols_n = w.cols;
@@ -530,6 +506,29 @@ fn run_rows(
             }
         }
     });
+}
+
+/// Quantize and regroup every input vector for a group kernel whose groups
+/// hold `per_group` weight blocks (`quantize(v, x_v, groups_v)`); returns
+/// the groups per vector.
+fn group_activations(
+    x: &[f32],
+    cols: usize,
+    nb: usize,
+    per_group: usize,
+    grp: &mut Vec<Q8Group>,
+    mut quantize: impl FnMut(usize, &[f32], &mut [Q8Group]),
+) -> usize {
+    let ng = nb.div_ceil(per_group);
+    grp.resize(x.len() / cols * ng, Q8Group::default());
+    for (v, (xv, gv)) in x
+        .chunks_exact(cols)
+        .zip(grp.chunks_exact_mut(ng))
+        .enumerate()
+    {
+        quantize(v, xv, gv);
+    }
+    ng
 }
 
 /// Bytes of activations [`run_rows_grouped`] keeps in L1 while a tile of
