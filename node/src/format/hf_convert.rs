@@ -31,68 +31,59 @@ use crate::tensor::{dequantize_to_vec, GgmlType};
 /// Architectures the converters handle.
 pub const SUPPORTED: &[&str] = &["llama", "qwen2"];
 
-/// HF tensor name for a GGUF one (`None`: not a model tensor we know).
-fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
+/// Whole-model tensors: (GGUF name, HF name).
+const MODEL_NAMES: &[(&str, &str)] = &[
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Per-layer tensors: (GGUF `blk.N.` suffix, HF `model.layers.N.` suffix).
+const LAYER_NAMES: &[(&str, &str)] = &[
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
+/// Map a tensor name from one convention to the other through the tables
+/// (`from` picks the side of each pair the name is written in).
+fn map_name(name: &str, from: usize, prefixes: [&str; 2]) -> Option<String> {
+    let side = |pair: &(&'static str, &'static str)| {
+        if from == 0 {
+            (pair.0, pair.1)
+        } else {
+            (pair.1, pair.0)
+        }
     };
-    if let Some(f) = fixed {
-        return Some(f.to_owned());
+    if let Some(&pair) = MODEL_NAMES.iter().find(|p| side(p).0 == name) {
+        return Some(side(&pair).1.to_owned());
     }
-    let rest = gguf.strip_prefix("blk.")?;
+    let rest = name.strip_prefix(prefixes[from])?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let hf = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_q.bias" => "self_attn.q_proj.bias",
-        "attn_k.bias" => "self_attn.k_proj.bias",
-        "attn_v.bias" => "self_attn.v_proj.bias",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}"))
+    let (_, to) = LAYER_NAMES.iter().map(side).find(|(f, _)| *f == part)?;
+    Some(format!("{}{layer}.{to}", prefixes[1 - from]))
+}
+
+const PREFIXES: [&str; 2] = ["blk.", "model.layers."];
+
+/// HF tensor name for a GGUF one (`None`: not a model tensor we know).
+fn hf_name(gguf: &str) -> Option<String> {
+    map_name(gguf, 0, PREFIXES)
 }
 
 /// GGUF tensor name for an HF one (the inverse of [`hf_name`]).
 fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_owned());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let g = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.q_proj.bias" => "attn_q.bias",
-        "self_attn.k_proj.bias" => "attn_k.bias",
-        "self_attn.v_proj.bias" => "attn_v.bias",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}"))
+    map_name(hf, 1, PREFIXES)
 }
 
 /// Row permutation between HF and GGUF q/k layouts: `gguf_row(r)` is the

@@ -80,17 +80,16 @@ unsafe fn dpbusd(u: __m512i, s: __m512i) -> __m512i {
     _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
 }
 
+/// The safe entry point of a kernel generic over its column count `N`
+/// (1..=4 for the row kernels, 1..=8 for the group kernels).
 macro_rules! dispatch {
-    ($name:ident, $inner:ident, $act:ty, $bytes:expr) => {
-        fn $name(w: &[u8], a: &[&[$act]], out: &mut [f32]) {
+    ($name:ident, $inner:ident, $act:ty, $out:ty, $bytes:expr; $($n:literal)+) => {
+        fn $name(w: &[u8], a: &[&[$act]], out: &mut [$out]) {
             let nb = w.len() / $bytes;
             // SAFETY: `kernel` hands these out only on CPUs with the features.
             unsafe {
                 match a.len() {
-                    1 => $inner::<1>(w, nb, a, out),
-                    2 => $inner::<2>(w, nb, a, out),
-                    3 => $inner::<3>(w, nb, a, out),
-                    4 => $inner::<4>(w, nb, a, out),
+                    $($n => $inner::<$n>(w, nb, a, out),)+
                     n => unreachable!("{n} columns per call"),
                 }
             }
@@ -98,37 +97,13 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(q4_0, q4_0_n, Q8Pair, 18);
-dispatch!(q4_1, q4_1_n, Q8Pair, 20);
-dispatch!(q5_0, q5_0_n, Q8Pair, 22);
-dispatch!(q8_0, q8_0_n, Q8Pair, 34);
-dispatch!(q4_k, q4_k_n, Q8KBlock, 144);
-
-/// Up to 8 columns per call (the group kernels), adding into `acc`.
-macro_rules! dispatch8 {
-    ($name:ident, $inner:ident, $act:ty, $bytes:expr) => {
-        fn $name(w: &[u8], a: &[&[$act]], out: &mut [[f32; 16]]) {
-            let nb = w.len() / $bytes;
-            // SAFETY: `kernel` hands these out only on CPUs with the features.
-            unsafe {
-                match a.len() {
-                    1 => $inner::<1>(w, nb, a, out),
-                    2 => $inner::<2>(w, nb, a, out),
-                    3 => $inner::<3>(w, nb, a, out),
-                    4 => $inner::<4>(w, nb, a, out),
-                    5 => $inner::<5>(w, nb, a, out),
-                    6 => $inner::<6>(w, nb, a, out),
-                    7 => $inner::<7>(w, nb, a, out),
-                    8 => $inner::<8>(w, nb, a, out),
-                    n => unreachable!("{n} columns per call"),
-                }
-            }
-        }
-    };
-}
-
-dispatch8!(q8_0_group, q8_0_g, Q8Group, 34);
-dispatch8!(q4_k_group, q4_k_g, Q8Group, 144);
+dispatch!(q4_0, q4_0_n, Q8Pair, f32, 18; 1 2 3 4);
+dispatch!(q4_1, q4_1_n, Q8Pair, f32, 20; 1 2 3 4);
+dispatch!(q5_0, q5_0_n, Q8Pair, f32, 22; 1 2 3 4);
+dispatch!(q8_0, q8_0_n, Q8Pair, f32, 34; 1 2 3 4);
+dispatch!(q4_k, q4_k_n, Q8KBlock, f32, 144; 1 2 3 4);
+dispatch!(q8_0_group, q8_0_g, Q8Group, [f32; 16], 34; 1 2 3 4 5 6 7 8);
+dispatch!(q4_k_group, q4_k_g, Q8Group, [f32; 16], 144; 1 2 3 4 5 6 7 8);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut [f32]) {

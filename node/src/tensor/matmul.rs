@@ -456,16 +456,14 @@ pub fn matmul_many(
     Ok(())
 }
 
-/// Split the rows of every matrix in `ws` across the pool in one dispatch;
-/// within a task, tiles of rows × groups of `per_call` (≤ 8) columns. `ys[m]`
-/// receives the products of `ws[m]`.
-fn run_rows(
+/// Split the rows of every matrix in `ws` across the pool in one dispatch:
+/// `task(w, out, r0, r1)` computes rows `r0..r1` of `w` into `out`, the
+/// output of the matrix (`ys[m]` for `ws[m]`), writing only those rows.
+fn split_rows(
     pool: &ThreadPool,
     ws: &[&Matrix],
-    n_vecs: usize,
-    per_call: usize,
     ys: &mut [&mut [f32]],
-    dot: impl Fn(&[u8], usize, usize, &mut [f32]) + Sync,
+    task: impl Fn(&Matrix, OutPtr, usize, usize) + Sync,
 ) {
     debug_assert_eq!(ws.len(), ys.len());
     assert!(
@@ -480,14 +478,27 @@ fn run_rows(
         outs[m] = OutPtr(y.as_mut_ptr());
         first_task[m + 1] = first_task[m] + w.rows.div_ceil(per);
     }
-    let n_tasks = first_task[ws.len()];
-    pool.run(n_tasks, &|t| {
+    pool.run(first_task[ws.len()], &|t| {
         let m = (0..ws.len())
             .rfind(|&m| first_task[m] <= t)
             .expect("task in range");
-        let (w, out) = (ws[m], outs[m]);
         let r0 = (t - first_task[m]) * per;
-        let r1 = (r0 + per).min(w.rows);
+        task(ws[m], outs[m], r0, (r0 + per).min(ws[m].rows));
+    });
+}
+
+/// Rows of every matrix in `ws` split across the pool (`split_rows`);
+/// within a task, tiles of rows × groups of `per_call` (≤ 8) columns. `ys[m]`
+/// receives the products of `ws[m]`.
+fn run_rows(
+    pool: &ThreadPool,
+    ws: &[&Matrix],
+    n_vecs: usize,
+    per_call: usize,
+    ys: &mut [&mut [f32]],
+    dot: impl Fn(&[u8], usize, usize, &mut [f32]) + Sync,
+) {
+    split_rows(pool, ws, ys, |w, out, r0, r1| {
         let rows = w.rows;
         let mut res = [0f32; 8];
         for tile in (r0..r1).step_by(ROW_TILE) {
@@ -554,27 +565,7 @@ fn run_rows_grouped(
     group_bytes: usize,
     f: GroupFn,
 ) {
-    debug_assert_eq!(ws.len(), ys.len());
-    assert!(
-        ws.len() <= MAX_MANY,
-        "at most {MAX_MANY} matrices per dispatch"
-    );
-    let total_rows: usize = ws.iter().map(|w| w.rows).sum();
-    let per = rows_per_task(total_rows, pool.n_threads());
-    let mut outs = [OutPtr(std::ptr::null_mut()); MAX_MANY];
-    let mut first_task = [0usize; MAX_MANY + 1];
-    for (m, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
-        outs[m] = OutPtr(y.as_mut_ptr());
-        first_task[m + 1] = first_task[m] + w.rows.div_ceil(per);
-    }
-    let n_tasks = first_task[ws.len()];
-    pool.run(n_tasks, &|t| {
-        let m = (0..ws.len())
-            .rfind(|&m| first_task[m] <= t)
-            .expect("task in range");
-        let (w, out) = (ws[m], outs[m]);
-        let r0 = (t - first_task[m]) * per;
-        let r1 = (r0 + per).min(w.rows);
+    split_rows(pool, ws, ys, |w, out, r0, r1| {
         let rows = w.rows;
         let mut acc = [[[0f32; 16]; 8]; ROW_TILE];
         for tile in (r0..r1).step_by(ROW_TILE) {
