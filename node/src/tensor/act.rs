@@ -115,15 +115,21 @@ pub fn group_q8(blocks: &[Q8Block], out: &mut [Q8Group]) {
     }
 }
 
+/// The lane (within a super-block's eight) of each sub-block in a grouped
+/// Q8_K activation: bits 1 and 2 of the sub-block number swapped.
+pub const K_LANE: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+
 /// Regroup a row's [`Q8KBlock`]s by 2 (`out.len() == blocks.len().div_ceil(2)`):
-/// lane `8 · s + j` holds sub-block `j` (elements `32 j ..`) of super-block `s`.
+/// lane `8 · s + K_LANE[j]` holds sub-block `j` (elements `32 j ..`) of
+/// super-block `s` (the order the Q4_K group kernel's transposition leaves
+/// the weights in).
 pub fn group_q8k(blocks: &[Q8KBlock], out: &mut [Q8Group]) {
     debug_assert_eq!(out.len(), blocks.len().div_ceil(2));
     for (pair, o) in blocks.chunks(2).zip(out.iter_mut()) {
         *o = Q8Group::default();
         for (s, b) in pair.iter().enumerate() {
-            for j in 0..8 {
-                let l = 8 * s + j;
+            for (j, &lane) in K_LANE.iter().enumerate() {
+                let l = 8 * s + lane;
                 for d in 0..8 {
                     o.qs[d][4 * l..4 * l + 4]
                         .copy_from_slice(&b.qs[32 * j + 4 * d..32 * j + 4 * d + 4]);

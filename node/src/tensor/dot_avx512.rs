@@ -20,7 +20,7 @@ use super::act::{Q8Group, Q8KBlock, Q8Pair};
 #[cfg(test)]
 use super::dequant::k_scales_mins;
 use super::dot_avx2::{h2f, high_bits, hsum, nibbles};
-use super::matmul::Kernel;
+use super::matmul::{GroupTile, Kernel};
 use super::GgmlType;
 
 /// Kernel for `dtype`, if it has an AVX-512 path.
@@ -81,7 +81,7 @@ unsafe fn dpbusd(u: __m512i, s: __m512i) -> __m512i {
 }
 
 /// The safe entry point of a kernel generic over its column count `N`
-/// (1..=4 for the row kernels, 1..=8 for the group kernels).
+/// (1..=4; the group kernels have `dispatch_tile!`).
 macro_rules! dispatch {
     ($name:ident, $inner:ident, $act:ty, $out:ty, $bytes:expr; $($n:literal)+) => {
         fn $name(w: &[u8], a: &[&[$act]], out: &mut [$out]) {
@@ -102,8 +102,55 @@ dispatch!(q4_1, q4_1_n, Q8Pair, f32, 20; 1 2 3 4);
 dispatch!(q5_0, q5_0_n, Q8Pair, f32, 22; 1 2 3 4);
 dispatch!(q8_0, q8_0_n, Q8Pair, f32, 34; 1 2 3 4);
 dispatch!(q4_k, q4_k_n, Q8KBlock, f32, 144; 1 2 3 4);
-dispatch!(q8_0_group, q8_0_g, Q8Group, [f32; 16], 34; 1 2 3 4 5 6 7 8);
-dispatch!(q4_k_group, q4_k_g, Q8Group, [f32; 16], 144; 1 2 3 4 5 6 7 8);
+/// The safe entry point of a group kernel: a tile of rows (see
+/// [`super::matmul::GroupFn`]), generic over its column count.
+macro_rules! dispatch_tile {
+    ($name:ident, $inner:ident, $bytes:expr; $($n:literal)+) => {
+        fn $name(tile: &GroupTile, a: &[&[Q8Group]], acc: &mut [[[f32; 16]; 8]]) {
+            let n = tile.rows.len();
+            assert!(n <= acc.len() && tile.prefetch.len() >= n && tile.prefetch_far.len() >= n);
+            // SAFETY: `kernel` hands these out only on CPUs with the features.
+            unsafe {
+                match a.len() {
+                    $($n => $inner::<$n>(tile, $bytes, a, acc),)+
+                    n => unreachable!("{n} columns per call"),
+                }
+            }
+        }
+    };
+}
+
+dispatch_tile!(q8_0_group, q8_0_g, 34; 1 2 3 4 5 6 7 8);
+dispatch_tile!(q4_k_group, q4_k_g, 144; 1 2 3 4 5 6 7 8);
+
+/// Software prefetch of every cache line of `bytes`, with hint `H`.
+#[inline(always)]
+unsafe fn prefetch<const H: i32>(bytes: &[u8]) {
+    for off in (0..bytes.len()).step_by(64) {
+        _mm_prefetch::<H>(bytes.as_ptr().add(off) as *const i8);
+    }
+}
+
+/// Runs `row` over each row of a tile with its accumulators in registers,
+/// prefetching the tile's ahead-spans as it goes.
+#[inline(always)]
+unsafe fn tile_rows<const N: usize>(
+    tile: &GroupTile,
+    bytes: usize,
+    acc: &mut [[[f32; 16]; 8]],
+    mut row: impl FnMut(&[u8], usize, &mut [__m512; N]),
+) {
+    for (r, w) in tile.rows.iter().enumerate() {
+        prefetch::<_MM_HINT_T1>(tile.prefetch_far[r]);
+        prefetch::<_MM_HINT_T0>(tile.prefetch[r]);
+        let out = &mut acc[r];
+        let mut a: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(out[c].as_ptr()));
+        row(w, w.len() / bytes, &mut a);
+        for c in 0..N {
+            _mm512_storeu_ps(out[c].as_mut_ptr(), a[c]);
+        }
+    }
+}
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut [f32]) {
@@ -412,24 +459,44 @@ const Q8_0_T: [[[i32; 16]; 2]; 3] = {
     transpose_tables(init)
 };
 
-/// Q4_K, two super-blocks: vector `v` = super-block `v / 4`, quant bytes
-/// `64 · ((v / 2) % 2)..` as low (`v` even) or high nibbles; its dword `m`
-/// belongs to sub-block `2 · (2 · half + m / 8) + nibble`.
-const Q4_K_T: [[[i32; 16]; 2]; 3] = {
-    let mut init = [[0u8; 16]; 8];
-    let mut v = 0;
-    while v < 8 {
-        let (sb, half, nib) = (v / 4, (v / 2) % 2, v % 2);
-        let mut m = 0;
-        while m < 16 {
-            let j = 2 * (2 * half + m / 8) + nib;
-            init[v][m] = ((8 * sb + j) * 8 + m % 8) as u8;
-            m += 1;
-        }
-        v += 1;
+/// Transpose of the Q4_K kernel's eight nibble vectors (vector `v`: super-
+/// block `v / 4`, quant bytes `64 · ((v / 2) % 2)..` as low (`v` even) or
+/// high nibbles, so its 256-bit half `h` holds sub-block
+/// `4 · ((v / 2) % 2) + 2h + v % 2`) by in-lane unpacks and one 128-bit
+/// shuffle round: output `d` holds dword `d` of the sixteen sub-blocks,
+/// sub-block `8 s + j` in lane `8 s + K_LANE[j]` ([`super::act::K_LANE`]) (bits 1 and 2 of `j`
+/// swapped), which is how [`super::act::group_q8k`] lays out activations.
+/// Cheaper than the general `vpermt2d` transposition.
+#[inline(always)]
+unsafe fn transpose_q4_k(v: [__m512i; 8]) -> [__m512i; 8] {
+    let mut lo = [_mm512_setzero_si512(); 4];
+    let mut hi = [_mm512_setzero_si512(); 4];
+    for p in 0..4 {
+        lo[p] = _mm512_unpacklo_epi32(v[2 * p], v[2 * p + 1]);
+        hi[p] = _mm512_unpackhi_epi32(v[2 * p], v[2 * p + 1]);
     }
-    transpose_tables(init)
-};
+    // r[q][t], lane L: dword 4L + t of vectors 4q..4q + 4.
+    let mut r = [[_mm512_setzero_si512(); 4]; 2];
+    for q in 0..2 {
+        r[q][0] = _mm512_unpacklo_epi64(lo[2 * q], lo[2 * q + 1]);
+        r[q][1] = _mm512_unpackhi_epi64(lo[2 * q], lo[2 * q + 1]);
+        r[q][2] = _mm512_unpacklo_epi64(hi[2 * q], hi[2 * q + 1]);
+        r[q][3] = _mm512_unpackhi_epi64(hi[2 * q], hi[2 * q + 1]);
+    }
+    let mut out = [_mm512_setzero_si512(); 8];
+    for t in 0..4 {
+        out[t] = _mm512_shuffle_i32x4::<0x88>(r[0][t], r[1][t]);
+        out[t + 4] = _mm512_shuffle_i32x4::<0xdd>(r[0][t], r[1][t]);
+    }
+    out
+}
+
+/// Eight per-sub-block bytes in [`super::act::K_LANE`] order (16-bit pieces 1 and 2
+/// swapped).
+#[inline(always)]
+fn k_lane_order(x: u64) -> u64 {
+    (x & 0xffff_0000_0000_ffff) | ((x >> 16) & 0xffff_0000) | ((x << 16) & 0xffff_0000_0000)
+}
 
 /// A transpose table's six index vectors, loaded once per call.
 #[inline(always)]
@@ -458,58 +525,61 @@ unsafe fn transpose(mut x: [__m512i; 8], idx: &[[__m512i; 2]; 3]) -> [__m512i; 8
 /// lane `j`), offset to unsigned (`w + 128`, with `−128 Σx` as the starting
 /// sum), and reused by every column.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q8_0_g<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Group]], out: &mut [[f32; 16]]) {
+unsafe fn q8_0_g<const N: usize>(
+    tile: &GroupTile,
+    bytes: usize,
+    a: &[&[Q8Group]],
+    acc: &mut [[[f32; 16]; 8]],
+) {
     const BB: usize = 34;
-    let mut acc: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(out[c].as_ptr()));
     let offs = _mm512_setr_epi32(
         0, 34, 68, 102, 136, 170, 204, 238, 272, 306, 340, 374, 408, 442, 476, 510,
     );
     let flip = _mm512_set1_epi8(-128);
     let tq = load_table(&Q8_0_T);
     let mut tail = [0u8; 16 * BB];
-    for g in 0..nb.div_ceil(16) {
-        let n = (nb - 16 * g).min(16);
-        let src = if n == 16 {
-            w.as_ptr().add(16 * g * BB)
-        } else {
-            tail[..n * BB].copy_from_slice(&w[16 * g * BB..(16 * g + n) * BB]);
-            tail[n * BB..].fill(0);
-            tail.as_ptr()
-        };
-        let mut v = [_mm512_setzero_si512(); 8];
-        for (i, vi) in v.iter_mut().enumerate() {
-            *vi = join(
-                load256(src.add(2 * i * BB + 2)),
-                load256(src.add((2 * i + 1) * BB + 2)),
-            );
-        }
-        let v = transpose(v, &tq);
-        let mut wu = [_mm512_setzero_si512(); 8];
-        for d in 0..8 {
-            wu[d] = _mm512_xor_si512(v[d], flip);
-        }
-        let dh = _mm512_i32gather_epi32::<1>(offs, src as *const _);
-        let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
-        for c in 0..N {
-            let x = a[c].get_unchecked(g);
-            let isum = _mm512_loadu_si512(x.isum.as_ptr() as *const _);
-            // Two chains of four (vpdpbusd's latency, not its throughput, bounds one chain).
-            let mut s0 = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(isum));
-            let mut s1 = _mm512_setzero_si512();
-            for d in 0..4 {
-                let x0 = _mm512_loadu_si512(x.qs[d].as_ptr() as *const _);
-                let x1 = _mm512_loadu_si512(x.qs[d + 4].as_ptr() as *const _);
-                s0 = _mm512_dpbusd_epi32(s0, wu[d], x0);
-                s1 = _mm512_dpbusd_epi32(s1, wu[d + 4], x1);
+    tile_rows::<N>(tile, bytes, acc, |w, nb, acc| {
+        for g in 0..nb.div_ceil(16) {
+            let n = (nb - 16 * g).min(16);
+            let src = if n == 16 {
+                w.as_ptr().add(16 * g * BB)
+            } else {
+                tail[..n * BB].copy_from_slice(&w[16 * g * BB..(16 * g + n) * BB]);
+                tail[n * BB..].fill(0);
+                tail.as_ptr()
+            };
+            let mut v = [_mm512_setzero_si512(); 8];
+            for (i, vi) in v.iter_mut().enumerate() {
+                *vi = join(
+                    load256(src.add(2 * i * BB + 2)),
+                    load256(src.add((2 * i + 1) * BB + 2)),
+                );
             }
-            let s = _mm512_add_epi32(s0, s1);
-            let f = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr()));
-            acc[c] = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(s), acc[c]);
+            let v = transpose(v, &tq);
+            let mut wu = [_mm512_setzero_si512(); 8];
+            for d in 0..8 {
+                wu[d] = _mm512_xor_si512(v[d], flip);
+            }
+            let dh = _mm512_i32gather_epi32::<1>(offs, src as *const _);
+            let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
+            for c in 0..N {
+                let x = a[c].get_unchecked(g);
+                let isum = _mm512_loadu_si512(x.isum.as_ptr() as *const _);
+                // Two chains of four (vpdpbusd's latency, not its throughput, bounds one chain).
+                let mut s0 = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(isum));
+                let mut s1 = _mm512_setzero_si512();
+                for d in 0..4 {
+                    let x0 = _mm512_loadu_si512(x.qs[d].as_ptr() as *const _);
+                    let x1 = _mm512_loadu_si512(x.qs[d + 4].as_ptr() as *const _);
+                    s0 = _mm512_dpbusd_epi32(s0, wu[d], x0);
+                    s1 = _mm512_dpbusd_epi32(s1, wu[d + 4], x1);
+                }
+                let s = _mm512_add_epi32(s0, s1);
+                let f = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr()));
+                acc[c] = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(s), acc[c]);
+            }
         }
-    }
-    for c in 0..N {
-        _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
-    }
+    });
 }
 
 /// Q4_K against up to 8 columns, two super-blocks (16 sub-blocks) at a time:
@@ -517,69 +587,75 @@ unsafe fn q8_0_g<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Group]], out: &mu
 /// dot product collects in lane `l`; then per column one multiply by
 /// `d · scale · d_x` and the minimums as `−dmin · min · d_x Σx`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_k_g<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Group]], out: &mut [[f32; 16]]) {
+unsafe fn q4_k_g<const N: usize>(
+    tile: &GroupTile,
+    bytes: usize,
+    a: &[&[Q8Group]],
+    acc: &mut [[[f32; 16]; 8]],
+) {
     const BB: usize = 144;
     let m4 = _mm512_set1_epi8(0x0f);
-    let tq = load_table(&Q4_K_T);
     let nib = |z: __m512i| {
         (
             _mm512_and_si512(z, m4),
             _mm512_and_si512(_mm512_srli_epi16::<4>(z), m4),
         )
     };
-    let mut acc: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(out[c].as_ptr()));
-    for g in 0..nb.div_ceil(2) {
-        let b0 = w.as_ptr().add(2 * g * BB);
-        let two = 2 * g + 1 < nb;
-        let (a0, a1) = nib(_mm512_loadu_si512(b0.add(16) as *const _));
-        let (a2, a3) = nib(_mm512_loadu_si512(b0.add(80) as *const _));
-        let (sc0, mn0) = k_scales_mins_u64(b0.add(4));
-        // d and dmin of both super-blocks (0 for a missing second one).
-        let dd0 = (b0 as *const u32).read_unaligned() as u64;
-        let (v, sc1, mn1, dd1) = if two {
-            let b1 = b0.add(BB);
-            let (b0q, b1q) = nib(_mm512_loadu_si512(b1.add(16) as *const _));
-            let (b2q, b3q) = nib(_mm512_loadu_si512(b1.add(80) as *const _));
-            let (sc1, mn1) = k_scales_mins_u64(b1.add(4));
-            let dd1 = (b1 as *const u32).read_unaligned() as u64;
-            ([a0, a1, a2, a3, b0q, b1q, b2q, b3q], sc1, mn1, dd1)
-        } else {
-            let z = _mm512_setzero_si512();
-            ([a0, a1, a2, a3, z, z, z, z], 0, 0, 0)
-        };
-        let v = transpose(v, &tq);
-        // [d0, dmin0, d1, dmin1] as f32.
-        let dm = _mm_cvtph_ps(_mm_cvtsi64_si128((dd0 | dd1 << 32) as i64));
-        let dvec = _mm512_permutexvar_ps(
-            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
-            _mm512_castps128_ps512(dm),
-        );
-        let mvec = _mm512_permutexvar_ps(
-            _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3),
-            _mm512_castps128_ps512(dm),
-        );
-        let scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(sc1 as i64, sc0 as i64)));
-        let mnf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(mn1 as i64, mn0 as i64)));
-        let dsc = _mm512_mul_ps(scf, dvec);
-        let nmin = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(mnf, mvec));
-        for c in 0..N {
-            let x = a[c].get_unchecked(g);
-            let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-            for d in 0..4 {
-                let x0 = _mm512_loadu_si512(x.qs[d].as_ptr() as *const _);
-                let x1 = _mm512_loadu_si512(x.qs[d + 4].as_ptr() as *const _);
-                s0 = _mm512_dpbusd_epi32(s0, v[d], x0);
-                s1 = _mm512_dpbusd_epi32(s1, v[d + 4], x1);
+    tile_rows::<N>(tile, bytes, acc, |w, nb, acc| {
+        for g in 0..nb.div_ceil(2) {
+            let b0 = w.as_ptr().add(2 * g * BB);
+            let two = 2 * g + 1 < nb;
+            let (a0, a1) = nib(_mm512_loadu_si512(b0.add(16) as *const _));
+            let (a2, a3) = nib(_mm512_loadu_si512(b0.add(80) as *const _));
+            let (sc0, mn0) = k_scales_mins_u64(b0.add(4));
+            // d and dmin of both super-blocks (0 for a missing second one).
+            let dd0 = (b0 as *const u32).read_unaligned() as u64;
+            let (v, sc1, mn1, dd1) = if two {
+                let b1 = b0.add(BB);
+                let (b0q, b1q) = nib(_mm512_loadu_si512(b1.add(16) as *const _));
+                let (b2q, b3q) = nib(_mm512_loadu_si512(b1.add(80) as *const _));
+                let (sc1, mn1) = k_scales_mins_u64(b1.add(4));
+                let dd1 = (b1 as *const u32).read_unaligned() as u64;
+                ([a0, a1, a2, a3, b0q, b1q, b2q, b3q], sc1, mn1, dd1)
+            } else {
+                let z = _mm512_setzero_si512();
+                ([a0, a1, a2, a3, z, z, z, z], 0, 0, 0)
+            };
+            let v = transpose_q4_k(v);
+            // [d0, dmin0, d1, dmin1] as f32.
+            let dm = _mm_cvtph_ps(_mm_cvtsi64_si128((dd0 | dd1 << 32) as i64));
+            let dvec = _mm512_permutexvar_ps(
+                _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
+                _mm512_castps128_ps512(dm),
+            );
+            let mvec = _mm512_permutexvar_ps(
+                _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3),
+                _mm512_castps128_ps512(dm),
+            );
+            let (sc0, sc1) = (k_lane_order(sc0), k_lane_order(sc1));
+            let (mn0, mn1) = (k_lane_order(mn0), k_lane_order(mn1));
+            let scf =
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(sc1 as i64, sc0 as i64)));
+            let mnf =
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(mn1 as i64, mn0 as i64)));
+            let dsc = _mm512_mul_ps(scf, dvec);
+            let nmin = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(mnf, mvec));
+            for c in 0..N {
+                let x = a[c].get_unchecked(g);
+                let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for d in 0..4 {
+                    let x0 = _mm512_loadu_si512(x.qs[d].as_ptr() as *const _);
+                    let x1 = _mm512_loadu_si512(x.qs[d + 4].as_ptr() as *const _);
+                    s0 = _mm512_dpbusd_epi32(s0, v[d], x0);
+                    s1 = _mm512_dpbusd_epi32(s1, v[d + 4], x1);
+                }
+                let s = _mm512_add_epi32(s0, s1);
+                let f = _mm512_mul_ps(dsc, _mm512_loadu_ps(x.d.as_ptr()));
+                acc[c] = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(s), acc[c]);
+                acc[c] = _mm512_fmadd_ps(nmin, _mm512_loadu_ps(x.sx.as_ptr()), acc[c]);
             }
-            let s = _mm512_add_epi32(s0, s1);
-            let f = _mm512_mul_ps(dsc, _mm512_loadu_ps(x.d.as_ptr()));
-            acc[c] = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(s), acc[c]);
-            acc[c] = _mm512_fmadd_ps(nmin, _mm512_loadu_ps(x.sx.as_ptr()), acc[c]);
         }
-    }
-    for c in 0..N {
-        _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
-    }
+    });
 }
 
 #[cfg(test)]

@@ -30,9 +30,23 @@ pub enum Kernel {
     Q8KGroup(GroupFn),
 }
 
-/// A group kernel: weights of whole groups of one row, the same groups of
-/// up to 8 activation columns, one accumulator per column.
-pub type GroupFn = fn(&[u8], &[&[Q8Group]], &mut [[f32; 16]]);
+/// A group kernel: the same whole groups of each row of a tile against
+/// those groups of up to 8 activation columns, adding into one accumulator
+/// per (row, column). One call per tile and chunk keeps the per-call set-up
+/// (index tables, column slices) off the per-row path.
+pub type GroupFn = fn(&GroupTile, &[&[Q8Group]], &mut [[[f32; 16]; 8]]);
+
+/// The rows a [`GroupFn`] call covers.
+pub struct GroupTile<'a> {
+    /// Each row's weights for the chunk of groups (whole groups).
+    pub rows: &'a [&'a [u8]],
+    /// Bytes to bring into L1 while row `i` is computed (the weights of the
+    /// step [`PREFETCH_STEPS`] ahead).
+    pub prefetch: &'a [&'a [u8]],
+    /// Bytes to bring into L2 while row `i` is computed (the weights of the
+    /// step [`PREFETCH_FAR_STEPS`] ahead).
+    pub prefetch_far: &'a [&'a [u8]],
+}
 
 /// Sum of a group kernel's accumulator lanes, in a fixed order.
 pub fn reduce_lanes(a: &[f32; 16]) -> f32 {
@@ -546,8 +560,12 @@ fn group_activations(
 /// rows passes over them (e.g. 8 columns × 4 groups of 704 bytes).
 const GROUP_CHUNK_BYTES: usize = 24 << 10;
 
-/// How many rows ahead [`run_rows_grouped`] prefetches weights.
-const PREFETCH_ROWS: usize = 4;
+/// How many steps (rows of a chunk) ahead [`run_rows_grouped`] prefetches
+/// weights.
+const PREFETCH_STEPS: usize = 1;
+
+/// How many steps ahead [`run_rows_grouped`] brings weights into L2.
+const PREFETCH_FAR_STEPS: usize = 8;
 
 /// Where the whole group kernels' activations do not fit in L1 (8 columns of
 /// a 8192-wide row are 90 KiB), each tile of rows is taken a chunk of groups
@@ -576,7 +594,37 @@ fn run_rows_grouped(
                     a[..nv].fill([0f32; 16]);
                 }
                 let chunk = (GROUP_CHUNK_BYTES / (nv * std::mem::size_of::<Q8Group>())).max(1);
-                for g0 in (0..ng).step_by(chunk) {
+                let tile_rows = tile_end - tile;
+                // One step = one row of one chunk; steps run chunk by chunk.
+                // While a step is computed the weights of the step
+                // PREFETCH_STEPS ahead are fetched (into the next tile's
+                // first chunk near the end), so no step waits on memory.
+                let n_chunks = ng.div_ceil(chunk);
+                let steps = n_chunks * tile_rows;
+                let span = |r: usize, c: usize| {
+                    let row = w.row(r);
+                    let g0 = c * chunk;
+                    &row[g0 * group_bytes..((g0 + chunk) * group_bytes).min(row.len())]
+                };
+                let ahead = |s: usize| -> &[u8] {
+                    if s < steps {
+                        span(tile + s % tile_rows, s / tile_rows)
+                    } else {
+                        let next = s - steps + tile_end;
+                        if next < r1 && next < tile_end + ROW_TILE {
+                            span(next, 0)
+                        } else {
+                            &[]
+                        }
+                    }
+                };
+                if tile == r0 {
+                    for s in 0..PREFETCH_FAR_STEPS {
+                        prefetch(ahead(s));
+                    }
+                }
+                for c in 0..n_chunks {
+                    let g0 = c * chunk;
                     let g1 = (g0 + chunk).min(ng);
                     let cols: [&[Q8Group]; 8] = std::array::from_fn(|i| {
                         if i < nv {
@@ -585,21 +633,33 @@ fn run_rows_grouped(
                             &[]
                         }
                     });
-                    let span = |r: usize| {
-                        let row = w.row(r);
-                        &row[g0 * group_bytes..(g1 * group_bytes).min(row.len())]
-                    };
-                    // A chunk is too short a run for the hardware prefetcher:
-                    // fetch two rows ahead while a row is computed.
-                    for r in tile..(tile + PREFETCH_ROWS).min(tile_end) {
-                        prefetch(span(r));
-                    }
-                    for r in tile..tile_end {
-                        if r + PREFETCH_ROWS < tile_end {
-                            prefetch(span(r + PREFETCH_ROWS));
+                    let rows: [&[u8]; ROW_TILE] = std::array::from_fn(|i| {
+                        if i < tile_rows {
+                            span(tile + i, c)
+                        } else {
+                            &[]
                         }
-                        f(span(r), &cols[..nv], &mut acc[r - tile][..nv]);
-                    }
+                    });
+                    let pf: [&[u8]; ROW_TILE] = std::array::from_fn(|i| {
+                        if i < tile_rows {
+                            ahead(c * tile_rows + i + PREFETCH_STEPS)
+                        } else {
+                            &[]
+                        }
+                    });
+                    let pf_far: [&[u8]; ROW_TILE] = std::array::from_fn(|i| {
+                        if i < tile_rows {
+                            ahead(c * tile_rows + i + PREFETCH_FAR_STEPS)
+                        } else {
+                            &[]
+                        }
+                    });
+                    let t = GroupTile {
+                        rows: &rows[..tile_rows],
+                        prefetch: &pf[..tile_rows],
+                        prefetch_far: &pf_far[..tile_rows],
+                    };
+                    f(&t, &cols[..nv], &mut acc[..tile_rows]);
                 }
                 for r in tile..tile_end {
                     for (i, a) in acc[r - tile][..nv].iter().enumerate() {
