@@ -1,5 +1,6 @@
-//! Diagnostic: how a quantized model's greedy stream and first-position
-//! top-5 compare with llama.cpp's goldens, on the SIMD and the scalar path.
+//! Diagnostic: how a model's greedy stream and first-position top-5 compare
+//! with llama.cpp's goldens, on the SIMD and the scalar path with an f16 and
+//! an f32 KV cache (the top-5 side by side for SIMD + f16).
 //! `diag_streams MODEL.gguf GOLDEN.json VARIANT`
 use realizar_node::format::GgufFile;
 use realizar_node::model::{load, KvType, Logits, Workspace};
@@ -55,6 +56,25 @@ fn main() {
                     .sum::<f64>()
                     .ln()
                     + max;
+                if name == "simd" && kv == KvType::F16 {
+                    let mut idx: Vec<usize> = (0..ws.logits.len()).collect();
+                    idx.sort_by(|&x, &y| ws.logits[y].total_cmp(&ws.logits[x]));
+                    let ours: Vec<String> = idx[..5]
+                        .iter()
+                        .map(|&i| format!("{i}:{:.3}", ws.logits[i] as f64 - lse))
+                        .collect();
+                    let gold: Vec<String> = steps[0]["top5"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| format!("{}:{:.3}", e["id"], e["logprob"].as_f64().unwrap()))
+                        .collect();
+                    println!(
+                        "{key} top-5 ours   {}\n{key} top-5 golden {}",
+                        ours.join(" "),
+                        gold.join(" ")
+                    );
+                }
                 let mut worst: f64 = 0.0;
                 for e in steps[0]["top5"].as_array().unwrap() {
                     let id = e["id"].as_u64().unwrap() as usize;
