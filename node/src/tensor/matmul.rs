@@ -595,10 +595,11 @@ fn run_rows_grouped(
                 }
                 let chunk = (GROUP_CHUNK_BYTES / (nv * std::mem::size_of::<Q8Group>())).max(1);
                 let tile_rows = tile_end - tile;
-                // One step = one row of one chunk; steps run chunk by chunk.
-                // While a step is computed the weights of the step
-                // PREFETCH_STEPS ahead are fetched (into the next tile's
-                // first chunk near the end), so no step waits on memory.
+                // One step = one row of one chunk; steps run chunk by chunk,
+                // then on into the next tile's first chunk. While a step is
+                // computed the weights of the step PREFETCH_STEPS ahead are
+                // brought into L1 and those PREFETCH_FAR_STEPS ahead into L2
+                // (the first tile of a task fetches its first steps at once).
                 let n_chunks = ng.div_ceil(chunk);
                 let steps = n_chunks * tile_rows;
                 let span = |r: usize, c: usize| {
@@ -633,27 +634,10 @@ fn run_rows_grouped(
                             &[]
                         }
                     });
-                    let rows: [&[u8]; ROW_TILE] = std::array::from_fn(|i| {
-                        if i < tile_rows {
-                            span(tile + i, c)
-                        } else {
-                            &[]
-                        }
-                    });
-                    let pf: [&[u8]; ROW_TILE] = std::array::from_fn(|i| {
-                        if i < tile_rows {
-                            ahead(c * tile_rows + i + PREFETCH_STEPS)
-                        } else {
-                            &[]
-                        }
-                    });
-                    let pf_far: [&[u8]; ROW_TILE] = std::array::from_fn(|i| {
-                        if i < tile_rows {
-                            ahead(c * tile_rows + i + PREFETCH_FAR_STEPS)
-                        } else {
-                            &[]
-                        }
-                    });
+                    let rows = per_row(tile_rows, |i| span(tile + i, c));
+                    let pf = per_row(tile_rows, |i| ahead(c * tile_rows + i + PREFETCH_STEPS));
+                    let pf_far =
+                        per_row(tile_rows, |i| ahead(c * tile_rows + i + PREFETCH_FAR_STEPS));
                     let t = GroupTile {
                         rows: &rows[..tile_rows],
                         prefetch: &pf[..tile_rows],
@@ -670,6 +654,11 @@ fn run_rows_grouped(
             }
         }
     });
+}
+
+/// The first `n` of a tile's rows mapped by `g`, the rest empty.
+fn per_row<'a>(n: usize, g: impl Fn(usize) -> &'a [u8]) -> [&'a [u8]; ROW_TILE] {
+    std::array::from_fn(|i| if i < n { g(i) } else { &[] })
 }
 
 /// Ask for `bytes` to be brought into the caches.
