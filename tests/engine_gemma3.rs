@@ -3,22 +3,16 @@
 //! Token-by-token agreement with generation_gemma3.json is open work: see
 //! docs/architecture.md on quantized-path sensitivity.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
+
+use common::{golden, root};
 
 use realizar_node::format::GgufFile;
 use realizar_node::model::{load, Model};
 use realizar_node::tensor::{Simd, ThreadPool};
 use realizar_node::tokenizer::Tokenizer;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn golden(name: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden").join(name)).unwrap())
-        .unwrap()
-}
 
 fn gemma() -> (Box<dyn Model>, Tokenizer) {
     let p = root().join("models/gemma-3-270m-q4_k_m.gguf");

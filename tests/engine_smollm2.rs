@@ -4,53 +4,17 @@
 //! last-position logits of that F32 file against an independent numpy
 //! forward (tests/golden/logits_smollm2_f32_numpy.json).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+mod common;
 
-use realizar_node::format::convert::convert;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{derived, golden, q4_1_path};
 use realizar_node::format::GgufFile;
 use realizar_node::model::llama::Llama;
 use realizar_node::model::{KvType, Logits, Model, Workspace};
 use realizar_node::tensor::{GgmlType, Simd, ThreadPool};
 use realizar_node::tokenizer::Tokenizer;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn golden(name: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden").join(name)).unwrap())
-        .unwrap()
-}
-
-fn q4_1_path() -> PathBuf {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/fetch-models.sh",
-        p.display()
-    );
-    p
-}
-
-/// models/derived/<name>: made once from the Q4_1 file by our convert tool
-/// (atomically, so concurrent test binaries do not see a partial file).
-fn derived(t: GgmlType) -> PathBuf {
-    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
-    let _g = LOCK.get_or_init(Default::default).lock().unwrap();
-    let dir = root().join("models/derived");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("SmolLM2-135M-Instruct.{}.gguf", t.name()));
-    if !out.is_file() {
-        let src = GgufFile::open(q4_1_path()).unwrap();
-        let tmp = dir.join(format!(".{}.{}.partial", t.name(), std::process::id()));
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
-        convert(&src, t, &mut f, |_, _, _| {}).unwrap();
-        drop(f);
-        std::fs::rename(&tmp, &out).unwrap();
-    }
-    out
-}
 
 fn load(path: &Path) -> (Llama, Tokenizer) {
     let f = Arc::new(GgufFile::open(path).unwrap());

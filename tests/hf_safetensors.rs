@@ -9,37 +9,17 @@
 
 mod common;
 
-use common::python;
+use common::{derived, golden, python, q4_1_path, root};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use realizar_node::format::convert::convert;
 use realizar_node::format::hf_convert::open_model_file;
 use realizar_node::format::{GgufFile, SafetensorsCheckpoint};
 use realizar_node::model::{self, KvType, Logits, Model, Workspace};
 use realizar_node::tensor::{GgmlType, Simd, ThreadPool};
 use realizar_node::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn golden(name: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden").join(name)).unwrap())
-        .unwrap()
-}
-
-fn q4_1_path() -> PathBuf {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/fetch-models.sh",
-        p.display()
-    );
-    p
-}
 
 static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
 
@@ -60,23 +40,6 @@ fn exported(ty: &str) -> PathBuf {
             .unwrap();
         assert!(st.success(), "realizar export --type {ty} failed");
         let _ = std::fs::remove_dir_all(&out);
-        std::fs::rename(&tmp, &out).unwrap();
-    }
-    out
-}
-
-/// The F32 GGUF our convert tool makes from the Q4_1 file (as engine_smollm2).
-fn gguf_f32() -> PathBuf {
-    let _g = LOCK.get_or_init(Default::default).lock().unwrap();
-    let dir = root().join("models/derived");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("SmolLM2-135M-Instruct.F32.gguf");
-    if !out.is_file() {
-        let src = GgufFile::open(q4_1_path()).unwrap();
-        let tmp = dir.join(format!(".F32.hf.{}.partial", std::process::id()));
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
-        convert(&src, GgmlType::F32, &mut f, |_, _, _| {}).unwrap();
-        drop(f);
         std::fs::rename(&tmp, &out).unwrap();
     }
     out
@@ -206,7 +169,7 @@ fn greedy(m: &dyn Model, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
 
 #[test]
 fn safetensors_directories_generate_what_the_gguf_does() {
-    let (gguf, _, _) = load(&gguf_f32());
+    let (gguf, _, _) = load(&derived(GgmlType::F32));
     let (f32_dir, _, _) = load(&exported("F32"));
     let (bf16_dir, _, _) = load(&exported("BF16"));
     let g = golden("generation_smollm2.json");

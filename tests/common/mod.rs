@@ -1,5 +1,7 @@
-//! Helpers for tests that drive a running `realizar` server: start it on a
-//! free port, wait for it, speak plain HTTP/1.1 to it, stop it.
+//! Helpers shared by the test binaries: paths of the models and goldens,
+//! the derived SmolLM2 files, and for tests that drive a running `realizar`
+//! server: start it on a free port, wait for it, speak plain HTTP/1.1 to it,
+//! stop it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -196,4 +198,47 @@ pub fn python() -> String {
             "python3".to_owned()
         }
     })
+}
+
+/// The project root.
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A golden file from tests/golden.
+pub fn golden(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden").join(name)).unwrap())
+        .unwrap()
+}
+
+/// The fetched SmolLM2 Q4_1 file.
+pub fn q4_1_path() -> std::path::PathBuf {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-models.sh",
+        p.display()
+    );
+    p
+}
+
+/// models/derived/SmolLM2-135M-Instruct.<type>.gguf: made once from the Q4_1
+/// file by our convert tool (into a partial file, then renamed, so
+/// concurrent test binaries never see a half-written one).
+pub fn derived(t: realizar_node::tensor::GgmlType) -> std::path::PathBuf {
+    use realizar_node::format::{convert::convert, GgufFile};
+    static LOCK: std::sync::OnceLock<Mutex<()>> = std::sync::OnceLock::new();
+    let _g = LOCK.get_or_init(Default::default).lock().unwrap();
+    let dir = root().join("models/derived");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("SmolLM2-135M-Instruct.{}.gguf", t.name()));
+    if !out.is_file() {
+        let src = GgufFile::open(q4_1_path()).unwrap();
+        let tmp = dir.join(format!(".{}.{}.partial", t.name(), std::process::id()));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+        convert(&src, t, &mut f, |_, _, _| {}).unwrap();
+        drop(f);
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
 }
