@@ -123,29 +123,49 @@ macro_rules! dispatch_tile {
 dispatch_tile!(q8_0_group, q8_0_g, 34; 1 2 3 4 5 6 7 8);
 dispatch_tile!(q4_k_group, q4_k_g, 144; 1 2 3 4 5 6 7 8);
 
-/// Software prefetch of every cache line of `bytes`, with hint `H`.
-#[inline(always)]
-unsafe fn prefetch<const H: i32>(bytes: &[u8]) {
-    for off in (0..bytes.len()).step_by(64) {
-        _mm_prefetch::<H>(bytes.as_ptr().add(off) as *const i8);
+/// A row's two ahead-spans (see [`GroupTile`]), prefetched a part at a
+/// time while the row is computed, so the misses are spread over the row
+/// rather than issued in one burst.
+#[derive(Clone, Copy)]
+struct Ahead<'a> {
+    near: &'a [u8],
+    far: &'a [u8],
+}
+
+impl Ahead<'_> {
+    /// Prefetch part `i` of `n` (by cache lines) of both spans.
+    #[inline(always)]
+    unsafe fn part(self, i: usize, n: usize) {
+        let lines = |s: &[u8]| {
+            let l = s.len().div_ceil(64);
+            l * i / n..l * (i + 1) / n
+        };
+        for l in lines(self.far) {
+            _mm_prefetch::<_MM_HINT_T1>(self.far.as_ptr().add(64 * l) as *const i8);
+        }
+        for l in lines(self.near) {
+            _mm_prefetch::<_MM_HINT_T0>(self.near.as_ptr().add(64 * l) as *const i8);
+        }
     }
 }
 
-/// Runs `row` over each row of a tile with its accumulators in registers,
-/// prefetching the tile's ahead-spans as it goes.
+/// Runs `row` over each row of a tile with its accumulators in registers;
+/// `row` prefetches the row's ahead-spans through the [`Ahead`] it gets.
 #[inline(always)]
 unsafe fn tile_rows<const N: usize>(
     tile: &GroupTile,
     bytes: usize,
     acc: &mut [[[f32; 16]; 8]],
-    mut row: impl FnMut(&[u8], usize, &mut [__m512; N]),
+    mut row: impl FnMut(&[u8], usize, Ahead, &mut [__m512; N]),
 ) {
     for (r, w) in tile.rows.iter().enumerate() {
-        prefetch::<_MM_HINT_T1>(tile.prefetch_far[r]);
-        prefetch::<_MM_HINT_T0>(tile.prefetch[r]);
+        let ahead = Ahead {
+            near: tile.prefetch[r],
+            far: tile.prefetch_far[r],
+        };
         let out = &mut acc[r];
         let mut a: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(out[c].as_ptr()));
-        row(w, w.len() / bytes, &mut a);
+        row(w, w.len() / bytes, ahead, &mut a);
         for c in 0..N {
             _mm512_storeu_ps(out[c].as_mut_ptr(), a[c]);
         }
@@ -491,11 +511,82 @@ unsafe fn transpose_q4_k(v: [__m512i; 8]) -> [__m512i; 8] {
     out
 }
 
-/// Eight per-sub-block bytes in [`super::act::K_LANE`] order (16-bit pieces 1 and 2
-/// swapped).
+/// The byte shuffles and masks of [`k_pair_scales`], for one 16-byte block
+/// head (`d`, `dmin`, 12 packed scale bytes `s`): output byte `p < 8` is the
+/// scale of sub-block `J[p]`, byte `8 + p` its minimum, where `J` lists the
+/// sub-blocks in [`super::act::K_LANE`] order. With `t = s + 4` (offsets in
+/// the head), sub-block `j < 4` has scale `s[j] & 63` and minimum
+/// `s[j + 4] & 63`; `j ≥ 4` has scale `s[j + 4] & 15 | (s[j − 4] >> 6) << 4`
+/// and minimum `s[j + 4] >> 4 | (s[j] >> 6) << 4`. `lo` picks the byte whose
+/// low bits are kept (`lo_mask`), `hi` the same byte where its high nibble is
+/// wanted (`hi_mask` after a shift by 4), `top` the byte whose two top bits
+/// become bits 4–5 (index −128 where there is none: `pshufb` writes 0).
+struct KScaleShuffles {
+    lo: [i8; 16],
+    lo_mask: [i8; 16],
+    hi_mask: [i8; 16],
+    top: [i8; 16],
+}
+
+const K_SCALE_SHUFFLES: KScaleShuffles = {
+    const J: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+    let mut k = KScaleShuffles {
+        lo: [0; 16],
+        lo_mask: [0; 16],
+        hi_mask: [0; 16],
+        top: [-128; 16],
+    };
+    let mut p = 0;
+    while p < 8 {
+        let j = J[p];
+        // Scale (byte p) and minimum (byte 8 + p).
+        if j < 4 {
+            k.lo[p] = (4 + j) as i8;
+            k.lo_mask[p] = 63;
+            k.lo[8 + p] = (8 + j) as i8;
+            k.lo_mask[8 + p] = 63;
+        } else {
+            k.lo[p] = (8 + j) as i8;
+            k.lo_mask[p] = 15;
+            k.top[p] = j as i8;
+            k.lo[8 + p] = (8 + j) as i8;
+            k.hi_mask[8 + p] = 15;
+            k.top[8 + p] = (4 + j) as i8;
+        }
+        p += 1;
+    }
+    k
+};
+
+/// `d · scale` and `−dmin · min` of each sub-block of two Q4_K/Q5_K
+/// super-blocks, from their 16-byte heads (a zero head for a missing
+/// second one gives zeros), lanes in [`super::act::K_LANE`] order: the
+/// 6-bit fields are unpacked by byte shuffles rather than word arithmetic.
 #[inline(always)]
-fn k_lane_order(x: u64) -> u64 {
-    (x & 0xffff_0000_0000_ffff) | ((x >> 16) & 0xffff_0000) | ((x << 16) & 0xffff_0000_0000)
+unsafe fn k_pair_scales(head0: __m128i, head1: __m128i) -> (__m512, __m512) {
+    let k = &K_SCALE_SHUFFLES;
+    let both = |t: &[i8; 16]| _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const _));
+    let h = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(head0), head1);
+    let lo = _mm256_shuffle_epi8(h, both(&k.lo));
+    let top = _mm256_shuffle_epi8(h, both(&k.top));
+    let packed = _mm256_or_si256(
+        _mm256_or_si256(
+            _mm256_and_si256(lo, both(&k.lo_mask)),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(lo), both(&k.hi_mask)),
+        ),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(top), _mm256_set1_epi8(0x30)),
+    );
+    // [scales 0, mins 0 | scales 1, mins 1] → [scales 0, scales 1 | mins 0, mins 1].
+    let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+    let scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(packed)));
+    let mnf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256::<1>(packed)));
+    // d (bytes 0–1) and dmin (bytes 2–3) repeated over each half's 8 lanes.
+    let d = _mm512_cvtph_ps(_mm256_shuffle_epi8(h, _mm256_set1_epi16(0x0100)));
+    let dmin = _mm512_cvtph_ps(_mm256_shuffle_epi8(h, _mm256_set1_epi16(0x0302)));
+    (
+        _mm512_mul_ps(scf, d),
+        _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(mnf, dmin)),
+    )
 }
 
 /// A transpose table's six index vectors, loaded once per call.
@@ -538,8 +629,10 @@ unsafe fn q8_0_g<const N: usize>(
     let flip = _mm512_set1_epi8(-128);
     let tq = load_table(&Q8_0_T);
     let mut tail = [0u8; 16 * BB];
-    tile_rows::<N>(tile, bytes, acc, |w, nb, acc| {
-        for g in 0..nb.div_ceil(16) {
+    tile_rows::<N>(tile, bytes, acc, |w, nb, ahead, acc| {
+        let ng = nb.div_ceil(16);
+        for g in 0..ng {
+            ahead.part(g, ng);
             let n = (nb - 16 * g).min(16);
             let src = if n == 16 {
                 w.as_ptr().add(16 * g * BB)
@@ -601,45 +694,28 @@ unsafe fn q4_k_g<const N: usize>(
             _mm512_and_si512(_mm512_srli_epi16::<4>(z), m4),
         )
     };
-    tile_rows::<N>(tile, bytes, acc, |w, nb, acc| {
-        for g in 0..nb.div_ceil(2) {
+    tile_rows::<N>(tile, bytes, acc, |w, nb, ahead, acc| {
+        let ng = nb.div_ceil(2);
+        for g in 0..ng {
+            ahead.part(g, ng);
             let b0 = w.as_ptr().add(2 * g * BB);
             let two = 2 * g + 1 < nb;
             let (a0, a1) = nib(_mm512_loadu_si512(b0.add(16) as *const _));
             let (a2, a3) = nib(_mm512_loadu_si512(b0.add(80) as *const _));
-            let (sc0, mn0) = k_scales_mins_u64(b0.add(4));
-            // d and dmin of both super-blocks (0 for a missing second one).
-            let dd0 = (b0 as *const u32).read_unaligned() as u64;
-            let (v, sc1, mn1, dd1) = if two {
+            let (v, head1) = if two {
                 let b1 = b0.add(BB);
                 let (b0q, b1q) = nib(_mm512_loadu_si512(b1.add(16) as *const _));
                 let (b2q, b3q) = nib(_mm512_loadu_si512(b1.add(80) as *const _));
-                let (sc1, mn1) = k_scales_mins_u64(b1.add(4));
-                let dd1 = (b1 as *const u32).read_unaligned() as u64;
-                ([a0, a1, a2, a3, b0q, b1q, b2q, b3q], sc1, mn1, dd1)
+                (
+                    [a0, a1, a2, a3, b0q, b1q, b2q, b3q],
+                    _mm_loadu_si128(b1 as *const _),
+                )
             } else {
                 let z = _mm512_setzero_si512();
-                ([a0, a1, a2, a3, z, z, z, z], 0, 0, 0)
+                ([a0, a1, a2, a3, z, z, z, z], _mm_setzero_si128())
             };
             let v = transpose_q4_k(v);
-            // [d0, dmin0, d1, dmin1] as f32.
-            let dm = _mm_cvtph_ps(_mm_cvtsi64_si128((dd0 | dd1 << 32) as i64));
-            let dvec = _mm512_permutexvar_ps(
-                _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
-                _mm512_castps128_ps512(dm),
-            );
-            let mvec = _mm512_permutexvar_ps(
-                _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3),
-                _mm512_castps128_ps512(dm),
-            );
-            let (sc0, sc1) = (k_lane_order(sc0), k_lane_order(sc1));
-            let (mn0, mn1) = (k_lane_order(mn0), k_lane_order(mn1));
-            let scf =
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(sc1 as i64, sc0 as i64)));
-            let mnf =
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(mn1 as i64, mn0 as i64)));
-            let dsc = _mm512_mul_ps(scf, dvec);
-            let nmin = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(mnf, mvec));
+            let (dsc, nmin) = k_pair_scales(_mm_loadu_si128(b0 as *const _), head1);
             for c in 0..N {
                 let x = a[c].get_unchecked(g);
                 let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());

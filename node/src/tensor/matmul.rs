@@ -562,10 +562,10 @@ const GROUP_CHUNK_BYTES: usize = 24 << 10;
 
 /// How many steps (rows of a chunk) ahead [`run_rows_grouped`] prefetches
 /// weights.
-const PREFETCH_STEPS: usize = 1;
+const PREFETCH_STEPS: usize = 2;
 
 /// How many steps ahead [`run_rows_grouped`] brings weights into L2.
-const PREFETCH_FAR_STEPS: usize = 8;
+const PREFETCH_FAR_STEPS: usize = 16;
 
 /// Where the whole group kernels' activations do not fit in L1 (8 columns of
 /// a 8192-wide row are 90 KiB), each tile of rows is taken a chunk of groups
@@ -598,8 +598,11 @@ fn run_rows_grouped(
                 // One step = one row of one chunk; steps run chunk by chunk,
                 // then on into the next tile's first chunk. While a step is
                 // computed the weights of the step PREFETCH_STEPS ahead are
-                // brought into L1 and those PREFETCH_FAR_STEPS ahead into L2
-                // (the first tile of a task fetches its first steps at once).
+                // brought into L1 and those PREFETCH_FAR_STEPS ahead into L2,
+                // a part with each group (the kernel spreads the requests over
+                // the step; one burst per step left weight loads waiting:
+                // Q4_K B=8 +9%, Q8_0 +20%). The first tile of a task fetches
+                // its first steps at once.
                 let n_chunks = ng.div_ceil(chunk);
                 let steps = n_chunks * tile_rows;
                 let span = |r: usize, c: usize| {
