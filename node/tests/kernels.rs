@@ -261,14 +261,15 @@ fn simd_agrees_with_scalar_for_every_format() {
             with_simd += 1;
             // An even and (for 32-element blocks) an odd number of blocks per
             // row, and rows of several whole 512-element groups (the AVX-512
-            // group kernels) with and without a partial last group.
+            // group kernels) with and without a partial last group; batches
+            // up to 64 columns (eight passes of the 8-column group kernels).
             let widths: &[usize] = if t.layout().unwrap().block_elems == 32 {
                 &[768, 800, 1536]
             } else {
                 &[768, 1024]
             };
             for &cols in widths {
-                for n in [1usize, 3, 4, 5, 9] {
+                for n in [1usize, 3, 4, 5, 9, 64] {
                     let rows = 13;
                     let w = weights(t, rows, cols, &mut rng);
                     let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
