@@ -52,10 +52,18 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
+/// The f16 at `p` as f32. The zero-extended word passes an empty `asm!`
+/// first, so it reaches `vcvtph2ps` as a whole register: otherwise LLVM sees
+/// that only lane 0 matters and merges the word into whatever register is
+/// free (`vpinsrw $0, mem, %xmm_acc`), which chained each block's scale to
+/// the previous block's accumulator (Q4_1 B=1 ran at 17 cycles per block
+/// pair).
 #[inline(always)]
 pub(super) unsafe fn h2f(p: *const u8) -> f32 {
     let h = (p as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    let mut v = _mm_cvtsi32_si128(h as i32);
+    std::arch::asm!("/* {0} */", inout(xmm_reg) v, options(pure, nomem, nostack, preserves_flags));
+    _mm_cvtss_f32(_mm_cvtph_ps(v))
 }
 
 /// 16 packed nibble bytes → 32 bytes: low nibbles (elements 0..15) in the
