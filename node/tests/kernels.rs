@@ -78,7 +78,7 @@ fn weights(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
 /// The activation vector as the kernel sees it (after its quantization).
 fn effective_acts(k: &Kernel, x: &[f32]) -> Vec<f32> {
     match k {
-        Kernel::Q8(_) | Kernel::Q8Pair(_) | Kernel::Q8Group(_) => {
+        Kernel::Q8(_) | Kernel::Q8Pair(_) | Kernel::Q8Quad(_) | Kernel::Q8Group(_) => {
             let mut q = vec![Q8Block::default(); x.len() / 32];
             quantize_q8(x, &mut q);
             q.iter()

@@ -69,6 +69,47 @@ pub fn pair_q8(blocks: &[Q8Block], out: &mut [Q8Pair]) {
     }
 }
 
+/// Four [`Q8Block`]s laid out for the 512-bit row kernels that take a
+/// quad of weight blocks per step: `lo` holds elements 0..16 of block `j`
+/// at `16 j`, `hi` elements 16..32, so one `vpdpbusd` against the quad's low
+/// nibbles and one against its high nibbles leave block `j`'s dot product in
+/// i32 lanes `4 j .. 4 j + 4`; `d` repeats block `j`'s scale over those
+/// lanes and `s` is its ggml Q8_1 `s`. A row whose block count is not a
+/// multiple of four ends in a quad padded with zero blocks.
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Q8Quad {
+    pub lo: [i8; 64],
+    pub hi: [i8; 64],
+    pub d: [f32; 16],
+    pub s: [f32; 4],
+}
+
+impl Default for Q8Quad {
+    fn default() -> Self {
+        Q8Quad {
+            lo: [0; 64],
+            hi: [0; 64],
+            d: [0.0; 16],
+            s: [0.0; 4],
+        }
+    }
+}
+
+/// Regroup a row's blocks by four (`out.len() == blocks.len().div_ceil(4)`).
+pub fn quad_q8(blocks: &[Q8Block], out: &mut [Q8Quad]) {
+    debug_assert_eq!(out.len(), blocks.len().div_ceil(4));
+    for (quad, o) in blocks.chunks(4).zip(out.iter_mut()) {
+        *o = Q8Quad::default();
+        for (j, b) in quad.iter().enumerate() {
+            o.lo[16 * j..16 * j + 16].copy_from_slice(&b.qs[..16]);
+            o.hi[16 * j..16 * j + 16].copy_from_slice(&b.qs[16..]);
+            o.d[4 * j..4 * j + 4].fill(b.d);
+            o.s[j] = b.s;
+        }
+    }
+}
+
 /// 512 consecutive activations (16 blocks of 32) transposed for the AVX-512
 /// group kernels: `qs[d][4 * j + b]` is element `4 * d + b` of block `j`, so
 /// eight `vpdpbusd` against weights transposed the same way leave block

@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::act::{Q8Group, Q8KBlock, Q8Pair};
+use super::act::{Q8Group, Q8KBlock, Q8Pair, Q8Quad};
 #[cfg(test)]
 use super::dequant::k_scales_mins;
 use super::dot_avx2::{h2f, high_bits, hsum, nibbles};
@@ -31,7 +31,7 @@ pub(super) unsafe fn kernel(dtype: GgmlType) -> Option<Kernel> {
     use GgmlType::*;
     Some(match dtype {
         Q4_0 => Kernel::Q8Pair(q4_0),
-        Q4_1 => Kernel::Q8Pair(q4_1),
+        Q4_1 => Kernel::Q8Quad(q4_1),
         Q5_0 => Kernel::Q8Pair(q5_0),
         Q8_0 => Kernel::Q8Group(q8_0_group),
         Q4_K => Kernel::Q8KGroup(q4_k_group),
@@ -106,7 +106,7 @@ macro_rules! dispatch {
 }
 
 dispatch!(q4_0, q4_0_n, Q8Pair, f32, 18; 1 2 3 4);
-dispatch!(q4_1, q4_1_n, Q8Pair, f32, 20; 1 2 3 4);
+dispatch!(q4_1, q4_1_n, Q8Quad, f32, 20; 1 2 3 4);
 dispatch!(q5_0, q5_0_n, Q8Pair, f32, 22; 1 2 3 4);
 dispatch!(q8_0, q8_0_n, Q8Pair, f32, 34; 1 2 3 4);
 dispatch!(q4_k, q4_k_n, Q8KBlock, f32, 144; 1 2 3 4);
@@ -215,39 +215,64 @@ unsafe fn q4_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_1_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut [f32]) {
-    // w = d · q + m: Σ q·x by VNNI; the minimum adds m · (d_x Σ x) = m · s.
+unsafe fn q4_1_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Quad]], out: &mut [f32]) {
+    // w = d · q + m, four blocks a step: Σ q·x by two VNNI products (low
+    // nibbles against elements 0..16 of each block, high against 16..32),
+    // leaving block j in lanes 4j..4j+4; the minimum adds m · s per block.
+    const BB: usize = 20;
+    let m4 = _mm512_set1_epi8(0x0f);
+    // Dwords 0, 5, 10, 15 of the quad's first 64 bytes are its four
+    // headers (d | m << 16); after conversion d_j and m_j are floats 2j, 2j+1.
+    let heads = _mm512_setr_epi32(0, 5, 10, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    let d_lanes = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    let m_lanes = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
     let mut acc = [_mm512_setzero_ps(); N];
-    let mut mins = [[0f32; 2]; N];
-    for p in 0..nb.div_ceil(2) {
-        let b0 = w.as_ptr().add(2 * p * 20);
-        let second = 2 * p + 1 < nb;
-        let (wq, dw, m1) = if second {
-            let b1 = b0.add(20);
-            (
-                join(nibbles(b0.add(4)), nibbles(b1.add(4))),
-                pair_h2f(b0, Some(b1)),
-                h2f(b1.add(2)),
-            )
-        } else {
-            (
-                join(nibbles(b0.add(4)), _mm256_setzero_si256()),
-                pair_h2f(b0, None),
-                0.0,
-            )
+    let mut macc = [_mm_setzero_ps(); N];
+    for q in 0..nb.div_ceil(4) {
+        // Only the last quad can have fewer than four blocks: the missing
+        // ones read as zero (d = m = 0, adding nothing), through masked
+        // loads that touch no byte past the row.
+        let n = (nb - 4 * q).min(4);
+        let b0 = w.as_ptr().add(4 * q * BB);
+        let block = |j: usize| {
+            if j < n {
+                _mm_loadu_si128(b0.add(j * BB + 4) as *const _)
+            } else {
+                _mm_setzero_si128()
+            }
         };
-        let m0 = h2f(b0.add(2));
+        let qs = _mm512_inserti32x4::<3>(
+            _mm512_inserti32x4::<2>(
+                _mm512_inserti32x4::<1>(_mm512_castsi128_si512(block(0)), block(1)),
+                block(2),
+            ),
+            block(3),
+        );
+        let head_bytes = if n == 4 {
+            _mm512_loadu_si512(b0 as *const _)
+        } else {
+            _mm512_maskz_loadu_epi8((1u64 << (n * BB)) - 1, b0 as *const _)
+        };
+        let lo = _mm512_and_si512(qs, m4);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(qs), m4);
+        let h = _mm512_permutexvar_epi32(heads, head_bytes);
+        let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(h));
+        let dw = _mm512_permutexvar_ps(d_lanes, _mm512_castps256_ps512(dm));
+        let mw = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, m_lanes));
         for c in 0..N {
-            let x = a[c].get_unchecked(p);
-            let xq = _mm512_loadu_si512(x.qs.as_ptr() as *const _);
+            let x = a[c].get_unchecked(q);
+            let xl = _mm512_loadu_si512(x.lo.as_ptr() as *const _);
+            let xh = _mm512_loadu_si512(x.hi.as_ptr() as *const _);
+            let p = _mm512_dpbusd_epi32(dpbusd(lo, xl), hi, xh);
             let s = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr()));
-            acc[c] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dpbusd(wq, xq)), acc[c]);
-            mins[c][0] += m0 * x.s[0];
-            mins[c][1] += m1 * x.s[1];
+            acc[c] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[c]);
+            macc[c] = _mm_fmadd_ps(mw, _mm_loadu_ps(x.s.as_ptr()), macc[c]);
         }
     }
     for c in 0..N {
-        out[c] = _mm512_reduce_add_ps(acc[c]) + mins[c][0] + mins[c][1];
+        let m = macc[c];
+        let m2 = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        out[c] = _mm512_reduce_add_ps(acc[c]) + _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
     }
 }
 

@@ -3,7 +3,8 @@
 //! memory once for the whole batch, rows split across a [`ThreadPool`].
 
 use super::act::{
-    group_q8, group_q8k, pair_q8, quantize_q8, quantize_q8k, Q8Block, Q8Group, Q8KBlock, Q8Pair,
+    group_q8, group_q8k, pair_q8, quad_q8, quantize_q8, quantize_q8k, Q8Block, Q8Group, Q8KBlock,
+    Q8Pair, Q8Quad,
 };
 use super::dequant::KernelError;
 use super::pool::ThreadPool;
@@ -17,6 +18,8 @@ pub enum Kernel {
     Q8(fn(&[u8], &[&[Q8Block]], &mut [f32])),
     /// Activations as [`Q8Pair`]s (the AVX-512 kernels of 32-element formats).
     Q8Pair(fn(&[u8], &[&[Q8Pair]], &mut [f32])),
+    /// Activations as [`Q8Quad`]s (AVX-512 row kernels taking four blocks a step).
+    Q8Quad(fn(&[u8], &[&[Q8Quad]], &mut [f32])),
     /// K-quants, against [`Q8KBlock`] activations.
     Q8K(fn(&[u8], &[&[Q8KBlock]], &mut [f32])),
     /// Float formats, against f32 activations.
@@ -247,6 +250,7 @@ impl<'a> Matrix<'a> {
 pub struct Scratch {
     q8: Vec<Q8Block>,
     q8p: Vec<Q8Pair>,
+    q8q: Vec<Q8Quad>,
     q8k: Vec<Q8KBlock>,
     grp: Vec<Q8Group>,
 }
@@ -405,6 +409,30 @@ pub fn matmul_many(
                 let cols: [&[Q8Pair]; 4] = std::array::from_fn(|i| {
                     if i < nv {
                         &acts[(v0 + i) * np..(v0 + i + 1) * np]
+                    } else {
+                        &[]
+                    }
+                });
+                f(row, &cols[..nv], out)
+            });
+        }
+        Kernel::Q8Quad(f) => {
+            scratch.q8.resize(n_vecs * nb, Q8Block::default());
+            let nq = nb.div_ceil(4);
+            scratch.q8q.resize(n_vecs * nq, Q8Quad::default());
+            for ((xv, qv), pv) in x
+                .chunks_exact(w.cols)
+                .zip(scratch.q8.chunks_exact_mut(nb))
+                .zip(scratch.q8q.chunks_exact_mut(nq))
+            {
+                quantize_q8(xv, qv);
+                quad_q8(qv, pv);
+            }
+            let acts = &scratch.q8q[..n_vecs * nq];
+            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
+                let cols: [&[Q8Quad]; 4] = std::array::from_fn(|i| {
+                    if i < nv {
+                        &acts[(v0 + i) * nq..(v0 + i + 1) * nq]
                     } else {
                         &[]
                     }
