@@ -381,64 +381,15 @@ pub fn matmul_many(
                 quantize_q8(xv, qv);
             }
             let acts = &scratch.q8[..n_vecs * nb];
-            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
-                let cols: [&[Q8Block]; 4] = std::array::from_fn(|i| {
-                    if i < nv {
-                        &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
-                    } else {
-                        &[]
-                    }
-                });
-                f(row, &cols[..nv], out)
-            });
+            run_columns(pool, ws, n_vecs, per_call, ys, acts, nb, f);
         }
         Kernel::Q8Pair(f) => {
-            scratch.q8.resize(n_vecs * nb, Q8Block::default());
-            let np = nb.div_ceil(2);
-            scratch.q8p.resize(n_vecs * np, Q8Pair::default());
-            for ((xv, qv), pv) in x
-                .chunks_exact(w.cols)
-                .zip(scratch.q8.chunks_exact_mut(nb))
-                .zip(scratch.q8p.chunks_exact_mut(np))
-            {
-                quantize_q8(xv, qv);
-                pair_q8(qv, pv);
-            }
-            let acts = &scratch.q8p[..n_vecs * np];
-            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
-                let cols: [&[Q8Pair]; 4] = std::array::from_fn(|i| {
-                    if i < nv {
-                        &acts[(v0 + i) * np..(v0 + i + 1) * np]
-                    } else {
-                        &[]
-                    }
-                });
-                f(row, &cols[..nv], out)
-            });
+            let acts = regroup(x, w.cols, nb, 2, &mut scratch.q8, &mut scratch.q8p, pair_q8);
+            run_columns(pool, ws, n_vecs, per_call, ys, acts, nb.div_ceil(2), f);
         }
         Kernel::Q8Quad(f) => {
-            scratch.q8.resize(n_vecs * nb, Q8Block::default());
-            let nq = nb.div_ceil(4);
-            scratch.q8q.resize(n_vecs * nq, Q8Quad::default());
-            for ((xv, qv), pv) in x
-                .chunks_exact(w.cols)
-                .zip(scratch.q8.chunks_exact_mut(nb))
-                .zip(scratch.q8q.chunks_exact_mut(nq))
-            {
-                quantize_q8(xv, qv);
-                quad_q8(qv, pv);
-            }
-            let acts = &scratch.q8q[..n_vecs * nq];
-            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
-                let cols: [&[Q8Quad]; 4] = std::array::from_fn(|i| {
-                    if i < nv {
-                        &acts[(v0 + i) * nq..(v0 + i + 1) * nq]
-                    } else {
-                        &[]
-                    }
-                });
-                f(row, &cols[..nv], out)
-            });
+            let acts = regroup(x, w.cols, nb, 4, &mut scratch.q8, &mut scratch.q8q, quad_q8);
+            run_columns(pool, ws, n_vecs, per_call, ys, acts, nb.div_ceil(4), f);
         }
         Kernel::Q8K(f) => {
             scratch.q8k.resize(n_vecs * nb, Q8KBlock::default());
@@ -446,16 +397,7 @@ pub fn matmul_many(
                 quantize_q8k(xv, qv);
             }
             let acts = &scratch.q8k[..n_vecs * nb];
-            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
-                let cols: [&[Q8KBlock]; 4] = std::array::from_fn(|i| {
-                    if i < nv {
-                        &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
-                    } else {
-                        &[]
-                    }
-                });
-                f(row, &cols[..nv], out)
-            });
+            run_columns(pool, ws, n_vecs, per_call, ys, acts, nb, f);
         }
         Kernel::Q8Group(f) => {
             scratch.q8.resize(n_vecs * nb, Q8Block::default());
@@ -481,21 +423,60 @@ pub fn matmul_many(
             let group_bytes = 2 * w.row_bytes() / nb;
             run_rows_grouped(pool, ws, n_vecs, ys, acts, ng, group_bytes, f);
         }
-        Kernel::F32(f) => {
-            let cols_n = w.cols;
-            run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
-                let cols: [&[f32]; 4] = std::array::from_fn(|i| {
-                    if i < nv {
-                        &x[(v0 + i) * cols_n..(v0 + i + 1) * cols_n]
-                    } else {
-                        &[]
-                    }
-                });
-                f(row, &cols[..nv], out)
-            });
-        }
+        Kernel::F32(f) => run_columns(pool, ws, n_vecs, per_call, ys, x, w.cols, f),
     }
     Ok(())
+}
+
+/// Quantize each of the `x.len() / cols` vectors into `q8` and regroup its
+/// blocks `per` at a time into `out` by `f`; returns the regrouped vectors.
+fn regroup<'a, A: Copy + Default>(
+    x: &[f32],
+    cols: usize,
+    nb: usize,
+    per: usize,
+    q8: &mut Vec<Q8Block>,
+    out: &'a mut Vec<A>,
+    f: fn(&[Q8Block], &mut [A]),
+) -> &'a [A] {
+    let n_vecs = x.len() / cols;
+    let ng = nb.div_ceil(per);
+    q8.resize(n_vecs * nb, Q8Block::default());
+    out.resize(n_vecs * ng, A::default());
+    for ((xv, qv), gv) in x
+        .chunks_exact(cols)
+        .zip(q8.chunks_exact_mut(nb))
+        .zip(out.chunks_exact_mut(ng))
+    {
+        quantize_q8(xv, qv);
+        f(qv, gv);
+    }
+    &out[..n_vecs * ng]
+}
+
+/// [`run_rows`] with a row kernel `f` over activation vectors of `per_vec`
+/// elements each, laid end to end in `acts`.
+#[allow(clippy::too_many_arguments)]
+fn run_columns<A: Sync>(
+    pool: &ThreadPool,
+    ws: &[&Matrix],
+    n_vecs: usize,
+    per_call: usize,
+    ys: &mut [&mut [f32]],
+    acts: &[A],
+    per_vec: usize,
+    f: fn(&[u8], &[&[A]], &mut [f32]),
+) {
+    run_rows(pool, ws, n_vecs, per_call, ys, |row, v0, nv, out| {
+        let cols: [&[A]; 4] = std::array::from_fn(|i| {
+            if i < nv {
+                &acts[(v0 + i) * per_vec..(v0 + i + 1) * per_vec]
+            } else {
+                &[]
+            }
+        });
+        f(row, &cols[..nv], out)
+    });
 }
 
 /// Split the rows of every matrix in `ws` across the pool in one dispatch:
