@@ -152,15 +152,7 @@ fn greedy(m: &dyn Model, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
     let first = ws.logits.clone();
     let mut out = Vec::new();
     for _ in 0..n {
-        let next = ws
-            .logits
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0 as u32;
+        let next = realizar_node::sampling::argmax(&ws.logits);
         out.push(next);
         m.forward(&pool, simd, &[next], &mut cache, &mut ws, Logits::Last);
     }

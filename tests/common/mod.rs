@@ -4,6 +4,8 @@
 //! stop it.
 #![allow(dead_code)]
 
+pub mod generation;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
