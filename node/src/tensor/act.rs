@@ -74,14 +74,16 @@ pub fn pair_q8(blocks: &[Q8Block], out: &mut [Q8Pair]) {
 /// at `16 j`, `hi` elements 16..32, so one `vpdpbusd` against the quad's low
 /// nibbles and one against its high nibbles leave block `j`'s dot product in
 /// i32 lanes `4 j .. 4 j + 4`; `d` repeats block `j`'s scale over those
-/// lanes and `s` is its ggml Q8_1 `s`. A row whose block count is not a
-/// multiple of four ends in a quad padded with zero blocks.
+/// lanes, `isum` holds its Σ qs in lane `4 j` (zero in the other three) and
+/// `s` is its ggml Q8_1 `s`. A row whose block count is not a multiple of
+/// four ends in a quad padded with zero blocks.
 #[repr(C, align(64))]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Q8Quad {
     pub lo: [i8; 64],
     pub hi: [i8; 64],
     pub d: [f32; 16],
+    pub isum: [i32; 16],
     pub s: [f32; 4],
 }
 
@@ -91,6 +93,7 @@ impl Default for Q8Quad {
             lo: [0; 64],
             hi: [0; 64],
             d: [0.0; 16],
+            isum: [0; 16],
             s: [0.0; 4],
         }
     }
@@ -105,6 +108,7 @@ pub fn quad_q8(blocks: &[Q8Block], out: &mut [Q8Quad]) {
             o.lo[16 * j..16 * j + 16].copy_from_slice(&b.qs[..16]);
             o.hi[16 * j..16 * j + 16].copy_from_slice(&b.qs[16..]);
             o.d[4 * j..4 * j + 4].fill(b.d);
+            o.isum[4 * j] = b.isum;
             o.s[j] = b.s;
         }
     }

@@ -19,7 +19,7 @@ use std::arch::x86_64::*;
 use super::act::{Q8Group, Q8KBlock, Q8Pair, Q8Quad};
 #[cfg(test)]
 use super::dequant::k_scales_mins;
-use super::dot_avx2::{h2f, high_bits, hsum, nibbles};
+use super::dot_avx2::{h2f, hsum};
 use super::matmul::{GroupTile, Kernel};
 use super::GgmlType;
 
@@ -30,9 +30,9 @@ use super::GgmlType;
 pub(super) unsafe fn kernel(dtype: GgmlType) -> Option<Kernel> {
     use GgmlType::*;
     Some(match dtype {
-        Q4_0 => Kernel::Q8Pair(q4_0),
+        Q4_0 => Kernel::Q8Quad(q4_0),
         Q4_1 => Kernel::Q8Quad(q4_1),
-        Q5_0 => Kernel::Q8Pair(q5_0),
+        Q5_0 => Kernel::Q8Quad(q5_0),
         Q8_0 => Kernel::Q8Group(q8_0_group),
         Q4_K => Kernel::Q8KGroup(q4_k_group),
         _ => return None,
@@ -105,9 +105,9 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(q4_0, q4_0_n, Q8Pair, f32, 18; 1 2 3 4);
+dispatch!(q4_0, q4_0_n, Q8Quad, f32, 18; 1 2 3 4);
 dispatch!(q4_1, q4_1_n, Q8Quad, f32, 20; 1 2 3 4);
-dispatch!(q5_0, q5_0_n, Q8Pair, f32, 22; 1 2 3 4);
+dispatch!(q5_0, q5_0_n, Q8Quad, f32, 22; 1 2 3 4);
 dispatch!(q8_0, q8_0_n, Q8Pair, f32, 34; 1 2 3 4);
 dispatch!(q4_k, q4_k_n, Q8KBlock, f32, 144; 1 2 3 4);
 /// The safe entry point of a group kernel: a tile of rows (see
@@ -181,130 +181,150 @@ unsafe fn tile_rows<const N: usize>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut [f32]) {
-    // w = d · (q − 8): Σ q·x by VNNI, minus 8 · Σx per block (exact in i32).
-    let mut acc = [_mm512_setzero_ps(); N];
-    for p in 0..nb.div_ceil(2) {
-        let b0 = w.as_ptr().add(2 * p * 18);
-        let second = 2 * p + 1 < nb;
-        let (wq, dw) = if second {
-            let b1 = b0.add(18);
-            (
-                join(nibbles(b0.add(2)), nibbles(b1.add(2))),
-                pair_h2f(b0, Some(b1)),
-            )
-        } else {
-            (
-                join(nibbles(b0.add(2)), _mm256_setzero_si256()),
-                pair_h2f(b0, None),
-            )
-        };
-        for c in 0..N {
-            let x = a[c].get_unchecked(p);
-            let corr = _mm512_mask_set1_epi32(_mm512_setzero_si512(), 0x0001, 8 * x.isum[0]);
-            let corr = _mm512_mask_set1_epi32(corr, 0x0100, 8 * x.isum[1]);
-            let xq = _mm512_loadu_si512(x.qs.as_ptr() as *const _);
-            let pr = _mm512_sub_epi32(dpbusd(wq, xq), corr);
-            let s = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr()));
-            acc[c] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(pr), acc[c]);
-        }
-    }
-    for c in 0..N {
-        out[c] = _mm512_reduce_add_ps(acc[c]);
-    }
+unsafe fn q4_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Quad]], out: &mut [f32]) {
+    quads::<N, Q4_0_QUAD>(w, nb, a, out)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4_1_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Quad]], out: &mut [f32]) {
-    // w = d · q + m, four blocks a step: Σ q·x by two VNNI products (low
-    // nibbles against elements 0..16 of each block, high against 16..32),
-    // leaving block j in lanes 4j..4j+4; the minimum adds m · s per block.
-    const BB: usize = 20;
+    quads::<N, Q4_1_QUAD>(w, nb, a, out)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q5_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Quad]], out: &mut [f32]) {
+    quads::<N, Q5_0_QUAD>(w, nb, a, out)
+}
+
+/// 16-bit word indices for `vpermt2w` over a quad's first 64 bytes and the
+/// rest: the four blocks' 16 quant bytes (8 words each, from word `at` of a
+/// `bw`-word block), and the headers: the four f16 scales in words 0..4, the
+/// blocks' second words in 4..8 (Q4_1's minimums, Q5_0's low `qh` halves) and
+/// their third in 8..12 (Q5_0's high `qh` halves). Every field of the three
+/// block layouts (Q4_0 9 words, Q4_1 10, Q5_0 11) is word-aligned.
+const fn quad_words(bw: usize, at: usize) -> [[u16; 32]; 2] {
+    let mut t = [[0u16; 32]; 2];
+    let mut k = 0;
+    while k < 32 {
+        t[0][k] = (bw * (k / 8) + at + k % 8) as u16;
+        k += 1;
+    }
+    let mut j = 0;
+    while j < 4 {
+        t[1][j] = (bw * j) as u16;
+        t[1][4 + j] = (bw * j + 1) as u16;
+        t[1][8 + j] = (bw * j + 2) as u16;
+        j += 1;
+    }
+    t
+}
+static Q4_0_WORDS: [[u16; 32]; 2] = quad_words(9, 1);
+static Q4_1_WORDS: [[u16; 32]; 2] = quad_words(10, 2);
+static Q5_0_WORDS: [[u16; 32]; 2] = quad_words(11, 3);
+const Q4_0_QUAD: u8 = 0;
+const Q4_1_QUAD: u8 = 1;
+const Q5_0_QUAD: u8 = 2;
+
+/// The 4-bit row kernels, four blocks a step on [`Q8Quad`] activations: Σ q·x
+/// by two VNNI products (low nibbles against elements 0..16 of each block,
+/// high against 16..32), leaving block `j` in i32 lanes `4 j..4 j + 4`.
+/// Q4_0 (`w = d · (q − 8)`, 18-byte blocks) and Q5_0 (`w = d · (q − 16)`,
+/// q's fifth bit from the block's 32-bit `qh`, 22-byte blocks) subtract the
+/// offset times Σ x per block (exact in i32, the quad's `isum`); Q4_1 (`w =
+/// d · q + m`, 20-byte blocks) adds `m · s` per block. A quad's bytes come
+/// in by two loads and are sorted by two word permutes (quants; headers);
+/// Q5_0's fifth bits are two 64-bit byte masks (block `j`'s low 16 bits of
+/// `qh` at bits `16 j..` for the low nibbles, its high 16 for the high
+/// nibbles), each added as 16 by one masked byte add.
+#[inline(always)]
+unsafe fn quads<const N: usize, const F: u8>(
+    w: &[u8],
+    nb: usize,
+    a: &[&[Q8Quad]],
+    out: &mut [f32],
+) {
+    let (bb, words) = match F {
+        Q4_0_QUAD => (18, &Q4_0_WORDS),
+        Q4_1_QUAD => (20, &Q4_1_WORDS),
+        _ => (22, &Q5_0_WORDS),
+    };
+    let qs_idx = _mm512_loadu_si512(words[0].as_ptr() as *const _);
+    let head_idx = _mm512_loadu_si512(words[1].as_ptr() as *const _);
     let m4 = _mm512_set1_epi8(0x0f);
-    // Dwords 0, 5, 10, 15 of the quad's first 64 bytes are its four
-    // headers (d | m << 16); after conversion d_j and m_j are floats 2j, 2j+1.
-    let heads = _mm512_setr_epi32(0, 5, 10, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    let d_lanes = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
-    let m_lanes = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+    let sixteen = _mm512_set1_epi8(0x10);
+    let d_lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let mut acc = [_mm512_setzero_ps(); N];
     let mut macc = [_mm_setzero_ps(); N];
     for q in 0..nb.div_ceil(4) {
-        // Only the last quad can have fewer than four blocks: the missing
-        // ones read as zero (d = m = 0, adding nothing), through masked
-        // loads that touch no byte past the row.
-        let n = (nb - 4 * q).min(4);
-        let b0 = w.as_ptr().add(4 * q * BB);
-        let block = |j: usize| {
-            if j < n {
-                _mm_loadu_si128(b0.add(j * BB + 4) as *const _)
-            } else {
-                _mm_setzero_si128()
-            }
-        };
-        let qs = _mm512_inserti32x4::<3>(
-            _mm512_inserti32x4::<2>(
-                _mm512_inserti32x4::<1>(_mm512_castsi128_si512(block(0)), block(1)),
-                block(2),
-            ),
-            block(3),
-        );
-        let head_bytes = if n == 4 {
+        // The last quad may hold fewer than four blocks: masked loads read
+        // nothing past the row, and the missing blocks come out as zeros
+        // (d = 0: they add nothing).
+        let bytes = (nb - 4 * q).min(4) * bb;
+        let b0 = w.as_ptr().add(4 * q * bb);
+        let v0 = if bytes >= 64 {
             _mm512_loadu_si512(b0 as *const _)
         } else {
-            _mm512_maskz_loadu_epi8((1u64 << (n * BB)) - 1, b0 as *const _)
+            _mm512_maskz_loadu_epi8((1u64 << bytes) - 1, b0 as *const _)
         };
-        let lo = _mm512_and_si512(qs, m4);
-        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(qs), m4);
-        let h = _mm512_permutexvar_epi32(heads, head_bytes);
-        let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(h));
+        // A whole quad's tail (8, 16 or 24 bytes) by the narrowest load;
+        // the permutes never read the lanes above it.
+        let v1 = if bytes == 4 * bb {
+            let t = b0.add(64);
+            match F {
+                Q4_0_QUAD => _mm512_castsi128_si512(_mm_loadl_epi64(t as *const _)),
+                Q4_1_QUAD => _mm512_castsi128_si512(_mm_loadu_si128(t as *const _)),
+                _ => _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(0x00ff_ffff, t as *const _)),
+            }
+        } else if bytes > 64 {
+            _mm512_maskz_loadu_epi8((1u64 << (bytes - 64)) - 1, b0.add(64) as *const _)
+        } else {
+            _mm512_setzero_si512()
+        };
+        let qs = _mm512_permutex2var_epi16(v0, qs_idx, v1);
+        let head = _mm512_permutex2var_epi16(v0, head_idx, v1);
+        let mut lo = _mm512_and_si512(qs, m4);
+        let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(qs), m4);
+        if F == Q5_0_QUAD {
+            let h = _mm512_castsi512_si128(head);
+            let ml = _mm_extract_epi64::<1>(h) as u64;
+            let mh = _mm_cvtsi128_si64(_mm512_extracti32x4_epi32::<1>(head)) as u64;
+            lo = _mm512_mask_add_epi8(lo, ml, lo, sixteen);
+            hi = _mm512_mask_add_epi8(hi, mh, hi, sixteen);
+        }
+        // Scales in floats 0..4, Q4_1's minimums in 4..8.
+        let dm = _mm256_cvtph_ps(_mm512_castsi512_si128(head));
         let dw = _mm512_permutexvar_ps(d_lanes, _mm512_castps256_ps512(dm));
-        let mw = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, m_lanes));
+        let mw = _mm256_extractf128_ps::<1>(dm);
         for c in 0..N {
             let x = a[c].get_unchecked(q);
             let xl = _mm512_loadu_si512(x.lo.as_ptr() as *const _);
             let xh = _mm512_loadu_si512(x.hi.as_ptr() as *const _);
             let p = _mm512_dpbusd_epi32(dpbusd(lo, xl), hi, xh);
+            let p = match F {
+                Q4_1_QUAD => {
+                    macc[c] = _mm_fmadd_ps(mw, _mm_loadu_ps(x.s.as_ptr()), macc[c]);
+                    p
+                }
+                _ => {
+                    let isum = _mm512_loadu_si512(x.isum.as_ptr() as *const _);
+                    let corr = if F == Q5_0_QUAD {
+                        _mm512_slli_epi32::<4>(isum)
+                    } else {
+                        _mm512_slli_epi32::<3>(isum)
+                    };
+                    _mm512_sub_epi32(p, corr)
+                }
+            };
             let s = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr()));
             acc[c] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[c]);
-            macc[c] = _mm_fmadd_ps(mw, _mm_loadu_ps(x.s.as_ptr()), macc[c]);
-        }
-    }
-    for c in 0..N {
-        let m = macc[c];
-        let m2 = _mm_add_ps(m, _mm_movehl_ps(m, m));
-        out[c] = _mm512_reduce_add_ps(acc[c]) + _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
-    }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q5_0_n<const N: usize>(w: &[u8], nb: usize, a: &[&[Q8Pair]], out: &mut [f32]) {
-    // w = d · (q − 16), q = nibble | fifth bit << 4: Σ q·x by VNNI, minus
-    // 16 · Σx per block (exact in i32).
-    let q5 = |b: *const u8| {
-        let qh = (b.add(2) as *const u32).read_unaligned();
-        _mm256_or_si256(nibbles(b.add(6)), high_bits(qh))
-    };
-    let mut acc = [_mm512_setzero_ps(); N];
-    for p in 0..nb.div_ceil(2) {
-        let b0 = w.as_ptr().add(2 * p * 22);
-        let (wq, dw) = if 2 * p + 1 < nb {
-            let b1 = b0.add(22);
-            (join(q5(b0), q5(b1)), pair_h2f(b0, Some(b1)))
-        } else {
-            (join(q5(b0), _mm256_setzero_si256()), pair_h2f(b0, None))
-        };
-        for c in 0..N {
-            let x = a[c].get_unchecked(p);
-            let corr = _mm512_mask_set1_epi32(_mm512_setzero_si512(), 0x0001, 16 * x.isum[0]);
-            let corr = _mm512_mask_set1_epi32(corr, 0x0100, 16 * x.isum[1]);
-            let xq = _mm512_loadu_si512(x.qs.as_ptr() as *const _);
-            let pr = _mm512_sub_epi32(dpbusd(wq, xq), corr);
-            let s = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr()));
-            acc[c] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(pr), acc[c]);
         }
     }
     for c in 0..N {
         out[c] = _mm512_reduce_add_ps(acc[c]);
+        if F == Q4_1_QUAD {
+            let m = macc[c];
+            let m2 = _mm_add_ps(m, _mm_movehl_ps(m, m));
+            out[c] += _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
+        }
     }
 }
 
