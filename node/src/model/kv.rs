@@ -41,6 +41,53 @@ impl KvType {
     }
 }
 
+/// A zeroed byte buffer whose first byte sits on a cache line, so that rows
+/// at offsets that are multiples of 64 bytes (a head of 16+ f32s or 32+ f16s)
+/// do not straddle lines. A plain `Vec<u8>` of this size comes from `mmap`
+/// through malloc and starts 16 bytes into a page. Over-allocated by 64 bytes
+/// with `vec![0; n]` (calloc: pages are zeroed lazily, so an unused pool
+/// costs no resident memory).
+pub(crate) struct LineBuf {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl LineBuf {
+    fn zeroed(len: usize) -> Self {
+        let buf = vec![0u8; len + 63];
+        let off = buf.as_ptr().align_offset(64).min(63);
+        LineBuf { buf, off, len }
+    }
+}
+
+impl Clone for LineBuf {
+    fn clone(&self) -> Self {
+        let mut c = LineBuf::zeroed(self.len);
+        c.copy_from_slice(self);
+        c
+    }
+}
+
+impl std::ops::Deref for LineBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl std::ops::DerefMut for LineBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl std::fmt::Debug for LineBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LineBuf({} bytes)", self.len)
+    }
+}
+
 /// Keys and values for many sequences in fixed-size blocks of positions,
 /// laid out [block][layer][slot][kv width]. A sequence owns a block table
 /// (indices into the pool); position `p` lives in block `table[p / block_size]`
@@ -49,8 +96,8 @@ impl KvType {
 #[derive(Debug, Clone)]
 pub struct KvPool {
     /// Keys and values as little-endian bytes of `ty`.
-    pub(crate) k: Vec<u8>,
-    pub(crate) v: Vec<u8>,
+    pub(crate) k: LineBuf,
+    pub(crate) v: LineBuf,
     pub(crate) ty: KvType,
     kv_dim: usize,
     n_layer: usize,
@@ -69,8 +116,8 @@ impl KvPool {
         let block_size = block_size.max(1);
         let n = n_blocks * n_layer * block_size * kv_dim * ty.bytes();
         KvPool {
-            k: vec![0; n],
-            v: vec![0; n],
+            k: LineBuf::zeroed(n),
+            v: LineBuf::zeroed(n),
             ty,
             kv_dim,
             n_layer,
@@ -183,6 +230,23 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_buffers_start_on_a_cache_line_and_clone_keeps_content_and_alignment() {
+        for n in [0, 1, 63, 64, 1000, 1 << 20] {
+            let mut b = LineBuf::zeroed(n);
+            assert_eq!(b.len(), n);
+            assert_eq!(b.as_ptr() as usize % 64, 0, "{n} bytes");
+            assert!(b.iter().all(|&x| x == 0));
+            b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8);
+            let c = b.clone();
+            assert_eq!(c.as_ptr() as usize % 64, 0);
+            assert_eq!(&c[..], &b[..]);
+        }
+        let p = KvPool::new(2, 192, 16, 4, KvType::F32);
+        assert_eq!(p.k.as_ptr() as usize % 64, 0);
+        assert_eq!(p.v.as_ptr() as usize % 64, 0);
+    }
 
     #[test]
     fn f16_halves_the_memory_and_round_trips_values() {
