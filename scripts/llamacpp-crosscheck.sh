@@ -11,6 +11,9 @@
 #
 #   bash scripts/llamacpp-crosscheck.sh            # both builds, all models
 #   BUILDS=native bash scripts/llamacpp-crosscheck.sh
+#
+# Afterwards target/llamacpp/ggml_dump (from scripts/ggml_dump.cpp, linked to
+# the AVX2 build) dumps every tensor llama.cpp computes; see the end of this file.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="$root/target/llamacpp"
@@ -84,3 +87,13 @@ for b in ${BUILDS:-avx2 native}; do
     run "$b" "$models/SmolLM2-135M-Instruct.Q4_1.gguf" "$golden/generation_smollm2.json" Q4_1
     run "$b" "$models/gemma-3-270m-q4_k_m.gguf" "$golden/generation_gemma3.json" gemma3
 done
+
+# A tensor dumper over the AVX2 build's libraries, for comparing realizar's
+# ggml-avx2 numerics with llama.cpp tensor by tensor:
+#   target/llamacpp/ggml_dump MODEL DIR 504,3575,282,4649,314 3
+#   cargo run --release -p realizar-node --example ggml_compare -- MODEL DIR 504,3575,282,4649,314 3
+if [ -d "$work/b-avx2/bin" ]; then
+    g++ -O2 -std=c++17 -I"$src/include" -I"$src/ggml/include" "$root/scripts/ggml_dump.cpp" \
+        -o "$work/ggml_dump" -L"$work/b-avx2/bin" -lllama -lggml -lggml-base \
+        -Wl,-rpath,"$work/b-avx2/bin"
+fi

@@ -88,6 +88,10 @@ enum Command {
         /// KV cache element type: f32 or f16.
         #[arg(long, default_value = "f32")]
         kv_type: String,
+        /// Arithmetic: native (realizar's kernels) or ggml-avx2 (llama.cpp's
+        /// AVX2 build reproduced bit for bit; slower; Q8_0/Q4_1 llama models).
+        #[arg(long, default_value = "native")]
+        numerics: String,
     },
     /// Perplexity of a text file, computed the way llama-perplexity does.
     Perplexity {
@@ -99,6 +103,9 @@ enum Command {
         ctx: usize,
         #[arg(long)]
         threads: Option<usize>,
+        /// Arithmetic: native or ggml-avx2 (see `run --help`).
+        #[arg(long, default_value = "native")]
+        numerics: String,
     },
     /// Serve the OpenAI API on one machine (node and front door in one
     /// process). With no model given, serves SmolLM2 (fetched if missing).
@@ -442,7 +449,7 @@ type Loaded = (
     Option<String>,
 );
 
-fn load_model(arg: &Path) -> Result<Loaded, String> {
+fn load_model(arg: &Path, numerics: realizar_node::model::Numerics) -> Result<Loaded, String> {
     let path = &resolve_model(arg)?;
     let f = std::sync::Arc::new(
         realizar_node::format::hf_convert::open_model_file(path).map_err(|e| e.to_string())?,
@@ -453,7 +460,7 @@ fn load_model(arg: &Path) -> Result<Loaded, String> {
         .metadata()
         .get_str("tokenizer.chat_template")
         .map(str::to_owned);
-    let model = realizar_node::model::load(f).map_err(|e| e.to_string())?;
+    let model = realizar_node::model::load_with(f, numerics).map_err(|e| e.to_string())?;
     Ok((model, tok, template))
 }
 
@@ -471,12 +478,13 @@ fn run(
     params: realizar_node::sampling::SamplingParams,
     n_threads: usize,
     kv: realizar_node::model::KvType,
+    numerics: realizar_node::model::Numerics,
 ) -> ExitCode {
     use realizar_node::model::{Logits, Workspace};
     use realizar_node::sampling::Sampler;
     use realizar_node::tokenizer::StreamDecoder;
     use std::io::Write;
-    let (m, tok, template) = match load_model(model) {
+    let (m, tok, template) = match load_model(model, numerics) {
         Ok(x) => x,
         Err(e) => return fail("run", e),
     };
@@ -557,8 +565,14 @@ fn run(
     ExitCode::SUCCESS
 }
 
-fn perplexity(model: &Path, file: &Path, ctx: usize, n_threads: usize) -> ExitCode {
-    let (m, tok, _) = match load_model(model) {
+fn perplexity(
+    model: &Path,
+    file: &Path,
+    ctx: usize,
+    n_threads: usize,
+    numerics: realizar_node::model::Numerics,
+) -> ExitCode {
+    let (m, tok, _) = match load_model(model, numerics) {
         Ok(x) => x,
         Err(e) => return fail("perplexity", e),
     };
@@ -699,9 +713,16 @@ fn main() -> ExitCode {
             seed,
             threads: t,
             kv_type,
+            numerics,
         } => {
             let Some(kv) = realizar_node::model::KvType::from_name(&kv_type) else {
                 return fail("run", format!("--kv-type {kv_type:?}: expected f32 or f16"));
+            };
+            let Some(numerics) = realizar_node::model::Numerics::from_name(&numerics) else {
+                return fail(
+                    "run",
+                    format!("--numerics {numerics:?}: expected native or ggml-avx2"),
+                );
             };
             let params = realizar_node::sampling::SamplingParams {
                 temperature,
@@ -711,13 +732,31 @@ fn main() -> ExitCode {
                 seed,
                 ..Default::default()
             };
-            run(&model, &prompt, chat, max_tokens, params, threads(t), kv)
+            run(
+                &model,
+                &prompt,
+                chat,
+                max_tokens,
+                params,
+                threads(t),
+                kv,
+                numerics,
+            )
         }
         Command::Perplexity {
             model,
             file,
             ctx,
             threads: t,
-        } => perplexity(&model, &file, ctx, threads(t)),
+            numerics,
+        } => {
+            let Some(numerics) = realizar_node::model::Numerics::from_name(&numerics) else {
+                return fail(
+                    "perplexity",
+                    format!("--numerics {numerics:?}: expected native or ggml-avx2"),
+                );
+            };
+            perplexity(&model, &file, ctx, threads(t), numerics)
+        }
     }
 }

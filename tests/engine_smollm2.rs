@@ -9,9 +9,10 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::generation::{check, Bar, QUANTIZED};
+use common::generation::{check, check_every_step, Bar, QUANTIZED};
 use common::{derived, golden, q4_1_path};
 use realizar_node::format::GgufFile;
+use realizar_node::model::ggml_avx2::LlamaGgmlAvx2;
 use realizar_node::model::llama::Llama;
 use realizar_node::model::{KvType, Logits, Model, Workspace};
 use realizar_node::tensor::{GgmlType, Simd, ThreadPool};
@@ -86,6 +87,28 @@ fn q8_0_generation_follows_llama_cpp_within_its_cross_build_spread() {
 #[test]
 fn q4_1_generation_follows_llama_cpp_within_its_cross_build_spread() {
     check_quantized("Q4_1", &q4_1_path());
+}
+
+/// The bar for the quantized files, and more: in the ggml-avx2
+/// numerics mode (arithmetic of llama.cpp's AVX2 build, the build that made
+/// the goldens) every one of the 32 steps of every prompt gives llama.cpp's
+/// token and top-5, logprobs within 1e-3 (llama-server's softmax is f32).
+fn check_ggml_avx2(variant: &str, path: &Path) {
+    let (model, tok) = load(path);
+    let model = LlamaGgmlAvx2::new(model).unwrap();
+    let g = golden("generation_smollm2.json");
+    let prompts = g["models"][variant]["prompts"].as_object().unwrap();
+    check_every_step(variant, &model, &tok, prompts, 1e-3);
+}
+
+#[test]
+fn q8_0_generation_matches_llama_cpp_in_ggml_avx2_numerics() {
+    check_ggml_avx2("Q8_0", &derived(GgmlType::Q8_0));
+}
+
+#[test]
+fn q4_1_generation_matches_llama_cpp_in_ggml_avx2_numerics() {
+    check_ggml_avx2("Q4_1", &q4_1_path());
 }
 
 /// The goldens were made with llama.cpp's f16 KV cache: ours must meet the same bar.

@@ -57,7 +57,8 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
 }
 
 /// The goldens were made with `ignore_eos`: llama-server sets the logits of
-/// end-of-generation tokens to -inf before sampling and before logprobs.
+/// end-of-generation tokens to -inf before sampling, but its logprobs are
+/// taken before that (the goldens' top-5 lists include `<|im_end|>`).
 fn mask_eog(tok: &Tokenizer, logits: &mut [f32]) {
     for (id, l) in logits.iter_mut().enumerate() {
         if tok.vocab.is_end_of_generation(id as u32) {
@@ -79,8 +80,8 @@ pub fn greedy(
     let mut cache = model.new_cache_typed(prompt.len() + n + 1, kv);
     let mut ws = Workspace::default();
     model.forward(&pool, simd, prompt, &mut cache, &mut ws, Logits::Last);
-    mask_eog(tok, &mut ws.logits);
     let first = log_softmax(&ws.logits);
+    mask_eog(tok, &mut ws.logits);
     let mut out = Vec::new();
     for _ in 0..n {
         let next = argmax(&ws.logits);
@@ -159,5 +160,61 @@ pub fn check(
                 first[id as usize]
             );
         }
+    }
+}
+
+/// Every prompt of `prompts` through `model` for all of the golden's steps
+/// (32): the same greedy ids at every step, and at every step llama.cpp's
+/// top-5 in the same order with logprobs within `tol`. For a model that
+/// reproduces llama.cpp's arithmetic (ggml-avx2 numerics): the goldens'
+/// logprobs come from llama-server's f32 softmax, ours from an f64 one, so
+/// `tol` is not zero but far below any real difference.
+pub fn check_every_step(
+    name: &str,
+    model: &dyn Model,
+    tok: &Tokenizer,
+    prompts: &serde_json::Map<String, serde_json::Value>,
+    tol: f64,
+) {
+    assert_eq!(prompts.len(), 5, "{name}: five golden prompts");
+    let pool = ThreadPool::new(2);
+    let simd = Simd::detect();
+    for (key, p) in prompts {
+        let prompt = ids(&p["prompt_token_ids"]);
+        let want = ids(&p["generated_token_ids"]);
+        let steps = p["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), want.len(), "{name}/{key}: steps");
+        let mut cache = model.new_cache_typed(prompt.len() + want.len() + 1, KvType::F16);
+        let mut ws = Workspace::default();
+        model.forward(&pool, simd, &prompt, &mut cache, &mut ws, Logits::Last);
+        let mut worst = 0f64;
+        for (i, step) in steps.iter().enumerate() {
+            let lp = log_softmax(&ws.logits);
+            mask_eog(tok, &mut ws.logits);
+            let mut ours: Vec<(usize, f64)> = lp.iter().copied().enumerate().collect();
+            ours.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (rank, e) in step["top5"].as_array().unwrap().iter().enumerate() {
+                let id = e["id"].as_u64().unwrap() as usize;
+                let want_lp = e["logprob"].as_f64().unwrap();
+                assert_eq!(
+                    ours[rank].0, id,
+                    "{name}/{key}: step {i}: top-5 rank {rank}"
+                );
+                let diff = (lp[id] - want_lp).abs();
+                worst = worst.max(diff);
+                assert!(
+                    diff <= tol,
+                    "{name}/{key}: step {i}: logprob of {id}: {} vs {want_lp}",
+                    lp[id]
+                );
+            }
+            let next = argmax(&ws.logits);
+            assert_eq!(next, want[i], "{name}/{key}: token {i}");
+            model.forward(&pool, simd, &[next], &mut cache, &mut ws, Logits::Last);
+        }
+        eprintln!(
+            "{name}/{key}: {} steps identical, max |logprob difference| {worst:.2e}",
+            steps.len()
+        );
     }
 }

@@ -73,29 +73,29 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    wq: Weight,
-    wk: Weight,
-    wv: Weight,
+pub(super) struct Layer {
+    pub(super) attn_norm: Vec<f32>,
+    pub(super) wq: Weight,
+    pub(super) wk: Weight,
+    pub(super) wv: Weight,
     /// Q, K, V biases (qwen2).
-    bias: Option<[Vec<f32>; 3]>,
-    wo: Weight,
-    ffn_norm: Vec<f32>,
-    w_gate: Weight,
-    w_up: Weight,
-    w_down: Weight,
+    pub(super) bias: Option<[Vec<f32>; 3]>,
+    pub(super) wo: Weight,
+    pub(super) ffn_norm: Vec<f32>,
+    pub(super) w_gate: Weight,
+    pub(super) w_up: Weight,
+    pub(super) w_down: Weight,
 }
 
 pub struct Llama {
     pub cfg: LlamaConfig,
-    variant: Variant,
-    file: Arc<GgufFile>,
-    tok_embd: Weight,
-    layers: Vec<Layer>,
-    out_norm: Vec<f32>,
-    output: Weight,
-    inv_freq: Vec<f32>,
+    pub(super) variant: Variant,
+    pub(super) file: Arc<GgufFile>,
+    pub(super) tok_embd: Weight,
+    pub(super) layers: Vec<Layer>,
+    pub(super) out_norm: Vec<f32>,
+    pub(super) output: Weight,
+    pub(super) inv_freq: Vec<f32>,
 }
 
 impl Llama {

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod gemma3;
+pub mod ggml_avx2;
 pub mod kv;
 pub mod llama;
 pub mod ops;
@@ -247,6 +248,42 @@ pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>, ModelError> {
 }
 
 /// Why a model could not be loaded.
+/// The arithmetic a model runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Numerics {
+    /// realizar's own kernels (the fast path).
+    #[default]
+    Native,
+    /// llama.cpp's x86 AVX2 build reproduced bit for bit (see
+    /// [`ggml_avx2`]): slower, for output identical to llama.cpp's.
+    GgmlAvx2,
+}
+
+impl Numerics {
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(Numerics::Native),
+            "ggml-avx2" => Some(Numerics::GgmlAvx2),
+            _ => None,
+        }
+    }
+}
+
+/// [`load`] with a choice of arithmetic.
+pub fn load_with(file: Arc<GgufFile>, numerics: Numerics) -> Result<Box<dyn Model>, ModelError> {
+    match numerics {
+        Numerics::Native => load(file),
+        Numerics::GgmlAvx2 => match file.metadata().architecture().unwrap_or("") {
+            "llama" => Ok(Box::new(ggml_avx2::LlamaGgmlAvx2::new(
+                llama::Llama::load(file)?,
+            )?)),
+            other => Err(ModelError::UnsupportedArchitecture(format!(
+                "{other} (ggml-avx2 numerics cover llama)"
+            ))),
+        },
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
