@@ -44,9 +44,19 @@ int main(int argc, char ** argv) {
     auto cp = llama_context_default_params();
     cp.n_ctx = 4096; cp.n_batch = 2048; cp.n_ubatch = 512; cp.n_seq_max = 1;
     cp.n_threads = 2; cp.n_threads_batch = 2;
-    cp.cb_eval = cb;
+    if (!getenv("NO_CB")) cp.cb_eval = cb;
     llama_context * ctx = llama_init_from_model(model, cp);
     const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    // SPLIT=N: evaluate the last N prompt tokens as a batch of their own, as
+    // llama-server does for sliding-window models (N = 4); dumps of that
+    // first part go to step -1.
+    int split = getenv("SPLIT") ? atoi(getenv("SPLIT")) : 0;
+    if (split > 0 && (int) toks.size() > split) {
+        g_step = -1;
+        llama_batch first = llama_batch_get_one(toks.data(), toks.size() - split);
+        if (llama_decode(ctx, first)) { fprintf(stderr, "decode failed\n"); return 1; }
+        toks.erase(toks.begin(), toks.end() - split);
+    }
     llama_batch batch = llama_batch_get_one(toks.data(), toks.size());
     for (int s = 0; s <= ngen; s++) {
         g_step = s;

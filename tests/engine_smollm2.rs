@@ -98,7 +98,7 @@ fn check_ggml_avx2(variant: &str, path: &Path) {
     let model = LlamaGgmlAvx2::new(model).unwrap();
     let g = golden("generation_smollm2.json");
     let prompts = g["models"][variant]["prompts"].as_object().unwrap();
-    check_every_step(variant, &model, &tok, prompts, 1e-3);
+    check_every_step(variant, &model, &tok, prompts, 1e-3, None);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! tensor). Prints, per step, the first tensor that differs and how much.
 //! `ggml_compare MODEL.gguf DIR ID,ID,... NGEN`
 use realizar_node::format::GgufFile;
-use realizar_node::model::ggml_avx2::LlamaGgmlAvx2;
+use realizar_node::model::gemma3::Gemma3;
+use realizar_node::model::ggml_avx2::{Gemma3GgmlAvx2, LlamaGgmlAvx2};
 use realizar_node::model::llama::Llama;
 use realizar_node::model::{KvCache, KvType, Logits, Model, Workspace};
 use realizar_node::sampling::argmax;
@@ -30,14 +31,67 @@ fn read(path: &str) -> Option<(Vec<i32>, Vec<f32>)> {
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let f = Arc::new(GgufFile::open(&a[1]).unwrap());
-    let m = LlamaGgmlAvx2::new(Llama::load(f).unwrap()).unwrap();
+    let gemma = f.metadata().architecture() == Some("gemma3");
+    let (llama, gemma) = if gemma {
+        (
+            None,
+            Some(Gemma3GgmlAvx2::new(Gemma3::load(f).unwrap()).unwrap()),
+        )
+    } else {
+        (
+            Some(LlamaGgmlAvx2::new(Llama::load(f).unwrap()).unwrap()),
+            None,
+        )
+    };
+    let m: &dyn Model = match (&llama, &gemma) {
+        (Some(l), _) => l,
+        (_, Some(g)) => g,
+        _ => unreachable!(),
+    };
     let dir = &a[2];
-    let mut toks: Vec<u32> = a[3].split(',').map(|s| s.parse().unwrap()).collect();
+    let toks: Vec<u32> = a[3].split(',').map(|s| s.parse().unwrap()).collect();
     let ngen: usize = a[4].parse().unwrap();
     let pool = ThreadPool::new(2);
     let mut cache: KvCache = m.new_cache_typed(toks.len() + ngen + 1, KvType::F16);
+    let mut toks = toks;
     let mut ws = Workspace::default();
-    for step in 0..=ngen {
+    // SPLIT=N: the last N prompt tokens as a batch of their own (llama-server
+    // does this for sliding-window models); the first part is step -1.
+    let split: usize = std::env::var("SPLIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut steps: Vec<(i32, Vec<u32>)> = Vec::new();
+    if split > 0 && toks.len() > split {
+        let rest = toks.split_off(toks.len() - split);
+        steps.push((-1, std::mem::replace(&mut toks, rest)));
+    }
+    let first_step = if steps.is_empty() { 0 } else { -1 };
+    for step in first_step..=ngen as i32 {
+        if step == -1 {
+            let (_, part) = &steps[0];
+            let mut trace = |_: &str, _: &[f32]| {};
+            match (&llama, &gemma) {
+                (Some(l), _) => l.forward_cache_traced(
+                    &pool,
+                    part,
+                    &mut cache,
+                    &mut ws,
+                    Logits::None,
+                    &mut trace,
+                ),
+                (_, Some(g)) => g.forward_cache_traced(
+                    &pool,
+                    part,
+                    &mut cache,
+                    &mut ws,
+                    Logits::None,
+                    &mut trace,
+                ),
+                _ => unreachable!(),
+            }
+            continue;
+        }
         let mut reported = false;
         let mut n_cmp = 0;
         let mut trace = |name: &str, got: &[f32]| {
@@ -70,7 +124,15 @@ fn main() {
                 reported = true;
             }
         };
-        m.forward_cache_traced(&pool, &toks, &mut cache, &mut ws, Logits::Last, &mut trace);
+        match (&llama, &gemma) {
+            (Some(l), _) => {
+                l.forward_cache_traced(&pool, &toks, &mut cache, &mut ws, Logits::Last, &mut trace)
+            }
+            (_, Some(g)) => {
+                g.forward_cache_traced(&pool, &toks, &mut cache, &mut ws, Logits::Last, &mut trace)
+            }
+            _ => unreachable!(),
+        }
         if !reported {
             println!("step {step}: all {n_cmp} compared tensors bit-identical");
         }

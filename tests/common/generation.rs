@@ -165,16 +165,24 @@ pub fn check(
 
 /// Every prompt of `prompts` through `model` for all of the golden's steps
 /// (32): the same greedy ids at every step, and at every step llama.cpp's
-/// top-5 in the same order with logprobs within `tol`. For a model that
-/// reproduces llama.cpp's arithmetic (ggml-avx2 numerics): the goldens'
-/// logprobs come from llama-server's f32 softmax, ours from an f64 one, so
-/// `tol` is not zero but far below any real difference.
+/// top-5 in the same order with logprobs within `tol`, and the same logits
+/// up to the normalisation: ours − llama.cpp's varies by at most 1e-4 over
+/// the top-5. For a model that reproduces llama.cpp's arithmetic (ggml-avx2
+/// numerics): the goldens' logprobs come from llama-server's f32 softmax
+/// (whose sum over the vocabulary is off by up to ~1e-3 on Gemma's 262k),
+/// ours from an f64 one.
+///
+/// `last_batch`: llama-server evaluates the last 4 prompt tokens of a
+/// sliding-window model (Gemma 3) as a batch of their own, so that it can
+/// checkpoint the cache (server-context.cpp, `checkpoint_offsets`); the
+/// batch size picks ggml's kernels, so the prompt is fed the same way.
 pub fn check_every_step(
     name: &str,
     model: &dyn Model,
     tok: &Tokenizer,
     prompts: &serde_json::Map<String, serde_json::Value>,
     tol: f64,
+    last_batch: Option<usize>,
 ) {
     assert_eq!(prompts.len(), 5, "{name}: five golden prompts");
     let pool = ThreadPool::new(2);
@@ -186,13 +194,35 @@ pub fn check_every_step(
         assert_eq!(steps.len(), want.len(), "{name}/{key}: steps");
         let mut cache = model.new_cache_typed(prompt.len() + want.len() + 1, KvType::F16);
         let mut ws = Workspace::default();
-        model.forward(&pool, simd, &prompt, &mut cache, &mut ws, Logits::Last);
-        let mut worst = 0f64;
+        let split = match last_batch {
+            Some(n) if prompt.len() > n => prompt.len() - n,
+            _ => 0,
+        };
+        if split > 0 {
+            model.forward(
+                &pool,
+                simd,
+                &prompt[..split],
+                &mut cache,
+                &mut ws,
+                Logits::None,
+            );
+        }
+        model.forward(
+            &pool,
+            simd,
+            &prompt[split..],
+            &mut cache,
+            &mut ws,
+            Logits::Last,
+        );
+        let (mut worst, mut worst_spread) = (0f64, 0f64);
         for (i, step) in steps.iter().enumerate() {
             let lp = log_softmax(&ws.logits);
             mask_eog(tok, &mut ws.logits);
             let mut ours: Vec<(usize, f64)> = lp.iter().copied().enumerate().collect();
             ours.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
             for (rank, e) in step["top5"].as_array().unwrap().iter().enumerate() {
                 let id = e["id"].as_u64().unwrap() as usize;
                 let want_lp = e["logprob"].as_f64().unwrap();
@@ -200,20 +230,27 @@ pub fn check_every_step(
                     ours[rank].0, id,
                     "{name}/{key}: step {i}: top-5 rank {rank}"
                 );
-                let diff = (lp[id] - want_lp).abs();
-                worst = worst.max(diff);
+                let diff = lp[id] - want_lp;
+                (lo, hi) = (lo.min(diff), hi.max(diff));
+                worst = worst.max(diff.abs());
                 assert!(
-                    diff <= tol,
+                    diff.abs() <= tol,
                     "{name}/{key}: step {i}: logprob of {id}: {} vs {want_lp}",
                     lp[id]
                 );
             }
+            worst_spread = worst_spread.max(hi - lo);
+            assert!(
+                hi - lo <= 1e-4,
+                "{name}/{key}: step {i}: our logprobs − llama.cpp's range over {lo:.2e}..{hi:.2e}"
+            );
             let next = argmax(&ws.logits);
             assert_eq!(next, want[i], "{name}/{key}: token {i}");
             model.forward(&pool, simd, &[next], &mut cache, &mut ws, Logits::Last);
         }
         eprintln!(
-            "{name}/{key}: {} steps identical, max |logprob difference| {worst:.2e}",
+            "{name}/{key}: {} steps identical, max |logprob difference| {worst:.2e}, \
+             largest spread of the differences over a top-5 {worst_spread:.2e}",
             steps.len()
         );
     }

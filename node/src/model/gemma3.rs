@@ -17,7 +17,7 @@ use crate::tensor::{matmul, matmul_many, Simd, ThreadPool};
 
 /// llama.cpp's fixed values for Gemma 3 (not in the GGUF metadata).
 const SWA_PATTERN: usize = 6;
-const SWA_ROPE_BASE: f64 = 10_000.0;
+pub(super) const SWA_ROPE_BASE: f64 = 10_000.0;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gemma3Config {
@@ -34,31 +34,31 @@ pub struct Gemma3Config {
     pub rms_eps: f32,
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    wq: Weight,
-    wk: Weight,
-    wv: Weight,
-    q_norm: Vec<f32>,
-    k_norm: Vec<f32>,
-    wo: Weight,
-    post_attn_norm: Vec<f32>,
-    ffn_norm: Vec<f32>,
-    w_gate: Weight,
-    w_up: Weight,
-    w_down: Weight,
-    post_ffn_norm: Vec<f32>,
+pub(super) struct Layer {
+    pub(super) attn_norm: Vec<f32>,
+    pub(super) wq: Weight,
+    pub(super) wk: Weight,
+    pub(super) wv: Weight,
+    pub(super) q_norm: Vec<f32>,
+    pub(super) k_norm: Vec<f32>,
+    pub(super) wo: Weight,
+    pub(super) post_attn_norm: Vec<f32>,
+    pub(super) ffn_norm: Vec<f32>,
+    pub(super) w_gate: Weight,
+    pub(super) w_up: Weight,
+    pub(super) w_down: Weight,
+    pub(super) post_ffn_norm: Vec<f32>,
 }
 
 pub struct Gemma3 {
     pub cfg: Gemma3Config,
-    file: Arc<GgufFile>,
-    tok_embd: Weight,
-    layers: Vec<Layer>,
-    out_norm: Vec<f32>,
-    output: Weight,
-    inv_freq_global: Vec<f32>,
-    inv_freq_local: Vec<f32>,
+    pub(super) file: Arc<GgufFile>,
+    pub(super) tok_embd: Weight,
+    pub(super) layers: Vec<Layer>,
+    pub(super) out_norm: Vec<f32>,
+    pub(super) output: Weight,
+    pub(super) inv_freq_global: Vec<f32>,
+    pub(super) inv_freq_local: Vec<f32>,
 }
 
 impl Gemma3 {
@@ -141,7 +141,7 @@ impl Gemma3 {
         })
     }
 
-    fn is_sliding(layer: usize) -> bool {
+    pub(super) fn is_sliding(layer: usize) -> bool {
         layer % SWA_PATTERN < SWA_PATTERN - 1
     }
 }

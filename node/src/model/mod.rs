@@ -277,9 +277,10 @@ pub fn load_with(file: Arc<GgufFile>, numerics: Numerics) -> Result<Box<dyn Mode
             "llama" => Ok(Box::new(ggml_avx2::LlamaGgmlAvx2::new(
                 llama::Llama::load(file)?,
             )?)),
-            other => Err(ModelError::UnsupportedArchitecture(format!(
-                "{other} (ggml-avx2 numerics cover llama)"
-            ))),
+            "gemma3" => Ok(Box::new(ggml_avx2::Gemma3GgmlAvx2::new(
+                gemma3::Gemma3::load(file)?,
+            )?)),
+            other => Err(ModelError::NoGgmlNumerics(other.to_owned())),
         },
     }
 }
@@ -290,6 +291,8 @@ pub enum ModelError {
     Format(#[from] FormatError),
     #[error("architecture {0:?} is not supported (supported: {SUPPORTED})")]
     UnsupportedArchitecture(String),
+    #[error("architecture {0:?} has no ggml-avx2 numerics (they cover llama and gemma3)")]
+    NoGgmlNumerics(String),
     #[error("{file}: metadata key `{key}` is missing or invalid")]
     Metadata { file: String, key: String },
     #[error("{file}: tensor `{name}` is missing")]

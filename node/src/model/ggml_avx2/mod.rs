@@ -1,0 +1,286 @@
+//! The llama family computed with the arithmetic of ggml's x86 CPU backend as
+//! built for AVX2 (llama.cpp commit 0c1e570, the commit of the goldens), so
+//! that quantized models give llama.cpp's logits bit for bit.
+//!
+//! Why it exists: with quantized weights ggml rounds every activation row to
+//! 8-bit blocks before each matrix product, and a last-bit difference
+//! upstream moves some of those roundings. The result is a fresh draw of
+//! quantization noise: llama.cpp's own AVX-512 build differs from its AVX2
+//! build by up to 0.26 in first-token logprobs on these models (see
+//! docs/architecture.md). Matching llama.cpp's published numbers therefore
+//! needs the same roundings in the same order, which is what this file does:
+//!
+//! - activations quantized as `quantize_row_q8_0`/`_q8_1` (x86): scale
+//!   `amax/127` stored as f16, multiplier `127/amax`, round half to even;
+//! - block dot products as `ggml_vec_dot_q8_0_q8_0`/`_q4_1_q8_1` and
+//!   llamafile's `tinyBLAS_Q0_AVX`: eight lanes of four-element integer sums,
+//!   one FMA per lane per block with the f32 product of the two f16 scales,
+//!   then `hsum_float_8`; Q4_1's `m·s` terms in one FMA chain, added last;
+//! - RMSNorm with f32 squares summed in f64; RoPE with `theta *= theta_scale`
+//!   per pair and the FMA contractions GCC made; f16 K/V cache;
+//! - `flash_attn_ext_f16_one_chunk`: the query rounded to f16, `vec_dot_f16`'s
+//!   four 8-lane accumulators and reduction, online softmax with `expf`, the
+//!   value sum kept in f16 and rounded after every step;
+//! - `ggml_v_expf`/`ggml_v_silu` (the AVX2 polynomial) for SwiGLU.
+//!
+//! - K-quants as the kernels ggml picks for them: Q8_K activations
+//!   (`quantize_row_q8_K_ref`), Q4_K through the repacked `q4_K_8x8` gemv
+//!   and gemm (rows in groups of four), Q6_K through `vec_dot_q6_K_q8_K`
+//!   below eight rows and the tiled kernel from eight;
+//! - GELU from ggml's f16 lookup table (Gemma 3).
+//!
+//! It is a numerics mode, not the fast path: integer sums are plain Rust.
+//! It covers the llama family with Q8_0/Q4_1/Q5_0/Q4_K/Q6_K weights and
+//! Gemma 3 (SmolLM2's and Gemma 3 270M's files). It follows llama.cpp
+//! exactly for prompts shorter than 64 tokens in contexts shorter than 512;
+//! beyond those llama.cpp switches to tiled and split-KV attention kernels
+//! that this mode does not follow (it stays close, not identical).
+
+mod gemma3;
+mod kernels;
+
+pub use gemma3::Gemma3GgmlAvx2;
+
+use kernels::{
+    flash_attn, matmul, rms_norm_rows, store_f16, supported, swiglu, Act, AttnShape, Rope,
+};
+
+use super::llama::{Llama, Variant};
+use super::{
+    logits_rows, Dims, KvCache, KvPool, Logits, Model, ModelError, SeqStep, Weight, Workspace,
+};
+use crate::tensor::{Simd, ThreadPool};
+
+/// Llama-family weights run with ggml's AVX2 arithmetic.
+pub struct LlamaGgmlAvx2 {
+    inner: Llama,
+}
+
+impl LlamaGgmlAvx2 {
+    /// Wrap a loaded model; every matrix must be Q8_0 or Q4_1 and the model
+    /// plain llama (no qwen2 biases).
+    pub fn new(inner: Llama) -> Result<Self, ModelError> {
+        let file = inner.file.path().display().to_string();
+        if inner.variant != Variant::Llama {
+            return Err(ModelError::NoGgmlNumerics(inner.variant.arch().to_owned()));
+        }
+        let mut all: Vec<&Weight> = vec![&inner.output];
+        for l in &inner.layers {
+            all.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        }
+        check_weights(&file, &inner.tok_embd, &all)?;
+        Ok(LlamaGgmlAvx2 { inner })
+    }
+
+    /// [`Model::forward`] with a trace (see [`Self::forward_traced`]).
+    pub fn forward_cache_traced(
+        &self,
+        pool: &ThreadPool,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        which: Logits,
+        trace: &mut dyn FnMut(&str, &[f32]),
+    ) {
+        let step = SeqStep {
+            tokens,
+            pos0: cache.len,
+            table: &cache.table,
+            logits: which,
+        };
+        self.forward_traced(pool, &[step], &mut cache.pool, ws, trace);
+        cache.len += tokens.len();
+    }
+
+    /// One forward step, calling `trace(name, rows)` with each intermediate
+    /// under llama.cpp's tensor names (`attn_norm-3`, `Qcur-3`, ...), rows
+    /// token-major, for comparison with llama.cpp's own tensors.
+    pub fn forward_traced(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqStep],
+        kv: &mut KvPool,
+        ws: &mut Workspace,
+        trace: &mut dyn FnMut(&str, &[f32]),
+    ) {
+        let m = &self.inner;
+        let c = &m.cfg;
+        let f = &*m.file;
+        let (d, hd) = (c.n_embd, c.head_dim);
+        let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
+        let t = ws.prepare(seqs, kv.block_size(), d, q_dim, kv_dim, c.n_ff);
+        for (i, &tok) in seqs.iter().flat_map(|s| s.tokens).enumerate() {
+            let tok = (tok as usize).min(c.n_vocab - 1);
+            // Q8_0 dequantization is exact: ggml's get_rows gives the same.
+            m.tok_embd.row_into(f, tok, &mut ws.x[i * d..(i + 1) * d]);
+        }
+        let fma = Simd::detect().is_avx2();
+        let mut act = Act::default();
+        let rope = Rope::new(c.rope_base as f32, hd, false);
+        for (li, layer) in m.layers.iter().enumerate() {
+            rms_norm_rows(&ws.x, &layer.attn_norm, c.rms_eps, &mut ws.h);
+            trace(&format!("attn_norm-{li}"), &ws.h);
+            let lay = layer;
+            act.quantize(&ws.h, t, d, lay.wq.dtype);
+            matmul(pool, f, &lay.wq, &act, t, &mut ws.q, fma);
+            act.quantize(&ws.h, t, d, lay.wk.dtype);
+            matmul(pool, f, &lay.wk, &act, t, &mut ws.k, fma);
+            act.quantize(&ws.h, t, d, lay.wv.dtype);
+            matmul(pool, f, &lay.wv, &act, t, &mut ws.v, fma);
+            for i in 0..t {
+                let p = ws.tok_pos[i] as usize;
+                rope.apply(&mut ws.q[i * q_dim..(i + 1) * q_dim], p, hd);
+                rope.apply(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], p, hd);
+            }
+            trace(&format!("Qcur-{li}"), &ws.q);
+            trace(&format!("Kcur-{li}"), &ws.k);
+            trace(&format!("Vcur-{li}"), &ws.v);
+            for i in 0..t {
+                let s = &seqs[ws.tok_seq[i] as usize];
+                store_f16(
+                    kv,
+                    s.table,
+                    li,
+                    ws.tok_pos[i] as usize,
+                    &ws.k[i * kv_dim..(i + 1) * kv_dim],
+                    &ws.v[i * kv_dim..(i + 1) * kv_dim],
+                );
+            }
+            let att_shape = AttnShape {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window: None,
+            };
+            flash_attn(
+                pool,
+                kv,
+                li,
+                seqs,
+                &ws.tok_seq,
+                &ws.tok_pos,
+                &ws.q,
+                &att_shape,
+                &mut ws.att,
+                fma,
+            );
+            trace(&format!("kqv_out-{li}"), &ws.att);
+            act.quantize(&ws.att, t, q_dim, lay.wo.dtype);
+            matmul(pool, f, &lay.wo, &act, t, &mut ws.o, fma);
+            trace(&format!("attn_out-{li}"), &ws.o[..t * d]);
+            // llama.cpp keeps only the rows whose logits are wanted after
+            // the last layer's attention (and K-quant products depend on the
+            // number of rows).
+            let tt = if li + 1 == m.layers.len() {
+                keep_output_rows(seqs, d, &mut ws.x, &mut ws.o, &mut ws.last)
+            } else {
+                t
+            };
+            let x = &mut ws.x[..tt * d];
+            for (x, &o) in x.iter_mut().zip(&ws.o) {
+                *x += o;
+            }
+            trace(&format!("ffn_inp-{li}"), x);
+            rms_norm_rows(x, &layer.ffn_norm, c.rms_eps, &mut ws.h);
+            trace(&format!("ffn_norm-{li}"), &ws.h[..tt * d]);
+            act.quantize(&ws.h, tt, d, lay.w_gate.dtype);
+            matmul(pool, f, &lay.w_gate, &act, tt, &mut ws.gate, fma);
+            act.quantize(&ws.h, tt, d, lay.w_up.dtype);
+            matmul(pool, f, &lay.w_up, &act, tt, &mut ws.up, fma);
+            let nf = tt * c.n_ff;
+            trace(&format!("ffn_gate-{li}"), &ws.gate[..nf]);
+            trace(&format!("ffn_up-{li}"), &ws.up[..nf]);
+            swiglu(&mut ws.gate[..nf], &ws.up);
+            trace(&format!("ffn_swiglu-{li}"), &ws.gate[..nf]);
+            act.quantize(&ws.gate, tt, c.n_ff, lay.w_down.dtype);
+            matmul(pool, f, &lay.w_down, &act, tt, &mut ws.ffn, fma);
+            trace(&format!("ffn_out-{li}"), &ws.ffn[..tt * d]);
+            let x = &mut ws.x[..tt * d];
+            for (x, &o) in x.iter_mut().zip(&ws.ffn) {
+                *x += o;
+            }
+            trace(&format!("l_out-{li}"), x);
+        }
+        let n_out = logits_rows(seqs);
+        ws.logits.resize(n_out * c.n_vocab, 0.0);
+        if n_out == 0 {
+            return;
+        }
+        let mut normed = vec![0f32; n_out * d];
+        rms_norm_rows(&ws.x[..n_out * d], &m.out_norm, c.rms_eps, &mut normed);
+        trace("result_norm", &normed);
+        act.quantize(&normed, n_out, d, m.output.dtype);
+        matmul(pool, f, &m.output, &act, n_out, &mut ws.logits, fma);
+        trace("result_output", &ws.logits);
+    }
+}
+
+impl Model for LlamaGgmlAvx2 {
+    fn architecture(&self) -> &'static str {
+        self.inner.architecture()
+    }
+    fn dims(&self) -> Dims {
+        self.inner.dims()
+    }
+    fn forward_batch(
+        &self,
+        pool: &ThreadPool,
+        _simd: Simd,
+        seqs: &[SeqStep],
+        kv: &mut KvPool,
+        ws: &mut Workspace,
+    ) {
+        self.forward_traced(pool, seqs, kv, ws, &mut |_, _| {})
+    }
+}
+
+/// Every matrix in `all` must be one this mode runs, the embeddings Q8_0
+/// (whose dequantization is exact, so get_rows needs no emulation).
+fn check_weights(file: &str, embd: &Weight, all: &[&Weight]) -> Result<(), ModelError> {
+    if embd.dtype != crate::tensor::GgmlType::Q8_0 {
+        return Err(ModelError::Metadata {
+            file: file.to_owned(),
+            key: format!(
+                "{}: type {:?} (ggml-avx2 numerics need Q8_0 embeddings)",
+                embd.name, embd.dtype
+            ),
+        });
+    }
+    for w in all {
+        supported(w).map_err(|key| ModelError::Metadata {
+            file: file.to_owned(),
+            key,
+        })?;
+    }
+    Ok(())
+}
+
+/// Move the rows (`d` wide) whose logits `seqs` ask for to the front of `x`
+/// and `y`, sequence by sequence; returns their number.
+fn keep_output_rows(
+    seqs: &[SeqStep],
+    d: usize,
+    x: &mut [f32],
+    y: &mut [f32],
+    tmp: &mut Vec<f32>,
+) -> usize {
+    let mut kept = 0;
+    for buf in [x, y] {
+        tmp.clear();
+        let mut first = 0;
+        for s in seqs {
+            let n = s.tokens.len();
+            let rows = match s.logits {
+                Logits::All => first..first + n,
+                Logits::Last => first + n - 1..first + n,
+                Logits::None => first..first,
+            };
+            tmp.extend_from_slice(&buf[rows.start * d..rows.end * d]);
+            first += n;
+        }
+        buf[..tmp.len()].copy_from_slice(tmp);
+        kept = tmp.len() / d;
+    }
+    kept
+}
