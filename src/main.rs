@@ -560,7 +560,10 @@ fn run(
         decode.as_secs_f64() * 1e3,
         generated as f64 / decode.as_secs_f64(),
         n_threads,
-        simd.name()
+        match numerics {
+            realizar_node::model::Numerics::Native => simd.name(),
+            realizar_node::model::Numerics::GgmlAvx2 => "ggml-avx2 numerics",
+        }
     );
     ExitCode::SUCCESS
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::model::KvType;
+use crate::model::{KvType, Numerics};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,6 +57,9 @@ pub struct ModelOptions {
     pub kv_type: String,
     pub max_batch: usize,
     pub max_step_tokens: usize,
+    /// "native" (realizar's kernels) or "ggml-avx2" (llama.cpp's AVX2
+    /// build reproduced bit for bit for a request served alone; slower).
+    pub numerics: String,
 }
 
 impl Default for ModelOptions {
@@ -68,6 +71,7 @@ impl Default for ModelOptions {
             kv_type: "f16".into(),
             max_batch: 16,
             max_step_tokens: 256,
+            numerics: "native".into(),
         }
     }
 }
@@ -141,6 +145,10 @@ impl ModelOptions {
         KvType::from_name(&self.kv_type).unwrap_or(KvType::F16)
     }
 
+    pub fn numerics(&self) -> Numerics {
+        Numerics::from_name(&self.numerics).unwrap_or_default()
+    }
+
     pub fn check(&self, file: &str, at: &str) -> Result<(), ConfigError> {
         let bad = |field: &str, message: &str| {
             Err(ConfigError::Invalid {
@@ -151,6 +159,9 @@ impl ModelOptions {
         };
         if KvType::from_name(&self.kv_type).is_none() {
             return bad("kv_type", "must be \"f16\" or \"f32\"");
+        }
+        if Numerics::from_name(&self.numerics).is_none() {
+            return bad("numerics", "must be \"native\" or \"ggml-avx2\"");
         }
         if self.block_size == 0 || self.block_size > 1024 {
             return bad("block_size", "must be between 1 and 1024");
@@ -188,6 +199,12 @@ mod tests {
         let e =
             NodeConfig::from_toml("[model_defaults]\nkv_type = \"q4\"\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("model_defaults.kv_type"), "{e}");
+        let c = NodeConfig::from_toml("[model_defaults]\nnumerics = \"ggml-avx2\"\n", "x.toml")
+            .unwrap();
+        assert_eq!(c.model_defaults.numerics(), Numerics::GgmlAvx2);
+        let e = NodeConfig::from_toml("[model_defaults]\nnumerics = \"exact\"\n", "x.toml")
+            .unwrap_err();
+        assert!(e.to_string().contains("model_defaults.numerics"), "{e}");
         let e = NodeConfig::from_toml("prot = 1\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("prot"), "{e}");
     }
