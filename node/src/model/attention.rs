@@ -1,11 +1,11 @@
 //! Causal grouped-query attention over the paged KV pool (f32 or f16) for a
-//! batch of sequences, optionally limited to a sliding window; one pool task
-//! per (token, head). Key dots
+//! batch of sequences, optionally limited to a sliding window; pool tasks
+//! per (token, KV head), per (token, query head), or per chunk of positions
+//! at decode (see [`attention`]). Key dots
 //! use the matmul kernels of the cache's element type, so f16 keys are
 //! converted in registers (F16C) rather than copied.
 
 use super::kv::KvPool;
-use super::ops::softmax;
 use super::SeqStep;
 use crate::tensor::{dequantize, Simd, ThreadPool};
 
@@ -35,6 +35,10 @@ pub struct AttentionShape {
 
 /// Largest head the row buffers take.
 const MAX_HEAD_DIM: usize = 512;
+/// Most query heads per KV head.
+const MAX_GROUP: usize = 64;
+/// Fewest positions per chunk when a span is split across tasks.
+const MIN_CHUNK: usize = 64;
 
 thread_local! {
     /// Per-thread scores buffer, reused across calls.
@@ -47,8 +51,12 @@ thread_local! {
 ///
 /// One task per (token, KV head) when there are enough of them: each key and
 /// value row is converted to f32 once and used by every query head of its
-/// group. With few tokens (decode), one task per (token, query head) instead,
-/// so both threads have work.
+/// group. With few tokens (decode) and spans of 128 positions or more, each
+/// (token, KV head) span is split into chunks of at least 64 positions, one
+/// task per chunk for the whole group, and the chunks' softmax partials
+/// (max, sum, unnormalised value sum) are merged afterwards, so both threads
+/// have work and each row is still read once per group. Short decode spans
+/// take one task per (token, query head).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
@@ -67,25 +75,101 @@ pub fn attention(
     let hd = s.head_dim;
     assert!(q.len() >= t * q_dim && out.len() >= t * q_dim && hd <= MAX_HEAD_DIM);
     let group = s.n_head / s.n_head_kv;
-    // Heads per task: the whole group, or one head when tasks would be few.
-    let per_task = if t * s.n_head_kv >= 4 * pool.n_threads() {
-        group
-    } else {
-        1
+    let threads = pool.n_threads();
+    let span = |i: usize| {
+        let pos = tok_pos[i] as usize;
+        let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        (first, pos)
     };
-    let tasks_per_token = s.n_head / per_task;
-    let o = Out(out.as_mut_ptr());
     let avx2 = simd.is_avx2();
+    let o = Out(out.as_mut_ptr());
+    // Few (token, KV head) pairs — decode — and long enough spans: split
+    // each span into chunks, every task one chunk for the whole group, so a
+    // key or value row is read once per group instead of once per query
+    // head; the chunks' softmax partials are merged afterwards.
+    let pairs = t * s.n_head_kv;
+    let longest = (0..t).map(|i| span(i).1 + 1 - span(i).0).max().unwrap_or(0);
+    let chunks = if pairs >= 4 * threads || group == 1 {
+        1
+    } else {
+        (4 * threads).div_ceil(pairs).min(longest / MIN_CHUNK)
+    };
+    if chunks >= 2 {
+        let stride = group * (hd + 2);
+        let mut partial = vec![0f32; pairs * chunks * stride];
+        let p = Out(partial.as_mut_ptr());
+        pool.run(pairs * chunks, &|task| {
+            let (pair, c) = (task / chunks, task % chunks);
+            let (i, g) = (pair / s.n_head_kv, pair % s.n_head_kv);
+            let (first, pos) = span(i);
+            let n = pos + 1 - first;
+            let (c0, c1) = (first + n * c / chunks, first + n * (c + 1) / chunks);
+            // SAFETY: task (pair, c) owns its stride of `partial`.
+            let part = unsafe { p.slice(task * stride, stride) };
+            if c0 == c1 {
+                part.iter_mut().for_each(|v| *v = 0.0);
+                part[group * hd..]
+                    .iter_mut()
+                    .step_by(2)
+                    .for_each(|m| *m = f32::NEG_INFINITY);
+                return;
+            }
+            let h0 = g * group;
+            let job = HeadJob {
+                kv,
+                table: seqs[tok_seq[i] as usize].table,
+                layer,
+                g,
+                first: c0,
+                pos: c1 - 1,
+                q: &q[i * q_dim + h0 * hd..i * q_dim + (h0 + group) * hd],
+                n_heads: group,
+                hd,
+                scale: s.scale,
+            };
+            let (acc, ml) = part.split_at_mut(group * hd);
+            run_attend(&job, avx2, acc, ml);
+        });
+        // Merge: out = Σ_c e^(m_c − M) acc_c / Σ_c e^(m_c − M) l_c.
+        for pair in 0..pairs {
+            let (i, g) = (pair / s.n_head_kv, pair % s.n_head_kv);
+            for hh in 0..group {
+                let h = g * group + hh;
+                let part = |c: usize| &partial[(pair * chunks + c) * stride..][..stride];
+                let m = (0..chunks)
+                    .map(|c| part(c)[group * hd + 2 * hh])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                // SAFETY: the tasks are done; each (token, head) slice is written once here.
+                let dst = unsafe { o.slice(i * q_dim + h * hd, hd) };
+                dst.iter_mut().for_each(|v| *v = 0.0);
+                let mut l = 0f32;
+                for c in 0..chunks {
+                    let pc = part(c);
+                    let w = (pc[group * hd + 2 * hh] - m).exp();
+                    l += w * pc[group * hd + 2 * hh + 1];
+                    for (d, &a) in dst.iter_mut().zip(&pc[hh * hd..(hh + 1) * hd]) {
+                        *d += w * a;
+                    }
+                }
+                let inv = 1.0 / l;
+                dst.iter_mut().for_each(|v| *v *= inv);
+            }
+        }
+        return;
+    }
+    // Heads per task: the whole group, or one head when tasks would be few.
+    let per_task = if pairs >= 4 * threads { group } else { 1 };
+    let tasks_per_token = s.n_head / per_task;
     pool.run(t * tasks_per_token, &|task| {
         let (i, k) = (task / tasks_per_token, task % tasks_per_token);
         let h0 = k * per_task;
-        let pos = tok_pos[i] as usize;
+        let (first, pos) = span(i);
         let job = HeadJob {
             kv,
             table: seqs[tok_seq[i] as usize].table,
             layer,
             g: h0 / group,
-            first: s.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
+            first,
             pos,
             q: &q[i * q_dim + h0 * hd..i * q_dim + (h0 + per_task) * hd],
             n_heads: per_task,
@@ -94,17 +178,28 @@ pub fn attention(
         };
         // SAFETY: task (i, k) owns heads h0..h0 + per_task of token i in `out`.
         let dst = unsafe { o.slice(i * q_dim + h0 * hd, per_task * hd) };
-        SCORES.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: `simd.is_avx2()` means detect() saw AVX2, FMA and F16C.
-                unsafe { attend_avx2(&job, &mut buf, dst) };
-                return;
-            }
-            let _ = avx2;
-            attend(&job, &mut buf, dst);
-        });
+        let mut ml = [0f32; 2 * MAX_GROUP];
+        let ml = &mut ml[..2 * per_task];
+        run_attend(&job, avx2, dst, ml);
+        for (h, d) in dst.chunks_exact_mut(hd).enumerate() {
+            let inv = 1.0 / ml[2 * h + 1];
+            d.iter_mut().for_each(|v| *v *= inv);
+        }
+    });
+}
+
+/// [`attend`] on the detected SIMD level with this thread's scores buffer.
+fn run_attend(job: &HeadJob, avx2: bool, acc: &mut [f32], ml: &mut [f32]) {
+    SCORES.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `simd.is_avx2()` means detect() saw AVX2, FMA and F16C.
+            unsafe { attend_avx2(job, &mut buf, acc, ml) };
+            return;
+        }
+        let _ = avx2;
+        attend(job, &mut buf, acc, ml);
     });
 }
 
@@ -124,8 +219,8 @@ struct HeadJob<'a> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2(job: &HeadJob, scores: &mut Vec<f32>, dst: &mut [f32]) {
-    attend(job, scores, dst)
+unsafe fn attend_avx2(job: &HeadJob, scores: &mut Vec<f32>, acc: &mut [f32], ml: &mut [f32]) {
+    attend(job, scores, acc, ml)
 }
 
 /// Row `j` of the keys or values of `job`, as f32.
@@ -155,8 +250,11 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Softmax partials of `job`'s heads over positions `first..=pos`: per head
+/// the largest score `m` and `l = Σ e^(s − m)` in `ml` (pairs), and
+/// `Σ e^(s − m) · v` in `acc` (unnormalised).
 #[inline(always)]
-fn attend(job: &HeadJob, scores: &mut Vec<f32>, dst: &mut [f32]) {
+fn attend(job: &HeadJob, scores: &mut Vec<f32>, acc: &mut [f32], ml: &mut [f32]) {
     let (hd, nh) = (job.hd, job.n_heads);
     let n = job.pos + 1 - job.first;
     scores.clear();
@@ -170,15 +268,136 @@ fn attend(job: &HeadJob, scores: &mut Vec<f32>, dst: &mut [f32]) {
         }
     }
     for h in 0..nh {
-        softmax(&mut scores[h * n..(h + 1) * n]);
+        let sc = &mut scores[h * n..(h + 1) * n];
+        let m = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut l = 0f32;
+        for v in sc.iter_mut() {
+            *v = (*v - m).exp();
+            l += *v;
+        }
+        ml[2 * h] = m;
+        ml[2 * h + 1] = l;
     }
-    dst.iter_mut().for_each(|v| *v = 0.0);
+    acc[..nh * hd].iter_mut().for_each(|v| *v = 0.0);
     for (jj, j) in (job.first..=job.pos).enumerate() {
         load_row(job, &job.kv.v, j, row);
         for h in 0..nh {
             let p = scores[h * n + jj];
-            for (d, &v) in dst[h * hd..(h + 1) * hd].iter_mut().zip(row.iter()) {
+            for (d, &v) in acc[h * hd..(h + 1) * hd].iter_mut().zip(row.iter()) {
                 *d += p * v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{KvType, Logits};
+
+    /// Plain f64 softmax attention for one query head over positions first..=pos.
+    fn reference(
+        q: &[f32],
+        keys: &[Vec<f32>],
+        vals: &[Vec<f32>],
+        first: usize,
+        pos: usize,
+        scale: f32,
+    ) -> Vec<f64> {
+        let s: Vec<f64> = (first..=pos)
+            .map(|j| {
+                q.iter()
+                    .zip(&keys[j])
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+        let l: f64 = w.iter().sum();
+        let mut out = vec![0f64; q.len()];
+        for (jj, j) in (first..=pos).enumerate() {
+            for (o, v) in out.iter_mut().zip(&vals[j]) {
+                *o += w[jj] / l * *v as f64;
+            }
+        }
+        out
+    }
+
+    /// Decode-shaped steps (one or two tokens, long spans) take the split
+    /// path, prompt-shaped ones the per-head path; with and without a window,
+    /// both equal an f64 softmax over the same f32 cache.
+    #[test]
+    fn split_and_whole_spans_equal_a_plain_softmax() {
+        let (n_head, n_head_kv, hd, n_pos) = (9usize, 3usize, 64usize, 700usize);
+        let kv_dim = n_head_kv * hd;
+        let mut pool = KvPool::new(1, kv_dim, 16, n_pos.div_ceil(16), KvType::F32);
+        let table: Vec<u32> = (0..n_pos.div_ceil(16) as u32).collect();
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let (mut keys, mut vals) = (vec![vec![]; n_head_kv], vec![vec![]; n_head_kv]);
+        for p in 0..n_pos {
+            let k: Vec<f32> = (0..kv_dim).map(|_| rnd() * 3.0).collect();
+            let v: Vec<f32> = (0..kv_dim).map(|_| rnd()).collect();
+            pool.store(&table, 0, p, &k, &v);
+            for g in 0..n_head_kv {
+                keys[g].push(k[g * hd..(g + 1) * hd].to_vec());
+                vals[g].push(v[g * hd..(g + 1) * hd].to_vec());
+            }
+        }
+        let threads = ThreadPool::new(2);
+        for window in [None, Some(300)] {
+            for positions in [
+                vec![699u32],
+                vec![150, 699],
+                (600..620).collect::<Vec<u32>>(),
+                vec![5],
+            ] {
+                let t = positions.len();
+                let q: Vec<f32> = (0..t * n_head * hd).map(|_| rnd()).collect();
+                let tokens = vec![0u32; t];
+                let seqs = [SeqStep {
+                    tokens: &tokens,
+                    pos0: 0,
+                    table: &table,
+                    logits: Logits::None,
+                }];
+                let tok_seq = vec![0u32; t];
+                let shape = AttentionShape {
+                    n_head,
+                    n_head_kv,
+                    head_dim: hd,
+                    scale: 0.125,
+                    window,
+                };
+                let mut out = vec![0f32; t * n_head * hd];
+                for simd in [Simd::detect(), Simd::SCALAR] {
+                    attention(
+                        &threads, simd, &pool, 0, &seqs, &tok_seq, &positions, &q, &shape, &mut out,
+                    );
+                    for (i, &pos) in positions.iter().enumerate() {
+                        let pos = pos as usize;
+                        let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                        for h in 0..n_head {
+                            let g = h / (n_head / n_head_kv);
+                            let qh = &q[(i * n_head + h) * hd..][..hd];
+                            let want = reference(qh, &keys[g], &vals[g], first, pos, 0.125);
+                            let got = &out[(i * n_head + h) * hd..][..hd];
+                            for (a, b) in got.iter().zip(&want) {
+                                assert!(
+                                    (*a as f64 - b).abs() < 2e-5,
+                                    "{window:?} {positions:?} token {i} head {h}: {a} vs {b}"
+                                );
+                            }
+                        }
+                    }
+                }
             }
         }
     }
