@@ -276,8 +276,25 @@ fn the_files_chat_template_renders_chatml() {
 /// others decode) give the same logits as each run alone in its own cache.
 #[test]
 fn batched_paged_forward_equals_one_sequence_at_a_time() {
-    use realizar_node::model::SeqStep;
     let (m, tok) = load(&q4_1_path());
+    check_batched(&m, &tok, 1e-4);
+}
+
+/// The same in ggml-avx2 numerics: Q4_1 and Q8_0 rows are summed the same
+/// way whatever the batch, so batched steps (prefill chunks with no logits,
+/// several sequences, interleaved block tables) give one-at-a-time's logits
+/// exactly.
+#[test]
+fn ggml_avx2_batched_steps_equal_one_sequence_at_a_time() {
+    let (m, tok) = load(&q4_1_path());
+    let m = LlamaGgmlAvx2::new(m).unwrap();
+    check_batched(&m, &tok, 0.0);
+}
+
+/// Three prompts run alone and as batched steps over one paged pool: every
+/// step's logits within `tol`.
+fn check_batched(m: &dyn Model, tok: &Tokenizer, tol: f32) {
+    use realizar_node::model::SeqStep;
     let pool = ThreadPool::new(2);
     let simd = Simd::detect();
     let prompts = [
@@ -354,9 +371,24 @@ fn batched_paged_forward_equals_one_sequence_at_a_time() {
                 .map(|(x, y)| (x - y).abs())
                 .fold(0f32, f32::max);
             assert!(
-                worst <= 1e-4,
+                worst <= tol,
                 "sequence {s} step {k}: logits differ by {worst}"
             );
         }
     }
+}
+
+/// Weights the ggml-avx2 numerics do not follow are refused with an error
+/// naming the file and the tensor, not run approximately.
+#[test]
+fn ggml_avx2_numerics_refuse_an_f32_model_by_name() {
+    use realizar_node::model::{load_with, Numerics};
+    let f = Arc::new(GgufFile::open(derived(GgmlType::F32)).unwrap());
+    let e = load_with(f, Numerics::GgmlAvx2).err().unwrap().to_string();
+    assert!(
+        e.contains("SmolLM2-135M-Instruct.F32.gguf")
+            && e.contains("ggml-avx2")
+            && e.contains("token_embd.weight: type F32"),
+        "{e}"
+    );
 }

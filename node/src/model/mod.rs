@@ -293,6 +293,8 @@ pub enum ModelError {
     UnsupportedArchitecture(String),
     #[error("architecture {0:?} has no ggml-avx2 numerics (they cover llama and gemma3)")]
     NoGgmlNumerics(String),
+    #[error("{file}: ggml-avx2 numerics: {reason}")]
+    GgmlNumerics { file: String, reason: String },
     #[error("{file}: metadata key `{key}` is missing or invalid")]
     Metadata { file: String, key: String },
     #[error("{file}: tensor `{name}` is missing")]

@@ -48,7 +48,7 @@ pub(super) fn supported(w: &Weight) -> Result<(), String> {
         // (q4_K_8x8); the other Q4_K kernels are not followed here.
         GgmlType::Q4_K if w.rows.is_multiple_of(8) => Ok(()),
         other => Err(format!(
-            "{}: type {other:?} with {} rows (ggml-avx2 numerics support Q8_0, Q4_1, Q5_0, Q6_K and Q4_K with rows a multiple of 8)",
+            "{}: type {other:?} with {} rows (supported: Q8_0, Q4_1, Q5_0, Q6_K, and Q4_K with rows a multiple of 8)",
             w.name, w.rows
         )),
     }

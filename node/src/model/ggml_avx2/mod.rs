@@ -239,18 +239,18 @@ impl Model for LlamaGgmlAvx2 {
 /// (whose dequantization is exact, so get_rows needs no emulation).
 fn check_weights(file: &str, embd: &Weight, all: &[&Weight]) -> Result<(), ModelError> {
     if embd.dtype != crate::tensor::GgmlType::Q8_0 {
-        return Err(ModelError::Metadata {
+        return Err(ModelError::GgmlNumerics {
             file: file.to_owned(),
-            key: format!(
-                "{}: type {:?} (ggml-avx2 numerics need Q8_0 embeddings)",
+            reason: format!(
+                "{}: type {:?} (the embeddings must be Q8_0)",
                 embd.name, embd.dtype
             ),
         });
     }
     for w in all {
-        supported(w).map_err(|key| ModelError::Metadata {
+        supported(w).map_err(|reason| ModelError::GgmlNumerics {
             file: file.to_owned(),
-            key,
+            reason,
         })?;
     }
     Ok(())
