@@ -1,7 +1,7 @@
 //! Causal grouped-query attention over the paged KV pool (f32 or f16) for a
 //! batch of sequences, optionally limited to a sliding window; pool tasks
-//! per (token, KV head), per (token, query head), or per chunk of positions
-//! at decode (see [`attention`]). Key dots
+//! per (tile of tokens, KV head), per (token, query head), or per chunk of
+//! positions at decode (see [`attention`]). Key dots
 //! use the matmul kernels of the cache's element type, so f16 keys are
 //! converted in registers (F16C) rather than copied.
 
@@ -35,10 +35,10 @@ pub struct AttentionShape {
 
 /// Largest head the row buffers take.
 const MAX_HEAD_DIM: usize = 512;
-/// Most query heads per KV head.
-const MAX_GROUP: usize = 64;
 /// Fewest positions per chunk when a span is split across tasks.
 const MIN_CHUNK: usize = 64;
+/// Most tokens of one sequence per task when there are many tokens.
+const QUERY_TILE: usize = 4;
 
 thread_local! {
     /// Per-thread scores buffer, reused across calls.
@@ -49,9 +49,10 @@ thread_local! {
 /// i's sequence in `seqs`, `tok_pos[i]` its position); the pool already holds
 /// their keys and values. Writes `T × n_head × head_dim` values to `out`.
 ///
-/// One task per (token, KV head) when there are enough of them: each key and
-/// value row is converted to f32 once and used by every query head of its
-/// group. With few tokens (decode) and spans of 128 positions or more, each
+/// One task per (tile of up to four consecutive tokens of a sequence, KV
+/// head) when there are enough (token, KV head) pairs: each key and value
+/// row is converted to f32 once and used by every query head of the group
+/// for every token of the tile. With few tokens (decode) and spans of 128 positions or more, each
 /// (token, KV head) span is split into chunks of at least 64 positions, one
 /// task per chunk for the whole group, and the chunks' softmax partials
 /// (max, sum, unnormalised value sum) are merged afterwards, so both threads
@@ -157,12 +158,75 @@ pub fn attention(
         }
         return;
     }
-    // Heads per task: the whole group, or one head when tasks would be few.
-    let per_task = if pairs >= 4 * threads { group } else { 1 };
-    let tasks_per_token = s.n_head / per_task;
-    pool.run(t * tasks_per_token, &|task| {
-        let (i, k) = (task / tasks_per_token, task % tasks_per_token);
-        let h0 = k * per_task;
+    if pairs >= 4 * threads {
+        // Tiles of up to QUERY_TILE consecutive tokens of one sequence: each
+        // task reads a key or value row once for the tile's tokens and the
+        // group's heads.
+        let mut tiles: Vec<(usize, usize)> = Vec::new();
+        for i in 0..t {
+            match tiles.last_mut() {
+                Some((i0, n))
+                    if *n < QUERY_TILE
+                        && tok_seq[*i0] == tok_seq[i]
+                        && tok_pos[*i0 + *n - 1] + 1 == tok_pos[i] =>
+                {
+                    *n += 1
+                }
+                _ => tiles.push((i, 1)),
+            }
+        }
+        pool.run(tiles.len() * s.n_head_kv, &|task| {
+            let ((i0, nt), g) = (tiles[task / s.n_head_kv], task % s.n_head_kv);
+            let h0 = g * group;
+            let mut toks = [(0, 0, &q[..0]); QUERY_TILE];
+            for (ti, tk) in toks.iter_mut().enumerate().take(nt) {
+                let i = i0 + ti;
+                let (first, pos) = span(i);
+                *tk = (
+                    first,
+                    pos,
+                    &q[i * q_dim + h0 * hd..i * q_dim + (h0 + group) * hd],
+                );
+            }
+            let job = TileJob {
+                kv,
+                table: seqs[tok_seq[i0] as usize].table,
+                layer,
+                g,
+                toks: &toks[..nt],
+                n_heads: group,
+                hd,
+                scale: s.scale,
+            };
+            let mut acc = vec![0f32; nt * group * hd];
+            let mut ml = vec![0f32; 2 * nt * group];
+            SCORES.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: `simd.is_avx2()` means detect() saw AVX2, FMA and F16C.
+                    unsafe { attend_tile_avx2(&job, &mut buf, &mut acc, &mut ml) };
+                    return;
+                }
+                attend_tile::<false>(&job, &mut buf, &mut acc, &mut ml);
+            });
+            for ti in 0..nt {
+                // SAFETY: task (tile, g) owns heads h0..h0 + group of its tokens in `out`.
+                let dst = unsafe { o.slice((i0 + ti) * q_dim + h0 * hd, group * hd) };
+                for (h, d) in dst.chunks_exact_mut(hd).enumerate() {
+                    let k = ti * group + h;
+                    let inv = 1.0 / ml[2 * k + 1];
+                    for (o, &a) in d.iter_mut().zip(&acc[k * hd..(k + 1) * hd]) {
+                        *o = a * inv;
+                    }
+                }
+            }
+        });
+        return;
+    }
+    // Short decode spans: one task per (token, query head).
+    pool.run(t * s.n_head, &|task| {
+        let (i, h0) = (task / s.n_head, task % s.n_head);
         let (first, pos) = span(i);
         let job = HeadJob {
             kv,
@@ -171,21 +235,114 @@ pub fn attention(
             g: h0 / group,
             first,
             pos,
-            q: &q[i * q_dim + h0 * hd..i * q_dim + (h0 + per_task) * hd],
-            n_heads: per_task,
+            q: &q[i * q_dim + h0 * hd..i * q_dim + (h0 + 1) * hd],
+            n_heads: 1,
             hd,
             scale: s.scale,
         };
-        // SAFETY: task (i, k) owns heads h0..h0 + per_task of token i in `out`.
-        let dst = unsafe { o.slice(i * q_dim + h0 * hd, per_task * hd) };
-        let mut ml = [0f32; 2 * MAX_GROUP];
-        let ml = &mut ml[..2 * per_task];
-        run_attend(&job, avx2, dst, ml);
-        for (h, d) in dst.chunks_exact_mut(hd).enumerate() {
-            let inv = 1.0 / ml[2 * h + 1];
-            d.iter_mut().for_each(|v| *v *= inv);
-        }
+        // SAFETY: task (i, h0) owns head h0 of token i in `out`.
+        let dst = unsafe { o.slice(i * q_dim + h0 * hd, hd) };
+        let mut ml = [0f32; 2];
+        run_attend(&job, avx2, dst, &mut ml);
+        let inv = 1.0 / ml[1];
+        dst.iter_mut().for_each(|v| *v *= inv);
     });
+}
+
+/// Consecutive tokens of one sequence (`toks`: first and last position
+/// attended, and the group's queries) against KV head `g`.
+struct TileJob<'a> {
+    kv: &'a KvPool,
+    table: &'a [u32],
+    layer: usize,
+    g: usize,
+    toks: &'a [(usize, usize, &'a [f32])],
+    n_heads: usize,
+    hd: usize,
+    scale: f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_tile_avx2(job: &TileJob, scores: &mut Vec<f32>, acc: &mut [f32], ml: &mut [f32]) {
+    attend_tile::<true>(job, scores, acc, ml)
+}
+
+/// [`attend`] for a tile of tokens: every key and value row of the tiles'
+/// spans is loaded once; (token `ti`, head `h`) is entry `ti · n_heads + h`
+/// of `acc` (rows of `hd`) and of `ml` (pairs).
+#[inline(always)]
+fn attend_tile<const F: bool>(
+    job: &TileJob,
+    scores: &mut Vec<f32>,
+    acc: &mut [f32],
+    ml: &mut [f32],
+) {
+    let (hd, nh) = (job.hd, job.n_heads);
+    let lo = job.toks.iter().map(|t| t.0).min().unwrap_or(0);
+    let hi = job.toks.iter().map(|t| t.1).max().unwrap_or(0);
+    let n = hi + 1 - lo;
+    let rows = job.toks.len() * nh;
+    scores.clear();
+    scores.resize(rows * n, 0.0);
+    let head = HeadJob {
+        kv: job.kv,
+        table: job.table,
+        layer: job.layer,
+        g: job.g,
+        first: lo,
+        pos: hi,
+        q: &[],
+        n_heads: nh,
+        hd,
+        scale: job.scale,
+    };
+    let mut row = [0f32; MAX_HEAD_DIM];
+    let row = &mut row[..hd];
+    for j in lo..=hi {
+        load_row(&head, &job.kv.k, j, row);
+        for (ti, &(first, pos, q)) in job.toks.iter().enumerate() {
+            if j < first || j > pos {
+                continue;
+            }
+            for h in 0..nh {
+                scores[(ti * nh + h) * n + j - lo] =
+                    dot8(&q[h * hd..(h + 1) * hd], row) * job.scale;
+            }
+        }
+    }
+    for (ti, &(first, pos, _)) in job.toks.iter().enumerate() {
+        for h in 0..nh {
+            let k = ti * nh + h;
+            let sc = &mut scores[k * n + first - lo..k * n + pos + 1 - lo];
+            let m = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut l8 = [0f32; 8];
+            for chunk in sc.chunks_mut(8) {
+                for (v, l) in chunk.iter_mut().zip(l8.iter_mut()) {
+                    *v = exp_nonpositive::<F>(*v - m);
+                    *l += *v;
+                }
+            }
+            ml[2 * k] = m;
+            ml[2 * k + 1] = l8.iter().sum();
+        }
+    }
+    acc[..rows * hd].iter_mut().for_each(|v| *v = 0.0);
+    for j in lo..=hi {
+        load_row(&head, &job.kv.v, j, row);
+        for (ti, &(first, pos, _)) in job.toks.iter().enumerate() {
+            if j < first || j > pos {
+                continue;
+            }
+            for h in 0..nh {
+                let k = ti * nh + h;
+                let p = scores[k * n + j - lo];
+                for (d, &v) in acc[k * hd..(k + 1) * hd].iter_mut().zip(row.iter()) {
+                    *d = madd::<F>(p, v, *d);
+                }
+            }
+        }
+    }
 }
 
 /// [`attend`] on the detected SIMD level with this thread's scores buffer.
