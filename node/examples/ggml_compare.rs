@@ -5,9 +5,9 @@
 //! `ggml_compare MODEL.gguf DIR ID,ID,... NGEN`
 use realizar_node::format::GgufFile;
 use realizar_node::model::gemma3::Gemma3;
-use realizar_node::model::ggml_avx2::{Gemma3GgmlAvx2, LlamaGgmlAvx2};
+use realizar_node::model::ggml_avx2::{Gemma3GgmlAvx2, GgmlTraced, LlamaGgmlAvx2};
 use realizar_node::model::llama::Llama;
-use realizar_node::model::{KvCache, KvType, Logits, Model, Workspace};
+use realizar_node::model::{KvCache, KvType, Logits, Workspace};
 use realizar_node::sampling::argmax;
 use realizar_node::tensor::ThreadPool;
 use std::sync::Arc;
@@ -31,22 +31,10 @@ fn read(path: &str) -> Option<(Vec<i32>, Vec<f32>)> {
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let f = Arc::new(GgufFile::open(&a[1]).unwrap());
-    let gemma = f.metadata().architecture() == Some("gemma3");
-    let (llama, gemma) = if gemma {
-        (
-            None,
-            Some(Gemma3GgmlAvx2::new(Gemma3::load(f).unwrap()).unwrap()),
-        )
+    let m: Box<dyn GgmlTraced> = if f.metadata().architecture() == Some("gemma3") {
+        Box::new(Gemma3GgmlAvx2::new(Gemma3::load(f).unwrap()).unwrap())
     } else {
-        (
-            Some(LlamaGgmlAvx2::new(Llama::load(f).unwrap()).unwrap()),
-            None,
-        )
-    };
-    let m: &dyn Model = match (&llama, &gemma) {
-        (Some(l), _) => l,
-        (_, Some(g)) => g,
-        _ => unreachable!(),
+        Box::new(LlamaGgmlAvx2::new(Llama::load(f).unwrap()).unwrap())
     };
     let dir = &a[2];
     let toks: Vec<u32> = a[3].split(',').map(|s| s.parse().unwrap()).collect();
@@ -70,26 +58,14 @@ fn main() {
     for step in first_step..=ngen as i32 {
         if step == -1 {
             let (_, part) = &steps[0];
-            let mut trace = |_: &str, _: &[f32]| {};
-            match (&llama, &gemma) {
-                (Some(l), _) => l.forward_cache_traced(
-                    &pool,
-                    part,
-                    &mut cache,
-                    &mut ws,
-                    Logits::None,
-                    &mut trace,
-                ),
-                (_, Some(g)) => g.forward_cache_traced(
-                    &pool,
-                    part,
-                    &mut cache,
-                    &mut ws,
-                    Logits::None,
-                    &mut trace,
-                ),
-                _ => unreachable!(),
-            }
+            m.forward_cache_traced(
+                &pool,
+                part,
+                &mut cache,
+                &mut ws,
+                Logits::None,
+                &mut |_, _| {},
+            );
             continue;
         }
         let mut reported = false;
@@ -124,15 +100,7 @@ fn main() {
                 reported = true;
             }
         };
-        match (&llama, &gemma) {
-            (Some(l), _) => {
-                l.forward_cache_traced(&pool, &toks, &mut cache, &mut ws, Logits::Last, &mut trace)
-            }
-            (_, Some(g)) => {
-                g.forward_cache_traced(&pool, &toks, &mut cache, &mut ws, Logits::Last, &mut trace)
-            }
-            _ => unreachable!(),
-        }
+        m.forward_cache_traced(&pool, &toks, &mut cache, &mut ws, Logits::Last, &mut trace);
         if !reported {
             println!("step {step}: all {n_cmp} compared tensors bit-identical");
         }

@@ -315,16 +315,7 @@ fn attend_tile<const F: bool>(
         for h in 0..nh {
             let k = ti * nh + h;
             let sc = &mut scores[k * n + first - lo..k * n + pos + 1 - lo];
-            let m = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut l8 = [0f32; 8];
-            for chunk in sc.chunks_mut(8) {
-                for (v, l) in chunk.iter_mut().zip(l8.iter_mut()) {
-                    *v = exp_nonpositive::<F>(*v - m);
-                    *l += *v;
-                }
-            }
-            ml[2 * k] = m;
-            ml[2 * k + 1] = l8.iter().sum();
+            (ml[2 * k], ml[2 * k + 1]) = softmax_partial::<F>(sc);
         }
     }
     acc[..rows * hd].iter_mut().for_each(|v| *v = 0.0);
@@ -444,6 +435,21 @@ fn exp_nonpositive<const F: bool>(x: f32) -> f32 {
     madd::<F>(j, k, k)
 }
 
+/// Scores to `e^(s − m)` in place; returns `m` (the largest score) and the
+/// sum of the exponentials (eight partial sums, so the loop vectorises).
+#[inline(always)]
+fn softmax_partial<const F: bool>(sc: &mut [f32]) -> (f32, f32) {
+    let m = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut l8 = [0f32; 8];
+    for chunk in sc.chunks_mut(8) {
+        for (v, l) in chunk.iter_mut().zip(l8.iter_mut()) {
+            *v = exp_nonpositive::<F>(*v - m);
+            *l += *v;
+        }
+    }
+    (m, l8.iter().sum())
+}
+
 /// Softmax partials of `job`'s heads over positions `first..=pos`: per head
 /// the largest score `m` and `l = Σ e^(s − m)` in `ml` (pairs), and
 /// `Σ e^(s − m) · v` in `acc` (unnormalised).
@@ -462,17 +468,7 @@ fn attend<const F: bool>(job: &HeadJob, scores: &mut Vec<f32>, acc: &mut [f32], 
         }
     }
     for h in 0..nh {
-        let sc = &mut scores[h * n..(h + 1) * n];
-        let m = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut l8 = [0f32; 8];
-        for chunk in sc.chunks_mut(8) {
-            for (v, l) in chunk.iter_mut().zip(l8.iter_mut()) {
-                *v = exp_nonpositive::<F>(*v - m);
-                *l += *v;
-            }
-        }
-        ml[2 * h] = m;
-        ml[2 * h + 1] = l8.iter().sum();
+        (ml[2 * h], ml[2 * h + 1]) = softmax_partial::<F>(&mut scores[h * n..(h + 1) * n]);
     }
     acc[..nh * hd].iter_mut().for_each(|v| *v = 0.0);
     for (jj, j) in (job.first..=job.pos).enumerate() {

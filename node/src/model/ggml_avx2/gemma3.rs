@@ -2,13 +2,12 @@
 //! llama.cpp's `llama_model_gemma3` (src/models/gemma3.cpp) op by op.
 
 use super::kernels::{
-    flash_attn, geglu, matmul, rms_norm_in_place, rms_norm_rows, store_f16, Act, AttnShape, Rope,
+    flash_attn, geglu, matmul, rms_norm_in_place, rms_norm_rows, store_f16, Act, Rope,
 };
-use super::{check_weights, keep_output_rows};
+use super::{check_weights, keep_output_rows, GgmlTraced, OutputHead};
+use crate::model::attention::AttentionShape;
 use crate::model::gemma3::{Gemma3, SWA_ROPE_BASE};
-use crate::model::{
-    logits_rows, Dims, KvCache, KvPool, Logits, Model, ModelError, SeqStep, Weight, Workspace,
-};
+use crate::model::{Dims, KvPool, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::tensor::{Simd, ThreadPool};
 
 /// Gemma 3 weights run with ggml's AVX2 arithmetic.
@@ -26,30 +25,10 @@ impl Gemma3GgmlAvx2 {
         check_weights(&file, &inner.tok_embd, &all)?;
         Ok(Gemma3GgmlAvx2 { inner })
     }
+}
 
-    /// [`Model::forward`] with a trace (see [`Self::forward_traced`]).
-    pub fn forward_cache_traced(
-        &self,
-        pool: &ThreadPool,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        ws: &mut Workspace,
-        which: Logits,
-        trace: &mut dyn FnMut(&str, &[f32]),
-    ) {
-        let step = SeqStep {
-            tokens,
-            pos0: cache.len,
-            table: &cache.table,
-            logits: which,
-        };
-        self.forward_traced(pool, &[step], &mut cache.pool, ws, trace);
-        cache.len += tokens.len();
-    }
-
-    /// One forward step, calling `trace(name, rows)` with each intermediate
-    /// under llama.cpp's tensor names.
-    pub fn forward_traced(
+impl GgmlTraced for Gemma3GgmlAvx2 {
+    fn forward_traced(
         &self,
         pool: &ThreadPool,
         seqs: &[SeqStep],
@@ -114,7 +93,7 @@ impl Gemma3GgmlAvx2 {
                     &ws.v[i * kv_dim..(i + 1) * kv_dim],
                 );
             }
-            let shape = AttnShape {
+            let shape = AttentionShape {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
                 head_dim: hd,
@@ -172,17 +151,13 @@ impl Gemma3GgmlAvx2 {
             }
             trace(&format!("l_out-{li}"), x);
         }
-        let n_out = logits_rows(seqs);
-        ws.logits.resize(n_out * c.n_vocab, 0.0);
-        if n_out == 0 {
-            return;
-        }
-        let mut normed = vec![0f32; n_out * d];
-        rms_norm_rows(&ws.x[..n_out * d], &m.out_norm, c.rms_eps, &mut normed);
-        trace("result_norm", &normed);
-        act.quantize(&normed, n_out, d, m.output.dtype);
-        matmul(pool, f, &m.output, &act, n_out, &mut ws.logits, fma);
-        trace("result_output", &ws.logits);
+        let head = OutputHead {
+            file: f,
+            norm: &m.out_norm,
+            eps: c.rms_eps,
+            output: &m.output,
+        };
+        head.logits(pool, seqs, ws, &mut act, fma, trace);
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
+use super::super::attention::AttentionShape;
 use super::super::{KvPool, KvType, SeqStep, Weight};
 use crate::format::GgufFile;
 use crate::tensor::{GgmlType, ThreadPool};
@@ -508,17 +509,6 @@ fn vec_dot_f16(x: &[f32], y: &[f32]) -> f32 {
     r as f32
 }
 
-/// Heads and scaling of one attention call.
-pub(super) struct AttnShape {
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
-    /// Multiplies q·k (after the dot product).
-    pub scale: f32,
-    /// Sliding window: positions older than `pos + 1 - window` are masked.
-    pub window: Option<usize>,
-}
-
 /// ggml_compute_forward_flash_attn_ext_f16_one_chunk for every (token, head).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn flash_attn(
@@ -529,7 +519,7 @@ pub(super) fn flash_attn(
     tok_seq: &[u32],
     tok_pos: &[u32],
     q: &[f32],
-    sh: &AttnShape,
+    sh: &AttentionShape,
     out: &mut [f32],
     fma: bool,
 ) {

@@ -41,14 +41,14 @@ mod kernels;
 
 pub use gemma3::Gemma3GgmlAvx2;
 
-use kernels::{
-    flash_attn, matmul, rms_norm_rows, store_f16, supported, swiglu, Act, AttnShape, Rope,
-};
+use kernels::{flash_attn, matmul, rms_norm_rows, store_f16, supported, swiglu, Act, Rope};
 
+use super::attention::AttentionShape;
 use super::llama::{Llama, Variant};
 use super::{
     logits_rows, Dims, KvCache, KvPool, Logits, Model, ModelError, SeqStep, Weight, Workspace,
 };
+use crate::format::GgufFile;
 use crate::tensor::{Simd, ThreadPool};
 
 /// Llama-family weights run with ggml's AVX2 arithmetic.
@@ -71,9 +71,26 @@ impl LlamaGgmlAvx2 {
         check_weights(&file, &inner.tok_embd, &all)?;
         Ok(LlamaGgmlAvx2 { inner })
     }
+}
 
-    /// [`Model::forward`] with a trace (see [`Self::forward_traced`]).
-    pub fn forward_cache_traced(
+/// A model in ggml-avx2 numerics: its forward step with a trace of every
+/// intermediate, for comparison with llama.cpp's own tensors
+/// (`examples/ggml_compare.rs`).
+pub trait GgmlTraced: Model {
+    /// One forward step, calling `trace(name, rows)` with each intermediate
+    /// under llama.cpp's tensor names (`attn_norm-3`, `Qcur-3`, ...), rows
+    /// token-major.
+    fn forward_traced(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqStep],
+        kv: &mut KvPool,
+        ws: &mut Workspace,
+        trace: &mut dyn FnMut(&str, &[f32]),
+    );
+
+    /// [`Model::forward`] with a trace.
+    fn forward_cache_traced(
         &self,
         pool: &ThreadPool,
         tokens: &[u32],
@@ -91,11 +108,10 @@ impl LlamaGgmlAvx2 {
         self.forward_traced(pool, &[step], &mut cache.pool, ws, trace);
         cache.len += tokens.len();
     }
+}
 
-    /// One forward step, calling `trace(name, rows)` with each intermediate
-    /// under llama.cpp's tensor names (`attn_norm-3`, `Qcur-3`, ...), rows
-    /// token-major, for comparison with llama.cpp's own tensors.
-    pub fn forward_traced(
+impl GgmlTraced for LlamaGgmlAvx2 {
+    fn forward_traced(
         &self,
         pool: &ThreadPool,
         seqs: &[SeqStep],
@@ -146,7 +162,7 @@ impl LlamaGgmlAvx2 {
                     &ws.v[i * kv_dim..(i + 1) * kv_dim],
                 );
             }
-            let att_shape = AttnShape {
+            let att_shape = AttentionShape {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
                 head_dim: hd,
@@ -202,17 +218,13 @@ impl LlamaGgmlAvx2 {
             }
             trace(&format!("l_out-{li}"), x);
         }
-        let n_out = logits_rows(seqs);
-        ws.logits.resize(n_out * c.n_vocab, 0.0);
-        if n_out == 0 {
-            return;
-        }
-        let mut normed = vec![0f32; n_out * d];
-        rms_norm_rows(&ws.x[..n_out * d], &m.out_norm, c.rms_eps, &mut normed);
-        trace("result_norm", &normed);
-        act.quantize(&normed, n_out, d, m.output.dtype);
-        matmul(pool, f, &m.output, &act, n_out, &mut ws.logits, fma);
-        trace("result_output", &ws.logits);
+        let head = OutputHead {
+            file: f,
+            norm: &m.out_norm,
+            eps: c.rms_eps,
+            output: &m.output,
+        };
+        head.logits(pool, seqs, ws, &mut act, fma, trace);
     }
 }
 
@@ -232,6 +244,48 @@ impl Model for LlamaGgmlAvx2 {
         ws: &mut Workspace,
     ) {
         self.forward_traced(pool, seqs, kv, ws, &mut |_, _| {})
+    }
+}
+
+/// The final norm and output projection over the rows whose logits are
+/// wanted (at the front of `ws.x` after the last layer).
+struct OutputHead<'a> {
+    file: &'a GgufFile,
+    norm: &'a [f32],
+    eps: f32,
+    output: &'a Weight,
+}
+
+impl OutputHead<'_> {
+    fn logits(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[SeqStep],
+        ws: &mut Workspace,
+        act: &mut Act,
+        fma: bool,
+        trace: &mut dyn FnMut(&str, &[f32]),
+    ) {
+        let (d, n_vocab) = (self.norm.len(), self.output.rows);
+        let n_out = logits_rows(seqs);
+        ws.logits.resize(n_out * n_vocab, 0.0);
+        if n_out == 0 {
+            return;
+        }
+        let mut normed = vec![0f32; n_out * d];
+        rms_norm_rows(&ws.x[..n_out * d], self.norm, self.eps, &mut normed);
+        trace("result_norm", &normed);
+        act.quantize(&normed, n_out, d, self.output.dtype);
+        matmul(
+            pool,
+            self.file,
+            self.output,
+            act,
+            n_out,
+            &mut ws.logits,
+            fma,
+        );
+        trace("result_output", &ws.logits);
     }
 }
 
