@@ -2,7 +2,7 @@
 //! llama.cpp's `llama_model_gemma3` (src/models/gemma3.cpp) op by op.
 
 use super::kernels::{
-    flash_attn, geglu, matmul, rms_norm_in_place, rms_norm_rows, store_f16, Act, Rope,
+    geglu, matmul, rms_norm_in_place, rms_norm_rows, store_and_attend, Act, Rope,
 };
 use super::{check_weights, keep_output_rows, GgmlTraced, OutputHead};
 use crate::model::attention::AttentionShape;
@@ -82,17 +82,6 @@ impl GgmlTraced for Gemma3GgmlAvx2 {
             trace(&format!("Kcur-{li}"), k);
             trace(&format!("Vcur-{li}"), &ws.v[..t * kv_dim]);
             q.iter_mut().for_each(|v| *v *= q_scale);
-            for i in 0..t {
-                let s = &seqs[ws.tok_seq[i] as usize];
-                store_f16(
-                    kv,
-                    s.table,
-                    li,
-                    ws.tok_pos[i] as usize,
-                    &ws.k[i * kv_dim..(i + 1) * kv_dim],
-                    &ws.v[i * kv_dim..(i + 1) * kv_dim],
-                );
-            }
             let shape = AttentionShape {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
@@ -100,18 +89,7 @@ impl GgmlTraced for Gemma3GgmlAvx2 {
                 scale: 1.0,
                 window: sliding.then_some(c.sliding_window),
             };
-            flash_attn(
-                pool,
-                kv,
-                li,
-                seqs,
-                &ws.tok_seq,
-                &ws.tok_pos,
-                &ws.q,
-                &shape,
-                &mut ws.att,
-                fma,
-            );
+            store_and_attend(pool, kv, li, seqs, ws, &shape, fma);
             trace(&format!("kqv_out-{li}"), &ws.att[..t * q_dim]);
             act.quantize(&ws.att, t, q_dim, layer.wo.dtype);
             matmul(pool, f, &layer.wo, &act, t, &mut ws.o, fma);

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use half::f16;
 
 use super::super::attention::AttentionShape;
-use super::super::{KvPool, KvType, SeqStep, Weight};
+use super::super::{KvPool, KvType, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::tensor::{GgmlType, ThreadPool};
 
@@ -466,14 +466,7 @@ impl Rope {
 
 /// Keys and values rounded to f16 (llama.cpp's default cache type); an f32
 /// pool holds the same rounded values.
-pub(super) fn store_f16(
-    kv: &mut KvPool,
-    table: &[u32],
-    layer: usize,
-    pos: usize,
-    k: &[f32],
-    v: &[f32],
-) {
+fn store_f16(kv: &mut KvPool, table: &[u32], layer: usize, pos: usize, k: &[f32], v: &[f32]) {
     if kv.kv_type() == KvType::F16 {
         kv.store(table, layer, pos, k, v);
     } else {
@@ -509,9 +502,45 @@ fn vec_dot_f16(x: &[f32], y: &[f32]) -> f32 {
     r as f32
 }
 
+/// Store the step's keys and values (`ws.k`, `ws.v`) as f16, then
+/// `ws.att` ← attention of `ws.q` over the cache.
+pub(super) fn store_and_attend(
+    pool: &ThreadPool,
+    kv: &mut KvPool,
+    layer: usize,
+    seqs: &[SeqStep],
+    ws: &mut Workspace,
+    shape: &AttentionShape,
+    fma: bool,
+) {
+    let kv_dim = shape.n_head_kv * shape.head_dim;
+    for (i, (&si, &pos)) in ws.tok_seq.iter().zip(&ws.tok_pos).enumerate() {
+        store_f16(
+            kv,
+            seqs[si as usize].table,
+            layer,
+            pos as usize,
+            &ws.k[i * kv_dim..(i + 1) * kv_dim],
+            &ws.v[i * kv_dim..(i + 1) * kv_dim],
+        );
+    }
+    flash_attn(
+        pool,
+        kv,
+        layer,
+        seqs,
+        &ws.tok_seq,
+        &ws.tok_pos,
+        &ws.q,
+        shape,
+        &mut ws.att,
+        fma,
+    );
+}
+
 /// ggml_compute_forward_flash_attn_ext_f16_one_chunk for every (token, head).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn flash_attn(
+fn flash_attn(
     pool: &ThreadPool,
     kv: &KvPool,
     layer: usize,

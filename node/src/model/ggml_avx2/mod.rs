@@ -41,7 +41,7 @@ mod kernels;
 
 pub use gemma3::Gemma3GgmlAvx2;
 
-use kernels::{flash_attn, matmul, rms_norm_rows, store_f16, supported, swiglu, Act, Rope};
+use kernels::{matmul, rms_norm_rows, store_and_attend, supported, swiglu, Act, Rope};
 
 use super::attention::AttentionShape;
 use super::llama::{Llama, Variant};
@@ -151,36 +151,14 @@ impl GgmlTraced for LlamaGgmlAvx2 {
             trace(&format!("Qcur-{li}"), &ws.q);
             trace(&format!("Kcur-{li}"), &ws.k);
             trace(&format!("Vcur-{li}"), &ws.v);
-            for i in 0..t {
-                let s = &seqs[ws.tok_seq[i] as usize];
-                store_f16(
-                    kv,
-                    s.table,
-                    li,
-                    ws.tok_pos[i] as usize,
-                    &ws.k[i * kv_dim..(i + 1) * kv_dim],
-                    &ws.v[i * kv_dim..(i + 1) * kv_dim],
-                );
-            }
-            let att_shape = AttentionShape {
+            let shape = AttentionShape {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
                 head_dim: hd,
                 scale: 1.0 / (hd as f32).sqrt(),
                 window: None,
             };
-            flash_attn(
-                pool,
-                kv,
-                li,
-                seqs,
-                &ws.tok_seq,
-                &ws.tok_pos,
-                &ws.q,
-                &att_shape,
-                &mut ws.att,
-                fma,
-            );
+            store_and_attend(pool, kv, li, seqs, ws, &shape, fma);
             trace(&format!("kqv_out-{li}"), &ws.att);
             act.quantize(&ws.att, t, q_dim, lay.wo.dtype);
             matmul(pool, f, &lay.wo, &act, t, &mut ws.o, fma);
