@@ -2,10 +2,12 @@
 //! pre-tokenized, each piece's UTF-8 bytes are mapped to printable code
 //! points, and adjacent symbols are merged in rank order.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use super::pretokenize::PreTokenizer;
 use super::vocab::{TokenizerError, Vocab};
+use super::{Budget, Interrupted};
 use crate::format::{MetaArray, Metadata};
 
 /// GPT-2's reversible byte → code point map: printable bytes map to
@@ -87,40 +89,89 @@ impl Bpe {
     }
 
     /// Encode plain text (no special tokens) and append the ids to `out`.
-    pub fn encode(&self, text: &str, vocab: &Vocab, out: &mut Vec<u32>) {
+    pub fn encode(
+        &self,
+        text: &str,
+        vocab: &Vocab,
+        budget: &Budget,
+        out: &mut Vec<u32>,
+    ) -> Result<(), Interrupted> {
         for piece in self.pre.split(text) {
-            self.encode_piece(piece, vocab, out);
+            budget.check()?;
+            self.encode_piece(piece, vocab, budget, out)?;
         }
+        Ok(())
     }
 
-    fn encode_piece(&self, piece: &str, vocab: &Vocab, out: &mut Vec<u32>) {
+    /// Merge a piece's byte symbols, lowest rank first (leftmost on ties).
+    /// The symbols form a linked list and candidate pairs wait in a heap, so
+    /// a piece of n bytes costs O(n log n), not the O(n²) of rescanning the
+    /// pieces after every merge (one long unbroken word must not stall a node).
+    fn encode_piece(
+        &self,
+        piece: &str,
+        vocab: &Vocab,
+        budget: &Budget,
+        out: &mut Vec<u32>,
+    ) -> Result<(), Interrupted> {
         // Whole piece in the vocabulary: done (llama.cpp does the same shortcut).
         let mapped: String = piece.bytes().map(|b| self.byte_chars[b as usize]).collect();
         if let Some(&id) = vocab.by_text.get(&mapped) {
             out.push(id);
-            return;
+            return Ok(());
         }
-        let mut syms: Vec<u32> = Vec::with_capacity(piece.len());
-        for b in piece.bytes() {
-            match self.byte_ids[b as usize].or(vocab.unk) {
-                Some(id) => syms.push(id),
-                None => continue,
+        let mut ids: Vec<u32> = piece
+            .bytes()
+            .filter_map(|b| self.byte_ids[b as usize].or(vocab.unk))
+            .collect();
+        let n = ids.len();
+        if n < 2 {
+            out.extend_from_slice(&ids);
+            return Ok(());
+        }
+        // Linked list over positions; a merged-away symbol has alive = false.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut alive = vec![true; n];
+        // Min-heap of (rank, left position, left id, right id).
+        let mut heap = BinaryHeap::new();
+        let pair = |ids: &[u32], l: usize, r: usize| {
+            self.merges
+                .get(&(ids[l], ids[r]))
+                .map(|&(rank, _)| Reverse((rank, l, ids[l], ids[r])))
+        };
+        heap.extend((0..n - 1).filter_map(|i| pair(&ids, i, i + 1)));
+        let mut merges = 0usize;
+        while let Some(Reverse((_, l, lid, rid))) = heap.pop() {
+            let r = next[l];
+            // Stale: the left symbol or its neighbour changed since queued.
+            if !alive[l] || r >= n || ids[l] != lid || ids[r] != rid {
+                continue;
+            }
+            merges += 1;
+            if merges.is_multiple_of(4096) {
+                budget.check()?;
+            }
+            ids[l] = self.merges[&(lid, rid)].1;
+            alive[r] = false;
+            next[l] = next[r];
+            if next[l] < n {
+                prev[next[l]] = l;
+            }
+            if prev[l] < n {
+                heap.extend(pair(&ids, prev[l], l));
+            }
+            if next[l] < n {
+                heap.extend(pair(&ids, l, next[l]));
             }
         }
-        loop {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                if let Some(&(rank, merged)) = self.merges.get(&(syms[i], syms[i + 1])) {
-                    if best.is_none_or(|(r, _, _)| rank < r) {
-                        best = Some((rank, i, merged));
-                    }
-                }
-            }
-            let Some((_, i, merged)) = best else { break };
-            syms[i] = merged;
-            syms.remove(i + 1);
-        }
-        out.extend_from_slice(&syms);
+        out.extend((0..n).filter(|&i| alive[i]).map(|i| ids[i]));
+        Ok(())
+    }
+
+    /// Whether every byte has a token of its own (no byte is ever dropped).
+    pub fn covers_all_bytes(&self) -> bool {
+        self.byte_ids.iter().all(Option::is_some)
     }
 
     /// The bytes a token stands for.

@@ -11,6 +11,9 @@ pub mod spm;
 pub mod vocab;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::format::Metadata;
 pub use bpe::Bpe;
@@ -32,7 +35,58 @@ pub struct Tokenizer {
     model: Model,
     /// Control and user-defined tokens by first byte, longest first, for
     /// parsing them out of text.
-    specials: HashMap<u8, Vec<u32>>,
+    specials: HashMap<u8, Specials>,
+    max_token_bytes: usize,
+}
+
+/// The special tokens that start with one byte: by length, longest first,
+/// each length a map from the token's text to its ids (ascending). Looking
+/// up each length costs a hash, not a comparison per special token: Gemma
+/// has thousands of `<...>` tokens, and text full of `<` must stay linear.
+type Specials = Vec<(usize, HashMap<Vec<u8>, Vec<u32>>)>;
+
+/// How long an encoding may run: a deadline and a cancellation flag (set
+/// when the request that asked for it goes away).
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    deadline: Option<Instant>,
+    cancelled: Option<Arc<AtomicBool>>,
+}
+
+/// An encoding stopped because its budget ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Interrupted {
+    #[error("tokenization ran past its time budget")]
+    Deadline,
+    #[error("tokenization was cancelled")]
+    Cancelled,
+}
+
+impl Budget {
+    pub fn unlimited() -> Self {
+        Budget::default()
+    }
+
+    pub fn new(deadline: Option<Instant>, cancelled: Option<Arc<AtomicBool>>) -> Self {
+        Budget {
+            deadline,
+            cancelled,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), Interrupted> {
+        if self
+            .cancelled
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(Interrupted::Cancelled);
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Interrupted::Deadline);
+        }
+        Ok(())
+    }
 }
 
 impl Tokenizer {
@@ -57,17 +111,48 @@ impl Tokenizer {
             }
             other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
         };
-        let mut specials: HashMap<u8, Vec<u32>> = HashMap::new();
+        let mut specials: HashMap<u8, Specials> = HashMap::new();
+        // special_ids() is longest first, ids ascending within a length.
         for id in vocab.special_ids() {
-            specials
-                .entry(vocab.tokens[id as usize].as_bytes()[0])
-                .or_default()
-                .push(id);
+            let text = vocab.tokens[id as usize].as_bytes();
+            let group = specials.entry(text[0]).or_default();
+            if group.last().is_none_or(|(len, _)| *len != text.len()) {
+                group.push((text.len(), HashMap::new()));
+            }
+            let (_, by_text) = group.last_mut().expect("pushed");
+            by_text.entry(text.to_vec()).or_default().push(id);
         }
+        // Without a token (or an unknown token) for every byte, text can
+        // encode to fewer tokens than the bound below says: no bound then.
+        let every_byte = vocab.unk.is_some()
+            || match &model {
+                Model::Bpe(m) => m.covers_all_bytes(),
+                Model::Spm(m) => m.covers_all_bytes(),
+            };
+        let max_token_bytes = (0..vocab.tokens.len() as u32)
+            .map(|id| {
+                let mut b = Vec::new();
+                match &model {
+                    Model::Bpe(m) => m.token_bytes(&vocab.tokens[id as usize], &mut b),
+                    Model::Spm(m) => {
+                        m.token_bytes(&vocab.tokens[id as usize], vocab.types[id as usize], &mut b)
+                    }
+                }
+                b.len().max(vocab.tokens[id as usize].len())
+            })
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let max_token_bytes = if every_byte {
+            max_token_bytes
+        } else {
+            usize::MAX
+        };
         Ok(Tokenizer {
             vocab,
             model,
             specials,
+            max_token_bytes,
         })
     }
 
@@ -75,6 +160,19 @@ impl Tokenizer {
     /// `parse_special` recognises control tokens written in the text
     /// (user-defined tokens are always recognised).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        self.encode_within(text, add_special, parse_special, &Budget::unlimited())
+            .expect("an unlimited budget never interrupts")
+    }
+
+    /// `encode`, stopping with `Interrupted` once `budget` runs out (its
+    /// deadline passes or its request is cancelled).
+    pub fn encode_within(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        budget: &Budget,
+    ) -> Result<Vec<u32>, Interrupted> {
         let mut out = Vec::new();
         if add_special && self.vocab.add_bos {
             out.extend(self.vocab.bos);
@@ -87,20 +185,18 @@ impl Tokenizer {
                 i += 1;
                 continue;
             }
-            let hit = self
-                .specials
-                .get(&bytes[i])
-                .into_iter()
-                .flatten()
-                .copied()
-                .find(|&id| {
-                    let t = &self.vocab.tokens[id as usize];
-                    (parse_special || self.vocab.types[id as usize] == TokenType::UserDefined)
-                        && bytes[i..].starts_with(t.as_bytes())
-                });
+            let allowed = |id: &u32| {
+                parse_special || self.vocab.types[*id as usize] == TokenType::UserDefined
+            };
+            let hit = self.specials.get(&bytes[i]).and_then(|group| {
+                group.iter().find_map(|(len, by_text)| {
+                    let ids = by_text.get(bytes.get(i..i + len)?)?;
+                    ids.iter().copied().find(allowed)
+                })
+            });
             match hit {
                 Some(id) => {
-                    self.encode_plain(&text[rest_start..i], rest_start == 0, &mut out);
+                    self.encode_plain(&text[rest_start..i], rest_start == 0, budget, &mut out)?;
                     out.push(id);
                     i += self.vocab.tokens[id as usize].len();
                     rest_start = i;
@@ -108,21 +204,34 @@ impl Tokenizer {
                 None => i += 1,
             }
         }
-        self.encode_plain(&text[rest_start..], rest_start == 0, &mut out);
+        self.encode_plain(&text[rest_start..], rest_start == 0, budget, &mut out)?;
         if add_special && self.vocab.add_eos {
             out.extend(self.vocab.eos);
         }
-        out
+        Ok(out)
     }
 
-    fn encode_plain(&self, text: &str, first: bool, out: &mut Vec<u32>) {
+    fn encode_plain(
+        &self,
+        text: &str,
+        first: bool,
+        budget: &Budget,
+        out: &mut Vec<u32>,
+    ) -> Result<(), Interrupted> {
         if text.is_empty() {
-            return;
+            return Ok(());
         }
         match &self.model {
-            Model::Bpe(b) => b.encode(text, &self.vocab, out),
-            Model::Spm(m) => m.encode(text, first, &self.vocab, out),
+            Model::Bpe(b) => b.encode(text, &self.vocab, budget, out),
+            Model::Spm(m) => m.encode(text, first, &self.vocab, budget, out),
         }
+    }
+
+    /// The longest token's length in bytes: a text of `b` bytes has at least
+    /// `b / max_token_bytes` tokens, which bounds a prompt before encoding it
+    /// (`usize::MAX` when some byte has no token, so nothing is bounded).
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     /// The bytes token `id` decodes to; control tokens give their text only

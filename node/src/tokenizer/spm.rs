@@ -7,6 +7,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use super::vocab::{TokenType, Vocab};
+use super::{Budget, Interrupted};
 
 pub const SPACE: char = '\u{2581}';
 
@@ -60,7 +61,14 @@ impl Spm {
 
     /// Encode a fragment of plain text. `first` says whether it starts the text
     /// (the space prefix is added only there).
-    pub fn encode(&self, text: &str, first: bool, vocab: &Vocab, out: &mut Vec<u32>) {
+    pub fn encode(
+        &self,
+        text: &str,
+        first: bool,
+        vocab: &Vocab,
+        budget: &Budget,
+        out: &mut Vec<u32>,
+    ) -> Result<(), Interrupted> {
         let mut s = String::with_capacity(text.len() + 3);
         if self.add_space_prefix && first {
             s.push(SPACE);
@@ -95,7 +103,12 @@ impl Spm {
         for i in 1..syms.len() {
             try_add(&mut heap, &syms, i - 1, i);
         }
+        let mut pops = 0usize;
         while let Some(b) = heap.pop() {
+            pops += 1;
+            if pops.is_multiple_of(4096) {
+                budget.check()?;
+            }
             let (l, r) = (b.left, b.right);
             // Stale: one side was merged away or changed size since this pair was queued.
             if syms[l].len == 0
@@ -133,6 +146,12 @@ impl Spm {
             }
             i = syms[k].next;
         }
+        Ok(())
+    }
+
+    /// Whether every byte has a `<0xXX>` token (no byte is ever dropped).
+    pub fn covers_all_bytes(&self) -> bool {
+        self.byte_ids.iter().all(Option::is_some)
     }
 
     /// The bytes a normal or byte token stands for.
