@@ -181,13 +181,69 @@ struct NodeArgs {
     /// Requests queued or running per model before 429.
     #[arg(long)]
     max_queue: Option<usize>,
-    /// Enable POST /admin/models/{id}/fault (tests only).
+    /// Enable POST /admin/fault/{id} (tests only).
     #[arg(long, hide = true)]
     fault_injection: bool,
+    /// Where catalog models (smollm2, gemma3) live and are fetched to
+    /// (default: REALIZAR_MODELS, else models/ of the source checkout).
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+    /// A directory POST /admin/models may load from (repeatable; default:
+    /// the models directory).
+    #[arg(long)]
+    model_dir: Vec<PathBuf>,
+    /// Let POST /admin/models fetch catalog models that are not on disk.
+    #[arg(long)]
+    allow_downloads: bool,
+    /// File holding the token /admin/* requires as `Authorization: Bearer`.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Accept a non-loopback --host without an admin token.
+    #[arg(long)]
+    allow_open_admin: bool,
+    /// Seconds a client may take to send a request head.
+    #[arg(long)]
+    header_timeout_secs: Option<f64>,
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long)]
+    idle_timeout_secs: Option<f64>,
+    /// Seconds a client may take to send a request body.
+    #[arg(long)]
+    body_timeout_secs: Option<f64>,
+    /// Most open connections; past it new ones get 503.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Largest request body in MiB; larger ones get 413.
+    #[arg(long)]
+    max_body_mib: Option<usize>,
+    /// After SIGTERM, seconds requests in flight may finish before their
+    /// streams end with an error event and the process exits.
+    #[arg(long)]
+    shutdown_grace_secs: Option<f64>,
+    /// Milliseconds one request's tokenization may take before a 400.
+    #[arg(long)]
+    tokenize_budget_ms: Option<u64>,
+    /// Events a stream may leave unread before its sequence pauses.
+    #[arg(long)]
+    stream_buffer_events: Option<usize>,
+    /// Seconds a paused stream's client may read nothing before it is cancelled.
+    #[arg(long)]
+    stream_stall_secs: Option<f64>,
+    /// Socket send buffer per connection in KiB (default: the kernel's autotuning).
+    #[arg(long)]
+    send_buffer_kib: Option<usize>,
 }
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where catalog models live: REALIZAR_MODELS, else models/ of the checkout.
+fn models_dir() -> PathBuf {
+    std::env::var_os("REALIZAR_MODELS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models"))
 }
 
 fn pull(which: &str) -> ExitCode {
@@ -195,6 +251,7 @@ fn pull(which: &str) -> ExitCode {
     match std::process::Command::new("bash")
         .arg(&script)
         .arg(which)
+        .env("REALIZAR_MODELS_DIR", models_dir())
         .status()
     {
         Ok(s) if s.success() => ExitCode::SUCCESS,
@@ -254,6 +311,47 @@ fn node(args: NodeArgs, default_model: bool) -> ExitCode {
         cfg.memory_budget_mib = b;
     }
     cfg.fault_injection |= args.fault_injection;
+    if let Some(d) = &args.models_dir {
+        std::env::set_var("REALIZAR_MODELS", d);
+    }
+    cfg.model_dirs.extend(args.model_dir.iter().cloned());
+    if cfg.model_dirs.is_empty() {
+        cfg.model_dirs.push(models_dir());
+    }
+    cfg.allow_downloads |= args.allow_downloads;
+    cfg.allow_open_admin |= args.allow_open_admin;
+    if let Some(f) = args.admin_token_file {
+        cfg.admin_token_file = Some(f);
+    }
+    for (dst, v) in [
+        (&mut cfg.header_timeout_secs, args.header_timeout_secs),
+        (&mut cfg.idle_timeout_secs, args.idle_timeout_secs),
+        (&mut cfg.body_timeout_secs, args.body_timeout_secs),
+        (&mut cfg.shutdown_grace_secs, args.shutdown_grace_secs),
+        (&mut cfg.stream_stall_secs, args.stream_stall_secs),
+    ] {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    }
+    if let Some(n) = args.max_connections {
+        cfg.max_connections = n;
+    }
+    if let Some(n) = args.max_body_mib {
+        cfg.max_body_mib = n;
+    }
+    if let Some(n) = args.tokenize_budget_ms {
+        cfg.tokenize_budget_ms = n;
+    }
+    if let Some(n) = args.stream_buffer_events {
+        cfg.stream_buffer_events = n;
+    }
+    if let Some(n) = args.send_buffer_kib {
+        cfg.send_buffer_kib = n;
+    }
+    if let Err(e) = cfg.check("command line") {
+        return fail("serve", e);
+    }
     if let Some(q) = args.max_queue {
         cfg.max_queue = q;
     }
@@ -284,10 +382,15 @@ fn node(args: NodeArgs, default_model: bool) -> ExitCode {
                 (id, m.clone())
             }
         };
+        if let Err(e) = realizar_node::server::http::check_model_id(&id) {
+            return fail("serve", format!("--model {m}: {e}"));
+        }
+        // What the operator names on the command line is pinned: never
+        // evicted, and unloaded only with `force`.
         cfg.models.push(ModelEntry {
             id,
             path,
-            pinned: false,
+            pinned: true,
             options: None,
         });
     }
@@ -315,7 +418,7 @@ fn node(args: NodeArgs, default_model: bool) -> ExitCode {
         Err(e) => return fail("serve", e),
     };
     let resolver: realizar_node::server::registry::Resolver =
-        std::sync::Arc::new(|m: &str| resolve_model(Path::new(m)));
+        std::sync::Arc::new(|m: &str, fetch: bool| resolve_model_with(Path::new(m), fetch));
     let r = rt.block_on(realizar_node::server::run(
         cfg,
         resolver,
@@ -420,27 +523,47 @@ fn export(input: &Path, output: &Path, dtype: &str) -> ExitCode {
 /// A model argument: a path, or a known name whose file lives in models/
 /// (fetched with scripts/fetch-models.sh when missing).
 fn resolve_model(arg: &Path) -> Result<PathBuf, String> {
+    if !arg.exists() && catalog(arg).is_none() {
+        return Err(format!(
+            "{}: no such file, and not a known model name (smollm2, gemma3)",
+            arg.display()
+        ));
+    }
+    resolve_model_with(arg, true)
+}
+
+/// The node's resolver: a catalog name is its file in the models directory
+/// (fetched when missing and `fetch`); anything else is the path it names.
+fn resolve_model_with(arg: &Path, fetch: bool) -> Result<PathBuf, String> {
+    if let Some((file, which)) = catalog(arg) {
+        let path = models_dir().join(file);
+        if path.is_file() {
+            return Ok(path);
+        }
+        if !fetch {
+            return Err(format!("{which} is not in {}", models_dir().display()));
+        }
+        if pull(which) != ExitCode::SUCCESS {
+            return Err(format!("could not fetch {which}"));
+        }
+        return Ok(path);
+    }
+    Ok(arg.to_path_buf())
+}
+
+/// A catalog name's file and fetch-models.sh argument, unless `arg` names an
+/// existing path.
+fn catalog(arg: &Path) -> Option<(&'static str, &'static str)> {
     if arg.exists() {
-        return Ok(arg.to_path_buf());
+        return None;
     }
-    let name = arg.to_string_lossy().to_ascii_lowercase();
-    let (file, which) = match name.as_str() {
+    match arg.to_string_lossy().to_ascii_lowercase().as_str() {
         "smollm2" | "smollm2-135m" | "smollm2-135m-instruct" => {
-            ("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
+            Some(("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2"))
         }
-        "gemma3" | "gemma-3-270m" | "gemma3-270m" => ("gemma-3-270m-q4_k_m.gguf", "gemma3"),
-        _ => {
-            return Err(format!(
-                "{}: no such file, and not a known model name (smollm2, gemma3)",
-                arg.display()
-            ))
-        }
-    };
-    let path = repo_root().join("models").join(file);
-    if !path.is_file() && pull(which) != ExitCode::SUCCESS {
-        return Err(format!("could not fetch {which}"));
+        "gemma3" | "gemma-3-270m" | "gemma3-270m" => Some(("gemma-3-270m-q4_k_m.gguf", "gemma3")),
+        _ => None,
     }
-    Ok(path)
 }
 
 type Loaded = (

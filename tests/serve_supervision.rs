@@ -96,7 +96,7 @@ fn executor_panic_is_contained_and_restarted() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let armed = server.post("/admin/models/smollm2/fault", &json!({}));
+    let armed = server.post("/admin/fault/smollm2", &json!({}));
     assert_eq!(armed.status, 200, "{}", armed.body);
     let fault_at = Instant::now();
     // The model answers again. How fast is a timing (the issue asks 2 s; the

@@ -21,9 +21,22 @@ pub struct Server {
 impl Server {
     /// `realizar <args> --port 0`, waiting until it listens.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_realizar"))
+        Self::start_with_env(args, &[])
+    }
+
+    /// The binary under test: REALIZAR_TEST_BIN (to run these tests against
+    /// another build, such as the commit before a fix), else this build's.
+    pub fn bin() -> String {
+        std::env::var("REALIZAR_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_realizar").to_owned())
+    }
+
+    /// `start`, with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(Self::bin())
             .args(args)
             .args(["--port", "0"])
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -82,6 +95,32 @@ impl Server {
         http(self.addr, "DELETE", path, None)
     }
 
+    /// Open file descriptors of the server process.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Wait up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Resident set size of the server process, in bytes.
     pub fn rss(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -137,14 +176,30 @@ pub fn try_http(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> std::io::Result<Response> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    raw_http(addr, method, path, &[], body.as_bytes())
+}
+
+/// One request with extra headers and a raw body, read to the end.
+pub fn raw_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     )?;
+    s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();

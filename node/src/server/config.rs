@@ -1,8 +1,10 @@
 //! Node configuration (TOML). Every field has a default, so an empty file
 //! (or none) is a valid configuration.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use realizar_shared::http_server::Limits;
 use serde::Deserialize;
 
 use crate::model::{KvType, Numerics};
@@ -22,6 +24,38 @@ pub struct NodeConfig {
     /// Enables `POST /admin/models/{id}/fault`, which panics the model's
     /// executor in its next step. For tests only.
     pub fault_injection: bool,
+    /// A file holding the admin token: when set, `/admin/*` needs
+    /// `Authorization: Bearer <token>` (the gateway presents it).
+    pub admin_token_file: Option<PathBuf>,
+    /// Binding to a non-loopback address without an admin token is refused
+    /// unless this is set.
+    pub allow_open_admin: bool,
+    /// Directories `POST /admin/models` may load files from (paths are
+    /// resolved inside them; nothing outside is read). Empty: the models
+    /// directory the command line gives.
+    pub model_dirs: Vec<PathBuf>,
+    /// Whether `POST /admin/models` may fetch a catalog model (smollm2,
+    /// gemma3) that is not on disk yet.
+    pub allow_downloads: bool,
+    /// Connection limits (see realizar_shared::http_server).
+    pub header_timeout_secs: f64,
+    pub idle_timeout_secs: f64,
+    pub body_timeout_secs: f64,
+    pub max_body_mib: usize,
+    pub max_connections: usize,
+    /// After SIGTERM: how long requests in flight may finish before their
+    /// streams are ended with an error event and the process exits.
+    pub shutdown_grace_secs: f64,
+    /// CPU time one request's tokenization (and chat templating) may take;
+    /// past it the request gets a 400.
+    pub tokenize_budget_ms: u64,
+    /// Events a stream may have generated and not yet sent; past it the
+    /// sequence is paused until its client reads.
+    pub stream_buffer_events: usize,
+    /// A paused stream whose client has not read for this long is cancelled.
+    pub stream_stall_secs: f64,
+    /// Each connection's socket send buffer (0: the kernel's autotuning).
+    pub send_buffer_kib: usize,
     /// Defaults for every model; each `[[models]]` entry may override them.
     pub model_defaults: ModelOptions,
     pub models: Vec<ModelEntry>,
@@ -36,6 +70,20 @@ impl Default for NodeConfig {
             memory_budget_mib: 8192,
             max_queue: 256,
             fault_injection: false,
+            admin_token_file: None,
+            allow_open_admin: false,
+            model_dirs: Vec::new(),
+            allow_downloads: false,
+            header_timeout_secs: 10.0,
+            idle_timeout_secs: 60.0,
+            body_timeout_secs: 30.0,
+            max_body_mib: 16,
+            max_connections: 1024,
+            shutdown_grace_secs: 10.0,
+            tokenize_budget_ms: 2000,
+            stream_buffer_events: 256,
+            stream_stall_secs: 30.0,
+            send_buffer_kib: 0,
             model_defaults: ModelOptions::default(),
             models: Vec::new(),
         }
@@ -122,6 +170,7 @@ impl NodeConfig {
             file: file.to_owned(),
             message: e.to_string(),
         })?;
+        c.check(file)?;
         c.model_defaults.check(file, "model_defaults")?;
         for (i, m) in c.models.iter().enumerate() {
             if let Some(o) = &m.options {
@@ -129,6 +178,62 @@ impl NodeConfig {
             }
         }
         Ok(c)
+    }
+
+    /// The limits that need checking beyond their types.
+    pub fn check(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |field: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                field: field.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        for (field, v) in [
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("body_timeout_secs", self.body_timeout_secs),
+            ("stream_stall_secs", self.stream_stall_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86400.0) {
+                return bad(
+                    field,
+                    "must be a number of seconds above 0 and at most 86400",
+                );
+            }
+        }
+        if !(self.shutdown_grace_secs.is_finite()
+            && (0.0..=3600.0).contains(&self.shutdown_grace_secs))
+        {
+            return bad("shutdown_grace_secs", "must be between 0 and 3600");
+        }
+        if self.max_body_mib == 0 || self.max_body_mib > 1024 {
+            return bad("max_body_mib", "must be between 1 and 1024");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.tokenize_budget_ms == 0 {
+            return bad("tokenize_budget_ms", "must be at least 1");
+        }
+        if self.stream_buffer_events < 4 {
+            return bad("stream_buffer_events", "must be at least 4");
+        }
+        Ok(())
+    }
+
+    /// The listener's limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs_f64(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs_f64(self.idle_timeout_secs),
+            body_timeout: Duration::from_secs_f64(self.body_timeout_secs),
+            max_body_bytes: self.max_body_mib << 20,
+            max_connections: self.max_connections,
+            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_secs),
+            flush: Duration::from_secs(2),
+            send_buffer_bytes: (self.send_buffer_kib > 0).then_some(self.send_buffer_kib << 10),
+        }
     }
 
     pub fn threads(&self) -> usize {

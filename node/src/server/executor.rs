@@ -8,12 +8,12 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::blocks::{block_hash, prefix_hashes, BlockManager};
 use crate::model::{KvPool, KvType, Logits, Model, SeqStep, Workspace};
@@ -36,6 +36,77 @@ pub struct ExecConfig {
     pub max_step_tokens: usize,
     /// Longest sequence (prompt plus generation).
     pub n_ctx: usize,
+    /// Events a sequence may have sent and its reader not yet taken before
+    /// the sequence is paused (no tokens computed for it).
+    pub stream_buffer: usize,
+    /// A sequence paused this long is cancelled.
+    pub stall: Duration,
+}
+
+/// The sending half of a request's events. It counts the events its reader
+/// has not taken, so the executor can pause a sequence whose client stops
+/// reading instead of buffering without bound (the executor never blocks on
+/// a client: it serves the whole batch).
+#[derive(Debug)]
+pub struct EventTx {
+    tx: UnboundedSender<Event>,
+    unsent: Arc<AtomicUsize>,
+}
+
+/// The receiving half; taking an event counts it as sent.
+#[derive(Debug)]
+pub struct EventRx {
+    rx: UnboundedReceiver<Event>,
+    unsent: Arc<AtomicUsize>,
+}
+
+pub fn event_channel() -> (EventTx, EventRx) {
+    let (tx, rx) = unbounded_channel();
+    let unsent = Arc::new(AtomicUsize::new(0));
+    (
+        EventTx {
+            tx,
+            unsent: unsent.clone(),
+        },
+        EventRx { rx, unsent },
+    )
+}
+
+impl EventTx {
+    /// Queue an event; false if the reader is gone.
+    pub fn send(&self, e: Event) -> bool {
+        // Counted first, so the reader never takes an event not yet counted.
+        self.unsent.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(e).is_ok() {
+            true
+        } else {
+            self.unsent.fetch_sub(1, Ordering::SeqCst);
+            false
+        }
+    }
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+    pub fn unsent(&self) -> usize {
+        self.unsent.load(Ordering::SeqCst)
+    }
+}
+
+impl EventRx {
+    pub async fn recv(&mut self) -> Option<Event> {
+        let e = self.rx.recv().await;
+        if e.is_some() {
+            self.unsent.fetch_sub(1, Ordering::SeqCst);
+        }
+        e
+    }
+
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Event> + Send + 'static {
+        futures_util::stream::unfold(self, |mut rx| async move {
+            let e = rx.recv().await?;
+            Some((e, rx))
+        })
+    }
 }
 
 /// One generation request, as the HTTP layer hands it over.
@@ -49,7 +120,7 @@ pub struct GenRequest {
     pub ignore_eos: bool,
     /// Seed used when `params.seed` is None.
     pub fallback_seed: u64,
-    pub events: UnboundedSender<Event>,
+    pub events: EventTx,
     pub arrived: Instant,
 }
 
@@ -107,8 +178,8 @@ pub enum Event {
 
 pub enum ExecMsg {
     Submit(Box<GenRequest>),
-    /// Finish: fail what is in flight and exit.
-    Shutdown,
+    /// Finish: fail what is in flight (with this reason) and exit.
+    Shutdown(String),
 }
 
 /// How an executor thread ended.
@@ -141,6 +212,8 @@ struct Seq {
     first_token: Option<Instant>,
     last_token: Option<Instant>,
     admitted: bool,
+    /// Since when its reader has left `stream_buffer` events untaken.
+    paused_since: Option<Instant>,
 }
 
 impl Seq {
@@ -160,6 +233,7 @@ impl Seq {
             first_token: None,
             last_token: None,
             admitted: false,
+            paused_since: None,
             req,
         }
     }
@@ -248,25 +322,44 @@ impl Executor {
                     }
                 }
             }
-            if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
-                let message = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "executor panicked".into());
-                let msg = format!("the model's executor failed: {message}");
-                for s in self.running.drain(..) {
-                    let _ = s.req.events.send(Event::Error(msg.clone()));
-                }
-                let mut queued = Vec::new();
-                for s in self.waiting.drain(..) {
-                    if s.generated == 0 {
-                        queued.push(s.req);
-                    } else {
-                        let _ = s.req.events.send(Event::Error(msg.clone()));
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Nothing could run (every sequence is paused for its
+                    // reader): wait a little for a message instead of spinning.
+                    match rx.recv_timeout(Duration::from_millis(20)) {
+                        Ok(m) => {
+                            if !self.accept(m) {
+                                return Exit::Clean;
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            self.fail_all("the model was unloaded");
+                            return Exit::Clean;
+                        }
                     }
                 }
-                return Exit::Panicked { message, queued };
+                Err(p) => {
+                    let message = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "executor panicked".into());
+                    let msg = format!("the model's executor failed: {message}");
+                    for s in self.running.drain(..) {
+                        let _ = s.req.events.send(Event::Error(msg.clone()));
+                    }
+                    let mut queued = Vec::new();
+                    for s in self.waiting.drain(..) {
+                        if s.generated == 0 {
+                            queued.push(s.req);
+                        } else {
+                            let _ = s.req.events.send(Event::Error(msg.clone()));
+                        }
+                    }
+                    return Exit::Panicked { message, queued };
+                }
             }
         }
     }
@@ -278,8 +371,8 @@ impl Executor {
                 self.waiting.push_back(Seq::new(*req));
                 true
             }
-            ExecMsg::Shutdown => {
-                self.fail_all("the model was unloaded");
+            ExecMsg::Shutdown(why) => {
+                self.fail_all(&why);
                 false
             }
         }
@@ -289,7 +382,7 @@ impl Executor {
         for s in self.running.drain(..).chain(self.waiting.drain(..)) {
             let _ = s.req.events.send(Event::Error(why.into()));
         }
-        self.publish();
+        self.clear_gauges();
     }
 
     fn publish(&mut self) {
@@ -318,19 +411,47 @@ impl Executor {
         self.waiting.push_front(s);
     }
 
-    /// Drop sequences whose client went away, freeing their blocks.
+    /// Drop sequences whose client went away, or stopped reading for longer
+    /// than `stall`, freeing their blocks.
     fn drop_cancelled(&mut self) {
         let mut i = 0;
         while i < self.running.len() {
-            if self.running[i].req.events.is_closed() {
+            let s = &self.running[i];
+            let stalled = s
+                .paused_since
+                .is_some_and(|t| t.elapsed() >= self.cfg.stall);
+            if s.req.events.is_closed() {
                 let s = self.running.remove(i);
                 self.blocks.release(&s.table);
                 metrics::counter!("realizar_cancelled_requests_total", "model" => self.name.clone()).increment(1);
+            } else if stalled {
+                let s = self.running.remove(i);
+                self.blocks.release(&s.table);
+                tracing::warn!(model = %self.name, generated = s.generated, "a stream's client stopped reading; cancelled");
+                metrics::counter!("realizar_stalled_streams_total", "model" => self.name.clone())
+                    .increment(1);
+                let _ = s.req.events.send(Event::Error(format!(
+                    "the stream was cancelled: its client read nothing for {} s",
+                    self.cfg.stall.as_secs_f64()
+                )));
             } else {
                 i += 1;
             }
         }
         self.waiting.retain(|s| !s.req.events.is_closed());
+    }
+
+    /// Zero this model's gauges (its executor is going away).
+    fn clear_gauges(&self) {
+        let m = self.name.clone();
+        for g in [
+            "realizar_running_sequences",
+            "realizar_waiting_sequences",
+            "realizar_kv_blocks_used",
+            "realizar_kv_blocks_capacity",
+        ] {
+            metrics::gauge!(g, "model" => m.clone()).set(0.0);
+        }
     }
 
     fn blocks_for(&self, positions: usize) -> usize {
@@ -347,6 +468,14 @@ impl Executor {
         let mut plan = Vec::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
+            if self.running[i].req.events.unsent() >= self.cfg.stream_buffer {
+                self.running[i]
+                    .paused_since
+                    .get_or_insert_with(Instant::now);
+                i += 1;
+                continue;
+            }
+            self.running[i].paused_since = None;
             let n = (self.running[i].tokens.len() - self.running[i].n_computed).min(budget);
             let need = self.blocks_for(self.running[i].n_computed + n);
             let mut ok = true;
@@ -409,12 +538,13 @@ impl Executor {
         plan
     }
 
-    fn step(&mut self) {
+    /// One step; false when nothing could be computed.
+    fn step(&mut self) -> bool {
         self.drop_cancelled();
         let plan = self.plan();
         self.publish();
         if plan.is_empty() {
-            return;
+            return false;
         }
         let steps: Vec<SeqStep> = plan
             .iter()
@@ -553,5 +683,6 @@ impl Executor {
                 usage,
             });
         }
+        true
     }
 }

@@ -4,9 +4,9 @@
 //! values and checked field by field, so every 400 names its parameter.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, Request, State};
@@ -20,15 +20,17 @@ use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::ActorRef;
 use realizar_shared::error::ErrorBody;
+use realizar_shared::http_server::{read_body, Limits};
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio::sync::Semaphore;
 
 use super::config::ModelOptions;
-use super::executor::{Event, GenRequest, LogprobEntry, TokenOut, Usage};
-use super::registry::{touch, LoadSpec, ModelHandle, ModelMsg, Models, RegistryError, RegistryMsg};
+use super::executor::{event_channel, Event, EventRx, GenRequest, LogprobEntry, TokenOut, Usage};
+use super::registry::{
+    touch, LoadSpec, ModelHandle, ModelMsg, Models, Origin, RegistryError, RegistryMsg,
+};
 use crate::sampling::SamplingParams;
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::{Budget, ChatMessage, Interrupted};
 
 pub struct AppState {
     pub models: Models,
@@ -39,9 +41,28 @@ pub struct AppState {
     pub fault_injection: bool,
     pub default_options: ModelOptions,
     pub next_id: AtomicU64,
+    /// Set once shutdown begins: /health answers 503 so balancers stop
+    /// sending new work.
+    pub draining: AtomicBool,
+    /// `Authorization: Bearer` token the admin routes need, if any.
+    pub admin_token: Option<String>,
+    /// Threads for tokenization and chat templating (off the async workers).
+    pub cpu_slots: Arc<Semaphore>,
+    /// CPU time one request's tokenization may take.
+    pub tokenize_budget: Duration,
+    pub limits: Arc<Limits>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let limits = state.limits.clone();
+    let admin = Router::new()
+        .route("/admin/models", get(admin_list).post(admin_load))
+        .route("/admin/models/{*id}", axum::routing::delete(admin_unload))
+        .route("/admin/fault/{*id}", post(admin_fault))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ));
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -50,13 +71,45 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/detokenize", post(detokenize))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
-        .route("/admin/models", get(admin_list).post(admin_load))
-        .route("/admin/models/{id}", axum::routing::delete(admin_unload))
-        .route("/admin/models/{id}/fault", post(admin_fault))
+        .merge(admin)
         .fallback(not_found_route)
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            read_body(limits.clone(), req, next)
+        }))
         .layer(axum::middleware::from_fn(track))
-        .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
         .with_state(state)
+}
+
+/// The admin routes need the node's token when it has one.
+async fn require_admin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.admin_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_secret(given.trim().as_bytes(), token.as_bytes()) {
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "the admin routes need `Authorization: Bearer <admin token>`",
+                None,
+                Some("invalid_admin_token"),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares in time that depends only on the lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Counts requests by endpoint and status.
@@ -241,7 +294,59 @@ struct GenSpec {
     ignore_eos: bool,
 }
 
+/// OpenAI parameters this server does not implement: refused by name
+/// rather than silently ignored (as vLLM and llama-server do). Each entry is
+/// the parameter and whether a value counts as asking for it.
+type AsksFor = fn(&Value) -> bool;
+const UNSUPPORTED: &[(&str, AsksFor)] = &[
+    ("best_of", |v| v.as_u64() != Some(1)),
+    ("echo", |v| v != &Value::Bool(false)),
+    ("suffix", |v| v.as_str() != Some("")),
+    ("tools", |v| !matches!(v, Value::Array(a) if a.is_empty())),
+    ("tool_choice", |v| v.as_str() != Some("none")),
+    (
+        "functions",
+        |v| !matches!(v, Value::Array(a) if a.is_empty()),
+    ),
+    ("function_call", |v| v.as_str() != Some("none")),
+    ("parallel_tool_calls", |_| false),
+    ("response_format", |v| {
+        v.get("type").and_then(Value::as_str) != Some("text")
+    }),
+    ("audio", |_| true),
+    (
+        "modalities",
+        |v| !matches!(v, Value::Array(a) if a.iter().all(|m| m == "text")),
+    ),
+    ("prediction", |_| true),
+    ("web_search_options", |_| true),
+    ("guided_json", |_| true),
+    ("guided_regex", |_| true),
+    ("guided_choice", |_| true),
+    ("guided_grammar", |_| true),
+    ("grammar", |_| true),
+    ("json_schema", |_| true),
+];
+
+fn refuse_unsupported(p: &Params) -> Result<(), ApiError> {
+    for (k, asks) in UNSUPPORTED {
+        if let Some(v) = p.get(k) {
+            if asks(v) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("`{k}` is not supported by this server"),
+                    Some(k),
+                    Some("unsupported_parameter"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn gen_spec(p: &Params, h: &ModelHandle, chat: bool) -> Result<GenSpec, ApiError> {
+    refuse_unsupported(p)?;
     let mut s = SamplingParams::default();
     if let Some(t) = p.f32("temperature")? {
         if !(0.0..=2.0).contains(&t) {
@@ -377,6 +482,12 @@ fn gen_spec(p: &Params, h: &ModelHandle, chat: bool) -> Result<GenSpec, ApiError
             ))
         }
     };
+    if let Some(i) = stop.iter().position(|x| x.is_empty() || x.len() > 1024) {
+        return Err(ApiError::param(
+            "stop",
+            format!("`stop[{i}]` must be a non-empty string of at most 1024 bytes"),
+        ));
+    }
     let n = p.uint("n")?.unwrap_or(1) as usize;
     if !(1..=16).contains(&n) {
         return Err(ApiError::param("n", "`n` must be between 1 and 16"));
@@ -414,7 +525,7 @@ fn gen_spec(p: &Params, h: &ModelHandle, chat: bool) -> Result<GenSpec, ApiError
 
 /// One choice's receiver, with the guard that counts it in flight.
 struct Submitted {
-    rxs: Vec<UnboundedReceiver<Event>>,
+    rxs: Vec<EventRx>,
     _guard: Inflight,
 }
 
@@ -426,12 +537,13 @@ impl Drop for Inflight {
     }
 }
 
-fn context_error(param: &str, n_prompt: usize, n_ctx: usize) -> ApiError {
+fn context_error(param: &str, n_prompt: usize, n_ctx: usize, lower_bound: bool) -> ApiError {
+    let has = if lower_bound { "at least " } else { "" };
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "invalid_request_error",
         format!(
-            "This model's maximum context length is {n_ctx} tokens. However, your prompt has {n_prompt} tokens \
+            "This model's maximum context length is {n_ctx} tokens. However, your prompt has {has}{n_prompt} tokens \
              (at least one token must be left for the completion)."
         ),
         Some(param),
@@ -452,7 +564,7 @@ fn submit(
             return Err(ApiError::param(prompt_param, "the prompt is empty"));
         }
         if p.len() >= h.n_ctx {
-            return Err(context_error(prompt_param, p.len(), h.n_ctx));
+            return Err(context_error(prompt_param, p.len(), h.n_ctx, false));
         }
     }
     let total = prompts.len() * spec.n;
@@ -477,7 +589,7 @@ fn submit(
     let mut rxs = Vec::with_capacity(total);
     for p in prompts {
         for i in 0..spec.n {
-            let (tx, rx) = unbounded_channel();
+            let (tx, rx) = event_channel();
             let mut params = spec.params.clone();
             params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
             let req = GenRequest {
@@ -566,7 +678,7 @@ struct Choice {
     usage: Usage,
 }
 
-async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Choice, ApiError> {
+async fn collect(mut rx: EventRx) -> Result<Choice, ApiError> {
     let mut c = Choice {
         text: String::new(),
         tokens: Vec::new(),
@@ -672,11 +784,16 @@ async fn chat_completions(
             format!("model `{}` has no chat template; use /v1/completions", h.id),
         )
     })?;
-    let text = t
-        .render(&messages, true)
-        .map_err(|e| ApiError::param("messages", format!("the chat template failed: {e}")))?;
-    let add_bos = t.bos_token().is_empty() || !text.starts_with(t.bos_token());
-    let prompt = h.tok.encode(&text, add_bos, true);
+    let (t, h2, len) = (t.clone(), h.clone(), state.tokenize_budget);
+    let prompt = on_cpu(&state, move |b| {
+        let text = t
+            .render(&messages, true)
+            .map_err(|e| ApiError::param("messages", format!("the chat template failed: {e}")))?;
+        b.check().map_err(|e| interrupted("messages", e, len))?;
+        let add_bos = t.bos_token().is_empty() || !text.starts_with(t.bos_token());
+        encode_prompt(&h2, &text, add_bos, "messages", b, len)
+    })
+    .await?;
     let sub = submit(&state, &h, std::slice::from_ref(&prompt), &spec, "messages")?;
     let id = format!(
         "chatcmpl-{:016x}",
@@ -716,14 +833,19 @@ async fn chat_completions(
 
 // ---------------------------------------------------------------- completions
 
-fn completion_prompts(p: &Params, h: &ModelHandle) -> Result<Vec<Vec<u32>>, ApiError> {
+/// A completion prompt as sent: texts to encode, or token ids.
+enum PromptInput {
+    Texts(Vec<String>),
+    Ids(Vec<Vec<u32>>),
+}
+
+fn completion_prompts(p: &Params, h: &ModelHandle) -> Result<PromptInput, ApiError> {
     let bad = || {
         ApiError::param(
             "prompt",
             "`prompt` must be a string, an array of strings, or token ids",
         )
     };
-    let enc = |s: &str| h.tok.encode(s, true, true);
     let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
         a.iter()
             .map(|v| {
@@ -739,20 +861,102 @@ fn completion_prompts(p: &Params, h: &ModelHandle) -> Result<Vec<Vec<u32>>, ApiE
             })
             .collect()
     };
+    let texts = |a: &[Value]| {
+        a.iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
     match p.get("prompt") {
-        Some(Value::String(s)) => Ok(vec![enc(s)]),
+        Some(Value::String(s)) => Ok(PromptInput::Texts(vec![s.clone()])),
         Some(Value::Array(a)) if a.is_empty() => Err(bad()),
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(a
-            .iter()
-            .map(|s| enc(s.as_str().expect("checked")))
-            .collect()),
-        Some(Value::Array(a)) if a.iter().all(Value::is_number) => Ok(vec![ids(a)?]),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(PromptInput::Texts(texts(a))),
+        Some(Value::Array(a)) if a.iter().all(Value::is_number) => {
+            Ok(PromptInput::Ids(vec![ids(a)?]))
+        }
         Some(Value::Array(a)) if a.iter().all(Value::is_array) => a
             .iter()
             .map(|x| ids(x.as_array().expect("checked")))
-            .collect(),
+            .collect::<Result<_, _>>()
+            .map(PromptInput::Ids),
         _ => Err(bad()),
     }
+}
+
+/// Cancels a budget when the request holding it is dropped (its client
+/// went away), so work on its behalf stops.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Run CPU-bound request work (chat templating, tokenization) on a blocking
+/// thread, holding one of the node's CPU slots, within the tokenization
+/// budget, and cancelled if the request goes away: the async workers that
+/// answer /health and every other connection are never held by it.
+async fn on_cpu<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Budget) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = state
+        .cpu_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::server("the node is shutting down"))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel = CancelOnDrop(cancel.clone());
+    let budget = Budget::new(Some(Instant::now() + state.tokenize_budget), Some(cancel));
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f(&budget)
+    })
+    .await
+    .map_err(|e| ApiError::server(format!("tokenization failed: {e}")))?
+}
+
+fn interrupted(param: &str, e: Interrupted, budget: Duration) -> ApiError {
+    match e {
+        Interrupted::Deadline => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!(
+                "tokenizing `{param}` took longer than this server's budget of {} ms; send shorter input",
+                budget.as_millis()
+            ),
+            Some(param),
+            Some("tokenization_budget_exceeded"),
+        ),
+        Interrupted::Cancelled => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the request was cancelled",
+            Some(param),
+            Some("cancelled"),
+        ),
+    }
+}
+
+/// Encode a prompt for generation: refused at once when its length alone
+/// proves it cannot fit the context (every token covers at most
+/// `max_token_bytes` bytes), else encoded within the budget.
+fn encode_prompt(
+    h: &ModelHandle,
+    text: &str,
+    add_bos: bool,
+    param: &str,
+    budget: &Budget,
+    budget_len: Duration,
+) -> Result<Vec<u32>, ApiError> {
+    let at_least = text.len() / h.tok.max_token_bytes();
+    if at_least >= h.n_ctx {
+        return Err(context_error(param, at_least, h.n_ctx, true));
+    }
+    h.tok
+        .encode_within(text, add_bos, true, budget)
+        .map_err(|e| interrupted(param, e, budget_len))
 }
 
 async fn completions(
@@ -762,11 +966,27 @@ async fn completions(
     let map = parse_body(&body)?;
     let p = Params(&map);
     let h = model_for(&state, &p)?;
-    let prompts = completion_prompts(&p, &h)?;
+    let input = completion_prompts(&p, &h)?;
+    let mut spec = gen_spec(&p, &h, false)?;
+    let prompts = match input {
+        PromptInput::Ids(v) => v,
+        PromptInput::Texts(texts) => {
+            if texts.len() > 16 {
+                return Err(ApiError::param("prompt", "at most 16 prompts per request"));
+            }
+            let (h2, len) = (h.clone(), state.tokenize_budget);
+            on_cpu(&state, move |b| {
+                texts
+                    .iter()
+                    .map(|t| encode_prompt(&h2, t, true, "prompt", b, len))
+                    .collect()
+            })
+            .await?
+        }
+    };
     if prompts.len() > 16 {
         return Err(ApiError::param("prompt", "at most 16 prompts per request"));
     }
-    let mut spec = gen_spec(&p, &h, false)?;
     if spec.max_tokens.is_none() {
         spec.max_tokens = Some(16); // OpenAI's default for completions
     }
@@ -905,11 +1125,12 @@ impl StreamState {
                 }
             }
             Event::Error(m) => {
-                let body = ErrorBody::new("server_error", m, None, None);
+                // The stream ends on the error: no `[DONE]`, which would
+                // tell a client the generation completed.
+                let body = ErrorBody::new("server_error", m, None, Some("generation_failed"));
                 out.push(
                     SseEvent::default().data(serde_json::to_string(&body).unwrap_or_default()),
                 );
-                out.push(SseEvent::default().data("[DONE]"));
                 self.done = true;
             }
         }
@@ -927,11 +1148,10 @@ fn stream_response(
 ) -> Response {
     let Submitted { rxs, _guard } = sub;
     let n = rxs.len();
-    let streams = rxs.into_iter().enumerate().map(|(i, rx)| {
-        UnboundedReceiverStream::new(rx)
-            .map(move |e| (i, e))
-            .boxed()
-    });
+    let streams = rxs
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| rx.into_stream().map(move |e| (i, e)).boxed());
     let st = StreamState {
         events: futures_util::stream::select_all(streams),
         spec,
@@ -1008,10 +1228,17 @@ async fn tokenize(
     let h = model_for(&state, &p)?;
     let content = p
         .str("content")?
-        .ok_or_else(|| ApiError::param("content", "`content` must be a string"))?;
+        .ok_or_else(|| ApiError::param("content", "`content` must be a string"))?
+        .to_owned();
     let add_special = p.bool("add_special")?.unwrap_or(true);
     let with_pieces = p.bool("with_pieces")?.unwrap_or(false);
-    let ids = h.tok.encode(content, add_special, true);
+    let (h2, len) = (h.clone(), state.tokenize_budget);
+    let ids = on_cpu(&state, move |b| {
+        h2.tok
+            .encode_within(&content, add_special, true, b)
+            .map_err(|e| interrupted("content", e, len))
+    })
+    .await?;
     if with_pieces {
         let v: Vec<Value> = ids
             .iter()
@@ -1055,6 +1282,17 @@ async fn detokenize(
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        let mut r = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable_error",
+            "the node is shutting down",
+            None,
+            Some("draining"),
+        );
+        r.retry_after = Some(1);
+        return r.into_response();
+    }
     if state
         .models
         .read()
@@ -1109,7 +1347,48 @@ fn registry_error(e: RegistryError) -> ApiError {
             None,
             Some("over_budget"),
         ),
+        RegistryError::Pinned(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            e.to_string(),
+            Some("force"),
+            Some("model_pinned"),
+        ),
+        RegistryError::NotAllowed(_) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            e.to_string(),
+            Some("path"),
+            Some("path_not_allowed"),
+        ),
+        RegistryError::NoDownload(_) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            e.to_string(),
+            Some("path"),
+            Some("download_disabled"),
+        ),
+        RegistryError::Internal(_) => ApiError::server(e.to_string()),
     }
+}
+
+/// Model ids are what clients send and what metrics and thread names carry:
+/// 1 to 128 characters of letters, digits and `._:@+-/`, not starting with
+/// a separator.
+pub fn check_model_id(id: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._:@+-/".contains(c);
+    if id.is_empty() || id.len() > 128 {
+        return Err("a model id has 1 to 128 characters".into());
+    }
+    if let Some(c) = id.chars().find(|&c| !ok_char(c)) {
+        return Err(format!(
+            "a model id holds only letters, digits and `._:@+-/` (found {c:?})"
+        ));
+    }
+    if id.starts_with(['.', '/', '-']) {
+        return Err("a model id cannot start with `.`, `/` or `-`".into());
+    }
+    Ok(())
 }
 
 async fn admin_list(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -1131,7 +1410,14 @@ async fn admin_load(
     let path = p
         .str("path")?
         .ok_or_else(|| ApiError::param("path", "`path` must be a string"))?;
+    if path.is_empty() || path.len() > 4096 || path.contains('\0') {
+        return Err(ApiError::param(
+            "path",
+            "`path` must be a non-empty path of at most 4096 bytes without NUL",
+        ));
+    }
     let id = p.str("id")?.unwrap_or(path).to_owned();
+    check_model_id(&id).map_err(|m| ApiError::param("id", format!("`id`: {m}")))?;
     let options = match p.get("options") {
         None => state.default_options.clone(),
         Some(v) => {
@@ -1147,6 +1433,7 @@ async fn admin_load(
         path: path.to_owned(),
         pinned: p.bool("pinned")?.unwrap_or(false),
         options,
+        origin: Origin::Admin,
     };
     let r = state
         .registry
@@ -1162,13 +1449,30 @@ async fn admin_load(
     }
 }
 
+#[derive(serde::Deserialize)]
+struct UnloadQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 async fn admin_unload(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    query: Result<axum::extract::Query<UnloadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let force = query
+        .map_err(|e| ApiError::param("force", format!("`force` must be true or false: {e}")))?
+        .force;
     let r = state
         .registry
-        .call(|reply| RegistryMsg::Unload(id.clone(), reply), None)
+        .call(
+            |reply| RegistryMsg::Unload {
+                id: id.clone(),
+                force,
+                reply,
+            },
+            None,
+        )
         .await
         .map_err(|e| ApiError::server(format!("the registry is down: {e}")))?;
     match r {
@@ -1194,4 +1498,66 @@ async fn admin_fault(
         .ok_or_else(|| ApiError::model_not_found(&id))?;
     h.inject_fault();
     Ok(Json(json!({"id": id, "fault": "armed"})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids() {
+        for ok in [
+            "smollm2",
+            "org/model-7b",
+            "llama3:8b",
+            "a.b_c+d@e",
+            &"x".repeat(128),
+        ] {
+            assert!(check_model_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a\0b",
+            "a b",
+            "tab\t",
+            "é",
+            "/x",
+            ".x",
+            "-x",
+            &"x".repeat(129),
+        ] {
+            assert!(check_model_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unsupported_parameters_are_named() {
+        let cases = [
+            (json!({"best_of": 3}), Some("best_of")),
+            (json!({"best_of": 1}), None),
+            (json!({"echo": true}), Some("echo")),
+            (json!({"echo": false}), None),
+            (json!({"suffix": "x"}), Some("suffix")),
+            (json!({"suffix": ""}), None),
+            (json!({"tools": []}), None),
+            (json!({"tools": [{}]}), Some("tools")),
+            (json!({"tool_choice": "none"}), None),
+            (json!({"tool_choice": "auto"}), Some("tool_choice")),
+            (json!({"response_format": {"type": "text"}}), None),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                Some("response_format"),
+            ),
+            (json!({"user": "u", "stream": true}), None),
+        ];
+        for (body, want) in cases {
+            let m = body.as_object().unwrap().clone();
+            let got = refuse_unsupported(&Params(&m)).err();
+            assert_eq!(
+                got.as_ref().and_then(|e| e.body.error.param.as_deref()),
+                want,
+                "{body}"
+            );
+        }
+    }
 }

@@ -8,15 +8,18 @@ pub mod http;
 pub mod registry;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ractor::Actor;
+use tokio::sync::Semaphore;
 
 use config::NodeConfig;
-use registry::{LoadSpec, Models, Registry, RegistryArgs, RegistryMsg, Resolver};
+use registry::{
+    LoadSpec, ModelDirs, Models, Origin, Registry, RegistryArgs, RegistryMsg, Resolver,
+};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -107,6 +110,10 @@ fn install_metrics() -> Result<PrometheusHandle, String> {
         "Sequences dropped because their client went away"
     );
     describe_counter!(
+        "realizar_stalled_streams_total",
+        "Streams cancelled because their client stopped reading"
+    );
+    describe_counter!(
         "realizar_rejected_requests_total",
         "Requests refused because the queue was full"
     );
@@ -127,15 +134,54 @@ fn install_metrics() -> Result<PrometheusHandle, String> {
     Ok(h)
 }
 
+/// Whether `host` names only this machine.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+/// The admin token from its file: the first line, trimmed, not empty.
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("admin_token_file {}: {e}", path.display()))?;
+    let t = text.lines().next().unwrap_or("").trim().to_owned();
+    if t.len() < 16 {
+        return Err(format!(
+            "admin_token_file {}: the token must have at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(t)
+}
+
 /// Start the node: bind, serve the API, and load the configured models in
 /// the background (`/health` answers 503 until one is ready). Calls
-/// `on_bound` with the address once listening; runs until `shutdown` resolves.
+/// `on_bound` with the address once listening; runs until `shutdown`
+/// resolves, then drains as realizar_shared::http_server describes: requests
+/// in flight get `shutdown_grace_secs`, then every remaining sequence ends
+/// with an error event and the function returns.
 pub async fn run(
     cfg: NodeConfig,
     resolver: Resolver,
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    cfg.check("the configuration").map_err(|e| e.to_string())?;
+    let admin_token = cfg
+        .admin_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
+    if admin_token.is_none() && !is_loopback(&cfg.host) && !cfg.allow_open_admin {
+        return Err(format!(
+            "refusing to bind {} without an admin token: anyone who can reach it could load and unload models. \
+             Give --admin-token-file (admin_token_file), or --allow-open-admin to accept that",
+            cfg.host
+        ));
+    }
     let prometheus = install_metrics()?;
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
@@ -146,6 +192,10 @@ pub async fn run(
     });
     let started = Instant::now();
     let models: Models = Default::default();
+    let dirs = ModelDirs::new(&cfg.model_dirs, cfg.allow_downloads);
+    if dirs.dirs.is_empty() {
+        tracing::warn!("no model directory exists: POST /admin/models can load nothing");
+    }
     let (registry, _) = Actor::spawn(
         None,
         Registry,
@@ -155,11 +205,18 @@ pub async fn run(
             threads: cfg.threads(),
             max_queue: cfg.max_queue,
             resolver,
+            dirs,
             started,
+            stream_buffer: cfg.stream_buffer_events,
+            stall: Duration::from_secs_f64(cfg.stream_stall_secs),
         },
     )
     .await
     .map_err(|e| format!("starting the registry: {e}"))?;
+    let limits = cfg.limits();
+    let cpu = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
     let state = Arc::new(http::AppState {
         models,
         registry: registry.clone(),
@@ -169,12 +226,17 @@ pub async fn run(
         fault_injection: cfg.fault_injection,
         default_options: cfg.model_defaults.clone(),
         next_id: AtomicU64::new(1),
+        draining: AtomicBool::new(false),
+        admin_token,
+        cpu_slots: Arc::new(Semaphore::new(cpu)),
+        tokenize_budget: Duration::from_millis(cfg.tokenize_budget_ms),
+        limits: Arc::new(limits.clone()),
     });
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await
         .map_err(|e| format!("binding {}:{}: {e}", cfg.host, cfg.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, max_connections = limits.effective_max_connections(), "listening");
     on_bound(addr);
     let defaults = cfg.model_defaults.clone();
     let entries = cfg.models.clone();
@@ -186,6 +248,7 @@ pub async fn run(
                 path: m.path.clone(),
                 pinned: m.pinned,
                 options: m.options.clone().unwrap_or_else(|| defaults.clone()),
+                origin: Origin::Operator,
             };
             match reg.call(|r| RegistryMsg::Load(spec, r), None).await {
                 Ok(ractor::rpc::CallResult::Success(Ok(info))) => {
@@ -198,10 +261,29 @@ pub async fn run(
             }
         }
     });
-    let r = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| e.to_string());
+    let st = state.clone();
+    let draining = async move {
+        shutdown.await;
+        st.draining.store(true, Ordering::SeqCst);
+        tracing::info!("shutting down: no new connections; waiting for requests in flight");
+    };
+    let reg = registry.clone();
+    let r = realizar_shared::http_server::serve(
+        listener,
+        http::router(state),
+        limits,
+        draining,
+        || async move {
+            let _ = reg
+                .call(
+                    |r| RegistryMsg::StopAll("the node is shutting down".into(), r),
+                    Some(Duration::from_secs(2)),
+                )
+                .await;
+        },
+    )
+    .await
+    .map_err(|e| e.to_string());
     registry.stop(None);
     r
 }

@@ -7,7 +7,7 @@
 //! and hands it the requests that were still queued.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::Instant;
@@ -21,9 +21,73 @@ use crate::model::{Logits, Model, Workspace};
 use crate::tensor::{Simd, ThreadPool};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 
-/// Turns a model argument (a path or a known name) into a file path,
-/// fetching it if needed.
-pub type Resolver = Arc<dyn Fn(&str) -> Result<PathBuf, String> + Send + Sync>;
+/// Turns a model argument into a file path: a catalog name (smollm2,
+/// gemma3) becomes its file in the models directory, fetched first when the
+/// second argument allows it and it is missing; anything else is returned as
+/// the path it names.
+pub type Resolver = Arc<dyn Fn(&str, bool) -> Result<PathBuf, String> + Send + Sync>;
+
+/// Who asked for a load, which decides where it may read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The operator: the command line or the config file. Any path; catalog
+    /// names are fetched when missing.
+    Operator,
+    /// `POST /admin/models`: only files inside the model directories, and
+    /// fetching only when the node allows downloads.
+    Admin,
+}
+
+/// Where admin loads may read model files from.
+#[derive(Debug, Clone, Default)]
+pub struct ModelDirs {
+    /// Canonical directories.
+    pub dirs: Vec<PathBuf>,
+    pub allow_downloads: bool,
+}
+
+impl ModelDirs {
+    pub fn new(dirs: &[PathBuf], allow_downloads: bool) -> Self {
+        ModelDirs {
+            dirs: dirs
+                .iter()
+                .filter_map(|d| std::fs::canonicalize(d).ok())
+                .collect(),
+            allow_downloads,
+        }
+    }
+
+    /// The file `p` names inside one of the directories (a path relative to
+    /// one of them, or an absolute path under one), after following every
+    /// symlink. Anything else, including a file that does not exist, is the
+    /// same `NotAllowed`, so a caller learns nothing about files outside. The
+    /// file itself is never opened here.
+    pub fn confine(&self, p: &Path) -> Result<PathBuf, RegistryError> {
+        let not_allowed = || RegistryError::NotAllowed(p.display().to_string());
+        if p.as_os_str().is_empty()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(not_allowed());
+        }
+        for d in &self.dirs {
+            let candidate = if p.is_absolute() {
+                if !p.starts_with(d) {
+                    continue;
+                }
+                p.to_path_buf()
+            } else {
+                d.join(p)
+            };
+            if let Ok(c) = std::fs::canonicalize(&candidate) {
+                if c.starts_with(d) && c.is_file() {
+                    return Ok(c);
+                }
+            }
+        }
+        Err(not_allowed())
+    }
+}
 
 /// What the HTTP layer needs of a loaded model; cheap to clone.
 pub struct ModelHandle {
@@ -90,6 +154,7 @@ pub struct LoadSpec {
     pub path: String,
     pub pinned: bool,
     pub options: ModelOptions,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -100,6 +165,14 @@ pub enum RegistryError {
     AlreadyLoaded(String),
     #[error("{0}")]
     Load(String),
+    #[error("model `{0}` is pinned; unload it with `force`")]
+    Pinned(String),
+    #[error("`path` {0:?}: not allowed (models load only from files inside the node's model directories)")]
+    NotAllowed(String),
+    #[error("model `{0}` is not on disk and this node does not download models (allow_downloads)")]
+    NoDownload(String),
+    #[error("{0}")]
+    Internal(String),
     #[error("model `{id}` needs {need_mib} MiB; the budget is {budget_mib} MiB and pinned models hold {pinned_mib} MiB")]
     OverBudget {
         id: String,
@@ -111,7 +184,14 @@ pub enum RegistryError {
 
 pub enum RegistryMsg {
     Load(LoadSpec, RpcReplyPort<Result<ModelInfo, RegistryError>>),
-    Unload(String, RpcReplyPort<Result<(), RegistryError>>),
+    /// Unload a model; a pinned one only with `force`.
+    Unload {
+        id: String,
+        force: bool,
+        reply: RpcReplyPort<Result<(), RegistryError>>,
+    },
+    /// Shutdown: fail every sequence of every model with this reason.
+    StopAll(String, RpcReplyPort<()>),
 }
 
 pub struct RegistryArgs {
@@ -120,7 +200,11 @@ pub struct RegistryArgs {
     pub threads: usize,
     pub max_queue: usize,
     pub resolver: Resolver,
+    pub dirs: ModelDirs,
     pub started: Instant,
+    /// Stream back-pressure for every model's executor.
+    pub stream_buffer: usize,
+    pub stall: std::time::Duration,
 }
 
 pub struct RegistryState {
@@ -162,8 +246,26 @@ impl Actor for Registry {
                 let r = load(&myself, state, spec).await;
                 let _ = reply.send(r);
             }
-            RegistryMsg::Unload(id, reply) => {
-                let _ = reply.send(unload(state, &id));
+            RegistryMsg::Unload { id, force, reply } => {
+                let r = match pinned(state, &id) {
+                    Some(true) if !force => Err(RegistryError::Pinned(id)),
+                    _ => unload(state, &id, "the model was unloaded"),
+                };
+                let _ = reply.send(r);
+            }
+            RegistryMsg::StopAll(why, reply) => {
+                let ids: Vec<String> = state
+                    .args
+                    .models
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
+                for id in ids {
+                    let _ = unload(state, &id, &why);
+                }
+                let _ = reply.send(());
             }
         }
         Ok(())
@@ -233,6 +335,16 @@ impl Actor for Registry {
     }
 }
 
+fn pinned(state: &RegistryState, id: &str) -> Option<bool> {
+    state
+        .args
+        .models
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(id)
+        .map(|h| h.pinned)
+}
+
 fn clone_handle(h: &ModelHandle) -> ModelHandle {
     ModelHandle {
         id: h.id.clone(),
@@ -261,10 +373,34 @@ struct Opened {
     file_bytes: u64,
 }
 
+/// Where a load reads from: the operator's path or catalog name as given;
+/// an admin request's only inside the model directories.
+fn resolve(
+    spec: &LoadSpec,
+    resolver: &Resolver,
+    dirs: &ModelDirs,
+) -> Result<PathBuf, RegistryError> {
+    match spec.origin {
+        Origin::Operator => resolver(&spec.path, true).map_err(RegistryError::Load),
+        Origin::Admin => {
+            let named = resolver(&spec.path, false);
+            let p = match named {
+                Ok(p) => p,
+                // A catalog name that is not on disk.
+                Err(_) if dirs.allow_downloads => {
+                    resolver(&spec.path, true).map_err(RegistryError::Load)?
+                }
+                Err(_) => return Err(RegistryError::NoDownload(spec.path.clone())),
+            };
+            dirs.confine(&p)
+                .map_err(|_| RegistryError::NotAllowed(spec.path.clone()))
+        }
+    }
+}
+
 /// Open, build and warm a model (blocking: runs off the async threads).
-fn open_model(spec: &LoadSpec, resolver: &Resolver, threads: usize) -> Result<Opened, String> {
+fn open_model(spec: &LoadSpec, path: PathBuf, threads: usize) -> Result<Opened, String> {
     let t0 = Instant::now();
-    let path = resolver(&spec.path)?;
     tracing::info!(model = %spec.id, path = %path.display(), "loading: mapping the file");
     let file =
         Arc::new(crate::format::hf_convert::open_model_file(&path).map_err(|e| e.to_string())?);
@@ -302,7 +438,12 @@ fn open_model(spec: &LoadSpec, resolver: &Resolver, threads: usize) -> Result<Op
     })
 }
 
-fn exec_config(model: &dyn Model, o: &ModelOptions, threads: usize) -> ExecConfig {
+fn exec_config(
+    model: &dyn Model,
+    o: &ModelOptions,
+    threads: usize,
+    args: &RegistryArgs,
+) -> ExecConfig {
     let d = model.dims();
     let kv_type = o.kv_type();
     let per_block = 2 * d.n_layer * o.block_size * d.kv_dim * kv_type.bytes_per_elem();
@@ -321,7 +462,17 @@ fn exec_config(model: &dyn Model, o: &ModelOptions, threads: usize) -> ExecConfi
         max_batch: o.max_batch,
         max_step_tokens: o.max_step_tokens,
         n_ctx,
+        stream_buffer: args.stream_buffer,
+        stall: args.stall,
     }
+}
+
+/// Bytes held by models that could be evicted, and by pinned ones.
+fn held(state: &RegistryState) -> (u64, u64) {
+    let m = state.args.models.read().unwrap_or_else(|e| e.into_inner());
+    let pinned = m.values().filter(|h| h.pinned).map(|h| h.bytes).sum();
+    let unpinned = m.values().filter(|h| !h.pinned).map(|h| h.bytes).sum();
+    (pinned, unpinned)
 }
 
 fn now_ms(started: Instant) -> u64 {
@@ -343,13 +494,36 @@ async fn load(
         return Err(RegistryError::AlreadyLoaded(spec.id));
     }
     let t0 = Instant::now();
-    let (resolver, threads) = (state.args.resolver.clone(), state.args.threads);
+    let (resolver, threads, dirs) = (
+        state.args.resolver.clone(),
+        state.args.threads,
+        state.args.dirs.clone(),
+    );
     let spec2 = spec.clone();
-    let opened = tokio::task::spawn_blocking(move || open_model(&spec2, &resolver, threads))
+    let path = tokio::task::spawn_blocking(move || resolve(&spec2, &resolver, &dirs))
         .await
-        .map_err(|e| RegistryError::Load(format!("loading {} panicked: {e}", spec.id)))?
+        .map_err(|e| RegistryError::Internal(format!("resolving {} panicked: {e}", spec.id)))??;
+    // Admission before any side effect: the file and the KV pool asked for
+    // must fit beside the pinned models, or nothing is opened or evicted.
+    let budget = state.args.budget_bytes;
+    let over = |need: u64, pinned: u64| RegistryError::OverBudget {
+        id: spec.id.clone(),
+        need_mib: need >> 20,
+        budget_mib: budget >> 20,
+        pinned_mib: pinned >> 20,
+    };
+    let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let kv_asked = (spec.options.kv_memory_mib as u64) << 20;
+    let (pinned, _) = held(state);
+    if pinned + file_bytes + kv_asked > budget {
+        return Err(over(file_bytes + kv_asked, pinned));
+    }
+    let spec2 = spec.clone();
+    let opened = tokio::task::spawn_blocking(move || open_model(&spec2, path, threads))
+        .await
+        .map_err(|e| RegistryError::Internal(format!("loading {} panicked: {e}", spec.id)))?
         .map_err(RegistryError::Load)?;
-    let cfg = exec_config(&*opened.model, &spec.options, threads);
+    let cfg = exec_config(&*opened.model, &spec.options, threads, &state.args);
     let kv_bytes = (cfg.kv_blocks
         * 2
         * opened.model.dims().n_layer
@@ -357,7 +531,13 @@ async fn load(
         * opened.model.dims().kv_dim
         * cfg.kv_type.bytes_per_elem()) as u64;
     let need = opened.file_bytes + kv_bytes;
-    // Make room: evict least recently used unpinned models.
+    let (pinned, _) = held(state);
+    if pinned + need > budget {
+        drop(opened);
+        release_free_memory();
+        return Err(over(need, pinned));
+    }
+    // It fits once unpinned models go: evict least recently used ones.
     loop {
         let (used, pinned, victim) = {
             let m = state.args.models.read().unwrap_or_else(|e| e.into_inner());
@@ -377,7 +557,7 @@ async fn load(
             Some(v) => {
                 tracing::info!(evicted = %v, for_model = %spec.id, "memory budget: evicting the least recently used model");
                 metrics::counter!("realizar_model_evictions_total").increment(1);
-                let _ = unload(state, &v);
+                let _ = unload(state, &v, "the model was evicted to make room for another");
             }
             None => {
                 return Err(RegistryError::OverBudget {
@@ -403,7 +583,10 @@ async fn load(
         myself.get_cell(),
     )
     .await
-    .map_err(|e| RegistryError::Load(format!("starting {}: {e}", spec.id)))?;
+    .map_err(|e| {
+        release_free_memory();
+        RegistryError::Internal(format!("starting {}: {e}", spec.id))
+    })?;
     let load_seconds = t0.elapsed().as_secs_f64();
     metrics::histogram!("realizar_model_load_seconds", "model" => spec.id.clone())
         .record(load_seconds);
@@ -438,7 +621,7 @@ async fn load(
     Ok(info)
 }
 
-fn unload(state: &mut RegistryState, id: &str) -> Result<(), RegistryError> {
+fn unload(state: &mut RegistryState, id: &str, why: &str) -> Result<(), RegistryError> {
     let h = state
         .args
         .models
@@ -448,7 +631,7 @@ fn unload(state: &mut RegistryState, id: &str) -> Result<(), RegistryError> {
         .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
     state.actors.retain(|_, v| v != id);
     state.specs.remove(id);
-    let _ = h.actor.cast(ModelMsg::Shutdown);
+    let _ = h.actor.cast(ModelMsg::Shutdown(why.to_owned()));
     let n = state
         .args
         .models
@@ -484,7 +667,8 @@ pub enum ModelMsg {
     Generate(GenRequest),
     /// Sent by the executor thread as it ends.
     ExecutorExited(Option<String>, Vec<GenRequest>),
-    Shutdown,
+    /// Fail everything in flight with this reason and stop.
+    Shutdown(String),
 }
 
 pub struct ModelArgs {
@@ -505,7 +689,10 @@ pub struct ModelState {
 
 pub struct ModelActor;
 
-fn spawn_executor(myself: ActorRef<ModelMsg>, a: &ModelArgs) -> mpsc::Sender<ExecMsg> {
+fn spawn_executor(
+    myself: ActorRef<ModelMsg>,
+    a: &ModelArgs,
+) -> Result<mpsc::Sender<ExecMsg>, std::io::Error> {
     let (tx, rx) = mpsc::channel();
     let (id, model, tok, cfg, fault) = (
         a.id.clone(),
@@ -514,35 +701,38 @@ fn spawn_executor(myself: ActorRef<ModelMsg>, a: &ModelArgs) -> mpsc::Sender<Exe
         a.cfg.clone(),
         a.fault.clone(),
     );
-    std::thread::Builder::new()
-        .name(format!("exec-{id}"))
-        .spawn(move || {
-            let exec = Executor::new(id, model, tok, cfg, fault);
-            let exit = exec.run(&rx);
-            // Requests still in the channel were never started.
-            let mut queued = Vec::new();
-            while let Ok(m) = rx.try_recv() {
-                if let ExecMsg::Submit(r) = m {
-                    queued.push(*r);
-                }
+    // Thread names cannot hold NUL; ids are validated, this keeps it so.
+    let name: String = format!("exec-{id}")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    std::thread::Builder::new().name(name).spawn(move || {
+        let exec = Executor::new(id, model, tok, cfg, fault);
+        let exit = exec.run(&rx);
+        // Requests still in the channel were never started.
+        let mut queued = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let ExecMsg::Submit(r) = m {
+                queued.push(*r);
             }
-            drop(rx);
-            let msg = match exit {
-                Exit::Clean => {
-                    for r in queued.drain(..) {
-                        let _ = r.events.send(Event::Error("the model was unloaded".into()));
-                    }
-                    None
+        }
+        drop(rx);
+        let msg = match exit {
+            Exit::Clean => {
+                for r in queued.drain(..) {
+                    let _ = r.events.send(Event::Error("the model was unloaded".into()));
                 }
-                Exit::Panicked { message, queued: q } => {
-                    queued.splice(0..0, q);
-                    Some(message)
-                }
-            };
-            let _ = myself.cast(ModelMsg::ExecutorExited(msg, queued));
-        })
-        .expect("spawn executor thread");
-    tx
+                None
+            }
+            Exit::Panicked { message, queued: q } => {
+                queued.splice(0..0, q);
+                Some(message)
+            }
+        };
+        let _ = myself.cast(ModelMsg::ExecutorExited(msg, queued));
+    })?;
+    Ok(tx)
 }
 
 impl Actor for ModelActor {
@@ -555,7 +745,7 @@ impl Actor for ModelActor {
         myself: ActorRef<Self::Msg>,
         args: ModelArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let exec = spawn_executor(myself, &args);
+        let exec = spawn_executor(myself, &args)?;
         Ok(ModelState {
             args,
             exec,
@@ -594,19 +784,64 @@ impl Actor for ModelActor {
                 tracing::error!(model = %id, error = %why, requeued = queued.len(), "executor panicked; restarting it");
                 metrics::counter!("realizar_executor_restarts_total", "model" => id.clone())
                     .increment(1);
-                state.exec = spawn_executor(myself.clone(), &state.args);
+                state.exec = spawn_executor(myself.clone(), &state.args)?;
                 for r in queued.into_iter().chain(state.pending.drain(..)) {
                     let _ = state.exec.send(ExecMsg::Submit(Box::new(r)));
                 }
             }
-            ModelMsg::Shutdown => {
+            ModelMsg::Shutdown(why) => {
                 state.stopping = true;
-                let _ = state.exec.send(ExecMsg::Shutdown);
+                let _ = state.exec.send(ExecMsg::Shutdown(why.clone()));
                 for r in state.pending.drain(..) {
-                    let _ = r.events.send(Event::Error("the model was unloaded".into()));
+                    let _ = r.events.send(Event::Error(why.clone()));
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confine_admits_only_files_inside_the_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("models");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/m.gguf"), b"x").unwrap();
+        std::fs::write(root.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret"), dir.join("out.gguf")).unwrap();
+        std::os::unix::fs::symlink(dir.join("sub/m.gguf"), dir.join("in.gguf")).unwrap();
+        let dirs = ModelDirs::new(std::slice::from_ref(&dir), false);
+        let canon = std::fs::canonicalize(dir.join("sub/m.gguf")).unwrap();
+        for ok in ["sub/m.gguf", "in.gguf", "./sub/m.gguf"] {
+            assert_eq!(dirs.confine(Path::new(ok)).unwrap(), canon, "{ok}");
+        }
+        assert_eq!(dirs.confine(&canon).unwrap(), canon);
+        let secret = root.path().join("secret");
+        for bad in [
+            "out.gguf",
+            "../secret",
+            "sub/../../secret",
+            "sub/../sub/m.gguf",
+            "missing.gguf",
+            "sub",
+            "",
+            secret.to_str().unwrap(),
+            "/etc/passwd",
+        ] {
+            assert!(
+                matches!(
+                    dirs.confine(Path::new(bad)),
+                    Err(RegistryError::NotAllowed(_))
+                ),
+                "{bad}"
+            );
+        }
+        // No directory at all: nothing is allowed.
+        let none = ModelDirs::new(&[root.path().join("absent")], false);
+        assert!(none.confine(Path::new("sub/m.gguf")).is_err());
     }
 }
