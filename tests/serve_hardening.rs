@@ -262,13 +262,28 @@ fn admin_needs_the_token_and_reads_only_inside_the_model_directories() {
 
 #[test]
 fn a_public_bind_without_a_token_is_refused() {
-    let out = std::process::Command::new(Server::bin())
+    let mut child = std::process::Command::new(Server::bin())
         .args(["node", "--host", "0.0.0.0", "--port", "0"])
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.is_some_and(|s| !s.success()), "it served: {err}");
     assert!(err.contains("admin token"), "{err}");
 }
 
