@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-models.sh
+# Catalog names (smollm2, gemma3) resolve in the models directory; the
+# suite's is the checkout's models/, where the line above put them.
+export REALIZAR_MODELS="$PWD/models"
 # What some tests check against: the official openai package (server
 # tests), Hugging Face tokenizers (the exported tokenizer.json) and numpy
 # (the qwen2 reference forward), in a virtualenv under target/, and

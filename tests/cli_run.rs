@@ -1,11 +1,11 @@
 //! `realizar run` end to end: a model given by name, greedy decoding, the
 //! speed report on stderr, and a clear error for an unknown model.
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn run_by_model_name_streams_the_greedy_answer() {
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+    let out = common::realizar()
         .args([
             "run",
             "--model",
@@ -35,7 +35,7 @@ fn run_by_model_name_streams_the_greedy_answer() {
 
 #[test]
 fn unknown_model_name_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+    let out = common::realizar()
         .args(["run", "--model", "no-such-model", "--prompt", "x"])
         .output()
         .unwrap();
@@ -49,7 +49,7 @@ fn unknown_model_name_is_a_clear_error() {
 
 #[test]
 fn invalid_sampling_parameter_is_named() {
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+    let out = common::realizar()
         .args(["run", "--model", "smollm2", "--prompt", "x", "--top-p", "0"])
         .output()
         .unwrap();

@@ -32,7 +32,7 @@ fn exported(ty: &str) -> PathBuf {
     let out = base.join(format!("hf-smollm2-{}", ty.to_ascii_lowercase()));
     if !out.join("tokenizer_config.json").is_file() {
         let tmp = base.join(format!(".hf-{ty}.{}.partial", std::process::id()));
-        let st = Command::new(env!("CARGO_BIN_EXE_realizar"))
+        let st = common::realizar()
             .args(["export", "--type", ty])
             .arg(q4_1_path())
             .arg(&tmp)

@@ -2,7 +2,7 @@
 //! scripts/fetch-models.sh, which the README's test command runs first).
 
 use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
 fn model(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,7 +17,7 @@ fn model(name: &str) -> PathBuf {
 }
 
 fn inspect_json(path: &PathBuf) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+    let out = common::realizar()
         .args(["inspect", "--json"])
         .arg(path)
         .output()
@@ -72,7 +72,7 @@ fn gemma3_q4_k_m() {
 #[test]
 fn tensors_flag_lists_every_tensor_inside_the_file() {
     let path = model("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+    let out = common::realizar()
         .args(["inspect", "--json", "--tensors"])
         .arg(&path)
         .output()
@@ -94,7 +94,7 @@ fn tensors_flag_lists_every_tensor_inside_the_file() {
 
 #[test]
 fn text_report_and_bad_input() {
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+    let out = common::realizar()
         .arg("inspect")
         .arg(model("gemma-3-270m-q4_k_m.gguf"))
         .output()
@@ -110,7 +110,7 @@ fn text_report_and_bad_input() {
         b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+    let out = common::realizar()
         .arg("inspect")
         .arg(&bad)
         .output()
@@ -178,7 +178,7 @@ fn inspect_a_sharded_safetensors_directory() {
         r#"{"chat_template":"{{ messages }}"}"#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+    let out = common::realizar()
         .args(["inspect", "--json"])
         .arg(d)
         .output()

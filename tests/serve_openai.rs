@@ -21,7 +21,7 @@ fn openai_client_and_promtool_against_serve() {
     const CTX: usize = 1024;
     let question = "What is the capital of France?";
     // The independent expectation: the CLI's single-sequence greedy generation.
-    let out = Command::new(env!("CARGO_BIN_EXE_realizar"))
+    let out = common::realizar()
         .args(["run", "--model", "smollm2", "--chat", "--prompt", question])
         .args([
             "--temperature",

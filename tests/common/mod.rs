@@ -33,7 +33,7 @@ impl Server {
 
     /// `start`, with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(Self::bin())
+        let mut child = realizar_at(&Self::bin())
             .args(args)
             .args(["--port", "0"])
             .envs(env.iter().copied())
@@ -242,6 +242,21 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// `realizar` with the catalog models taken from the checkout's models/
+/// (where scripts/fetch-models.sh puts them) unless REALIZAR_MODELS says
+/// otherwise.
+pub fn realizar() -> Command {
+    realizar_at(env!("CARGO_BIN_EXE_realizar"))
+}
+
+fn realizar_at(bin: &str) -> Command {
+    let mut c = Command::new(bin);
+    if std::env::var_os("REALIZAR_MODELS").is_none() {
+        c.env("REALIZAR_MODELS", root().join("models"));
+    }
+    c
 }
 
 /// The Python interpreter of the test oracles (openai, tokenizers, numpy):

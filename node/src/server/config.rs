@@ -7,7 +7,7 @@ use std::time::Duration;
 use realizar_shared::http_server::Limits;
 use serde::Deserialize;
 
-use crate::model::{KvType, Numerics};
+use crate::model::KvType;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -105,9 +105,6 @@ pub struct ModelOptions {
     pub kv_type: String,
     pub max_batch: usize,
     pub max_step_tokens: usize,
-    /// "native" (realizar's kernels) or "ggml-avx2" (llama.cpp's AVX2
-    /// build reproduced bit for bit for a request served alone; slower).
-    pub numerics: String,
 }
 
 impl Default for ModelOptions {
@@ -119,7 +116,6 @@ impl Default for ModelOptions {
             kv_type: "f16".into(),
             max_batch: 16,
             max_step_tokens: 256,
-            numerics: "native".into(),
         }
     }
 }
@@ -250,10 +246,6 @@ impl ModelOptions {
         KvType::from_name(&self.kv_type).unwrap_or(KvType::F16)
     }
 
-    pub fn numerics(&self) -> Numerics {
-        Numerics::from_name(&self.numerics).unwrap_or_default()
-    }
-
     pub fn check(&self, file: &str, at: &str) -> Result<(), ConfigError> {
         let bad = |field: &str, message: &str| {
             Err(ConfigError::Invalid {
@@ -264,9 +256,6 @@ impl ModelOptions {
         };
         if KvType::from_name(&self.kv_type).is_none() {
             return bad("kv_type", "must be \"f16\" or \"f32\"");
-        }
-        if Numerics::from_name(&self.numerics).is_none() {
-            return bad("numerics", "must be \"native\" or \"ggml-avx2\"");
         }
         if self.block_size == 0 || self.block_size > 1024 {
             return bad("block_size", "must be between 1 and 1024");
@@ -304,12 +293,11 @@ mod tests {
         let e =
             NodeConfig::from_toml("[model_defaults]\nkv_type = \"q4\"\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("model_defaults.kv_type"), "{e}");
-        let c = NodeConfig::from_toml("[model_defaults]\nnumerics = \"ggml-avx2\"\n", "x.toml")
-            .unwrap();
-        assert_eq!(c.model_defaults.numerics(), Numerics::GgmlAvx2);
-        let e = NodeConfig::from_toml("[model_defaults]\nnumerics = \"exact\"\n", "x.toml")
+        // The llama.cpp-parity numerics are a tool of `run` and `perplexity`,
+        // not a serving option.
+        let e = NodeConfig::from_toml("[model_defaults]\nnumerics = \"ggml-avx2\"\n", "x.toml")
             .unwrap_err();
-        assert!(e.to_string().contains("model_defaults.numerics"), "{e}");
+        assert!(e.to_string().contains("numerics"), "{e}");
         let e = NodeConfig::from_toml("prot = 1\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("prot"), "{e}");
     }

@@ -411,9 +411,7 @@ fn open_model(spec: &LoadSpec, path: PathBuf, threads: usize) -> Result<Opened, 
     let template =
         ChatTemplate::for_model(file.metadata().get_str("tokenizer.chat_template"), &tok).ok();
     tracing::info!(model = %spec.id, "loading: building the model");
-    let model: Arc<dyn Model> = Arc::from(
-        crate::model::load_with(file, spec.options.numerics()).map_err(|e| e.to_string())?,
-    );
+    let model: Arc<dyn Model> = Arc::from(crate::model::load(file).map_err(|e| e.to_string())?);
     // Warm: one token through every layer pages the weights in, so the first
     // request does not pay for it.
     tracing::info!(model = %spec.id, "loading: warming");

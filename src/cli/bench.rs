@@ -468,3 +468,113 @@ pub fn prefix_reuse(a: BenchArgs, n: usize, trials: usize) -> Result<Vec<PrefixT
         Ok(out)
     })
 }
+
+/// `realizar bench`'s flags.
+#[derive(clap::Args)]
+pub struct BenchCli {
+    /// Server base URL, e.g. http://127.0.0.1:8080
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Concurrency levels, run one after the other.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    pub concurrency: Vec<usize>,
+    /// Requests per concurrency level.
+    #[arg(long, default_value_t = 16)]
+    pub requests: usize,
+    /// Length of the synthetic prompt, in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Prompts, one per line (instead of the synthetic prompt).
+    #[arg(long)]
+    pub prompts_file: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Stream the responses (needed for TTFT and inter-token latency).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub stream: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Instead of the load test: time to first token of a request and of
+    /// a second one sharing its first N prompt tokens (prefix reuse).
+    #[arg(long)]
+    pub prefix_reuse: Option<usize>,
+}
+
+/// Run `realizar bench`: a load test, or the prefix-reuse trials.
+pub fn command(a: BenchCli) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let fail = super::fail;
+    let BenchCli {
+        url,
+        model,
+        concurrency,
+        requests,
+        prompt_tokens,
+        prompts_file,
+        max_tokens,
+        stream,
+        json,
+        quiet,
+        prefix_reuse: reuse,
+    } = a;
+    let args = BenchArgs {
+        url,
+        model,
+        concurrency,
+        requests,
+        prompt_tokens,
+        prompts_file,
+        max_tokens,
+        stream,
+        progress: !quiet,
+    };
+    if let Some(n) = reuse {
+        return match prefix_reuse(args, n, 5) {
+            Ok(trials) => {
+                println!("| trial | first TTFT ms | second TTFT ms | second / first |\n|---:|---:|---:|---:|");
+                for (i, t) in trials.iter().enumerate() {
+                    println!(
+                        "| {i} | {:.1} | {:.1} | {:.1}% |",
+                        t.first_ttft_ms,
+                        t.second_ttft_ms,
+                        t.ratio * 100.0
+                    );
+                }
+                let mut r: Vec<f64> = trials.iter().map(|t| t.ratio).collect();
+                r.sort_by(|a, b| a.total_cmp(b));
+                println!("\nmedian second/first: {:.1}%", r[r.len() / 2] * 100.0);
+                if let Some(p) = json {
+                    let _ = std::fs::write(
+                        &p,
+                        serde_json::to_string_pretty(&trials).unwrap_or_default(),
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("bench", e),
+        };
+    }
+    match run(args) {
+        Ok(r) => {
+            print!("{}", markdown(&r));
+            if let Some(p) = json {
+                let v = serde_json::to_string_pretty(&r).unwrap_or_default();
+                if let Err(e) = std::fs::write(&p, v) {
+                    return fail("bench", format!("{}: {e}", p.display()));
+                }
+            }
+            if r.iter().all(|l| l.errors == 0) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail("bench", e),
+    }
+}

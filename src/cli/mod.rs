@@ -1,0 +1,84 @@
+//! The `realizar` command line: one args struct per subcommand, each in the
+//! module that runs it.
+
+pub mod bench;
+mod files;
+pub mod models;
+mod node;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "realizar",
+    version,
+    about = "Pure-Rust LLM serving: engine, node and gateway"
+)]
+pub struct Cli {
+    /// Where catalog models (smollm2, gemma3) live and are fetched to.
+    /// Default: REALIZAR_MODELS, else the per-user cache
+    /// ($XDG_CACHE_HOME or ~/.cache)/realizar/models.
+    #[arg(long, global = true)]
+    pub models_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Report what a GGUF file or a safetensors model directory holds.
+    Inspect(files::InspectArgs),
+    /// Fetch catalog models into the models directory.
+    Pull(PullArgs),
+    /// Re-encode a GGUF model's weights into another type or the Q4_K_M
+    /// mix; norms stay F32.
+    Quantize(files::QuantizeArgs),
+    /// Write a GGUF model (llama or qwen2, byte-level BPE tokenizer) as a
+    /// Hugging Face safetensors directory: model.safetensors in HF layout,
+    /// config.json, tokenizer.json, tokenizer_config.json.
+    Export(files::ExportArgs),
+    /// Generate text from a prompt, streaming it to stdout; speeds go to stderr.
+    Run(run::RunArgs),
+    /// Perplexity of a text file, computed the way llama-perplexity does.
+    Perplexity(run::PerplexityArgs),
+    /// Serve the OpenAI API on one machine. With no model given, serves
+    /// SmolLM2 (fetched if missing).
+    Serve(node::NodeArgs),
+    /// Run a node: the OpenAI API and admin routes over the models it loads
+    /// (from --model, the config file, or later through POST /admin/models).
+    Node(node::NodeArgs),
+    /// Load-test an OpenAI-compatible server (realizar, llama-server, ...).
+    Bench(bench::BenchCli),
+}
+
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// One catalog model, or all of them.
+    #[arg(value_enum)]
+    pub which: Option<models::Catalog>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    models::set_models_dir(cli.models_dir.as_deref());
+    match cli.command {
+        Command::Inspect(a) => files::inspect(&a),
+        Command::Pull(a) => models::pull(a.which),
+        Command::Quantize(a) => files::quantize(&a),
+        Command::Export(a) => files::export(&a),
+        Command::Run(a) => run::run_cmd(a),
+        Command::Perplexity(a) => run::perplexity_cmd(a),
+        Command::Serve(a) => node::node(a, true),
+        Command::Node(a) => node::node(a, false),
+        Command::Bench(a) => bench::command(a),
+    }
+}
+
+pub fn fail(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("realizar {cmd}: {e}");
+    ExitCode::FAILURE
+}

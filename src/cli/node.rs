@@ -1,0 +1,243 @@
+//! `realizar serve` and `realizar node`: flags over the TOML config, then the node.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::{fail, models};
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// TOML configuration (see configs/node.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A model to load: a GGUF path or a known name (smollm2, gemma3),
+    /// optionally as ID=PATH. Repeatable.
+    #[arg(long)]
+    model: Vec<String>,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    port: Option<u16>,
+    /// Compute threads per model (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Context length per sequence.
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Most sequences per batch.
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Memory for each model's KV pool.
+    #[arg(long)]
+    kv_memory_mib: Option<usize>,
+    /// Memory for all loaded models; loading past it evicts the least recently used.
+    #[arg(long)]
+    memory_budget_mib: Option<u64>,
+    /// Requests queued or running per model before 429.
+    #[arg(long)]
+    max_queue: Option<usize>,
+    /// Enable POST /admin/fault/{id} (tests only).
+    #[arg(long, hide = true)]
+    fault_injection: bool,
+    /// A directory POST /admin/models may load from (repeatable; default:
+    /// the models directory).
+    #[arg(long)]
+    model_dir: Vec<PathBuf>,
+    /// Let POST /admin/models fetch catalog models that are not on disk.
+    #[arg(long)]
+    allow_downloads: bool,
+    /// File holding the token /admin/* requires as `Authorization: Bearer`.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Accept a non-loopback --host without an admin token.
+    #[arg(long)]
+    allow_open_admin: bool,
+    /// Seconds a client may take to send a request head.
+    #[arg(long)]
+    header_timeout_secs: Option<f64>,
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long)]
+    idle_timeout_secs: Option<f64>,
+    /// Seconds a client may take to send a request body.
+    #[arg(long)]
+    body_timeout_secs: Option<f64>,
+    /// Most open connections; past it new ones get 503.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Largest request body in MiB; larger ones get 413.
+    #[arg(long)]
+    max_body_mib: Option<usize>,
+    /// After SIGTERM, seconds requests in flight may finish before their
+    /// streams end with an error event and the process exits.
+    #[arg(long)]
+    shutdown_grace_secs: Option<f64>,
+    /// Milliseconds one request's tokenization may take before a 400.
+    #[arg(long)]
+    tokenize_budget_ms: Option<u64>,
+    /// Events a stream may leave unread before its sequence pauses.
+    #[arg(long)]
+    stream_buffer_events: Option<usize>,
+    /// Seconds a paused stream's client may read nothing before it is cancelled.
+    #[arg(long)]
+    stream_stall_secs: Option<f64>,
+    /// Socket send buffer per connection in KiB (default: the kernel's autotuning).
+    #[arg(long)]
+    send_buffer_kib: Option<usize>,
+}
+
+pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
+    use realizar_node::server::config::{ModelEntry, NodeConfig};
+    let mut cfg = match &args.config {
+        Some(p) => match NodeConfig::from_file(p) {
+            Ok(c) => c,
+            Err(e) => return fail("serve", e),
+        },
+        None => NodeConfig::default(),
+    };
+    if let Some(h) = args.host {
+        cfg.host = h;
+    }
+    if let Some(p) = args.port {
+        cfg.port = p;
+    }
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    if let Some(b) = args.memory_budget_mib {
+        cfg.memory_budget_mib = b;
+    }
+    cfg.fault_injection |= args.fault_injection;
+    cfg.model_dirs.extend(args.model_dir.iter().cloned());
+    if cfg.model_dirs.is_empty() {
+        cfg.model_dirs.push(models::models_dir());
+    }
+    cfg.allow_downloads |= args.allow_downloads;
+    cfg.allow_open_admin |= args.allow_open_admin;
+    if let Some(f) = args.admin_token_file {
+        cfg.admin_token_file = Some(f);
+    }
+    for (dst, v) in [
+        (&mut cfg.header_timeout_secs, args.header_timeout_secs),
+        (&mut cfg.idle_timeout_secs, args.idle_timeout_secs),
+        (&mut cfg.body_timeout_secs, args.body_timeout_secs),
+        (&mut cfg.shutdown_grace_secs, args.shutdown_grace_secs),
+        (&mut cfg.stream_stall_secs, args.stream_stall_secs),
+    ] {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    }
+    if let Some(n) = args.max_connections {
+        cfg.max_connections = n;
+    }
+    if let Some(n) = args.max_body_mib {
+        cfg.max_body_mib = n;
+    }
+    if let Some(n) = args.tokenize_budget_ms {
+        cfg.tokenize_budget_ms = n;
+    }
+    if let Some(n) = args.stream_buffer_events {
+        cfg.stream_buffer_events = n;
+    }
+    if let Some(n) = args.send_buffer_kib {
+        cfg.send_buffer_kib = n;
+    }
+    if let Err(e) = cfg.check("command line") {
+        return fail("serve", e);
+    }
+    if let Some(q) = args.max_queue {
+        cfg.max_queue = q;
+    }
+    let o = &mut cfg.model_defaults;
+    if let Some(c) = args.ctx {
+        o.n_ctx = c;
+    }
+    if let Some(b) = args.max_batch {
+        o.max_batch = b;
+    }
+    if let Some(m) = args.kv_memory_mib {
+        o.kv_memory_mib = m;
+    }
+    if let Err(e) = o.check("command line", "flags") {
+        return fail("serve", e);
+    }
+    for m in &args.model {
+        let (id, path) = match m.split_once('=') {
+            Some((id, path)) => (id.to_owned(), path.to_owned()),
+            None => {
+                let p = Path::new(m);
+                let id = if p.exists() {
+                    p.file_stem()
+                        .map_or(m.clone(), |s| s.to_string_lossy().into_owned())
+                } else {
+                    m.clone()
+                };
+                (id, m.clone())
+            }
+        };
+        if let Err(e) = realizar_node::server::http::check_model_id(&id) {
+            return fail("serve", format!("--model {m}: {e}"));
+        }
+        // What the operator names on the command line is pinned: never
+        // evicted, and unloaded only with `force`.
+        cfg.models.push(ModelEntry {
+            id,
+            path,
+            pinned: true,
+            options: None,
+        });
+    }
+    if default_model && cfg.models.is_empty() {
+        cfg.models.push(ModelEntry {
+            id: "smollm2".into(),
+            path: "smollm2".into(),
+            pinned: true,
+            options: None,
+        });
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail("serve", e),
+    };
+    let resolver: realizar_node::server::registry::Resolver =
+        std::sync::Arc::new(|m: &str, fetch: bool| models::resolve_with(Path::new(m), fetch));
+    let r = rt.block_on(realizar_node::server::run(
+        cfg,
+        resolver,
+        |addr| eprintln!("realizar: listening on http://{addr}"),
+        async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    ));
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail("serve", e),
+    }
+}

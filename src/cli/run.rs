@@ -1,0 +1,294 @@
+//! `realizar run` and `realizar perplexity`: one sequence through the engine,
+//! no server.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+
+use super::{fail, models};
+
+/// KV cache element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvTypeArg {
+    F32,
+    F16,
+}
+
+impl KvTypeArg {
+    fn kv(self) -> realizar_node::model::KvType {
+        match self {
+            KvTypeArg::F32 => realizar_node::model::KvType::F32,
+            KvTypeArg::F16 => realizar_node::model::KvType::F16,
+        }
+    }
+}
+
+/// Arithmetic of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NumericsArg {
+    /// realizar's kernels.
+    Native,
+    /// llama.cpp's AVX2 build reproduced bit for bit (slower; llama and
+    /// Gemma 3 with Q8_0/Q4_1/Q5_0/Q4_K/Q6_K weights).
+    GgmlAvx2,
+}
+
+impl NumericsArg {
+    fn numerics(self) -> realizar_node::model::Numerics {
+        match self {
+            NumericsArg::Native => realizar_node::model::Numerics::Native,
+            NumericsArg::GgmlAvx2 => realizar_node::model::Numerics::GgmlAvx2,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A GGUF file, a Hugging Face safetensors directory, or a catalog
+    /// model name (smollm2, gemma3).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub kv_type: KvTypeArg,
+    #[arg(long, value_enum, default_value = "native")]
+    pub numerics: NumericsArg,
+}
+
+#[derive(clap::Args)]
+pub struct PerplexityArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub file: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "native")]
+    pub numerics: NumericsArg,
+}
+
+pub fn run_cmd(a: RunArgs) -> ExitCode {
+    let params = realizar_node::sampling::SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        seed: a.seed,
+        ..Default::default()
+    };
+    run(
+        &a.model,
+        &a.prompt,
+        a.chat,
+        a.max_tokens,
+        params,
+        threads(a.threads),
+        a.kv_type.kv(),
+        a.numerics.numerics(),
+    )
+}
+
+pub fn perplexity_cmd(a: PerplexityArgs) -> ExitCode {
+    perplexity(
+        &a.model,
+        &a.file,
+        a.ctx,
+        threads(a.threads),
+        a.numerics.numerics(),
+    )
+}
+
+type Loaded = (
+    Box<dyn realizar_node::model::Model>,
+    realizar_node::tokenizer::Tokenizer,
+    Option<String>,
+);
+
+fn load_model(arg: &Path, numerics: realizar_node::model::Numerics) -> Result<Loaded, String> {
+    let path = &models::resolve(arg)?;
+    let f = std::sync::Arc::new(
+        realizar_node::format::hf_convert::open_model_file(path).map_err(|e| e.to_string())?,
+    );
+    let tok = realizar_node::tokenizer::Tokenizer::from_gguf(f.metadata())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let template = f
+        .metadata()
+        .get_str("tokenizer.chat_template")
+        .map(str::to_owned);
+    let model = realizar_node::model::load_with(f, numerics).map_err(|e| e.to_string())?;
+    Ok((model, tok, template))
+}
+
+fn threads(n: Option<usize>) -> usize {
+    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    model: &Path,
+    prompt: &str,
+    chat: bool,
+    max_tokens: usize,
+    params: realizar_node::sampling::SamplingParams,
+    n_threads: usize,
+    kv: realizar_node::model::KvType,
+    numerics: realizar_node::model::Numerics,
+) -> ExitCode {
+    use realizar_node::model::{Logits, Workspace};
+    use realizar_node::sampling::Sampler;
+    use realizar_node::tokenizer::StreamDecoder;
+    use std::io::Write;
+    let (m, tok, template) = match load_model(model, numerics) {
+        Ok(x) => x,
+        Err(e) => return fail("run", e),
+    };
+    if let Err(e) = params.validate(m.n_vocab()) {
+        return fail("run", e);
+    }
+    let ids = if chat {
+        use realizar_node::tokenizer::{ChatMessage, ChatTemplate};
+        let rendered = ChatTemplate::for_model(template.as_deref(), &tok)
+            .and_then(|t| Ok((t.render(&[ChatMessage::new("user", prompt)], true)?, t)));
+        match rendered {
+            // A template that writes the BOS token itself gets no second one.
+            Ok((text, t)) => tok.encode(
+                &text,
+                t.bos_token().is_empty() || !text.starts_with(t.bos_token()),
+                true,
+            ),
+            Err(e) => return fail("run", e),
+        }
+    } else {
+        tok.encode(prompt, true, true)
+    };
+    if ids.is_empty() {
+        return fail("run", "the prompt is empty");
+    }
+    let ctx = (ids.len() + max_tokens).min(m.n_ctx_train());
+    if ids.len() >= ctx {
+        return fail(
+            "run",
+            format!(
+                "the prompt has {} tokens; the model's context is {}",
+                ids.len(),
+                m.n_ctx_train()
+            ),
+        );
+    }
+    let pool = realizar_node::tensor::ThreadPool::new(n_threads);
+    let simd = realizar_node::tensor::Simd::detect();
+    let mut cache = m.new_cache_typed(ctx, kv);
+    let mut ws = Workspace::default();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut sampler = Sampler::new(params, seed).with_history(&ids);
+    let mut dec = StreamDecoder::default();
+    let t0 = std::time::Instant::now();
+    m.forward(&pool, simd, &ids, &mut cache, &mut ws, Logits::Last);
+    let prefill = t0.elapsed();
+    let t1 = std::time::Instant::now();
+    let mut out = std::io::stdout().lock();
+    let mut generated = 0;
+    while generated < ctx - ids.len() {
+        let next = sampler.sample(&mut ws.logits).token.id;
+        generated += 1;
+        if tok.vocab.is_end_of_generation(next) {
+            break;
+        }
+        let _ = out.write_all(dec.push(&tok, next).as_bytes());
+        let _ = out.flush();
+        if generated == ctx - ids.len() {
+            break;
+        }
+        m.forward(&pool, simd, &[next], &mut cache, &mut ws, Logits::Last);
+    }
+    let _ = writeln!(out, "{}", dec.finish());
+    let decode = t1.elapsed();
+    eprintln!(
+        "prefill: {} tokens in {:.1} ms ({:.1} tokens/s); decode: {} tokens in {:.1} ms ({:.1} tokens/s); {} threads, {}",
+        ids.len(),
+        prefill.as_secs_f64() * 1e3,
+        ids.len() as f64 / prefill.as_secs_f64(),
+        generated,
+        decode.as_secs_f64() * 1e3,
+        generated as f64 / decode.as_secs_f64(),
+        n_threads,
+        match numerics {
+            realizar_node::model::Numerics::Native => simd.name(),
+            realizar_node::model::Numerics::GgmlAvx2 => "ggml-avx2 numerics",
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+fn perplexity(
+    model: &Path,
+    file: &Path,
+    ctx: usize,
+    n_threads: usize,
+    numerics: realizar_node::model::Numerics,
+) -> ExitCode {
+    let (m, tok, _) = match load_model(model, numerics) {
+        Ok(x) => x,
+        Err(e) => return fail("perplexity", e),
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail("perplexity", format!("{}: {e}", file.display())),
+    };
+    let pool = realizar_node::tensor::ThreadPool::new(n_threads);
+    let t0 = std::time::Instant::now();
+    let r = realizar_node::eval::perplexity(
+        m.as_ref(),
+        &tok,
+        &pool,
+        realizar_node::tensor::Simd::detect(),
+        &text,
+        ctx,
+        |i, n, p| {
+            eprint!("[{i}]{p:.4},");
+            if i == n {
+                eprintln!();
+            }
+        },
+    );
+    match r {
+        Ok(p) => {
+            println!(
+                "Final estimate: PPL = {:.4} +/- {:.5}  ({} chunks of {ctx}, {} tokens scored, {:.1} s)",
+                p.ppl,
+                p.stderr,
+                p.chunks,
+                p.scored_tokens,
+                t0.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("perplexity", e),
+    }
+}
