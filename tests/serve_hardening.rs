@@ -445,6 +445,13 @@ fn the_api_refuses_what_it_does_not_do() {
         assert_eq!(r.status, 400, "{stop}: {}", r.body);
         assert_eq!(r.json()["error"]["param"], "stop");
     }
+    // A wrong method and an unknown route: OpenAI-shaped too.
+    let r = server.get("/v1/completions");
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "method_not_allowed");
+    let r = server.get("/v1/nothing");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "not_found");
     // 413, OpenAI-shaped, without reading the body.
     let mut s = TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

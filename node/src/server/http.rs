@@ -73,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(admin)
         .fallback(not_found_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(move |req, next| {
             read_body(limits.clone(), req, next)
@@ -189,6 +190,16 @@ impl IntoResponse for ApiError {
         }
         r
     }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "this route does not take that method",
+        None,
+        Some("method_not_allowed"),
+    )
 }
 
 async fn not_found_route() -> ApiError {
