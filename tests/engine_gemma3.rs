@@ -11,25 +11,23 @@ use std::sync::Arc;
 use common::generation::{check, check_every_step, ids, QUANTIZED};
 use common::{golden, root};
 
-use realizar_node::format::GgufFile;
-use realizar_node::model::{load_with, Model, Numerics};
+use realizar_node::model::{LoadedModel, Model, Numerics};
 use realizar_node::tensor::{Simd, ThreadPool};
 use realizar_node::tokenizer::Tokenizer;
 
-fn gemma() -> (Box<dyn Model>, Tokenizer) {
+fn gemma() -> (Arc<dyn Model>, Arc<Tokenizer>) {
     gemma_with(Numerics::Native)
 }
 
-fn gemma_with(numerics: Numerics) -> (Box<dyn Model>, Tokenizer) {
+fn gemma_with(numerics: Numerics) -> (Arc<dyn Model>, Arc<Tokenizer>) {
     let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
     assert!(
         p.is_file(),
         "{} missing: run scripts/fetch-models.sh",
         p.display()
     );
-    let f = Arc::new(GgufFile::open(p).unwrap());
-    let tok = Tokenizer::from_gguf(f.metadata()).unwrap();
-    (load_with(f, numerics).unwrap(), tok)
+    let m = LoadedModel::open_with(&p, numerics).unwrap();
+    (m.model, m.tok)
 }
 
 #[test]

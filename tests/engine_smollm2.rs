@@ -235,10 +235,9 @@ fn perplexity_f32() {
 
 #[test]
 fn the_files_chat_template_renders_chatml() {
-    use realizar_node::tokenizer::{ChatMessage, ChatTemplate};
-    let f = GgufFile::open(q4_1_path()).unwrap();
-    let tok = Tokenizer::from_gguf(f.metadata()).unwrap();
-    let t = ChatTemplate::for_model(f.metadata().get_str("tokenizer.chat_template"), &tok).unwrap();
+    use realizar_node::tokenizer::ChatMessage;
+    let m = realizar_node::model::LoadedModel::open(&q4_1_path()).unwrap();
+    let (t, tok) = (m.chat_template().unwrap(), m.tok);
     assert_eq!(t.builtin, None);
     let text = t
         .render(&[ChatMessage::new("user", "What is 2+2?")], true)

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use realizar_node::format::hf_convert::open_model_file;
 use realizar_node::format::{GgufFile, SafetensorsCheckpoint};
-use realizar_node::model::{self, KvType, Logits, Model, Workspace};
+use realizar_node::model::{KvType, LoadedModel, Logits, Model, Workspace};
 use realizar_node::tensor::{GgmlType, Simd, ThreadPool};
 use realizar_node::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
@@ -45,10 +45,9 @@ fn exported(ty: &str) -> PathBuf {
     out
 }
 
-fn load(path: &Path) -> (Box<dyn Model>, Tokenizer, Arc<GgufFile>) {
-    let f = Arc::new(open_model_file(path).unwrap());
-    let tok = Tokenizer::from_gguf(f.metadata()).unwrap();
-    (model::load(f.clone()).unwrap(), tok, f)
+fn load(path: &Path) -> (Arc<dyn Model>, Tokenizer, Arc<GgufFile>) {
+    let m = LoadedModel::open(path).unwrap();
+    (m.model, Arc::unwrap_or_clone(m.tok), m.file)
 }
 
 #[test]

@@ -17,12 +17,19 @@ fn load(server: &Server, id: &str, pinned: bool) -> serde_json::Value {
     r.json()
 }
 
+/// Models being served (the list also shows models loading, and models
+/// unloading until their in-flight requests are done).
 fn loaded(server: &Server) -> Vec<String> {
+    listed(server, Some("ready"))
+}
+
+fn listed(server: &Server, state: Option<&str>) -> Vec<String> {
     let v = server.get("/admin/models").json();
     v["models"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|m| state.is_none_or(|s| m["state"] == s))
         .map(|m| m["id"].as_str().unwrap().to_owned())
         .collect()
 }
@@ -73,6 +80,16 @@ fn over_budget_evicts_lru_and_unload_returns_memory() {
         after = server.rss();
     }
     println!("RSS before loading {before}, loaded {during}, after unloading {after} bytes");
+    // Its actor has finished: the model is gone from the list altogether.
+    let mut left = listed(&server, None);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = listed(&server, None);
+    }
+    assert!(left.is_empty(), "still listed after unloading: {left:?}");
     assert!(
         after <= before + before / 10,
         "RSS after unloading {after} is not within 10% of before loading {before} (loaded: {during})"

@@ -70,10 +70,10 @@ impl SamplingParams {
     /// Check every field; the error names the offending parameter.
     pub fn validate(&self, n_vocab: usize) -> Result<(), InvalidParam> {
         let bad = |param, why: String| Err(InvalidParam { param, why });
-        if !(0.0..=100.0).contains(&self.temperature) || self.temperature.is_nan() {
+        if !(0.0..=2.0).contains(&self.temperature) || self.temperature.is_nan() {
             return bad(
                 "temperature",
-                format!("{} is not in [0, 100]", self.temperature),
+                format!("{} is not in [0, 2]", self.temperature),
             );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {

@@ -1,4 +1,13 @@
-//! realizar-shared: types shared by the node, the gateway and the CLI.
+//! realizar-shared: the wire layer the node, the gateway and the CLI share
+//! (like mini-redis's one command type for server and client): OpenAI
+//! request/response types, the node's control protocol and load report,
+//! errors, server-sent events, metric names, TOML config loading, and the
+//! HTTP listener both servers run on.
 
+pub mod config;
+pub mod control;
 pub mod error;
 pub mod http_server;
+pub mod metrics;
+pub mod openai;
+pub mod sse;

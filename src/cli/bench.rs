@@ -13,7 +13,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
+use realizar_shared::error::ErrorBody;
+use realizar_shared::openai::{
+    AnyChunk, Completion, CompletionRequest, GenParams, Prompt, StreamOptions, TokenizeRequest,
+    Tokenized,
+};
+use realizar_shared::sse::{SseEvent, SseReader};
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -74,14 +79,15 @@ fn split_url(url: &str) -> String {
     url.trim_end_matches('/').trim_end_matches("/v1").to_owned()
 }
 
-async fn post(
+async fn post<T: serde::Serialize>(
     client: &HttpClient,
     url: &str,
-    body: &Value,
+    body: &T,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
     let req = hyper::Request::post(url)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     client.request(req).await.map_err(|e| format!("{url}: {e}"))
 }
@@ -120,7 +126,12 @@ async fn synthetic_prompt(client: &HttpClient, base: &str, model: &str, n: usize
     let mut k = n.max(1);
     for _ in 0..4 {
         let text = make(k);
-        let body = json!({"model": model, "content": text, "add_special": false});
+        let body = TokenizeRequest {
+            model: Some(model.to_owned()),
+            content: text.clone(),
+            add_special: false,
+            with_pieces: false,
+        };
         let Ok(resp) = post(client, &format!("{base}/tokenize"), &body).await else {
             break;
         };
@@ -130,11 +141,10 @@ async fn synthetic_prompt(client: &HttpClient, base: &str, model: &str, n: usize
         let Ok(bytes) = resp.into_body().collect().await.map(|b| b.to_bytes()) else {
             break;
         };
-        let Some(got) = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v["tokens"].as_array().map(|a| a.len()))
-        else {
-            break;
+        let got = match serde_json::from_slice::<Tokenized>(&bytes) {
+            Ok(Tokenized::Ids { tokens }) => tokens.len(),
+            Ok(Tokenized::Pieces { tokens }) => tokens.len(),
+            Err(_) => break,
         };
         if got == n || got == 0 {
             break;
@@ -146,15 +156,21 @@ async fn synthetic_prompt(client: &HttpClient, base: &str, model: &str, n: usize
 
 async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: String) -> Sample {
     let mut s = Sample::default();
-    let body = json!({
-        "model": a.model,
-        "prompt": prompt,
-        "max_tokens": a.max_tokens,
-        "temperature": 0.0,
-        "ignore_eos": true,
-        "stream": a.stream,
-        "stream_options": {"include_usage": true},
-    });
+    let body = CompletionRequest {
+        model: Some(a.model.clone()),
+        prompt: Prompt::Text(prompt),
+        logprobs: None,
+        params: GenParams {
+            max_tokens: Some(a.max_tokens as u64),
+            temperature: Some(0.0),
+            ignore_eos: true,
+            stream: a.stream,
+            stream_options: Some(StreamOptions {
+                include_usage: true,
+            }),
+            ..Default::default()
+        },
+    };
     let t0 = Instant::now();
     let resp = match post(client, &format!("{base}/v1/completions"), &body).await {
         Ok(r) => r,
@@ -181,9 +197,14 @@ async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: Str
         };
         s.e2e = t0.elapsed().as_secs_f64();
         s.ttft = s.e2e;
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        s.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
-        s.completion_tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize;
+        let Ok(v) = serde_json::from_slice::<Completion>(&bytes) else {
+            s.error = Some("the response is not a completion".into());
+            return s;
+        };
+        if let Some(Some(u)) = v.usage {
+            s.prompt_tokens = u.prompt_tokens;
+            s.completion_tokens = u.completion_tokens;
+        }
         if s.completion_tokens > 1 {
             let per = (s.e2e) / s.completion_tokens as f64;
             s.itl = vec![per; s.completion_tokens - 1];
@@ -191,7 +212,7 @@ async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: Str
         s.ok = true;
         return s;
     }
-    let mut buf = Vec::<u8>::new();
+    let mut reader = SseReader::default();
     let mut last: Option<Instant> = None;
     let mut chunks = 0usize;
     while let Some(frame) = body.frame().await {
@@ -202,41 +223,37 @@ async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: Str
         let Some(data) = frame.data_ref() else {
             continue;
         };
-        buf.extend_from_slice(data);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
-            for line in text.lines() {
-                let Some(payload) = line.strip_prefix("data:").map(str::trim) else {
-                    continue;
-                };
-                if payload == "[DONE]" {
-                    continue;
+        let events = match reader.push(data) {
+            Ok(e) => e,
+            Err(e) => {
+                s.error = Some(e.to_string());
+                return s;
+            }
+        };
+        for event in events {
+            let SseEvent::Data(payload) = event else {
+                continue;
+            };
+            if let Ok(e) = serde_json::from_str::<ErrorBody>(&payload) {
+                s.error = Some(e.error.message);
+                return s;
+            }
+            let Ok(chunk) = serde_json::from_str::<AnyChunk>(&payload) else {
+                s.error = Some(format!("not a chunk: {payload}"));
+                return s;
+            };
+            if let Some(Some(u)) = chunk.usage {
+                s.prompt_tokens = u.prompt_tokens;
+                s.completion_tokens = u.completion_tokens;
+            }
+            if chunk.choices.iter().any(|c| !c.text().is_empty()) {
+                let now = Instant::now();
+                match last {
+                    None => s.ttft = (now - t0).as_secs_f64(),
+                    Some(l) => s.itl.push((now - l).as_secs_f64()),
                 }
-                let Ok(v) = serde_json::from_str::<Value>(payload) else {
-                    continue;
-                };
-                if v.get("error").is_some() {
-                    s.error = Some(v["error"].to_string());
-                    return s;
-                }
-                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-                    s.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
-                    s.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
-                }
-                let has_text = v["choices"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["text"].as_str().is_some_and(|t| !t.is_empty()))
-                });
-                if has_text {
-                    let now = Instant::now();
-                    match last {
-                        None => s.ttft = (now - t0).as_secs_f64(),
-                        Some(l) => s.itl.push((now - l).as_secs_f64()),
-                    }
-                    last = Some(now);
-                    chunks += 1;
-                }
+                last = Some(now);
+                chunks += 1;
             }
         }
     }

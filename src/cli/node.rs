@@ -18,6 +18,13 @@ pub struct NodeArgs {
     host: Option<String>,
     #[arg(long)]
     port: Option<u16>,
+    /// The node's name in a cluster, stable across restarts (default: the
+    /// advertised URL).
+    #[arg(long)]
+    id: Option<String>,
+    /// The URL a gateway reaches this node at (default: http://HOST:PORT).
+    #[arg(long)]
+    advertise: Option<String>,
     /// Compute threads per model (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -36,7 +43,8 @@ pub struct NodeArgs {
     /// Requests queued or running per model before 429.
     #[arg(long)]
     max_queue: Option<usize>,
-    /// Enable POST /admin/fault/{id} (tests only).
+    /// Enable POST /admin/fault/{id} (tests only; refused unless built with
+    /// the `fault-injection` feature).
     #[arg(long, hide = true)]
     fault_injection: bool,
     /// A directory POST /admin/models may load from (repeatable; default:
@@ -86,7 +94,7 @@ pub struct NodeArgs {
 }
 
 pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
-    use realizar_node::server::config::{ModelEntry, NodeConfig};
+    use realizar_node::service::config::{ModelEntry, NodeConfig};
     let mut cfg = match &args.config {
         Some(p) => match NodeConfig::from_file(p) {
             Ok(c) => c,
@@ -105,6 +113,12 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
     }
     if let Some(b) = args.memory_budget_mib {
         cfg.memory_budget_mib = b;
+    }
+    if args.id.is_some() {
+        cfg.id = args.id;
+    }
+    if args.advertise.is_some() {
+        cfg.advertise = args.advertise;
     }
     cfg.fault_injection |= args.fault_injection;
     cfg.model_dirs.extend(args.model_dir.iter().cloned());
@@ -142,7 +156,7 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
     if let Some(n) = args.send_buffer_kib {
         cfg.send_buffer_kib = n;
     }
-    if let Err(e) = cfg.check("command line") {
+    if let Err(e) = cfg.check_limits("command line") {
         return fail("serve", e);
     }
     if let Some(q) = args.max_queue {
@@ -175,7 +189,7 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
                 (id, m.clone())
             }
         };
-        if let Err(e) = realizar_node::server::http::check_model_id(&id) {
+        if let Err(e) = realizar_node::actors::registry::check_model_id(&id) {
             return fail("serve", format!("--model {m}: {e}"));
         }
         // What the operator names on the command line is pinned: never
@@ -210,9 +224,9 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail("serve", e),
     };
-    let resolver: realizar_node::server::registry::Resolver =
+    let resolver: realizar_node::actors::sources::Resolver =
         std::sync::Arc::new(|m: &str, fetch: bool| models::resolve_with(Path::new(m), fetch));
-    let r = rt.block_on(realizar_node::server::run(
+    let r = rt.block_on(realizar_node::service::run(
         cfg,
         resolver,
         |addr| eprintln!("realizar: listening on http://{addr}"),

@@ -121,25 +121,12 @@ pub fn perplexity_cmd(a: PerplexityArgs) -> ExitCode {
     )
 }
 
-type Loaded = (
-    Box<dyn realizar_node::model::Model>,
-    realizar_node::tokenizer::Tokenizer,
-    Option<String>,
-);
-
-fn load_model(arg: &Path, numerics: realizar_node::model::Numerics) -> Result<Loaded, String> {
+fn load_model(
+    arg: &Path,
+    numerics: realizar_node::model::Numerics,
+) -> Result<realizar_node::model::LoadedModel, String> {
     let path = &models::resolve(arg)?;
-    let f = std::sync::Arc::new(
-        realizar_node::format::hf_convert::open_model_file(path).map_err(|e| e.to_string())?,
-    );
-    let tok = realizar_node::tokenizer::Tokenizer::from_gguf(f.metadata())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let template = f
-        .metadata()
-        .get_str("tokenizer.chat_template")
-        .map(str::to_owned);
-    let model = realizar_node::model::load_with(f, numerics).map_err(|e| e.to_string())?;
-    Ok((model, tok, template))
+    realizar_node::model::LoadedModel::open_with(path, numerics).map_err(|e| e.to_string())
 }
 
 fn threads(n: Option<usize>) -> usize {
@@ -162,16 +149,18 @@ fn run(
     use realizar_node::sampling::Sampler;
     use realizar_node::tokenizer::StreamDecoder;
     use std::io::Write;
-    let (m, tok, template) = match load_model(model, numerics) {
+    let loaded = match load_model(model, numerics) {
         Ok(x) => x,
         Err(e) => return fail("run", e),
     };
+    let (m, tok) = (&loaded.model, &loaded.tok);
     if let Err(e) = params.validate(m.n_vocab()) {
         return fail("run", e);
     }
     let ids = if chat {
-        use realizar_node::tokenizer::{ChatMessage, ChatTemplate};
-        let rendered = ChatTemplate::for_model(template.as_deref(), &tok)
+        use realizar_node::tokenizer::ChatMessage;
+        let rendered = loaded
+            .chat_template()
             .and_then(|t| Ok((t.render(&[ChatMessage::new("user", prompt)], true)?, t)));
         match rendered {
             // A template that writes the BOS token itself gets no second one.
@@ -220,7 +209,7 @@ fn run(
         if tok.vocab.is_end_of_generation(next) {
             break;
         }
-        let _ = out.write_all(dec.push(&tok, next).as_bytes());
+        let _ = out.write_all(dec.push(tok, next).as_bytes());
         let _ = out.flush();
         if generated == ctx - ids.len() {
             break;
@@ -253,7 +242,7 @@ fn perplexity(
     n_threads: usize,
     numerics: realizar_node::model::Numerics,
 ) -> ExitCode {
-    let (m, tok, _) = match load_model(model, numerics) {
+    let loaded = match load_model(model, numerics) {
         Ok(x) => x,
         Err(e) => return fail("perplexity", e),
     };
@@ -264,8 +253,8 @@ fn perplexity(
     let pool = realizar_node::tensor::ThreadPool::new(n_threads);
     let t0 = std::time::Instant::now();
     let r = realizar_node::eval::perplexity(
-        m.as_ref(),
-        &tok,
+        loaded.model.as_ref(),
+        &loaded.tok,
         &pool,
         realizar_node::tensor::Simd::detect(),
         &text,

@@ -5,8 +5,8 @@
 //! use the matmul kernels of the cache's element type, so f16 keys are
 //! converted in registers (F16C) rather than copied.
 
-use super::kv::KvPool;
 use super::SeqStep;
+use crate::kv::KvPool;
 use crate::tensor::{dequantize, Simd, ThreadPool};
 
 /// Output pointer for tasks writing disjoint (token, head) slices.

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
-use super::kv::KvPool;
 use super::ops::{
     add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox, rope_table,
 };
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
+use crate::kv::KvPool;
 use crate::tensor::{matmul, matmul_many, Simd, ThreadPool};
 
 /// llama.cpp's fixed values for Gemma 3 (not in the GGUF metadata).

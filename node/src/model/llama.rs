@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use super::attention::{attention, AttentionShape};
-pub use super::kv::{KvCache, KvPool, KvType};
 use super::ops::{
     add_in_place, rms_norm, rope_adjacent, rope_inv_freq, rope_neox, rope_table, swiglu,
 };
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
+pub use crate::kv::{KvCache, KvPool, KvType};
 use crate::tensor::{matmul, matmul_many, Scratch, Simd, ThreadPool};
 
 impl Model for Llama {

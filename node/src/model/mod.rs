@@ -3,12 +3,13 @@
 pub mod attention;
 pub mod gemma3;
 pub mod ggml_avx2;
-pub mod kv;
 pub mod llama;
+pub mod loaded;
 pub mod ops;
 pub mod qwen2;
 
-pub use kv::{KvCache, KvPool, KvType};
+pub use crate::kv::{KvCache, KvPool, KvType};
+pub use loaded::{LoadError, LoadedModel};
 
 use std::sync::Arc;
 

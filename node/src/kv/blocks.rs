@@ -141,6 +141,21 @@ impl BlockManager {
         self.by_hash.insert(hash, b);
     }
 
+    /// Hashes of the cached blocks, for the node's load report: blocks in
+    /// use first, then free ones most recently freed first (the last to be
+    /// reused), at most `limit`.
+    pub fn cached_hashes(&self, limit: usize) -> Vec<u64> {
+        let in_use = (0..self.n_blocks())
+            .filter(|&b| self.ref_count[b] > 0)
+            .filter_map(|b| self.hash[b]);
+        let free = self
+            .free
+            .values()
+            .rev()
+            .filter_map(|&b| self.hash[b as usize]);
+        in_use.chain(free).take(limit).collect()
+    }
+
     /// Drop one reference to each block of `table`.
     pub fn release(&mut self, table: &[u32]) {
         // Free the tail first so the head of a prefix is evicted last.

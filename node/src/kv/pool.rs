@@ -227,6 +227,15 @@ impl KvCache {
     }
 }
 
+impl From<realizar_shared::control::KvType> for KvType {
+    fn from(t: realizar_shared::control::KvType) -> Self {
+        match t {
+            realizar_shared::control::KvType::F16 => KvType::F16,
+            realizar_shared::control::KvType::F32 => KvType::F32,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

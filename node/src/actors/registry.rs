@@ -6,90 +6,24 @@
 //! that as it dies), logs and counts the restart, starts a fresh executor
 //! and hands it the requests that were still queued.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use serde::Serialize;
+use realizar_shared::control::{ModelInfo, ModelOptions, ModelState};
+use realizar_shared::metrics as names;
 
-use super::config::ModelOptions;
-use super::executor::{Event, ExecConfig, ExecMsg, Executor, Exit, GenRequest};
-use crate::model::{Logits, Model, Workspace};
-use crate::tensor::{Simd, ThreadPool};
+use super::model::{release_free_memory, ModelActor, ModelArgs, ModelMsg};
+use super::sources::{resolve, ModelDirs, Origin, Resolver};
+use crate::engine::{ExecConfig, ExecShared, SchedConfig};
+use crate::kv::KvType;
+use crate::model::{LoadError, LoadedModel, Model};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 
-/// Turns a model argument into a file path: a catalog name (smollm2,
-/// gemma3) becomes its file in the models directory, fetched first when the
-/// second argument allows it and it is missing; anything else is returned as
-/// the path it names.
-pub type Resolver = Arc<dyn Fn(&str, bool) -> Result<PathBuf, String> + Send + Sync>;
-
-/// Who asked for a load, which decides where it may read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// The operator: the command line or the config file. Any path; catalog
-    /// names are fetched when missing.
-    Operator,
-    /// `POST /admin/models`: only files inside the model directories, and
-    /// fetching only when the node allows downloads.
-    Admin,
-}
-
-/// Where admin loads may read model files from.
-#[derive(Debug, Clone, Default)]
-pub struct ModelDirs {
-    /// Canonical directories.
-    pub dirs: Vec<PathBuf>,
-    pub allow_downloads: bool,
-}
-
-impl ModelDirs {
-    pub fn new(dirs: &[PathBuf], allow_downloads: bool) -> Self {
-        ModelDirs {
-            dirs: dirs
-                .iter()
-                .filter_map(|d| std::fs::canonicalize(d).ok())
-                .collect(),
-            allow_downloads,
-        }
-    }
-
-    /// The file `p` names inside one of the directories (a path relative to
-    /// one of them, or an absolute path under one), after following every
-    /// symlink. Anything else, including a file that does not exist, is the
-    /// same `NotAllowed`, so a caller learns nothing about files outside. The
-    /// file itself is never opened here.
-    pub fn confine(&self, p: &Path) -> Result<PathBuf, RegistryError> {
-        let not_allowed = || RegistryError::NotAllowed(p.display().to_string());
-        if p.as_os_str().is_empty()
-            || p.components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(not_allowed());
-        }
-        for d in &self.dirs {
-            let candidate = if p.is_absolute() {
-                if !p.starts_with(d) {
-                    continue;
-                }
-                p.to_path_buf()
-            } else {
-                d.join(p)
-            };
-            if let Ok(c) = std::fs::canonicalize(&candidate) {
-                if c.starts_with(d) && c.is_file() {
-                    return Ok(c);
-                }
-            }
-        }
-        Err(not_allowed())
-    }
-}
-
-/// What the HTTP layer needs of a loaded model; cheap to clone.
+/// What the rest of the node needs of a loaded model.
 pub struct ModelHandle {
     pub id: String,
     pub path: PathBuf,
@@ -108,44 +42,66 @@ pub struct ModelHandle {
     pub inflight: Arc<AtomicUsize>,
     /// Milliseconds since the node started, at the last request.
     pub last_used: AtomicU64,
-    fault: Arc<AtomicBool>,
+    /// The executor's load figures and fault switch.
+    pub exec: Arc<ExecShared>,
 }
 
 impl ModelHandle {
-    /// Test-only: panic the executor in its next step with work.
+    /// Fault injection: panic the executor in its next step with work.
     pub fn inject_fault(&self) {
-        self.fault.store(true, Ordering::SeqCst);
+        self.exec.fault.store(true, Ordering::SeqCst);
     }
-}
 
-/// Loaded models by id, shared with the HTTP handlers.
-pub type Models = Arc<RwLock<HashMap<String, Arc<ModelHandle>>>>;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelInfo {
-    pub id: String,
-    pub path: String,
-    pub architecture: String,
-    pub pinned: bool,
-    pub bytes: u64,
-    pub load_seconds: f64,
-    pub n_ctx: usize,
-    pub inflight: usize,
-}
-
-impl ModelInfo {
-    pub fn of_handle(h: &ModelHandle) -> Self {
+    /// The model as the control protocol describes it.
+    pub fn info(&self) -> ModelInfo {
+        let e = &self.exec;
         ModelInfo {
-            id: h.id.clone(),
-            path: h.path.display().to_string(),
-            architecture: h.architecture.to_owned(),
-            pinned: h.pinned,
-            bytes: h.bytes,
-            load_seconds: h.load_seconds,
-            n_ctx: h.n_ctx,
-            inflight: h.inflight.load(Ordering::Relaxed),
+            id: self.id.clone(),
+            state: ModelState::Ready,
+            path: self.path.display().to_string(),
+            architecture: self.architecture.to_owned(),
+            pinned: self.pinned,
+            bytes: self.bytes,
+            load_seconds: self.load_seconds,
+            n_ctx: self.n_ctx,
+            inflight: self.inflight.load(Ordering::Relaxed),
+            running: e.running.load(Ordering::Relaxed),
+            waiting: e.waiting.load(Ordering::Relaxed),
+            kv_blocks_used: e.kv_blocks_used.load(Ordering::Relaxed),
+            kv_blocks_capacity: e.kv_blocks_capacity.load(Ordering::Relaxed),
+            block_size: e.block_size.load(Ordering::Relaxed),
+            prefix_hashes: e
+                .prefix_hashes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
+}
+
+/// Loaded models by id, shared with the node facade.
+pub type Models = Arc<RwLock<HashMap<String, Arc<ModelHandle>>>>;
+
+/// Models on their way in (loading) or out (unloading), for the report.
+pub type Transitions = Arc<RwLock<BTreeMap<String, ModelState>>>;
+
+/// Model ids are what clients send and what metrics and thread names carry:
+/// 1 to 128 characters of letters, digits and `._:@+-/`, not starting with
+/// a separator.
+pub fn check_model_id(id: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._:@+-/".contains(c);
+    if id.is_empty() || id.len() > 128 {
+        return Err("a model id has 1 to 128 characters".into());
+    }
+    if let Some(c) = id.chars().find(|&c| !ok_char(c)) {
+        return Err(format!(
+            "a model id holds only letters, digits and `._:@+-/` (found {c:?})"
+        ));
+    }
+    if id.starts_with(['.', '/', '-']) {
+        return Err("a model id cannot start with `.`, `/` or `-`".into());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -157,14 +113,18 @@ pub struct LoadSpec {
     pub origin: Origin,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("model `{0}` is not loaded")]
     NotFound(String),
     #[error("model `{0}` is already loaded")]
     AlreadyLoaded(String),
+    /// The path or catalog name leads to no file (or its fetch failed).
     #[error("{0}")]
-    Load(String),
+    Resolve(String),
+    /// The file is not a model this node can serve.
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error("model `{0}` is pinned; unload it with `force`")]
     Pinned(String),
     #[error("`path` {0:?}: not allowed (models load only from files inside the node's model directories)")]
@@ -205,6 +165,7 @@ pub struct RegistryArgs {
     /// Stream back-pressure for every model's executor.
     pub stream_buffer: usize,
     pub stall: std::time::Duration,
+    pub transitions: Transitions,
 }
 
 pub struct RegistryState {
@@ -213,6 +174,8 @@ pub struct RegistryState {
     actors: HashMap<ractor::ActorId, String>,
     /// How each model was loaded, to restart its actor.
     specs: HashMap<String, (Arc<dyn Model>, ExecConfig)>,
+    /// Actors of unloaded models still finishing their requests.
+    unloading: HashMap<ractor::ActorId, String>,
 }
 
 pub struct Registry;
@@ -227,11 +190,12 @@ impl Actor for Registry {
         _myself: ActorRef<Self::Msg>,
         args: RegistryArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        metrics::gauge!("realizar_loaded_models").set(0.0);
+        metrics::gauge!(names::LOADED_MODELS).set(0.0);
         Ok(RegistryState {
             args,
             actors: HashMap::new(),
             specs: HashMap::new(),
+            unloading: HashMap::new(),
         })
     }
 
@@ -243,7 +207,27 @@ impl Actor for Registry {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegistryMsg::Load(spec, reply) => {
+                let id = spec.id.clone();
+                let transitions = state.args.transitions.clone();
+                let already = state
+                    .args
+                    .models
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&id);
+                if !already {
+                    transitions
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.clone(), ModelState::Loading);
+                }
                 let r = load(&myself, state, spec).await;
+                if !already {
+                    let mut t = transitions.write().unwrap_or_else(|e| e.into_inner());
+                    if t.get(&id) == Some(&ModelState::Loading) {
+                        t.remove(&id);
+                    }
+                }
                 let _ = reply.send(r);
             }
             RegistryMsg::Unload { id, force, reply } => {
@@ -277,7 +261,17 @@ impl Actor for Registry {
         evt: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorTerminated(..) = evt {
+        if let SupervisionEvent::ActorTerminated(cell, ..) = &evt {
+            if let Some(id) = state.unloading.remove(&cell.get_id()) {
+                let mut t = state
+                    .args
+                    .transitions
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                if t.get(&id) == Some(&ModelState::Unloading) {
+                    t.remove(&id);
+                }
+            }
             // An unloaded model's actor is gone with its state (weights map,
             // tokenizer): return the freed heap pages, now and once the last
             // handles held by finishing requests are gone.
@@ -297,8 +291,7 @@ impl Actor for Registry {
                 return Ok(());
             };
             tracing::error!(model = %id, error = %err, "model actor failed; restarting it");
-            metrics::counter!("realizar_model_actor_restarts_total", "model" => id.clone())
-                .increment(1);
+            metrics::counter!(names::MODEL_ACTOR_RESTARTS, names::MODEL => id.clone()).increment(1);
             let handle = state
                 .args
                 .models
@@ -315,7 +308,7 @@ impl Actor for Registry {
                         model,
                         tok: h.tok.clone(),
                         cfg,
-                        fault: h.fault.clone(),
+                        exec: h.exec.clone(),
                     },
                     myself.get_cell(),
                 )
@@ -361,81 +354,24 @@ fn clone_handle(h: &ModelHandle) -> ModelHandle {
         actor: h.actor.clone(),
         inflight: h.inflight.clone(),
         last_used: AtomicU64::new(h.last_used.load(Ordering::Relaxed)),
-        fault: h.fault.clone(),
-    }
-}
-
-struct Opened {
-    model: Arc<dyn Model>,
-    tok: Arc<Tokenizer>,
-    template: Option<ChatTemplate>,
-    path: PathBuf,
-    file_bytes: u64,
-}
-
-/// Where a load reads from: the operator's path or catalog name as given;
-/// an admin request's only inside the model directories.
-fn resolve(
-    spec: &LoadSpec,
-    resolver: &Resolver,
-    dirs: &ModelDirs,
-) -> Result<PathBuf, RegistryError> {
-    match spec.origin {
-        Origin::Operator => resolver(&spec.path, true).map_err(RegistryError::Load),
-        Origin::Admin => {
-            let named = resolver(&spec.path, false);
-            let p = match named {
-                Ok(p) => p,
-                // A catalog name that is not on disk.
-                Err(_) if dirs.allow_downloads => {
-                    resolver(&spec.path, true).map_err(RegistryError::Load)?
-                }
-                Err(_) => return Err(RegistryError::NoDownload(spec.path.clone())),
-            };
-            dirs.confine(&p)
-                .map_err(|_| RegistryError::NotAllowed(spec.path.clone()))
-        }
+        exec: h.exec.clone(),
     }
 }
 
 /// Open, build and warm a model (blocking: runs off the async threads).
-fn open_model(spec: &LoadSpec, path: PathBuf, threads: usize) -> Result<Opened, String> {
+fn open_model(id: &str, path: PathBuf, threads: usize) -> Result<LoadedModel, LoadError> {
     let t0 = Instant::now();
-    tracing::info!(model = %spec.id, path = %path.display(), "loading: mapping the file");
-    let file =
-        Arc::new(crate::format::hf_convert::open_model_file(&path).map_err(|e| e.to_string())?);
-    let file_bytes = file.bytes().len() as u64;
-    tracing::info!(model = %spec.id, mib = file_bytes >> 20, "loading: tokenizer");
-    let tok =
-        Tokenizer::from_gguf(file.metadata()).map_err(|e| format!("{}: {e}", path.display()))?;
-    let template =
-        ChatTemplate::for_model(file.metadata().get_str("tokenizer.chat_template"), &tok).ok();
-    tracing::info!(model = %spec.id, "loading: building the model");
-    let model: Arc<dyn Model> = Arc::from(crate::model::load(file).map_err(|e| e.to_string())?);
-    // Warm: one token through every layer pages the weights in, so the first
-    // request does not pay for it.
-    tracing::info!(model = %spec.id, "loading: warming");
-    let pool = ThreadPool::new(threads);
-    let mut cache = model.new_cache(1);
-    let mut ws = Workspace::default();
-    model.forward(
-        &pool,
-        Simd::detect(),
-        &[0],
-        &mut cache,
-        &mut ws,
-        Logits::Last,
-    );
-    tracing::info!(model = %spec.id, seconds = t0.elapsed().as_secs_f64(), "loaded");
-    Ok(Opened {
-        model,
-        tok: Arc::new(tok),
-        template,
-        path,
-        file_bytes,
-    })
+    tracing::info!(model = %id, path = %path.display(), "loading");
+    let m = LoadedModel::open(&path)?;
+    tracing::info!(model = %id, mib = m.file_bytes() >> 20, "loading: warming");
+    m.warm(threads);
+    tracing::info!(model = %id, seconds = t0.elapsed().as_secs_f64(), "loaded");
+    Ok(m)
 }
 
+/// The executor's limits for a model and its options: the KV pool gets as
+/// many blocks as its memory holds, and the context is capped by the
+/// model's training context and by the pool.
 fn exec_config(
     model: &dyn Model,
     o: &ModelOptions,
@@ -443,7 +379,7 @@ fn exec_config(
     args: &RegistryArgs,
 ) -> ExecConfig {
     let d = model.dims();
-    let kv_type = o.kv_type();
+    let kv_type = KvType::from(o.kv_type);
     let per_block = 2 * d.n_layer * o.block_size * d.kv_dim * kv_type.bytes_per_elem();
     let kv_blocks = ((o.kv_memory_mib << 20) / per_block.max(1)).max(1);
     let mut n_ctx = if o.n_ctx == 0 {
@@ -454,14 +390,16 @@ fn exec_config(
     n_ctx = n_ctx.min(kv_blocks * o.block_size);
     ExecConfig {
         threads,
-        block_size: o.block_size,
-        kv_blocks,
         kv_type,
-        max_batch: o.max_batch,
-        max_step_tokens: o.max_step_tokens,
-        n_ctx,
-        stream_buffer: args.stream_buffer,
-        stall: args.stall,
+        sched: SchedConfig {
+            block_size: o.block_size,
+            kv_blocks,
+            max_batch: o.max_batch,
+            max_step_tokens: o.max_step_tokens,
+            n_ctx,
+            stream_buffer: args.stream_buffer,
+            stall: args.stall,
+        },
     }
 }
 
@@ -516,19 +454,18 @@ async fn load(
     if pinned + file_bytes + kv_asked > budget {
         return Err(over(file_bytes + kv_asked, pinned));
     }
-    let spec2 = spec.clone();
-    let opened = tokio::task::spawn_blocking(move || open_model(&spec2, path, threads))
+    let id2 = spec.id.clone();
+    let opened = tokio::task::spawn_blocking(move || open_model(&id2, path, threads))
         .await
-        .map_err(|e| RegistryError::Internal(format!("loading {} panicked: {e}", spec.id)))?
-        .map_err(RegistryError::Load)?;
+        .map_err(|e| RegistryError::Internal(format!("loading {} panicked: {e}", spec.id)))??;
     let cfg = exec_config(&*opened.model, &spec.options, threads, &state.args);
-    let kv_bytes = (cfg.kv_blocks
+    let kv_bytes = (cfg.sched.kv_blocks
         * 2
         * opened.model.dims().n_layer
-        * cfg.block_size
+        * cfg.sched.block_size
         * opened.model.dims().kv_dim
         * cfg.kv_type.bytes_per_elem()) as u64;
-    let need = opened.file_bytes + kv_bytes;
+    let need = opened.file_bytes() + kv_bytes;
     let (pinned, _) = held(state);
     if pinned + need > budget {
         drop(opened);
@@ -554,7 +491,7 @@ async fn load(
         match victim {
             Some(v) => {
                 tracing::info!(evicted = %v, for_model = %spec.id, "memory budget: evicting the least recently used model");
-                metrics::counter!("realizar_model_evictions_total").increment(1);
+                metrics::counter!(names::MODEL_EVICTIONS).increment(1);
                 let _ = unload(state, &v, "the model was evicted to make room for another");
             }
             None => {
@@ -567,7 +504,7 @@ async fn load(
             }
         }
     }
-    let fault = Arc::new(AtomicBool::new(false));
+    let exec = Arc::new(ExecShared::default());
     let (actor, _) = Actor::spawn_linked(
         None,
         ModelActor,
@@ -576,7 +513,7 @@ async fn load(
             model: opened.model.clone(),
             tok: opened.tok.clone(),
             cfg: cfg.clone(),
-            fault: fault.clone(),
+            exec: exec.clone(),
         },
         myself.get_cell(),
     )
@@ -586,16 +523,16 @@ async fn load(
         RegistryError::Internal(format!("starting {}: {e}", spec.id))
     })?;
     let load_seconds = t0.elapsed().as_secs_f64();
-    metrics::histogram!("realizar_model_load_seconds", "model" => spec.id.clone())
+    metrics::histogram!(names::MODEL_LOAD_SECONDS, names::MODEL => spec.id.clone())
         .record(load_seconds);
     let handle = ModelHandle {
         id: spec.id.clone(),
+        template: opened.chat_template().ok(),
         path: opened.path,
         architecture: opened.model.architecture(),
         n_vocab: opened.model.n_vocab(),
         tok: opened.tok,
-        template: opened.template,
-        n_ctx: cfg.n_ctx,
+        n_ctx: cfg.sched.n_ctx,
         pinned: spec.pinned,
         bytes: need,
         load_seconds,
@@ -605,9 +542,9 @@ async fn load(
         actor: actor.clone(),
         inflight: Arc::new(AtomicUsize::new(0)),
         last_used: AtomicU64::new(now_ms(state.args.started)),
-        fault,
+        exec,
     };
-    let info = ModelInfo::of_handle(&handle);
+    let info = handle.info();
     state.actors.insert(actor.get_id(), spec.id.clone());
     state.specs.insert(spec.id.clone(), (opened.model, cfg));
     let n = {
@@ -615,7 +552,7 @@ async fn load(
         m.insert(spec.id.clone(), Arc::new(handle));
         m.len()
     };
-    metrics::gauge!("realizar_loaded_models").set(n as f64);
+    metrics::gauge!(names::LOADED_MODELS).set(n as f64);
     Ok(info)
 }
 
@@ -629,6 +566,14 @@ fn unload(state: &mut RegistryState, id: &str, why: &str) -> Result<(), Registry
         .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
     state.actors.retain(|_, v| v != id);
     state.specs.remove(id);
+    // Reported as unloading until its actor has finished what was in flight.
+    state.unloading.insert(h.actor.get_id(), id.to_owned());
+    state
+        .args
+        .transitions
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.to_owned(), ModelState::Unloading);
     let _ = h.actor.cast(ModelMsg::Shutdown(why.to_owned()));
     let n = state
         .args
@@ -636,24 +581,9 @@ fn unload(state: &mut RegistryState, id: &str, why: &str) -> Result<(), Registry
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .len();
-    metrics::gauge!("realizar_loaded_models").set(n as f64);
+    metrics::gauge!(names::LOADED_MODELS).set(n as f64);
     tracing::info!(model = %id, "unloaded");
     Ok(())
-}
-
-/// Return free heap memory to the operating system (glibc keeps freed
-/// small allocations, like a tokenizer's vocabulary, in its arenas).
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: malloc_trim only releases memory glibc holds as free.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
 }
 
 /// Touch a model for the LRU order.
@@ -661,185 +591,33 @@ pub fn touch(h: &ModelHandle, started: Instant) {
     h.last_used.store(now_ms(started), Ordering::Relaxed);
 }
 
-pub enum ModelMsg {
-    Generate(GenRequest),
-    /// Sent by the executor thread as it ends.
-    ExecutorExited(Option<String>, Vec<GenRequest>),
-    /// Fail everything in flight with this reason and stop.
-    Shutdown(String),
-}
-
-pub struct ModelArgs {
-    id: String,
-    model: Arc<dyn Model>,
-    tok: Arc<Tokenizer>,
-    cfg: ExecConfig,
-    fault: Arc<AtomicBool>,
-}
-
-pub struct ModelState {
-    args: ModelArgs,
-    exec: mpsc::Sender<ExecMsg>,
-    /// Requests that arrived while the executor was down.
-    pending: Vec<GenRequest>,
-    stopping: bool,
-}
-
-pub struct ModelActor;
-
-fn spawn_executor(
-    myself: ActorRef<ModelMsg>,
-    a: &ModelArgs,
-) -> Result<mpsc::Sender<ExecMsg>, std::io::Error> {
-    let (tx, rx) = mpsc::channel();
-    let (id, model, tok, cfg, fault) = (
-        a.id.clone(),
-        a.model.clone(),
-        a.tok.clone(),
-        a.cfg.clone(),
-        a.fault.clone(),
-    );
-    // Thread names cannot hold NUL; ids are validated, this keeps it so.
-    let name: String = format!("exec-{id}")
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
-    std::thread::Builder::new().name(name).spawn(move || {
-        let exec = Executor::new(id, model, tok, cfg, fault);
-        let exit = exec.run(&rx);
-        // Requests still in the channel were never started.
-        let mut queued = Vec::new();
-        while let Ok(m) = rx.try_recv() {
-            if let ExecMsg::Submit(r) = m {
-                queued.push(*r);
-            }
-        }
-        drop(rx);
-        let msg = match exit {
-            Exit::Clean => {
-                for r in queued.drain(..) {
-                    let _ = r.events.send(Event::Error("the model was unloaded".into()));
-                }
-                None
-            }
-            Exit::Panicked { message, queued: q } => {
-                queued.splice(0..0, q);
-                Some(message)
-            }
-        };
-        let _ = myself.cast(ModelMsg::ExecutorExited(msg, queued));
-    })?;
-    Ok(tx)
-}
-
-impl Actor for ModelActor {
-    type Msg = ModelMsg;
-    type State = ModelState;
-    type Arguments = ModelArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: ModelArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let exec = spawn_executor(myself, &args)?;
-        Ok(ModelState {
-            args,
-            exec,
-            pending: Vec::new(),
-            stopping: false,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ModelMsg::Generate(req) => {
-                if state.stopping {
-                    let _ = req
-                        .events
-                        .send(Event::Error("the model was unloaded".into()));
-                } else if let Err(mpsc::SendError(ExecMsg::Submit(req))) =
-                    state.exec.send(ExecMsg::Submit(Box::new(req)))
-                {
-                    // The executor is down; it is restarted when its exit arrives.
-                    state.pending.push(*req);
-                }
-            }
-            ModelMsg::ExecutorExited(None, _) => {
-                // The executor has dropped the KV pool; give freed heap
-                // pages back to the system so RSS reflects the unload.
-                release_free_memory();
-                myself.stop(None)
-            }
-            ModelMsg::ExecutorExited(Some(why), queued) => {
-                let id = &state.args.id;
-                tracing::error!(model = %id, error = %why, requeued = queued.len(), "executor panicked; restarting it");
-                metrics::counter!("realizar_executor_restarts_total", "model" => id.clone())
-                    .increment(1);
-                state.exec = spawn_executor(myself.clone(), &state.args)?;
-                for r in queued.into_iter().chain(state.pending.drain(..)) {
-                    let _ = state.exec.send(ExecMsg::Submit(Box::new(r)));
-                }
-            }
-            ModelMsg::Shutdown(why) => {
-                state.stopping = true;
-                let _ = state.exec.send(ExecMsg::Shutdown(why.clone()));
-                for r in state.pending.drain(..) {
-                    let _ = r.events.send(Event::Error(why.clone()));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::check_model_id;
 
     #[test]
-    fn confine_admits_only_files_inside_the_directories() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("models");
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("sub/m.gguf"), b"x").unwrap();
-        std::fs::write(root.path().join("secret"), b"x").unwrap();
-        std::os::unix::fs::symlink(root.path().join("secret"), dir.join("out.gguf")).unwrap();
-        std::os::unix::fs::symlink(dir.join("sub/m.gguf"), dir.join("in.gguf")).unwrap();
-        let dirs = ModelDirs::new(std::slice::from_ref(&dir), false);
-        let canon = std::fs::canonicalize(dir.join("sub/m.gguf")).unwrap();
-        for ok in ["sub/m.gguf", "in.gguf", "./sub/m.gguf"] {
-            assert_eq!(dirs.confine(Path::new(ok)).unwrap(), canon, "{ok}");
-        }
-        assert_eq!(dirs.confine(&canon).unwrap(), canon);
-        let secret = root.path().join("secret");
-        for bad in [
-            "out.gguf",
-            "../secret",
-            "sub/../../secret",
-            "sub/../sub/m.gguf",
-            "missing.gguf",
-            "sub",
-            "",
-            secret.to_str().unwrap(),
-            "/etc/passwd",
+    fn model_ids() {
+        for ok in [
+            "smollm2",
+            "org/model-7b",
+            "llama3:8b",
+            "a.b_c+d@e",
+            &"x".repeat(128),
         ] {
-            assert!(
-                matches!(
-                    dirs.confine(Path::new(bad)),
-                    Err(RegistryError::NotAllowed(_))
-                ),
-                "{bad}"
-            );
+            assert!(check_model_id(ok).is_ok(), "{ok}");
         }
-        // No directory at all: nothing is allowed.
-        let none = ModelDirs::new(&[root.path().join("absent")], false);
-        assert!(none.confine(Path::new("sub/m.gguf")).is_err());
+        for bad in [
+            "",
+            "a\0b",
+            "a b",
+            "tab\t",
+            "é",
+            "/x",
+            ".x",
+            "-x",
+            &"x".repeat(129),
+        ] {
+            assert!(check_model_id(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,138 +1,24 @@
-//! The node process: actors that own loaded models, the executor that runs
-//! continuous batching over a paged KV cache, and the OpenAI-compatible API.
+//! The node process: configuration, the facade the HTTP layer calls, the
+//! metrics recorder, and `run`, which wires the registry actor, the facade
+//! and the HTTP listener together.
 
-pub mod blocks;
 pub mod config;
-pub mod executor;
-pub mod http;
-pub mod registry;
+pub mod facade;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ractor::Actor;
+use realizar_shared::config::Checked;
 use tokio::sync::Semaphore;
 
+use crate::actors::registry::{LoadSpec, Models, Registry, RegistryArgs, RegistryMsg, Transitions};
+use crate::actors::sources::{ModelDirs, Origin, Resolver};
 use config::NodeConfig;
-use registry::{
-    LoadSpec, ModelDirs, Models, Origin, Registry, RegistryArgs, RegistryMsg, Resolver,
-};
-
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-];
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
-
-/// Install the Prometheus recorder (once per process) and describe the metrics.
-fn install_metrics() -> Result<PrometheusHandle, String> {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let h = PrometheusBuilder::new()
-        .set_buckets(LATENCY_BUCKETS)
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full("realizar_batch_size".into()), BATCH_BUCKETS)
-        })
-        .and_then(|b| b.install_recorder())
-        .map_err(|e| format!("metrics: {e}"))?;
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "realizar_http_requests_total",
-        "HTTP requests by endpoint and status"
-    );
-    describe_histogram!(
-        "realizar_http_request_duration_seconds",
-        Unit::Seconds,
-        "HTTP request handling time (until the response head)"
-    );
-    describe_histogram!(
-        "realizar_time_to_first_token_seconds",
-        Unit::Seconds,
-        "Arrival to first generated token"
-    );
-    describe_histogram!(
-        "realizar_inter_token_latency_seconds",
-        Unit::Seconds,
-        "Time between consecutive generated tokens of a sequence"
-    );
-    describe_histogram!(
-        "realizar_e2e_request_latency_seconds",
-        Unit::Seconds,
-        "Arrival to last generated token"
-    );
-    describe_histogram!(
-        "realizar_request_queue_seconds",
-        Unit::Seconds,
-        "Arrival to admission into the running batch"
-    );
-    describe_histogram!("realizar_batch_size", "Sequences per forward step");
-    describe_histogram!(
-        "realizar_model_load_seconds",
-        Unit::Seconds,
-        "Time to open, build and warm a model"
-    );
-    describe_counter!(
-        "realizar_prompt_tokens_total",
-        "Prompt tokens of finished requests"
-    );
-    describe_counter!(
-        "realizar_generation_tokens_total",
-        "Generated tokens of finished requests"
-    );
-    describe_gauge!(
-        "realizar_running_sequences",
-        "Sequences in the running batch"
-    );
-    describe_gauge!(
-        "realizar_waiting_sequences",
-        "Sequences waiting for admission"
-    );
-    describe_gauge!("realizar_kv_blocks_used", "KV blocks held by sequences");
-    describe_gauge!("realizar_kv_blocks_capacity", "KV blocks in the pool");
-    describe_counter!(
-        "realizar_prefix_cache_hits_total",
-        "Prompt tokens found in the prefix cache"
-    );
-    describe_counter!(
-        "realizar_prefix_cache_queries_total",
-        "Prompt tokens looked up in the prefix cache"
-    );
-    describe_counter!(
-        "realizar_preemptions_total",
-        "Sequences preempted for lack of KV blocks"
-    );
-    describe_counter!(
-        "realizar_cancelled_requests_total",
-        "Sequences dropped because their client went away"
-    );
-    describe_counter!(
-        "realizar_stalled_streams_total",
-        "Streams cancelled because their client stopped reading"
-    );
-    describe_counter!(
-        "realizar_rejected_requests_total",
-        "Requests refused because the queue was full"
-    );
-    describe_counter!(
-        "realizar_executor_restarts_total",
-        "Executor restarts after a panic"
-    );
-    describe_counter!(
-        "realizar_model_actor_restarts_total",
-        "Model actor restarts after a failure"
-    );
-    describe_counter!(
-        "realizar_model_evictions_total",
-        "Models evicted to fit the memory budget"
-    );
-    describe_gauge!("realizar_loaded_models", "Models loaded");
-    let _ = HANDLE.set(h.clone());
-    Ok(h)
-}
+use facade::{Identity, Node};
 
 /// Whether `host` names only this machine.
 fn is_loopback(host: &str) -> bool {
@@ -182,7 +68,7 @@ pub async fn run(
             cfg.host
         ));
     }
-    let prometheus = install_metrics()?;
+    let prometheus = metrics::install()?;
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
         loop {
@@ -192,6 +78,7 @@ pub async fn run(
     });
     let started = Instant::now();
     let models: Models = Default::default();
+    let transitions: Transitions = Default::default();
     let dirs = ModelDirs::new(&cfg.model_dirs, cfg.allow_downloads);
     if dirs.dirs.is_empty() {
         tracing::warn!("no model directory exists: POST /admin/models can load nothing");
@@ -209,6 +96,7 @@ pub async fn run(
             started,
             stream_buffer: cfg.stream_buffer_events,
             stall: Duration::from_secs_f64(cfg.stream_stall_secs),
+            transitions: transitions.clone(),
         },
     )
     .await
@@ -217,11 +105,18 @@ pub async fn run(
     let cpu = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .max(2);
-    let state = Arc::new(http::AppState {
+    let state = Arc::new(Node {
         models,
+        transitions,
         registry: registry.clone(),
         prometheus,
         started,
+        identity: Identity {
+            id: cfg.node_id(),
+            url: cfg.advertised_url(),
+            budget_bytes: cfg.memory_budget_mib << 20,
+            threads: cfg.threads(),
+        },
         max_queue: cfg.max_queue,
         fault_injection: cfg.fault_injection,
         default_options: cfg.model_defaults.clone(),
@@ -270,7 +165,7 @@ pub async fn run(
     let reg = registry.clone();
     let r = realizar_shared::http_server::serve(
         listener,
-        http::router(state),
+        crate::http::router(state),
         limits,
         draining,
         || async move {

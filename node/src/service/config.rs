@@ -4,16 +4,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use realizar_shared::config::ConfigError;
+use realizar_shared::config::{self as toml_config, Checked};
+pub use realizar_shared::control::ModelOptions;
 use realizar_shared::http_server::Limits;
 use serde::Deserialize;
-
-use crate::model::KvType;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     pub host: String,
     pub port: u16,
+    /// The node's name in a cluster, stable across restarts (default: the
+    /// advertised URL).
+    pub id: Option<String>,
+    /// The URL a gateway reaches this node at (default: `http://host:port`).
+    pub advertise: Option<String>,
     /// Compute threads per model executor (0: all cores).
     pub threads: usize,
     /// Memory for loaded models (weights plus KV pools); loading past it
@@ -21,8 +27,9 @@ pub struct NodeConfig {
     pub memory_budget_mib: u64,
     /// Requests queued or running per model before new ones get 429.
     pub max_queue: usize,
-    /// Enables `POST /admin/models/{id}/fault`, which panics the model's
-    /// executor in its next step. For tests only.
+    /// Enables `POST /admin/fault/{id}`, which panics the model's executor
+    /// in its next step. For the supervision tests: only builds with the
+    /// `fault-injection` cargo feature accept it.
     pub fault_injection: bool,
     /// A file holding the admin token: when set, `/admin/*` needs
     /// `Authorization: Bearer <token>` (the gateway presents it).
@@ -66,6 +73,8 @@ impl Default for NodeConfig {
         NodeConfig {
             host: "127.0.0.1".into(),
             port: 8080,
+            id: None,
+            advertise: None,
             threads: 0,
             memory_budget_mib: 8192,
             max_queue: 256,
@@ -90,36 +99,6 @@ impl Default for NodeConfig {
     }
 }
 
-/// Per-model serving limits.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelOptions {
-    /// Context length (prompt plus generation); 0: the model's training
-    /// context, capped by the KV pool.
-    pub n_ctx: usize,
-    /// Memory for the model's paged KV pool.
-    pub kv_memory_mib: usize,
-    /// Positions per KV block.
-    pub block_size: usize,
-    /// "f16" or "f32".
-    pub kv_type: String,
-    pub max_batch: usize,
-    pub max_step_tokens: usize,
-}
-
-impl Default for ModelOptions {
-    fn default() -> Self {
-        ModelOptions {
-            n_ctx: 4096,
-            kv_memory_mib: 512,
-            block_size: 16,
-            kv_type: "f16".into(),
-            max_batch: 16,
-            max_step_tokens: 256,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
@@ -134,50 +113,17 @@ pub struct ModelEntry {
     pub options: Option<ModelOptions>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
-    #[error("{file}: {message}")]
-    Parse { file: String, message: String },
-    #[error("{file}: `{field}`: {message}")]
-    Invalid {
-        file: String,
-        field: String,
-        message: String,
-    },
-}
-
 impl NodeConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        Self::from_toml(&text, &file)
+        toml_config::load(path)
     }
 
     pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let c: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_owned(),
-            message: e.to_string(),
-        })?;
-        c.check(file)?;
-        c.model_defaults.check(file, "model_defaults")?;
-        for (i, m) in c.models.iter().enumerate() {
-            if let Some(o) = &m.options {
-                o.check(file, &format!("models[{i}].options"))?;
-            }
-        }
-        Ok(c)
+        toml_config::from_toml(text, file)
     }
 
     /// The limits that need checking beyond their types.
-    pub fn check(&self, file: &str) -> Result<(), ConfigError> {
+    pub fn check_limits(&self, file: &str) -> Result<(), ConfigError> {
         let bad = |field: &str, message: &str| {
             Err(ConfigError::Invalid {
                 file: file.to_owned(),
@@ -215,7 +161,39 @@ impl NodeConfig {
         if self.stream_buffer_events < 4 {
             return bad("stream_buffer_events", "must be at least 4");
         }
+        if self.fault_injection && !cfg!(feature = "fault-injection") {
+            return bad(
+                "fault_injection",
+                "this build has no fault injection (cargo feature `fault-injection`)",
+            );
+        }
+        if let Some(id) = &self.id {
+            if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+                return bad(
+                    "id",
+                    "must be 1 to 128 characters without control characters",
+                );
+            }
+        }
+        self.model_defaults.check(file, "model_defaults")?;
+        for (i, m) in self.models.iter().enumerate() {
+            if let Some(o) = &m.options {
+                o.check(file, &format!("models[{i}].options"))?;
+            }
+        }
         Ok(())
+    }
+
+    /// Where a gateway reaches this node.
+    pub fn advertised_url(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{}", self.host, self.port))
+    }
+
+    /// The node's id: `id`, else the advertised URL.
+    pub fn node_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| self.advertised_url())
     }
 
     /// The listener's limits.
@@ -241,35 +219,9 @@ impl NodeConfig {
     }
 }
 
-impl ModelOptions {
-    pub fn kv_type(&self) -> KvType {
-        KvType::from_name(&self.kv_type).unwrap_or(KvType::F16)
-    }
-
-    pub fn check(&self, file: &str, at: &str) -> Result<(), ConfigError> {
-        let bad = |field: &str, message: &str| {
-            Err(ConfigError::Invalid {
-                file: file.to_owned(),
-                field: format!("{at}.{field}"),
-                message: message.to_owned(),
-            })
-        };
-        if KvType::from_name(&self.kv_type).is_none() {
-            return bad("kv_type", "must be \"f16\" or \"f32\"");
-        }
-        if self.block_size == 0 || self.block_size > 1024 {
-            return bad("block_size", "must be between 1 and 1024");
-        }
-        if self.max_batch == 0 {
-            return bad("max_batch", "must be at least 1");
-        }
-        if self.max_step_tokens == 0 {
-            return bad("max_step_tokens", "must be at least 1");
-        }
-        if self.kv_memory_mib == 0 {
-            return bad("kv_memory_mib", "must be at least 1");
-        }
-        Ok(())
+impl Checked for NodeConfig {
+    fn check(&self, file: &str) -> Result<(), ConfigError> {
+        self.check_limits(file)
     }
 }
 

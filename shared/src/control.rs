@@ -1,0 +1,196 @@
+//! The node's control protocol, spoken by the gateway (and `realizar`'s own
+//! tools): what a model load asks for, what a node says about its models,
+//! and the load report a node gives (`GET /admin/report`) and heartbeats.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// Element type of a model's KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvType {
+    #[default]
+    F16,
+    F32,
+}
+
+/// Per-model serving limits (in a node's TOML and in a load request).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelOptions {
+    /// Context length (prompt plus generation); 0: the model's training
+    /// context, capped by the KV pool.
+    pub n_ctx: usize,
+    /// Memory for the model's paged KV pool.
+    pub kv_memory_mib: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    pub kv_type: KvType,
+    /// Most sequences in the running batch.
+    pub max_batch: usize,
+    /// Most tokens one step computes (decodes plus prefill chunks).
+    pub max_step_tokens: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            n_ctx: 4096,
+            kv_memory_mib: 512,
+            block_size: 16,
+            kv_type: KvType::F16,
+            max_batch: 16,
+            max_step_tokens: 256,
+        }
+    }
+}
+
+impl ModelOptions {
+    /// Range checks; `at` is the options' place in `file` (e.g.
+    /// `models[1].options`), so errors name the whole field path.
+    pub fn check(&self, file: &str, at: &str) -> Result<(), ConfigError> {
+        let bad = |field: &str, message: &str| {
+            Err(ConfigError::invalid(file, format!("{at}.{field}"), message))
+        };
+        if self.block_size == 0 || self.block_size > 1024 {
+            return bad("block_size", "must be between 1 and 1024");
+        }
+        if self.max_batch == 0 {
+            return bad("max_batch", "must be at least 1");
+        }
+        if self.max_step_tokens == 0 {
+            return bad("max_step_tokens", "must be at least 1");
+        }
+        if self.kv_memory_mib == 0 {
+            return bad("kv_memory_mib", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `POST /admin/models`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadRequest {
+    /// A file inside the node's model directories, or a catalog name.
+    pub path: String,
+    /// The name clients use (default: `path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Pinned models are never evicted and unload only with `force`.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Default: the node's `model_defaults`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<ModelOptions>,
+}
+
+/// `DELETE /admin/models/{id}` answers this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unloaded {
+    pub id: String,
+    pub unloaded: bool,
+}
+
+/// Where a model is in its life on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelState {
+    /// Being opened and warmed: not yet served.
+    Loading,
+    /// Served.
+    Ready,
+    /// No longer taking requests; finishing the ones in flight.
+    Unloading,
+}
+
+/// One model on a node: what it is and how busy it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub state: ModelState,
+    /// The file it was loaded from (empty while loading).
+    pub path: String,
+    pub architecture: String,
+    pub pinned: bool,
+    /// Memory it holds: the file plus its KV pool.
+    pub bytes: u64,
+    pub load_seconds: f64,
+    pub n_ctx: usize,
+    /// Requests submitted and not finished.
+    pub inflight: usize,
+    /// Sequences in the running batch, and queued.
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_capacity: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Hashes of cached prompt blocks (chained per block of `block_size`
+    /// tokens, as the node's prefix cache keys them), busiest first.
+    #[serde(default)]
+    pub prefix_hashes: Vec<u64>,
+}
+
+/// `GET /admin/models`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub models: Vec<ModelInfo>,
+}
+
+/// A node's load report: `GET /admin/report`, and what it heartbeats to a
+/// gateway. Everything the gateway routes and places by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Stable across restarts: `--id`, else the advertised URL.
+    pub node_id: String,
+    /// Where the gateway reaches the node.
+    pub url: String,
+    /// The node's `realizar` version.
+    pub version: String,
+    pub uptime_seconds: f64,
+    /// Shutting down: route nothing new to it.
+    pub draining: bool,
+    pub memory_budget_bytes: u64,
+    pub memory_used_bytes: u64,
+    /// Compute threads per model.
+    pub threads: usize,
+    pub models: Vec<ModelInfo>,
+}
+
+impl LoadReport {
+    pub fn model(&self, id: &str) -> Option<&ModelInfo> {
+        self.models.iter().find(|m| m.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_are_lowercase_strings_and_unknown_option_keys_are_refused() {
+        let o: ModelOptions = serde_json::from_str(r#"{"kv_type":"f32","max_batch":4}"#).unwrap();
+        assert_eq!(o.kv_type, KvType::F32);
+        assert_eq!(o.max_batch, 4);
+        assert_eq!(o.block_size, ModelOptions::default().block_size);
+        let e = serde_json::from_str::<ModelOptions>(r#"{"kv_type":"q4"}"#).unwrap_err();
+        assert!(e.to_string().contains("f16"), "{e}");
+        let e = serde_json::from_str::<ModelOptions>(r#"{"numerics":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("numerics"), "{e}");
+        assert_eq!(
+            serde_json::to_value(ModelState::Unloading).unwrap(),
+            "unloading"
+        );
+        let e = ModelOptions {
+            max_batch: 0,
+            ..Default::default()
+        }
+        .check("node.toml", "models[2].options")
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "node.toml: `models[2].options.max_batch`: must be at least 1"
+        );
+    }
+}
