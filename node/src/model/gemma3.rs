@@ -17,7 +17,7 @@ use crate::tensor::{matmul, matmul_many, Simd, ThreadPool};
 
 /// llama.cpp's fixed values for Gemma 3 (not in the GGUF metadata).
 const SWA_PATTERN: usize = 6;
-pub(super) const SWA_ROPE_BASE: f64 = 10_000.0;
+pub const SWA_ROPE_BASE: f64 = 10_000.0;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gemma3Config {
@@ -34,34 +34,54 @@ pub struct Gemma3Config {
     pub rms_eps: f32,
 }
 
-pub(super) struct Layer {
-    pub(super) attn_norm: Vec<f32>,
-    pub(super) wq: Weight,
-    pub(super) wk: Weight,
-    pub(super) wv: Weight,
-    pub(super) q_norm: Vec<f32>,
-    pub(super) k_norm: Vec<f32>,
-    pub(super) wo: Weight,
-    pub(super) post_attn_norm: Vec<f32>,
-    pub(super) ffn_norm: Vec<f32>,
-    pub(super) w_gate: Weight,
-    pub(super) w_up: Weight,
-    pub(super) w_down: Weight,
-    pub(super) post_ffn_norm: Vec<f32>,
+/// One block's weights.
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
+    pub q_norm: Vec<f32>,
+    pub k_norm: Vec<f32>,
+    pub wo: Weight,
+    pub post_attn_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Weight,
+    pub w_up: Weight,
+    pub w_down: Weight,
+    pub post_ffn_norm: Vec<f32>,
 }
 
 pub struct Gemma3 {
     pub cfg: Gemma3Config,
-    pub(super) file: Arc<GgufFile>,
-    pub(super) tok_embd: Weight,
-    pub(super) layers: Vec<Layer>,
-    pub(super) out_norm: Vec<f32>,
-    pub(super) output: Weight,
-    pub(super) inv_freq_global: Vec<f32>,
-    pub(super) inv_freq_local: Vec<f32>,
+    file: Arc<GgufFile>,
+    tok_embd: Weight,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: Weight,
+    inv_freq_global: Vec<f32>,
+    inv_freq_local: Vec<f32>,
+}
+
+/// The weights as a forward pass reads them (see `llama::LlamaWeights`).
+pub struct Gemma3Weights<'a> {
+    pub file: &'a GgufFile,
+    pub tok_embd: &'a Weight,
+    pub layers: &'a [Layer],
+    pub out_norm: &'a [f32],
+    pub output: &'a Weight,
 }
 
 impl Gemma3 {
+    pub fn weights(&self) -> Gemma3Weights<'_> {
+        Gemma3Weights {
+            file: &self.file,
+            tok_embd: &self.tok_embd,
+            layers: &self.layers,
+            out_norm: &self.out_norm,
+            output: &self.output,
+        }
+    }
+
     pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
         let l = Loader { file: &file };
         let n_embd = l.u64("gemma3.embedding_length")? as usize;
@@ -141,7 +161,7 @@ impl Gemma3 {
         })
     }
 
-    pub(super) fn is_sliding(layer: usize) -> bool {
+    pub fn is_sliding(layer: usize) -> bool {
         layer % SWA_PATTERN < SWA_PATTERN - 1
     }
 }

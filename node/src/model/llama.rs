@@ -73,32 +73,55 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
 }
 
-pub(super) struct Layer {
-    pub(super) attn_norm: Vec<f32>,
-    pub(super) wq: Weight,
-    pub(super) wk: Weight,
-    pub(super) wv: Weight,
+/// One block's weights.
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
     /// Q, K, V biases (qwen2).
-    pub(super) bias: Option<[Vec<f32>; 3]>,
-    pub(super) wo: Weight,
-    pub(super) ffn_norm: Vec<f32>,
-    pub(super) w_gate: Weight,
-    pub(super) w_up: Weight,
-    pub(super) w_down: Weight,
+    pub bias: Option<[Vec<f32>; 3]>,
+    pub wo: Weight,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Weight,
+    pub w_up: Weight,
+    pub w_down: Weight,
 }
 
 pub struct Llama {
     pub cfg: LlamaConfig,
-    pub(super) variant: Variant,
-    pub(super) file: Arc<GgufFile>,
-    pub(super) tok_embd: Weight,
-    pub(super) layers: Vec<Layer>,
-    pub(super) out_norm: Vec<f32>,
-    pub(super) output: Weight,
-    pub(super) inv_freq: Vec<f32>,
+    variant: Variant,
+    file: Arc<GgufFile>,
+    tok_embd: Weight,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: Weight,
+    inv_freq: Vec<f32>,
+}
+
+/// The weights as a forward pass reads them: what another arithmetic over
+/// the same loaded model (the ggml-avx2 numerics) is given.
+pub struct LlamaWeights<'a> {
+    pub variant: Variant,
+    pub file: &'a GgufFile,
+    pub tok_embd: &'a Weight,
+    pub layers: &'a [Layer],
+    pub out_norm: &'a [f32],
+    pub output: &'a Weight,
 }
 
 impl Llama {
+    pub fn weights(&self) -> LlamaWeights<'_> {
+        LlamaWeights {
+            variant: self.variant,
+            file: &self.file,
+            tok_embd: &self.tok_embd,
+            layers: &self.layers,
+            out_norm: &self.out_norm,
+            output: &self.output,
+        }
+    }
+
     pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
         Self::load_variant(file, Variant::Llama)
     }

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod gemma3;
+#[cfg(feature = "ggml-avx2")]
 pub mod ggml_avx2;
 pub mod llama;
 pub mod loaded;
@@ -274,6 +275,9 @@ impl Numerics {
 pub fn load_with(file: Arc<GgufFile>, numerics: Numerics) -> Result<Box<dyn Model>, ModelError> {
     match numerics {
         Numerics::Native => load(file),
+        #[cfg(not(feature = "ggml-avx2"))]
+        Numerics::GgmlAvx2 => Err(ModelError::GgmlNumericsNotBuilt),
+        #[cfg(feature = "ggml-avx2")]
         Numerics::GgmlAvx2 => match file.metadata().architecture().unwrap_or("") {
             "llama" => Ok(Box::new(ggml_avx2::LlamaGgmlAvx2::new(
                 llama::Llama::load(file)?,
@@ -294,6 +298,8 @@ pub enum ModelError {
     UnsupportedArchitecture(String),
     #[error("architecture {0:?} has no ggml-avx2 numerics (they cover llama and gemma3)")]
     NoGgmlNumerics(String),
+    #[error("this build has no ggml-avx2 numerics (cargo feature `ggml-avx2` of realizar-node)")]
+    GgmlNumericsNotBuilt,
     #[error("{file}: ggml-avx2 numerics: {reason}")]
     GgmlNumerics { file: String, reason: String },
     #[error("{file}: metadata key `{key}` is missing or invalid")]

@@ -17,12 +17,13 @@ pub struct Gemma3GgmlAvx2 {
 
 impl Gemma3GgmlAvx2 {
     pub fn new(inner: Gemma3) -> Result<Self, ModelError> {
-        let file = inner.file.path().display().to_string();
-        let mut all: Vec<&Weight> = vec![&inner.output];
-        for l in &inner.layers {
+        let w = inner.weights();
+        let file = w.file.path().display().to_string();
+        let mut all: Vec<&Weight> = vec![w.output];
+        for l in w.layers {
             all.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
         }
-        check_weights(&file, &inner.tok_embd, &all)?;
+        check_weights(&file, w.tok_embd, &all)?;
         Ok(Gemma3GgmlAvx2 { inner })
     }
 }
@@ -36,9 +37,9 @@ impl GgmlTraced for Gemma3GgmlAvx2 {
         ws: &mut Workspace,
         trace: &mut dyn FnMut(&str, &[f32]),
     ) {
-        let m = &self.inner;
-        let c = &m.cfg;
-        let f = &*m.file;
+        let m = self.inner.weights();
+        let c = &self.inner.cfg;
+        let f = m.file;
         let (d, hd) = (c.n_embd, c.head_dim);
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
         let t = ws.prepare(seqs, kv.block_size(), d, q_dim, kv_dim, c.n_ff);
@@ -131,9 +132,9 @@ impl GgmlTraced for Gemma3GgmlAvx2 {
         }
         let head = OutputHead {
             file: f,
-            norm: &m.out_norm,
+            norm: m.out_norm,
             eps: c.rms_eps,
-            output: &m.output,
+            output: m.output,
         };
         head.logits(pool, seqs, ws, &mut act, fma, trace);
     }

@@ -60,15 +60,16 @@ impl LlamaGgmlAvx2 {
     /// Wrap a loaded model; every matrix must be Q8_0 or Q4_1 and the model
     /// plain llama (no qwen2 biases).
     pub fn new(inner: Llama) -> Result<Self, ModelError> {
-        let file = inner.file.path().display().to_string();
-        if inner.variant != Variant::Llama {
-            return Err(ModelError::NoGgmlNumerics(inner.variant.arch().to_owned()));
+        let w = inner.weights();
+        let file = w.file.path().display().to_string();
+        if w.variant != Variant::Llama {
+            return Err(ModelError::NoGgmlNumerics(w.variant.arch().to_owned()));
         }
-        let mut all: Vec<&Weight> = vec![&inner.output];
-        for l in &inner.layers {
+        let mut all: Vec<&Weight> = vec![w.output];
+        for l in w.layers {
             all.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
         }
-        check_weights(&file, &inner.tok_embd, &all)?;
+        check_weights(&file, w.tok_embd, &all)?;
         Ok(LlamaGgmlAvx2 { inner })
     }
 }
@@ -119,9 +120,9 @@ impl GgmlTraced for LlamaGgmlAvx2 {
         ws: &mut Workspace,
         trace: &mut dyn FnMut(&str, &[f32]),
     ) {
-        let m = &self.inner;
-        let c = &m.cfg;
-        let f = &*m.file;
+        let m = self.inner.weights();
+        let c = &self.inner.cfg;
+        let f = m.file;
         let (d, hd) = (c.n_embd, c.head_dim);
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
         let t = ws.prepare(seqs, kv.block_size(), d, q_dim, kv_dim, c.n_ff);
@@ -198,9 +199,9 @@ impl GgmlTraced for LlamaGgmlAvx2 {
         }
         let head = OutputHead {
             file: f,
-            norm: &m.out_norm,
+            norm: m.out_norm,
             eps: c.rms_eps,
-            output: &m.output,
+            output: m.output,
         };
         head.logits(pool, seqs, ws, &mut act, fma, trace);
     }
