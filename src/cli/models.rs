@@ -71,6 +71,9 @@ pub fn fetch(which: Option<Catalog>) -> Result<(), String> {
     let status = std::process::Command::new("bash")
         .args(["-c", FETCH_SCRIPT, "fetch-models", arg])
         .env("REALIZAR_MODELS_DIR", &dir)
+        // Progress is a diagnostic: stdout belongs to what the command
+        // prints (`run`'s generated text).
+        .stdout(std::io::stderr())
         .status()
         .map_err(|e| format!("cannot run bash for the fetch script: {e}"))?;
     if status.success() {

@@ -6,14 +6,12 @@
 
 use std::sync::Arc;
 
-use super::attention::{attention, AttentionShape};
-use super::ops::{
-    add_in_place, geglu, rms_norm, rms_norm_rows, rope_inv_freq, rope_neox, rope_table,
-};
+use super::block::{run_block, Block, BlockRun, Gate, RopePairs, StepCtx};
+use super::ops::{rope_inv_freq, rope_table};
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::kv::KvPool;
-use crate::tensor::{matmul, matmul_many, Simd, ThreadPool};
+use crate::tensor::{Simd, ThreadPool};
 
 /// llama.cpp's fixed values for Gemma 3 (not in the GGUF metadata).
 const SWA_PATTERN: usize = 6;
@@ -69,6 +67,27 @@ pub struct Gemma3Weights<'a> {
     pub layers: &'a [Layer],
     pub out_norm: &'a [f32],
     pub output: &'a Weight,
+}
+
+impl Layer {
+    /// The layer as the shared block skeleton runs it.
+    pub fn block(&self) -> Block<'_> {
+        Block {
+            attn_norm: &self.attn_norm,
+            wq: &self.wq,
+            wk: &self.wk,
+            wv: &self.wv,
+            qkv_bias: None,
+            qk_norm: Some((&self.q_norm, &self.k_norm)),
+            wo: &self.wo,
+            post_attn_norm: Some(&self.post_attn_norm),
+            ffn_norm: &self.ffn_norm,
+            w_gate: &self.w_gate,
+            w_up: &self.w_up,
+            w_down: &self.w_down,
+            post_ffn_norm: Some(&self.post_ffn_norm),
+        }
+    }
 }
 
 impl Gemma3 {
@@ -204,9 +223,6 @@ impl Model for Gemma3 {
                 .row_into(f, (tok as usize).min(c.n_vocab - 1), row);
             row.iter_mut().for_each(|v| *v *= embd_scale);
         }
-        let mm = |w: &Weight, x: &[f32], y: &mut [f32], s: &mut crate::tensor::Scratch| {
-            matmul(pool, simd, &w.matrix(f), x, t, y, s).expect("shapes checked at load");
-        };
         let mut tmp = Vec::new();
         let np = self.inv_freq_local.len();
         ws.rope.resize(t * np, (0.0, 0.0));
@@ -224,98 +240,26 @@ impl Model for Gemma3 {
                 &mut ws.rope2[i * np..(i + 1) * np],
             );
         }
+        let cx = StepCtx {
+            pool,
+            simd,
+            file: f,
+            seqs,
+            t,
+        };
         for (li, layer) in self.layers.iter().enumerate() {
             let sliding = Self::is_sliding(li);
-            for i in 0..t {
-                rms_norm(
-                    &ws.x[i * d..(i + 1) * d],
-                    &layer.attn_norm,
-                    c.rms_eps,
-                    &mut ws.h[i * d..(i + 1) * d],
-                );
-            }
-            matmul_many(
-                pool,
-                simd,
-                &[
-                    &layer.wq.matrix(f),
-                    &layer.wk.matrix(f),
-                    &layer.wv.matrix(f),
-                ],
-                &ws.h,
-                t,
-                &mut [&mut ws.q, &mut ws.k, &mut ws.v],
-                &mut ws.scratch,
-            )
-            .expect("shapes checked at load");
-            rms_norm_rows(&mut ws.q, &layer.q_norm, c.rms_eps, &mut tmp);
-            rms_norm_rows(&mut ws.k, &layer.k_norm, c.rms_eps, &mut tmp);
-            for i in 0..t {
-                let table = if sliding { &ws.rope } else { &ws.rope2 };
-                let sc = &table[i * np..(i + 1) * np];
-                rope_neox(&mut ws.q[i * q_dim..(i + 1) * q_dim], hd, sc);
-                rope_neox(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], hd, sc);
-                kv.store(
-                    seqs[ws.tok_seq[i] as usize].table,
-                    li,
-                    ws.tok_pos[i] as usize,
-                    &ws.k[i * kv_dim..(i + 1) * kv_dim],
-                    &ws.v[i * kv_dim..(i + 1) * kv_dim],
-                );
-            }
-            let shape = AttentionShape {
+            let run = BlockRun {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
                 head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
+                rms_eps: c.rms_eps,
+                rope: RopePairs::Halves,
+                second_rope_table: !sliding,
                 window: sliding.then_some(c.sliding_window),
+                gate: Gate::GeLU,
             };
-            attention(
-                pool,
-                simd,
-                kv,
-                li,
-                seqs,
-                &ws.tok_seq,
-                &ws.tok_pos,
-                &ws.q,
-                &shape,
-                &mut ws.att,
-            );
-            mm(&layer.wo, &ws.att, &mut ws.o, &mut ws.scratch);
-            rms_norm_rows(&mut ws.o, &layer.post_attn_norm, c.rms_eps, &mut tmp);
-            add_in_place(&mut ws.x, &ws.o);
-            for i in 0..t {
-                rms_norm(
-                    &ws.x[i * d..(i + 1) * d],
-                    &layer.ffn_norm,
-                    c.rms_eps,
-                    &mut ws.h[i * d..(i + 1) * d],
-                );
-            }
-            matmul_many(
-                pool,
-                simd,
-                &[&layer.w_gate.matrix(f), &layer.w_up.matrix(f)],
-                &ws.h,
-                t,
-                &mut [&mut ws.gate, &mut ws.up],
-                &mut ws.scratch,
-            )
-            .expect("shapes checked at load");
-            geglu(&mut ws.gate, &ws.up);
-            matmul(
-                pool,
-                simd,
-                &layer.w_down.matrix(f),
-                &ws.gate,
-                t,
-                &mut ws.ffn,
-                &mut ws.scratch,
-            )
-            .expect("shapes checked at load");
-            rms_norm_rows(&mut ws.ffn, &layer.post_ffn_norm, c.rms_eps, &mut tmp);
-            add_in_place(&mut ws.x, &ws.ffn);
+            run_block(&cx, li, &layer.block(), &run, kv, ws, &mut tmp);
         }
         output_logits(
             pool,

@@ -6,14 +6,12 @@
 
 use std::sync::Arc;
 
-use super::attention::{attention, AttentionShape};
-use super::ops::{
-    add_in_place, rms_norm, rope_adjacent, rope_inv_freq, rope_neox, rope_table, swiglu,
-};
+use super::block::{run_block, Block, BlockRun, Gate, RopePairs, StepCtx};
+use super::ops::{rope_inv_freq, rope_table};
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 pub use crate::kv::{KvCache, KvPool, KvType};
-use crate::tensor::{matmul, matmul_many, Scratch, Simd, ThreadPool};
+use crate::tensor::{Simd, ThreadPool};
 
 impl Model for Llama {
     fn architecture(&self) -> &'static str {
@@ -108,6 +106,27 @@ pub struct LlamaWeights<'a> {
     pub layers: &'a [Layer],
     pub out_norm: &'a [f32],
     pub output: &'a Weight,
+}
+
+impl Layer {
+    /// The layer as the shared block skeleton runs it.
+    pub fn block(&self) -> Block<'_> {
+        Block {
+            attn_norm: &self.attn_norm,
+            wq: &self.wq,
+            wk: &self.wk,
+            wv: &self.wv,
+            qkv_bias: self.bias.as_ref(),
+            qk_norm: None,
+            wo: &self.wo,
+            post_attn_norm: None,
+            ffn_norm: &self.ffn_norm,
+            w_gate: &self.w_gate,
+            w_up: &self.w_up,
+            w_down: &self.w_down,
+            post_ffn_norm: None,
+        }
+    }
 }
 
 impl Llama {
@@ -242,10 +261,6 @@ impl Llama {
             self.tok_embd
                 .row_into(f, tok, &mut ws.x[i * d..(i + 1) * d]);
         }
-        let mm = |w: &Weight, x: &[f32], y: &mut [f32], s: &mut Scratch| {
-            matmul(pool, simd, &w.matrix(f), x, t, y, s).expect("shapes checked at load");
-        };
-        let scale = 1.0 / (c.head_dim as f32).sqrt();
         let np = self.inv_freq.len();
         ws.rope.resize(t * np, (0.0, 0.0));
         for i in 0..t {
@@ -255,96 +270,29 @@ impl Llama {
                 &mut ws.rope[i * np..(i + 1) * np],
             );
         }
+        let cx = StepCtx {
+            pool,
+            simd,
+            file: f,
+            seqs,
+            t,
+        };
+        let run = BlockRun {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            rms_eps: c.rms_eps,
+            rope: match self.variant {
+                Variant::Llama => RopePairs::Adjacent,
+                Variant::Qwen2 => RopePairs::Halves,
+            },
+            second_rope_table: false,
+            window: None,
+            gate: Gate::SiLU,
+        };
+        let mut tmp = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
-            for i in 0..t {
-                rms_norm(
-                    &ws.x[i * d..(i + 1) * d],
-                    &layer.attn_norm,
-                    c.rms_eps,
-                    &mut ws.h[i * d..(i + 1) * d],
-                );
-            }
-            matmul_many(
-                pool,
-                simd,
-                &[
-                    &layer.wq.matrix(f),
-                    &layer.wk.matrix(f),
-                    &layer.wv.matrix(f),
-                ],
-                &ws.h,
-                t,
-                &mut [&mut ws.q, &mut ws.k, &mut ws.v],
-                &mut ws.scratch,
-            )
-            .expect("shapes checked at load");
-            if let Some([bq, bk, bv]) = &layer.bias {
-                for i in 0..t {
-                    add_in_place(&mut ws.q[i * q_dim..(i + 1) * q_dim], bq);
-                    add_in_place(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], bk);
-                    add_in_place(&mut ws.v[i * kv_dim..(i + 1) * kv_dim], bv);
-                }
-            }
-            let rope = match self.variant {
-                Variant::Llama => rope_adjacent,
-                Variant::Qwen2 => rope_neox,
-            };
-            for i in 0..t {
-                let sc = &ws.rope[i * np..(i + 1) * np];
-                rope(&mut ws.q[i * q_dim..(i + 1) * q_dim], c.head_dim, sc);
-                rope(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], c.head_dim, sc);
-                kv.store(
-                    seqs[ws.tok_seq[i] as usize].table,
-                    li,
-                    ws.tok_pos[i] as usize,
-                    &ws.k[i * kv_dim..(i + 1) * kv_dim],
-                    &ws.v[i * kv_dim..(i + 1) * kv_dim],
-                );
-            }
-            let shape = AttentionShape {
-                n_head: c.n_head,
-                n_head_kv: c.n_head_kv,
-                head_dim: c.head_dim,
-                scale,
-                window: None,
-            };
-            attention(
-                pool,
-                simd,
-                kv,
-                li,
-                seqs,
-                &ws.tok_seq,
-                &ws.tok_pos,
-                &ws.q,
-                &shape,
-                &mut ws.att,
-            );
-            mm(&layer.wo, &ws.att, &mut ws.o, &mut ws.scratch);
-            add_in_place(&mut ws.x, &ws.o);
-            for i in 0..t {
-                rms_norm(
-                    &ws.x[i * d..(i + 1) * d],
-                    &layer.ffn_norm,
-                    c.rms_eps,
-                    &mut ws.h[i * d..(i + 1) * d],
-                );
-            }
-            matmul_many(
-                pool,
-                simd,
-                &[&layer.w_gate.matrix(f), &layer.w_up.matrix(f)],
-                &ws.h,
-                t,
-                &mut [&mut ws.gate, &mut ws.up],
-                &mut ws.scratch,
-            )
-            .expect("shapes checked at load");
-            swiglu(&mut ws.gate, &ws.up);
-            let (gate, ffn, scratch) = (&ws.gate, &mut ws.ffn, &mut ws.scratch);
-            matmul(pool, simd, &layer.w_down.matrix(f), gate, t, ffn, scratch)
-                .expect("shapes checked at load");
-            add_in_place(&mut ws.x, &ws.ffn);
+            run_block(&cx, li, &layer.block(), &run, kv, ws, &mut tmp);
         }
         output_logits(
             pool,

@@ -1,6 +1,7 @@
 //! Transformer architectures behind one trait. One file per family.
 
 pub mod attention;
+pub mod block;
 pub mod gemma3;
 #[cfg(feature = "ggml-avx2")]
 pub mod ggml_avx2;

@@ -36,14 +36,16 @@
 //! beyond those llama.cpp switches to tiled and split-KV attention kernels
 //! that this mode does not follow (it stays close, not identical).
 
+mod block;
 mod gemma3;
 mod kernels;
 
 pub use gemma3::Gemma3GgmlAvx2;
 
-use kernels::{matmul, rms_norm_rows, store_and_attend, supported, swiglu, Act, Rope};
+use block::{run_block, GgmlCtx, GgmlRun};
+use kernels::{matmul, rms_norm_rows, supported, Act, Rope};
 
-use super::attention::AttentionShape;
+use super::block::Gate;
 use super::llama::{Llama, Variant};
 use super::{
     logits_rows, Dims, KvCache, KvPool, Logits, Model, ModelError, SeqStep, Weight, Workspace,
@@ -134,68 +136,27 @@ impl GgmlTraced for LlamaGgmlAvx2 {
         let fma = Simd::detect().is_avx2();
         let mut act = Act::default();
         let rope = Rope::new(c.rope_base as f32, hd, false);
+        let cx = GgmlCtx {
+            pool,
+            file: f,
+            seqs,
+            fma,
+            t,
+        };
         for (li, layer) in m.layers.iter().enumerate() {
-            rms_norm_rows(&ws.x, &layer.attn_norm, c.rms_eps, &mut ws.h);
-            trace(&format!("attn_norm-{li}"), &ws.h);
-            let lay = layer;
-            act.quantize(&ws.h, t, d, lay.wq.dtype);
-            matmul(pool, f, &lay.wq, &act, t, &mut ws.q, fma);
-            act.quantize(&ws.h, t, d, lay.wk.dtype);
-            matmul(pool, f, &lay.wk, &act, t, &mut ws.k, fma);
-            act.quantize(&ws.h, t, d, lay.wv.dtype);
-            matmul(pool, f, &lay.wv, &act, t, &mut ws.v, fma);
-            for i in 0..t {
-                let p = ws.tok_pos[i] as usize;
-                rope.apply(&mut ws.q[i * q_dim..(i + 1) * q_dim], p, hd);
-                rope.apply(&mut ws.k[i * kv_dim..(i + 1) * kv_dim], p, hd);
-            }
-            trace(&format!("Qcur-{li}"), &ws.q);
-            trace(&format!("Kcur-{li}"), &ws.k);
-            trace(&format!("Vcur-{li}"), &ws.v);
-            let shape = AttentionShape {
+            let run = GgmlRun {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
                 head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
+                n_ff: c.n_ff,
+                rms_eps: c.rms_eps,
+                rope: &rope,
                 window: None,
+                gate: Gate::SiLU,
+                prescale_q: false,
+                last: li + 1 == m.layers.len(),
             };
-            store_and_attend(pool, kv, li, seqs, ws, &shape, fma);
-            trace(&format!("kqv_out-{li}"), &ws.att);
-            act.quantize(&ws.att, t, q_dim, lay.wo.dtype);
-            matmul(pool, f, &lay.wo, &act, t, &mut ws.o, fma);
-            trace(&format!("attn_out-{li}"), &ws.o[..t * d]);
-            // llama.cpp keeps only the rows whose logits are wanted after
-            // the last layer's attention (and K-quant products depend on the
-            // number of rows).
-            let tt = if li + 1 == m.layers.len() {
-                keep_output_rows(seqs, d, &mut ws.x, &mut ws.o, &mut ws.last)
-            } else {
-                t
-            };
-            let x = &mut ws.x[..tt * d];
-            for (x, &o) in x.iter_mut().zip(&ws.o) {
-                *x += o;
-            }
-            trace(&format!("ffn_inp-{li}"), x);
-            rms_norm_rows(x, &layer.ffn_norm, c.rms_eps, &mut ws.h);
-            trace(&format!("ffn_norm-{li}"), &ws.h[..tt * d]);
-            act.quantize(&ws.h, tt, d, lay.w_gate.dtype);
-            matmul(pool, f, &lay.w_gate, &act, tt, &mut ws.gate, fma);
-            act.quantize(&ws.h, tt, d, lay.w_up.dtype);
-            matmul(pool, f, &lay.w_up, &act, tt, &mut ws.up, fma);
-            let nf = tt * c.n_ff;
-            trace(&format!("ffn_gate-{li}"), &ws.gate[..nf]);
-            trace(&format!("ffn_up-{li}"), &ws.up[..nf]);
-            swiglu(&mut ws.gate[..nf], &ws.up);
-            trace(&format!("ffn_swiglu-{li}"), &ws.gate[..nf]);
-            act.quantize(&ws.gate, tt, c.n_ff, lay.w_down.dtype);
-            matmul(pool, f, &lay.w_down, &act, tt, &mut ws.ffn, fma);
-            trace(&format!("ffn_out-{li}"), &ws.ffn[..tt * d]);
-            let x = &mut ws.x[..tt * d];
-            for (x, &o) in x.iter_mut().zip(&ws.ffn) {
-                *x += o;
-            }
-            trace(&format!("l_out-{li}"), x);
+            run_block(&cx, li, &layer.block(), &run, kv, ws, &mut act, trace);
         }
         let head = OutputHead {
             file: f,
