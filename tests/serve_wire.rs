@@ -21,8 +21,17 @@ fn post<T: serde::Serialize>(s: &Server, path: &str, body: &T) -> common::Respon
 
 #[test]
 fn responses_chunks_and_reports_read_back_into_the_shared_types() {
+    // A model directory holding a file that is not a model.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.gguf"), b"GGUF\x03\0\0\0 not really").unwrap();
+    let model_dir = dir.path().to_str().unwrap().to_owned();
+    let models = common::root().join("models");
     let s = Server::start(&[
         "node",
+        "--model-dir",
+        &model_dir,
+        "--model-dir",
+        models.to_str().unwrap(),
         "--model",
         "smollm2",
         "--id",
@@ -147,19 +156,39 @@ fn responses_chunks_and_reports_read_back_into_the_shared_types() {
     });
     let t0 = Instant::now();
     let mut seen = Vec::new();
-    while t0.elapsed() < Duration::from_secs(120) {
+    loop {
+        // Once the load has answered, one last look.
+        let answered = loader.is_finished();
         let l: AdminModelList = serde_json::from_str(&s.get("/admin/models").body).unwrap();
         if let Some(g) = l.models.iter().find(|m| m.id == "g") {
             if seen.last() != Some(&g.state) {
                 seen.push(g.state);
             }
-            if g.state == ModelState::Ready {
-                break;
-            }
+        }
+        if answered || t0.elapsed() > Duration::from_secs(120) {
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let r = loader.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(seen, [ModelState::Loading, ModelState::Ready]);
+
+    // A file that is not a model is the request's fault: 400 naming the
+    // file, and nothing changes on the node.
+    let r = s.post(
+        "/admin/models",
+        &serde_json::json!({"id": "broken", "path": "broken.gguf"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e: realizar_shared::error::ErrorBody = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(e.error.code.as_deref(), Some("load_failed"));
+    assert_eq!(e.error.param.as_deref(), Some("path"));
+    assert!(
+        e.error.message.contains("broken.gguf"),
+        "{}",
+        e.error.message
+    );
+    let l: AdminModelList = serde_json::from_str(&s.get("/admin/models").body).unwrap();
+    assert!(l.models.iter().all(|m| m.id != "broken"), "{l:?}");
 }

@@ -302,6 +302,9 @@ impl Executor {
         }
         let sampled = self.sample(&plan);
         let finished = self.sched.update_from_output(&plan, &sampled);
+        // Published before the requests hear they are done, so a client
+        // that asks for the node's load next sees them gone.
+        self.publish();
         for f in finished {
             self.finish(f);
         }
