@@ -5,5 +5,6 @@
 //! agree without shared state.
 
 pub mod hash;
+pub mod membership;
 pub mod placement;
 pub mod routing;

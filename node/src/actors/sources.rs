@@ -57,10 +57,9 @@ impl ModelDirs {
             return Err(not_allowed());
         }
         for d in &self.dirs {
+            // An absolute path is judged by where it really leads (a
+            // models directory reached through a symlink is still inside).
             let candidate = if p.is_absolute() {
-                if !p.starts_with(d) {
-                    continue;
-                }
                 p.to_path_buf()
             } else {
                 d.join(p)
@@ -139,6 +138,14 @@ mod tests {
                 "{bad}"
             );
         }
+        // A models directory reached through a symlink: absolute paths
+        // through the link are inside; a link inside to outside is not.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let via = ModelDirs::new(std::slice::from_ref(&link), false);
+        assert_eq!(via.confine(&link.join("sub/m.gguf")).unwrap(), canon);
+        assert_eq!(via.confine(&dir.join("in.gguf")).unwrap(), canon);
+        assert!(via.confine(&link.join("out.gguf")).is_err());
         // No directory at all: nothing is allowed.
         let none = ModelDirs::new(&[root.path().join("absent")], false);
         assert!(none.confine(Path::new("sub/m.gguf")).is_err());

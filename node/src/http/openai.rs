@@ -11,7 +11,7 @@ use realizar_shared::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatLogprobs, Completion,
     CompletionChoice, CompletionLogprobs, CompletionRequest, DetokenizeRequest, Detokenized,
     ModelCard, ModelList, ModelMeta, Prompt, TokenLogprob, TokenPiece, TokenizeRequest, Tokenized,
-    TopLogprob, Usage, FINGERPRINT,
+    TopLogprob, TopMap, Usage, FINGERPRINT,
 };
 
 use super::stream::stream_response;
@@ -48,12 +48,9 @@ pub(super) fn completion_logprobs(tokens: &[TokenOut], mut offset: usize) -> Com
     for t in tokens {
         lp.tokens.push(t.logprob.token.clone());
         lp.token_logprobs.push(t.logprob.logprob);
-        lp.top_logprobs.push(
-            t.top
-                .iter()
-                .map(|e| (e.token.clone(), serde_json::json!(e.logprob)))
-                .collect(),
-        );
+        lp.top_logprobs.push(TopMap(
+            t.top.iter().map(|e| (e.token.clone(), e.logprob)).collect(),
+        ));
         lp.text_offset.push(offset);
         offset += t.text.len();
     }

@@ -176,9 +176,12 @@ impl Node {
             .map_err(|_| ApiError::server("the node is shutting down"))?;
         let cancel = Arc::new(AtomicBool::new(false));
         let _cancel = CancelOnDrop(cancel.clone());
-        let budget = Budget::new(Some(Instant::now() + self.tokenize_budget), Some(cancel));
+        let allowed = self.tokenize_budget;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            // The budget is for the work: its clock starts on the thread
+            // that does it, not while the request waited for one.
+            let budget = Budget::new(Some(Instant::now() + allowed), Some(cancel));
             f(&budget)
         })
         .await

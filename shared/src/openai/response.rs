@@ -60,9 +60,46 @@ pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<f32>,
     /// Per token, the alternatives by text (in rank order).
-    pub top_logprobs: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub top_logprobs: Vec<TopMap>,
     /// Byte offset of each token's text in the choice's text.
     pub text_offset: Vec<usize>,
+}
+
+/// Alternatives by text, in rank order: a JSON object whose values are
+/// written as `f32`, like `token_logprobs` (so the chosen token's logprob
+/// and its entry here print the same digits).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopMap(pub Vec<(String, f32)>);
+
+impl Serialize for TopMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for TopMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TopMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of token → logprob")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<TopMap, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, x)) = a.next_entry::<String, f32>()? {
+                    v.push((k, x));
+                }
+                Ok(TopMap(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +279,26 @@ pub struct Detokenized {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_logprobs_keep_rank_order_and_f32_digits() {
+        let lp = CompletionLogprobs {
+            tokens: vec!["b".into()],
+            token_logprobs: vec![-0.1],
+            top_logprobs: vec![TopMap(vec![("b".into(), -0.1), ("a".into(), -2.5)])],
+            text_offset: vec![0],
+        };
+        let text = serde_json::to_string(&lp).unwrap();
+        assert!(text.contains(r#""token_logprobs":[-0.1]"#), "{text}");
+        assert!(
+            text.contains(r#""top_logprobs":[{"b":-0.1,"a":-2.5}]"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<CompletionLogprobs>(&text).unwrap(),
+            lp
+        );
+    }
 
     #[test]
     fn chunk_usage_is_absent_null_or_set() {
