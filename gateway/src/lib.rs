@@ -1,10 +1,124 @@
-//! realizar-gateway: the cluster front door. Placement of models over nodes
-//! by weighted rendezvous hashing (`placement`), the per-request choice
-//! among a model's owners (`routing`), and the hashes both rank by
-//! (`hash`) — pure functions of membership and load, so gateway replicas
-//! agree without shared state.
+//! realizar-gateway: the cluster front door.
+//!
+//! - `hash`, `placement`, `routing`: pure functions of membership and load
+//!   (weighted rendezvous placement of models over nodes; bounded-load
+//!   affinity routing among a model's owners), so gateway replicas agree
+//!   without shared state;
+//! - `membership`: who is in the cluster and who is up;
+//! - `control`: the loop that polls nodes, rebuilds the routing snapshot
+//!   (`table`) and loads replicas where placement puts them;
+//! - `http`, `client`: the OpenAI front door and the proxy to the nodes.
 
+pub mod client;
+pub mod control;
 pub mod hash;
+pub mod http;
 pub mod membership;
 pub mod placement;
 pub mod routing;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use realizar_shared::http_server::Limits;
+
+use control::CatalogEntry;
+use membership::{Membership, Source};
+use placement::Placement;
+use table::RoutingTable;
+
+/// State the control loop writes and requests read.
+pub struct Shared {
+    pub membership: RwLock<Membership>,
+    /// The routing snapshot: swapped whole, read without locks.
+    pub table: ArcSwap<RoutingTable>,
+    pub placement: RwLock<Placement>,
+    pub catalog: Vec<CatalogEntry>,
+    /// Bounded-load slack: an owner takes a request while its load is
+    /// under (1+ε)× the owners' mean.
+    pub epsilon: f64,
+    /// Keys the API routes accept (none: open).
+    pub api_keys: Vec<String>,
+    /// Key the `/admin/*` routes need (none: open).
+    pub admin_key: Option<String>,
+}
+
+pub struct GatewayOptions {
+    pub host: String,
+    pub port: u16,
+    /// Node base URLs.
+    pub nodes: Vec<String>,
+    /// `NAME:PORT` resolved every `dns_every`.
+    pub discover_dns: Vec<String>,
+    pub dns_every: Duration,
+    pub catalog: Vec<CatalogEntry>,
+    pub epsilon: f64,
+    pub api_keys: Vec<String>,
+    pub admin_key: Option<String>,
+    /// Presented to nodes as their admin token.
+    pub cluster_token: Option<String>,
+    pub limits: Limits,
+}
+
+/// Run the gateway until `shutdown` resolves.
+pub async fn run(
+    o: GatewayOptions,
+    on_bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let now = Instant::now();
+    let mut m = Membership::new(Duration::from_secs(3));
+    for u in &o.nodes {
+        m.add(u.trim_end_matches('/'), Source::Static, now);
+    }
+    let shared = Arc::new(Shared {
+        membership: RwLock::new(m),
+        table: ArcSwap::from_pointee(RoutingTable::default()),
+        placement: RwLock::new(Placement::default()),
+        catalog: o.catalog,
+        epsilon: o.epsilon,
+        api_keys: o.api_keys,
+        admin_key: o.admin_key,
+    });
+    let client = client::NodeClient::new(o.cluster_token);
+    tokio::spawn(control::run(shared.clone(), client.clone()));
+    for name in o.discover_dns {
+        tokio::spawn(discover(shared.clone(), name, o.dns_every));
+    }
+    let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port))
+        .await
+        .map_err(|e| format!("binding {}:{}: {e}", o.host, o.port))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    on_bound(addr);
+    let router = http::router(http::Gw { shared, client });
+    realizar_shared::http_server::serve(listener, router, o.limits, shutdown, || async {})
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Re-resolve a `NAME:PORT` (a compose service, a Kubernetes headless
+/// service) and keep membership to its addresses.
+async fn discover(shared: Arc<Shared>, name: String, every: Duration) {
+    loop {
+        match tokio::net::lookup_host(name.as_str()).await {
+            Ok(addrs) => {
+                let mut urls: Vec<String> = addrs.map(|a| format!("http://{a}")).collect();
+                urls.sort();
+                urls.dedup();
+                let changes = shared
+                    .membership
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_dns(&urls, Instant::now());
+                for c in changes {
+                    tracing::info!(?c, dns = %name, "membership");
+                }
+            }
+            Err(e) => tracing::warn!(dns = %name, error = %e, "resolving failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod files;
+mod gateway;
 pub mod models;
 mod node;
 mod run;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Run a node: the OpenAI API and admin routes over the models it loads
     /// (from --model, the config file, or later through POST /admin/models).
     Node(node::NodeArgs),
+    /// The OpenAI front door over a fleet of nodes: membership, placement
+    /// of models by consistent hashing, affinity routing, streaming proxy.
+    Gateway(gateway::GatewayArgs),
     /// Load-test an OpenAI-compatible server (realizar, llama-server, ...).
     Bench(bench::BenchCli),
 }
@@ -74,6 +78,7 @@ pub fn main() -> ExitCode {
         Command::Perplexity(a) => run::perplexity_cmd(a),
         Command::Serve(a) => node::node(a, true),
         Command::Node(a) => node::node(a, false),
+        Command::Gateway(a) => gateway::gateway(a),
         Command::Bench(a) => bench::command(a),
     }
 }

@@ -1,0 +1,127 @@
+//! The gateway's HTTP client to its nodes: one pooled hyper client for
+//! polls, control calls and proxied requests, presenting the cluster token
+//! on `/admin/*`.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use realizar_shared::control::{LoadReport, LoadRequest};
+
+type Inner = Client<HttpConnector, Full<Bytes>>;
+
+#[derive(Clone)]
+pub struct NodeClient {
+    inner: Inner,
+    token: Option<String>,
+    poll_timeout: Duration,
+}
+
+impl NodeClient {
+    pub fn new(token: Option<String>) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(1)));
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        NodeClient {
+            inner,
+            token,
+            poll_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn admin(&self, b: hyper::http::request::Builder) -> hyper::http::request::Builder {
+        match &self.token {
+            Some(t) => b.header("authorization", format!("Bearer {t}")),
+            None => b,
+        }
+    }
+
+    /// `GET /admin/report`, within the poll timeout.
+    pub async fn report(&self, base: &str) -> Result<LoadReport, String> {
+        let req = self
+            .admin(hyper::Request::get(format!("{base}/admin/report")))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!("HTTP {status}"));
+            }
+            serde_json::from_slice(&body).map_err(|e| format!("report: {e}"))
+        };
+        tokio::time::timeout(self.poll_timeout, fut)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+
+    /// `POST /admin/models`; waits for the load to finish.
+    pub async fn load(&self, base: &str, r: &LoadRequest) -> Result<(), String> {
+        let body = serde_json::to_vec(r).map_err(|e| e.to_string())?;
+        let req = self
+            .admin(hyper::Request::post(format!("{base}/admin/models")))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+    }
+
+    /// Send a client's request on to a node; the response streams.
+    pub async fn forward(
+        &self,
+        base: &str,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error> {
+        let req = hyper::Request::post(format!("{base}{path_and_query}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .expect("a valid request");
+        self.inner.request(req).await
+    }
+
+    /// `GET` a node route (for `/v1/models` there is no need; kept for
+    /// `/metrics`).
+    pub async fn get(&self, base: &str, path: &str) -> Result<(u16, Bytes), String> {
+        let req = hyper::Request::get(format!("{base}{path}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(Duration::from_secs(2), fut)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+}

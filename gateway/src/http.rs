@@ -1,0 +1,345 @@
+//! The front door: the OpenAI routes and the tokenizer routes, each
+//! request routed to one ready owner of its model (routing.rs) and proxied
+//! there, streaming; `/v1/models`, `/health`, `/admin/cluster`; API keys.
+//!
+//! A request is retried on another owner when the chosen one cannot be
+//! reached or answers 429/5xx — always before anything has been sent to
+//! the client, at most twice. A client that goes away drops the upstream
+//! response, which closes that connection, so the node cancels the
+//! sequence.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper::body::{Frame, Incoming, SizeHint};
+use realizar_shared::error::ApiError;
+use realizar_shared::openai::{Envelope, ModelCard, ModelList};
+use serde_json::json;
+
+use crate::client::NodeClient;
+use crate::membership::Health;
+use crate::routing::{affinity_key, choose};
+use crate::Shared;
+
+/// Bytes of the prompt that make the affinity key when the request names
+/// no user or session: about the system prompt and the first message.
+const AFFINITY_PREFIX: usize = 256;
+/// Further owners tried after the first.
+const RETRIES: usize = 2;
+
+#[derive(Clone)]
+pub struct Gw {
+    pub shared: Arc<Shared>,
+    pub client: NodeClient,
+}
+
+pub fn router(gw: Gw) -> Router {
+    let admin = Router::new()
+        .route("/admin/cluster", get(cluster))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            require_admin,
+        ));
+    let api = Router::new()
+        .route("/v1/chat/completions", post(proxy))
+        .route("/v1/completions", post(proxy))
+        .route("/tokenize", post(proxy))
+        .route("/detokenize", post(proxy))
+        .route("/v1/models", get(models))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            require_key,
+        ));
+    Router::new()
+        .merge(api)
+        .merge(admin)
+        .route("/health", get(health))
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(gw)
+}
+
+fn bearer(h: &HeaderMap) -> &str {
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map_or("", str::trim)
+}
+
+/// Compares in time that depends only on the lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+fn unauthorized(what: &str) -> Response {
+    let mut r = ApiError::unauthorized(
+        format!("Incorrect or missing API key: send `Authorization: Bearer <{what}>`"),
+        "invalid_api_key",
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// With API keys configured, every API route needs one of them.
+async fn require_key(State(gw): State<Gw>, req: Request, next: Next) -> Response {
+    let keys = &gw.shared.api_keys;
+    if !keys.is_empty() {
+        let given = bearer(req.headers()).as_bytes();
+        if !keys.iter().any(|k| same_secret(given, k.as_bytes())) {
+            return unauthorized("API key");
+        }
+    }
+    next.run(req).await
+}
+
+async fn require_admin(State(gw): State<Gw>, req: Request, next: Next) -> Response {
+    if let Some(k) = &gw.shared.admin_key {
+        if !same_secret(bearer(req.headers()).as_bytes(), k.as_bytes()) {
+            return unauthorized("admin key");
+        }
+    }
+    next.run(req).await
+}
+
+/// Counts a request against its node until its response body is gone.
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(c: &Arc<AtomicU64>) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The upstream body, passed through frame by frame, holding the node's
+/// in-flight count until it ends or the client goes away.
+struct Relay {
+    inner: Incoming,
+    _count: InFlight,
+}
+
+impl hyper::body::Body for Relay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn proxy(
+    State(gw): State<Gw>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match route_and_send(&gw, &uri, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route_and_send(
+    gw: &Gw,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let env = Envelope::read(&body).ok_or_else(|| {
+        ApiError::bad_request(
+            "the request body must be a JSON object",
+            None,
+            "invalid_json",
+        )
+    })?;
+    let table = gw.shared.table.load_full();
+    let model = match env.model {
+        Some(m) => m,
+        None if table.models.len() == 1 => table.models.keys().next().cloned().expect("one"),
+        None => return Err(ApiError::invalid_param("model", "`model` is required")),
+    };
+    let Some(owners) = table.models.get(&model).filter(|o| !o.is_empty()) else {
+        if gw.shared.catalog.iter().any(|e| e.id == model) {
+            return Err(ApiError::unavailable(
+                format!("model `{model}` is being placed; no replica is ready yet"),
+                "model_loading",
+                2,
+            ));
+        }
+        return Err(ApiError::model_not_found(&model));
+    };
+    let session = headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .or(env.user.as_deref());
+    let key = affinity_key(session, &env.prompt_head, AFFINITY_PREFIX);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut tried: Vec<&str> = Vec::new();
+    let mut last_error = String::new();
+    for attempt in 0..=RETRIES {
+        let left: Vec<_> = owners
+            .iter()
+            .filter(|o| !tried.contains(&o.node_id.as_str()))
+            .collect();
+        let cands: Vec<_> = left.iter().map(|o| o.candidate()).collect();
+        let Some((i, reason)) = choose(key, &cands, gw.shared.epsilon) else {
+            break;
+        };
+        let owner = left[i];
+        let count = InFlight::new(&owner.inflight);
+        let why = if attempt > 0 {
+            "retry"
+        } else {
+            reason.as_str()
+        };
+        match gw.client.forward(&owner.url, path, body.clone()).await {
+            Ok(resp)
+                if attempt < RETRIES
+                    && (resp.status().is_server_error() || resp.status().as_u16() == 429) =>
+            {
+                last_error = format!("{} answered {}", owner.node_id, resp.status());
+                tracing::info!(node = %owner.node_id, status = %resp.status(), "retrying on another owner");
+                tried.push(&owner.node_id);
+            }
+            Ok(resp) => {
+                let (mut parts, incoming) = resp.into_parts();
+                for h in [header::TRANSFER_ENCODING, header::CONNECTION] {
+                    parts.headers.remove(h);
+                }
+                if let Ok(v) = HeaderValue::from_str(&owner.node_id) {
+                    parts
+                        .headers
+                        .insert(HeaderName::from_static("x-realizar-node"), v);
+                }
+                parts.headers.insert(
+                    HeaderName::from_static("x-realizar-route"),
+                    HeaderValue::from_static(why),
+                );
+                let relay = Relay {
+                    inner: incoming,
+                    _count: count,
+                };
+                return Ok(Response::from_parts(parts, Body::new(relay)));
+            }
+            Err(e) => {
+                last_error = format!("{}: {e}", owner.node_id);
+                tracing::info!(node = %owner.node_id, error = %e, "owner unreachable; retrying on another");
+                tried.push(&owner.node_id);
+            }
+        }
+    }
+    Err(ApiError::bad_gateway(
+        format!("no owner of model `{model}` could serve the request ({last_error})"),
+        "upstream_unavailable",
+    ))
+}
+
+async fn models(State(gw): State<Gw>) -> Json<ModelList> {
+    let table = gw.shared.table.load();
+    Json(ModelList {
+        object: "list".into(),
+        data: table
+            .models
+            .keys()
+            .map(|id| ModelCard {
+                id: id.clone(),
+                object: "model".into(),
+                created: 0,
+                owned_by: "realizar".into(),
+                meta: None,
+            })
+            .collect(),
+    })
+}
+
+async fn health(State(gw): State<Gw>) -> Response {
+    if gw
+        .shared
+        .table
+        .load()
+        .models
+        .values()
+        .any(|o| !o.is_empty())
+    {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        ApiError::unavailable("no model is ready on any node yet", "loading", 1).into_response()
+    }
+}
+
+async fn cluster(State(gw): State<Gw>) -> Json<serde_json::Value> {
+    let table = gw.shared.table.load();
+    let nodes: Vec<_> = gw
+        .shared
+        .membership
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .members()
+        .map(|m| {
+            json!({
+                "id": m.id(),
+                "url": m.url,
+                "state": match m.health {
+                    Health::Up => "up",
+                    Health::Down => "down",
+                    Health::Unknown => "unknown",
+                },
+                "last_report": m.report,
+            })
+        })
+        .collect();
+    let placement = gw
+        .shared
+        .placement
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let models: Vec<_> = gw
+        .shared
+        .catalog
+        .iter()
+        .map(|e| {
+            let ready: Vec<&str> = table
+                .models
+                .get(&e.id)
+                .map(|o| o.iter().map(|x| x.node_id.as_str()).collect())
+                .unwrap_or_default();
+            json!({
+                "id": e.id,
+                "path": e.path,
+                "replicas": e.replicas,
+                "owners": placement.owners_of(&e.id),
+                "ready": ready,
+            })
+        })
+        .collect();
+    Json(json!({"version": table.version, "nodes": nodes, "models": models}))
+}
