@@ -42,12 +42,12 @@ impl NodeClient {
         }
     }
 
-    /// `GET /admin/report`, within the poll timeout.
-    pub async fn report(&self, base: &str) -> Result<LoadReport, String> {
-        let req = self
-            .admin(hyper::Request::get(format!("{base}/admin/report")))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+    /// Send a request and read the whole answer within `limit`.
+    async fn fetch(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+        limit: Duration,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
         let fut = async {
             let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status();
@@ -57,14 +57,24 @@ impl NodeClient {
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            if !status.is_success() {
-                return Err(format!("HTTP {status}"));
-            }
-            serde_json::from_slice(&body).map_err(|e| format!("report: {e}"))
+            Ok((status, body))
         };
-        tokio::time::timeout(self.poll_timeout, fut)
+        tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| "timed out".to_owned())?
+    }
+
+    /// `GET /admin/report`, within the poll timeout.
+    pub async fn report(&self, base: &str) -> Result<LoadReport, String> {
+        let req = self
+            .admin(hyper::Request::get(format!("{base}/admin/report")))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let (status, body) = self.fetch(req, self.poll_timeout).await?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("report: {e}"))
     }
 
     /// `POST /admin/models`; waits for the load to finish.
@@ -101,27 +111,5 @@ impl NodeClient {
             .body(Full::new(body))
             .expect("a valid request");
         self.inner.request(req).await
-    }
-
-    /// `GET` a node route (for `/v1/models` there is no need; kept for
-    /// `/metrics`).
-    pub async fn get(&self, base: &str, path: &str) -> Result<(u16, Bytes), String> {
-        let req = hyper::Request::get(format!("{base}{path}"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let fut = async {
-            let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(Duration::from_secs(2), fut)
-            .await
-            .map_err(|_| "timed out".to_owned())?
     }
 }

@@ -221,8 +221,11 @@ async fn route_and_send(
             reason.as_str()
         };
         match gw.client.forward(&owner.url, path, body.clone()).await {
+            // Retried while another owner is left to try; the last answer
+            // (a 429 with its Retry-After, a 503) goes to the client as is.
             Ok(resp)
                 if attempt < RETRIES
+                    && left.len() > 1
                     && (resp.status().is_server_error() || resp.status().as_u16() == 429) =>
             {
                 last_error = format!("{} answered {}", owner.node_id, resp.status());

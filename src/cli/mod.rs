@@ -2,6 +2,7 @@
 //! module that runs it.
 
 pub mod bench;
+mod cluster;
 mod files;
 mod gateway;
 pub mod models;
@@ -55,6 +56,9 @@ pub enum Command {
     /// The OpenAI front door over a fleet of nodes: membership, placement
     /// of models by consistent hashing, affinity routing, streaming proxy.
     Gateway(gateway::GatewayArgs),
+    /// A local cluster: N node processes on loopback ports behind a
+    /// gateway; dead nodes are restarted; Ctrl-C stops them all.
+    Cluster(cluster::ClusterArgs),
     /// Load-test an OpenAI-compatible server (realizar, llama-server, ...).
     Bench(bench::BenchCli),
 }
@@ -79,8 +83,25 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => node::node(a, true),
         Command::Node(a) => node::node(a, false),
         Command::Gateway(a) => gateway::gateway(a),
+        Command::Cluster(a) => cluster::cluster(a),
         Command::Bench(a) => bench::command(a),
     }
+}
+
+/// Logging to stderr (RUST_LOG, default info) and the async runtime the
+/// servers run on: two workers, as the compute has threads of its own.
+fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 pub fn fail(cmd: &str, e: impl std::fmt::Display) -> ExitCode {

@@ -209,18 +209,7 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
             options: None,
         });
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::server_runtime() {
         Ok(rt) => rt,
         Err(e) => return fail("serve", e),
     };

@@ -1,0 +1,174 @@
+//! `realizar cluster --nodes 3` (real processes, real models: smollm2 on
+//! two nodes, gemma3 on one) driven through its gateway by the official
+//! `openai` package: every check of the node's SDK test
+//! (tests/openai_client.py), then the fleet view.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::python;
+use serde_json::Value;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM: the cluster stops its nodes.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn openai_client_through_a_three_node_cluster() {
+    let py = python();
+    let probe = Command::new(&py).args(["-c", "import openai"]).status();
+    assert!(
+        probe.is_ok_and(|s| s.success()),
+        "{py} cannot import openai: run scripts/test.sh (it makes target/pyenv) or set REALIZAR_TEST_PYTHON"
+    );
+    const CTX: usize = 1024;
+    let question = "What is the capital of France?";
+    let out = common::realizar()
+        .args(["run", "--model", "smollm2", "--chat", "--prompt", question])
+        .args([
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--kv-type",
+            "f16",
+        ])
+        .output()
+        .expect("realizar run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.txt");
+    std::fs::write(&expected, &out.stdout).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _cluster = Proc(
+        common::realizar()
+            .args(["cluster", "--nodes", "3", "--port", &port.to_string()])
+            .args(["--model", "smollm2@2", "--model", "gemma3@1"])
+            // Two owners of smollm2 with room for two requests each: the
+            // SDK test's eight concurrent requests overflow the cluster.
+            .args([
+                "--max-queue",
+                "2",
+                "--max-batch",
+                "4",
+                "--ctx",
+                &CTX.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let gw: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cluster = || -> Option<Value> {
+        let r = common::try_http(gw, "GET", "/admin/cluster", None).ok()?;
+        serde_json::from_str(&r.body).ok()
+    };
+    let ready = |c: &Value| -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = c["models"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        (
+                            m["id"].as_str().unwrap().to_owned(),
+                            m["ready"].as_array().unwrap().len(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let t0 = Instant::now();
+    let mut c = Value::Null;
+    while t0.elapsed() < Duration::from_secs(180) {
+        if let Some(v) = cluster() {
+            c = v;
+            if ready(&c) == [("gemma3".to_owned(), 1), ("smollm2".to_owned(), 2)] {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        ready(&c),
+        [("gemma3".to_owned(), 1), ("smollm2".to_owned(), 2)],
+        "{c}"
+    );
+    println!("placed and ready after {:?}", t0.elapsed());
+    let nodes = c["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| n["state"] == "up"), "{c}");
+    for m in c["models"].as_array().unwrap() {
+        let sorted = |v: &Value| {
+            let mut x: Vec<String> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect();
+            x.sort();
+            x
+        };
+        assert_eq!(sorted(&m["owners"]), sorted(&m["ready"]), "{c}");
+    }
+
+    let run = Command::new(&py)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/openai_client.py"
+        ))
+        .args([
+            &format!("http://{gw}"),
+            "smollm2",
+            expected.to_str().unwrap(),
+            &CTX.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "openai client through the gateway failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{stdout}");
+    // /v1/models lists both models.
+    let v: Value = serde_json::from_str(&common::http(gw, "GET", "/v1/models", None).body).unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["gemma3", "smollm2"]);
+}
