@@ -171,4 +171,66 @@ fn openai_client_through_a_three_node_cluster() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["gemma3", "smollm2"]);
+
+    // The gateway's own metrics and the fleet's: well-formed for
+    // Prometheus; the fleet view carries every node's series labelled by
+    // node, the TTFT histograms of the nodes that served included.
+    let promtool = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file).unwrap())
+            .output()
+            .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+        assert!(
+            check.status.success(),
+            "promtool rejected {name}:\n{}\n{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    };
+    let own = common::http(gw, "GET", "/metrics", None).body;
+    promtool("gateway.txt", &own);
+    for needle in [
+        "realizar_gateway_requests_total{model=\"smollm2\",route=\"affinity\",status=\"200\"}",
+        "realizar_gateway_upstream_head_seconds_bucket",
+        "realizar_gateway_routing_decision_seconds_bucket",
+        "realizar_gateway_nodes_up 3",
+    ] {
+        assert!(
+            own.contains(needle),
+            "gateway /metrics lacks {needle}:\n{own}"
+        );
+    }
+    let fleet = common::http(gw, "GET", "/metrics/fleet", None).body;
+    promtool("fleet.txt", &fleet);
+    for n in ["node-0", "node-1", "node-2"] {
+        assert!(
+            fleet.contains(&format!("realizar_loaded_models{{node=\"{n}\"}} 1")),
+            "/metrics/fleet lacks {n}:\n{fleet}"
+        );
+    }
+    let smollm2_owners = c["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "smollm2")
+        .unwrap()["ready"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let served: Vec<&Value> = smollm2_owners
+        .iter()
+        .filter(|n| {
+            fleet.contains(&format!(
+                "realizar_time_to_first_token_seconds_bucket{{node={n},model=\"smollm2\""
+            ))
+        })
+        .collect();
+    assert!(
+        !served.is_empty(),
+        "no node's TTFT histogram in /metrics/fleet:\n{fleet}"
+    );
+    assert!(fleet.contains("realizar_gateway_nodes_up 3"));
 }

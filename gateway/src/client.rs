@@ -112,4 +112,16 @@ impl NodeClient {
             .expect("a valid request");
         self.inner.request(req).await
     }
+
+    /// A node's `/metrics` text.
+    pub async fn metrics(&self, base: &str) -> Result<String, String> {
+        let req = hyper::Request::get(format!("{base}/metrics"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let (status, body) = self.fetch(req, Duration::from_secs(2)).await?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+    }
 }

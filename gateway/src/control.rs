@@ -103,6 +103,10 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
                 }
             }
             version += 1;
+            metrics::gauge!(realizar_shared::metrics::GATEWAY_NODES_UP)
+                .set(m.live().count() as f64);
+            metrics::gauge!(realizar_shared::metrics::GATEWAY_NODES_KNOWN)
+                .set(m.members().count() as f64);
             let table = RoutingTable::build(&m, &mut inflight, version);
             shared.table.store(Arc::new(table));
             let placement = placement(&m, &shared.catalog);

@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper::body::{Frame, Incoming, SizeHint};
 use realizar_shared::error::ApiError;
+use realizar_shared::metrics as names;
 use realizar_shared::openai::{Envelope, ModelCard, ModelList};
 use serde_json::json;
 
@@ -40,6 +41,7 @@ const RETRIES: usize = 2;
 pub struct Gw {
     pub shared: Arc<Shared>,
     pub client: NodeClient,
+    pub prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn router(gw: Gw) -> Router {
@@ -63,6 +65,8 @@ pub fn router(gw: Gw) -> Router {
         .merge(api)
         .merge(admin)
         .route("/health", get(health))
+        .route("/metrics", get(own_metrics))
+        .route("/metrics/fleet", get(fleet_metrics))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(gw)
@@ -210,7 +214,10 @@ async fn route_and_send(
             .filter(|o| !tried.contains(&o.node_id.as_str()))
             .collect();
         let cands: Vec<_> = left.iter().map(|o| o.candidate()).collect();
-        let Some((i, reason)) = choose(key, &cands, gw.shared.epsilon) else {
+        let t_route = std::time::Instant::now();
+        let chosen = choose(key, &cands, gw.shared.epsilon);
+        metrics::histogram!(names::GATEWAY_ROUTING_SECONDS).record(t_route.elapsed().as_secs_f64());
+        let Some((i, reason)) = chosen else {
             break;
         };
         let owner = left[i];
@@ -220,7 +227,16 @@ async fn route_and_send(
         } else {
             reason.as_str()
         };
-        match gw.client.forward(&owner.url, path, body.clone()).await {
+        let sent = std::time::Instant::now();
+        let answer = gw.client.forward(&owner.url, path, body.clone()).await;
+        if answer.is_ok() {
+            metrics::histogram!(names::GATEWAY_UPSTREAM_HEAD_SECONDS, names::NODE => owner.node_id.clone(), names::MODEL => model.clone())
+                .record(sent.elapsed().as_secs_f64());
+        }
+        if attempt > 0 {
+            metrics::counter!(names::GATEWAY_RETRIES, names::MODEL => model.clone()).increment(1);
+        }
+        match answer {
             // Retried while another owner is left to try; the last answer
             // (a 429 with its Retry-After, a 503) goes to the client as is.
             Ok(resp)
@@ -246,6 +262,11 @@ async fn route_and_send(
                     HeaderName::from_static("x-realizar-route"),
                     HeaderValue::from_static(why),
                 );
+                metrics::counter!(names::GATEWAY_REQUESTS,
+                    names::MODEL => model.clone(),
+                    names::ROUTE => why,
+                    names::STATUS => parts.status.as_u16().to_string())
+                .increment(1);
                 let relay = Relay {
                     inner: incoming,
                     _count: count,
@@ -345,4 +366,46 @@ async fn cluster(State(gw): State<Gw>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(json!({"version": table.version, "nodes": nodes, "models": models}))
+}
+
+async fn own_metrics(State(gw): State<Gw>) -> Response {
+    prometheus_text(gw.prometheus.render())
+}
+
+fn prometheus_text(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Every live node's `/metrics` labelled by node, and the gateway's own.
+async fn fleet_metrics(State(gw): State<Gw>) -> Response {
+    let nodes: Vec<(String, String)> = gw
+        .shared
+        .membership
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .live()
+        .map(|(m, r)| (r.node_id.clone(), m.url.clone()))
+        .collect();
+    let scrapes = nodes.iter().map(|(id, url)| {
+        let c = gw.client.clone();
+        async move { (id.clone(), c.metrics(url).await) }
+    });
+    let got = futures_util::future::join_all(scrapes).await;
+    let own = gw.prometheus.render();
+    let mut sources: Vec<(Option<&str>, &str)> = Vec::new();
+    for (id, r) in &got {
+        match r {
+            Ok(text) => sources.push((Some(id.as_str()), text.as_str())),
+            Err(e) => tracing::warn!(node = %id, error = %e, "scraping the node failed"),
+        }
+    }
+    sources.push((None, own.as_str()));
+    prometheus_text(crate::fleet_metrics::merge(sources))
 }

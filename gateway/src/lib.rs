@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod control;
+pub mod fleet_metrics;
 pub mod hash;
 pub mod http;
 pub mod membership;
@@ -83,6 +84,7 @@ pub async fn run(
         api_keys: o.api_keys,
         admin_key: o.admin_key,
     });
+    let prometheus = install_metrics()?;
     let client = client::NodeClient::new(o.cluster_token);
     tokio::spawn(control::run(shared.clone(), client.clone()));
     for name in o.discover_dns {
@@ -93,7 +95,11 @@ pub async fn run(
         .map_err(|e| format!("binding {}:{}: {e}", o.host, o.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     on_bound(addr);
-    let router = http::router(http::Gw { shared, client });
+    let router = http::router(http::Gw {
+        shared,
+        client,
+        prometheus,
+    });
     realizar_shared::http_server::serve(listener, router, o.limits, shutdown, || async {})
         .await
         .map_err(|e| e.to_string())
@@ -121,4 +127,49 @@ async fn discover(shared: Arc<Shared>, name: String, every: Duration) {
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// The gateway's Prometheus recorder (once per process) and its metrics
+/// described.
+fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use realizar_shared::metrics as m;
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let h = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+        ])
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| format!("metrics: {e}"))?;
+    describe_counter!(
+        m::GATEWAY_REQUESTS,
+        "Requests proxied, by model, route reason and status"
+    );
+    describe_counter!(m::GATEWAY_RETRIES, "Requests sent again to another owner");
+    describe_histogram!(
+        m::GATEWAY_UPSTREAM_HEAD_SECONDS,
+        Unit::Seconds,
+        "From sending a request to a node to its response head"
+    );
+    describe_histogram!(
+        m::GATEWAY_ROUTING_SECONDS,
+        Unit::Seconds,
+        "Time to choose a node for a request"
+    );
+    describe_gauge!(m::GATEWAY_NODES_UP, "Nodes up");
+    describe_gauge!(
+        m::GATEWAY_NODES_KNOWN,
+        "Nodes known (up, down or not yet answered)"
+    );
+    describe_counter!(
+        m::GATEWAY_REPLICA_LOADS,
+        "Replica loads asked of nodes, by outcome"
+    );
+    let _ = HANDLE.set(h.clone());
+    Ok(h)
 }

@@ -43,3 +43,17 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Histogram buckets for batch sizes.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// Label: the node a gateway sent a request to.
+pub const NODE: &str = "node";
+/// Label: why the gateway chose that node (affinity, spill, retry).
+pub const ROUTE: &str = "route";
+
+pub const GATEWAY_REQUESTS: &str = "realizar_gateway_requests_total";
+/// Time from sending a request to a node to its response head.
+pub const GATEWAY_UPSTREAM_HEAD_SECONDS: &str = "realizar_gateway_upstream_head_seconds";
+pub const GATEWAY_RETRIES: &str = "realizar_gateway_retries_total";
+pub const GATEWAY_ROUTING_SECONDS: &str = "realizar_gateway_routing_decision_seconds";
+pub const GATEWAY_NODES_UP: &str = "realizar_gateway_nodes_up";
+pub const GATEWAY_NODES_KNOWN: &str = "realizar_gateway_nodes_known";
+pub const GATEWAY_REPLICA_LOADS: &str = "realizar_gateway_replica_loads_total";
