@@ -193,3 +193,55 @@ fn two_nodes_behind_one_gateway() {
     assert!(back.is_some(), "{:?}", cluster(gw));
     println!("n1 serving again {:?} after its restart", back.unwrap());
 }
+
+#[test]
+fn a_node_that_joins_is_placed_and_routed_to() {
+    let pg = free_port();
+    let _gw = spawn(&[
+        "gateway",
+        "--port",
+        &pg.to_string(),
+        "--model",
+        "chat=smollm2@1",
+    ]);
+    let gw: std::net::SocketAddr = format!("127.0.0.1:{pg}").parse().unwrap();
+    // Known to nobody but the gateway it joins; port 0, so it advertises
+    // the port it was given.
+    let node = spawn(&[
+        "node",
+        "--port",
+        "0",
+        "--id",
+        "joiner",
+        "--threads",
+        "1",
+        "--join",
+        &format!("http://127.0.0.1:{pg}"),
+    ]);
+    assert!(
+        wait(Duration::from_secs(120), || ready(gw) == ["joiner"]).is_some(),
+        "{:?}",
+        common::try_http(gw, "GET", "/admin/cluster", None).map(|r| r.body)
+    );
+    let r = http(
+        gw,
+        "POST",
+        "/v1/completions",
+        Some(
+            &json!({"model": "chat", "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-realizar-node"), Some("joiner"));
+    // Silent (killed): down, and no longer routed to.
+    drop(node);
+    assert!(wait(Duration::from_secs(10), || ready(gw).is_empty()).is_some());
+    let r = http(
+        gw,
+        "POST",
+        "/v1/completions",
+        Some(&json!({"model": "chat", "prompt": "x", "max_tokens": 1})),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "model_loading");
+}

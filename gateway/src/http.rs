@@ -65,6 +65,7 @@ pub fn router(gw: Gw) -> Router {
         .merge(api)
         .merge(admin)
         .route("/health", get(health))
+        .route("/admin/nodes/join", post(join))
         .route("/metrics", get(own_metrics))
         .route("/metrics/fleet", get(fleet_metrics))
         .fallback(|| async { ApiError::no_route() })
@@ -408,4 +409,40 @@ async fn fleet_metrics(State(gw): State<Gw>) -> Response {
     }
     sources.push((None, own.as_str()));
     prometheus_text(crate::fleet_metrics::merge(sources))
+}
+
+/// `POST /admin/nodes/join`: a node's heartbeat (its load report). Taken
+/// with the admin key or the cluster token, when either is configured.
+async fn join(State(gw): State<Gw>, headers: HeaderMap, body: Bytes) -> Response {
+    let given = bearer(&headers).as_bytes();
+    let keys: Vec<&String> = [&gw.shared.admin_key, &gw.shared.cluster_token]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !keys.is_empty() && !keys.iter().any(|k| same_secret(given, k.as_bytes())) {
+        return unauthorized("cluster token");
+    }
+    let report: realizar_shared::control::LoadReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::bad_request(format!("not a load report: {e}"), None, "invalid_report")
+                .into_response()
+        }
+    };
+    let url = report.url.trim_end_matches('/').to_owned();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return ApiError::invalid_param("url", "the report's `url` must be an http(s) URL")
+            .into_response();
+    }
+    let now = std::time::Instant::now();
+    let mut m = gw
+        .shared
+        .membership
+        .write()
+        .unwrap_or_else(|e| e.into_inner());
+    m.add(&url, crate::membership::Source::Joined, now);
+    if let Some(c) = m.on_report(&url, report, now) {
+        tracing::info!(?c, "joined");
+    }
+    Json(json!({"joined": url})).into_response()
 }

@@ -45,6 +45,9 @@ pub struct Shared {
     pub api_keys: Vec<String>,
     /// Key the `/admin/*` routes need (none: open).
     pub admin_key: Option<String>,
+    /// The token shared with the nodes (their admin token); joining nodes
+    /// present it.
+    pub cluster_token: Option<String>,
 }
 
 pub struct GatewayOptions {
@@ -83,6 +86,7 @@ pub async fn run(
         epsilon: o.epsilon,
         api_keys: o.api_keys,
         admin_key: o.admin_key,
+        cluster_token: o.cluster_token.clone(),
     });
     let prometheus = install_metrics()?;
     let client = client::NodeClient::new(o.cluster_token);

@@ -25,6 +25,10 @@ pub struct NodeArgs {
     /// The URL a gateway reaches this node at (default: http://HOST:PORT).
     #[arg(long)]
     advertise: Option<String>,
+    /// A gateway to join (its base URL): the node sends it its load report
+    /// every second.
+    #[arg(long)]
+    join: Option<String>,
     /// Compute threads per model (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -119,6 +123,9 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
     }
     if args.advertise.is_some() {
         cfg.advertise = args.advertise;
+    }
+    if args.join.is_some() {
+        cfg.join = args.join;
     }
     cfg.fault_injection |= args.fault_injection;
     cfg.model_dirs.extend(args.model_dir.iter().cloned());

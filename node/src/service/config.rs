@@ -20,6 +20,9 @@ pub struct NodeConfig {
     pub id: Option<String>,
     /// The URL a gateway reaches this node at (default: `http://host:port`).
     pub advertise: Option<String>,
+    /// A gateway to join: the node sends it its load report every second
+    /// (`POST /admin/nodes/join`, with the admin token when it has one).
+    pub join: Option<String>,
     /// Compute threads per model executor (0: all cores).
     pub threads: usize,
     /// Memory for loaded models (weights plus KV pools); loading past it
@@ -75,6 +78,7 @@ impl Default for NodeConfig {
             port: 8080,
             id: None,
             advertise: None,
+            join: None,
             threads: 0,
             memory_budget_mib: 8192,
             max_queue: 256,

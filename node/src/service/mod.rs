@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod facade;
+mod join;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -101,6 +102,15 @@ pub async fn run(
     )
     .await
     .map_err(|e| format!("starting the registry: {e}"))?;
+    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .await
+        .map_err(|e| format!("binding {}:{}: {e}", cfg.host, cfg.port))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // With port 0 the advertised URL takes the port bound.
+    let mut cfg = cfg;
+    if cfg.port == 0 {
+        cfg.port = addr.port();
+    }
     let limits = cfg.limits();
     let cpu = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -127,12 +137,11 @@ pub async fn run(
         tokenize_budget: Duration::from_millis(cfg.tokenize_budget_ms),
         limits: Arc::new(limits.clone()),
     });
-    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
-        .await
-        .map_err(|e| format!("binding {}:{}: {e}", cfg.host, cfg.port))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, max_connections = limits.effective_max_connections(), "listening");
     on_bound(addr);
+    if let Some(gateway) = cfg.join.clone() {
+        tokio::spawn(join::heartbeat(state.clone(), gateway));
+    }
     let defaults = cfg.model_defaults.clone();
     let entries = cfg.models.clone();
     let reg = registry.clone();
