@@ -6,7 +6,6 @@
 //! traffic until it is warm.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use realizar_shared::control::{LoadReport, LoadRequest, ModelState};
 use crate::client::NodeClient;
 use crate::membership::{Change, Membership};
 use crate::placement::{place, ModelSlot, NodeSlot, Placement};
-use crate::table::RoutingTable;
+use crate::table::{PerNode, RoutingTable};
 use crate::Shared;
 
 /// A model the cluster serves.
@@ -57,7 +56,7 @@ impl CatalogEntry {
 pub const POLL: Duration = Duration::from_millis(500);
 
 pub async fn run(shared: Arc<Shared>, client: NodeClient) {
-    let mut inflight: BTreeMap<String, Arc<AtomicU64>> = BTreeMap::new();
+    let mut per_node: BTreeMap<String, PerNode> = BTreeMap::new();
     let mut version = 0u64;
     // Loads this gateway asked for and the node has not yet reported.
     let mut pending: BTreeMap<String, (String, Instant)> = BTreeMap::new();
@@ -107,7 +106,13 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
                 .set(m.live().count() as f64);
             metrics::gauge!(realizar_shared::metrics::GATEWAY_NODES_KNOWN)
                 .set(m.members().count() as f64);
-            let table = RoutingTable::build(&m, &mut inflight, version);
+            let table = RoutingTable::build(&m, &mut per_node, version);
+            for (url, n) in &per_node {
+                let open = n.breaker.state(now) != crate::breaker::State::Closed;
+                let id = m.get(url).map_or(url.as_str(), |x| x.id()).to_owned();
+                metrics::gauge!(realizar_shared::metrics::GATEWAY_BREAKER_OPEN, realizar_shared::metrics::NODE => id)
+                    .set(if open { 1.0 } else { 0.0 });
+            }
             shared.table.store(Arc::new(table));
             let placement = placement(&m, &shared.catalog);
             let loads = wanted_loads(&m, &placement, &shared.catalog, &mut pending, now);

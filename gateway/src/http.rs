@@ -210,10 +210,18 @@ async fn route_and_send(
     let mut tried: Vec<&str> = Vec::new();
     let mut last_error = String::new();
     for attempt in 0..=RETRIES {
-        let left: Vec<_> = owners
+        let untried = owners
             .iter()
-            .filter(|o| !tried.contains(&o.node_id.as_str()))
+            .filter(|o| !tried.contains(&o.node_id.as_str()));
+        let now = std::time::Instant::now();
+        let mut left: Vec<_> = untried
+            .clone()
+            .filter(|o| o.breaker.available(now))
             .collect();
+        if left.is_empty() && attempt == 0 {
+            // Every owner's breaker is open: try them rather than refuse.
+            left = untried.collect();
+        }
         let cands: Vec<_> = left.iter().map(|o| o.candidate()).collect();
         let t_route = std::time::Instant::now();
         let chosen = choose(key, &cands, gw.shared.epsilon);
@@ -228,8 +236,14 @@ async fn route_and_send(
         } else {
             reason.as_str()
         };
+        let _ = owner.breaker.admit(now);
         let sent = std::time::Instant::now();
         let answer = gw.client.forward(&owner.url, path, body.clone()).await;
+        match &answer {
+            Ok(r) if r.status().is_server_error() => owner.breaker.failure(sent),
+            Ok(_) => owner.breaker.success(),
+            Err(_) => owner.breaker.failure(sent),
+        }
         if answer.is_ok() {
             metrics::histogram!(names::GATEWAY_UPSTREAM_HEAD_SECONDS, names::NODE => owner.node_id.clone(), names::MODEL => model.clone())
                 .record(sent.elapsed().as_secs_f64());

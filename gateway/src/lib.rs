@@ -9,6 +9,7 @@
 //!   (`table`) and loads replicas where placement puts them;
 //! - `http`, `client`: the OpenAI front door and the proxy to the nodes.
 
+pub mod breaker;
 pub mod client;
 pub mod control;
 pub mod fleet_metrics;
@@ -166,6 +167,10 @@ fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, St
         "Time to choose a node for a request"
     );
     describe_gauge!(m::GATEWAY_NODES_UP, "Nodes up");
+    describe_gauge!(
+        m::GATEWAY_BREAKER_OPEN,
+        "1 while the node's circuit breaker is open"
+    );
     describe_gauge!(
         m::GATEWAY_NODES_KNOWN,
         "Nodes known (up, down or not yet answered)"

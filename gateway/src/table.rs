@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use realizar_shared::control::ModelState;
 
+use crate::breaker::Breaker;
 use crate::hash;
 use crate::membership::Membership;
 use crate::routing::Candidate;
@@ -24,6 +25,8 @@ pub struct Owner {
     /// Requests this gateway has sent to the node and not finished
     /// (shared by every model's entry for the node, kept across rebuilds).
     pub inflight: Arc<AtomicU64>,
+    /// The node's circuit breaker (kept across rebuilds, like `inflight`).
+    pub breaker: Arc<Breaker>,
 }
 
 impl Owner {
@@ -36,6 +39,23 @@ impl Owner {
     }
 }
 
+/// What the gateway keeps per node across rebuilds of the table.
+#[derive(Debug, Clone)]
+pub struct PerNode {
+    pub inflight: Arc<AtomicU64>,
+    pub breaker: Arc<Breaker>,
+}
+
+impl Default for PerNode {
+    fn default() -> Self {
+        PerNode {
+            inflight: Arc::default(),
+            // Five failures in a row open it for 10 s.
+            breaker: Arc::new(Breaker::new(5, std::time::Duration::from_secs(10))),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     /// Bumped on every rebuild.
@@ -44,19 +64,15 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// From the live nodes' reports. `inflight` holds each node's counter,
-    /// created on first sight and kept for the node's life.
-    pub fn build(
-        m: &Membership,
-        inflight: &mut BTreeMap<String, Arc<AtomicU64>>,
-        version: u64,
-    ) -> Self {
+    /// From the live nodes' reports. `per_node` holds each node's in-flight
+    /// counter and breaker, created on first sight and kept for its life.
+    pub fn build(m: &Membership, per_node: &mut BTreeMap<String, PerNode>, version: u64) -> Self {
         let mut models: BTreeMap<String, Vec<Owner>> = BTreeMap::new();
         for (member, report) in m.live() {
             if report.draining {
                 continue;
             }
-            let counter = inflight.entry(member.url.clone()).or_default().clone();
+            let node = per_node.entry(member.url.clone()).or_default().clone();
             for model in report
                 .models
                 .iter()
@@ -67,7 +83,8 @@ impl RoutingTable {
                     id_hash: hash::of(&report.node_id),
                     url: member.url.clone(),
                     reported: (model.running + model.waiting) as u64,
-                    inflight: counter.clone(),
+                    inflight: node.inflight.clone(),
+                    breaker: node.breaker.clone(),
                 });
             }
         }

@@ -57,3 +57,5 @@ pub const GATEWAY_ROUTING_SECONDS: &str = "realizar_gateway_routing_decision_sec
 pub const GATEWAY_NODES_UP: &str = "realizar_gateway_nodes_up";
 pub const GATEWAY_NODES_KNOWN: &str = "realizar_gateway_nodes_known";
 pub const GATEWAY_REPLICA_LOADS: &str = "realizar_gateway_replica_loads_total";
+/// 1 while a node's circuit breaker is open (or half-open), else 0.
+pub const GATEWAY_BREAKER_OPEN: &str = "realizar_gateway_breaker_open";
