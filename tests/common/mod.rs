@@ -123,15 +123,18 @@ impl Server {
 
     /// Resident set size of the server process, in bytes.
     pub fn rss(&self) -> u64 {
+        self.proc_status_kib("VmRSS") * 1024
+    }
+
+    /// A `kB` field of /proc/PID/status (VmRSS, RssAnon, RssFile, ...).
+    pub fn proc_status_kib(&self, field: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("proc status");
-        let kb: u64 = s
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+        s.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kb * 1024
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 }
 

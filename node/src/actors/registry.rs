@@ -277,7 +277,7 @@ impl Actor for Registry {
             // handles held by finishing requests are gone.
             release_free_memory();
             tokio::spawn(async {
-                for ms in [100, 1000] {
+                for ms in [100, 900, 2000] {
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     release_free_memory();
                 }
