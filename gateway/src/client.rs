@@ -105,12 +105,14 @@ impl NodeClient {
         base: &str,
         path_and_query: &str,
         body: Bytes,
-    ) -> Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error> {
+    ) -> Result<hyper::Response<Incoming>, String> {
+        // A node's URL comes from its report or the command line: a bad one
+        // is this request's failure on that node, not a panic.
         let req = hyper::Request::post(format!("{base}{path_and_query}"))
             .header("content-type", "application/json")
             .body(Full::new(body))
-            .expect("a valid request");
-        self.inner.request(req).await
+            .map_err(|e| format!("{base}: {e}"))?;
+        self.inner.request(req).await.map_err(|e| e.to_string())
     }
 
     /// A node's `/metrics` text.

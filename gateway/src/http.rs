@@ -444,7 +444,9 @@ async fn join(State(gw): State<Gw>, headers: HeaderMap, body: Bytes) -> Response
         }
     };
     let url = report.url.trim_end_matches('/').to_owned();
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
+    if !(url.starts_with("http://") || url.starts_with("https://"))
+        || url.parse::<hyper::Uri>().is_err()
+    {
         return ApiError::invalid_param("url", "the report's `url` must be an http(s) URL")
             .into_response();
     }
