@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use realizar_shared::control::{LoadReport, LoadRequest, ModelState};
 
 use crate::client::NodeClient;
-use crate::membership::{Change, Membership};
+use crate::membership::{Change, Health, Membership};
 use crate::placement::{place, ModelSlot, NodeSlot, Placement};
 use crate::table::{PerNode, RoutingTable};
 use crate::Shared;
@@ -115,7 +115,16 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
             }
             shared.table.store(Arc::new(table));
             let placement = placement(&m, &shared.catalog);
-            let loads = wanted_loads(&m, &placement, &shared.catalog, &mut pending, now);
+            // Until every known node has answered once (or been silent long
+            // enough to count as down), placement would be computed over part
+            // of the cluster and load replicas that a moment later belong
+            // elsewhere: wait for membership to settle.
+            let settled = m.members().all(|x| x.health != Health::Unknown);
+            let loads = if settled {
+                wanted_loads(&m, &placement, &shared.catalog, &mut pending, now)
+            } else {
+                Vec::new()
+            };
             *shared.placement.write().unwrap_or_else(|e| e.into_inner()) = placement;
             for (url, req) in loads {
                 let c = client.clone();
