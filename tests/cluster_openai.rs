@@ -8,7 +8,6 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::python;
 use serde_json::Value;
 
 struct Proc(Child);
@@ -33,34 +32,8 @@ impl Drop for Proc {
 
 #[test]
 fn openai_client_through_a_three_node_cluster() {
-    let py = python();
-    let probe = Command::new(&py).args(["-c", "import openai"]).status();
-    assert!(
-        probe.is_ok_and(|s| s.success()),
-        "{py} cannot import openai: run scripts/test.sh (it makes target/pyenv) or set REALIZAR_TEST_PYTHON"
-    );
     const CTX: usize = 1024;
-    let question = "What is the capital of France?";
-    let out = common::realizar()
-        .args(["run", "--model", "smollm2", "--chat", "--prompt", question])
-        .args([
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "24",
-            "--kv-type",
-            "f16",
-        ])
-        .output()
-        .expect("realizar run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let expected = dir.path().join("expected.txt");
-    std::fs::write(&expected, &out.stdout).unwrap();
+    let (py, dir, expected) = common::openai_client_setup();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

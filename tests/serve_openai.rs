@@ -8,39 +8,12 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{python, Server};
+use common::Server;
 
 #[test]
 fn openai_client_and_promtool_against_serve() {
-    let py = python();
-    let probe = Command::new(&py).args(["-c", "import openai"]).status();
-    assert!(
-        probe.is_ok_and(|s| s.success()),
-        "{py} cannot import openai: run scripts/test.sh (it makes target/pyenv) or set REALIZAR_TEST_PYTHON"
-    );
     const CTX: usize = 1024;
-    let question = "What is the capital of France?";
-    // The independent expectation: the CLI's single-sequence greedy generation.
-    let out = common::realizar()
-        .args(["run", "--model", "smollm2", "--chat", "--prompt", question])
-        .args([
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "24",
-            "--kv-type",
-            "f16",
-        ])
-        .output()
-        .expect("realizar run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let expected = dir.path().join("expected.txt");
-    std::fs::write(&expected, &out.stdout).unwrap();
+    let (py, dir, expected) = common::openai_client_setup();
 
     let server = Server::start(&[
         "serve",

@@ -317,3 +317,38 @@ pub fn derived(t: realizar_node::tensor::GgmlType) -> std::path::PathBuf {
     }
     out
 }
+
+/// What tests/openai_client.py needs: a Python with the `openai` package,
+/// a scratch directory, and the file holding the independent expectation —
+/// the CLI's single-sequence greedy chat answer (24 tokens, f16 KV) to the
+/// script's question.
+pub fn openai_client_setup() -> (String, tempfile::TempDir, std::path::PathBuf) {
+    let py = python();
+    let probe = Command::new(&py).args(["-c", "import openai"]).status();
+    assert!(
+        probe.is_ok_and(|s| s.success()),
+        "{py} cannot import openai: run scripts/test.sh (it makes target/pyenv) or set REALIZAR_TEST_PYTHON"
+    );
+    let question = "What is the capital of France?";
+    let out = realizar()
+        .args(["run", "--model", "smollm2", "--chat", "--prompt", question])
+        .args([
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--kv-type",
+            "f16",
+        ])
+        .output()
+        .expect("realizar run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.txt");
+    std::fs::write(&expected, &out.stdout).unwrap();
+    (py, dir, expected)
+}
