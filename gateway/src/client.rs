@@ -99,17 +99,40 @@ impl NodeClient {
         Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
     }
 
+    /// `DELETE /admin/models/{id}`: the node fails what is still in flight
+    /// on it (the coordinator asks only once the replica is idle).
+    pub async fn unload(&self, base: &str, id: &str) -> Result<(), String> {
+        let req = self
+            .admin(hyper::Request::delete(format!(
+                "{base}/admin/models/{}",
+                path_segment(id)
+            )))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let (status, body) = self.fetch(req, Duration::from_secs(30)).await?;
+        // Already gone counts as done.
+        if status.is_success() || status == hyper::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+    }
+
     /// Send a client's request on to a node; the response streams.
     pub async fn forward(
         &self,
         base: &str,
         path_and_query: &str,
         body: Bytes,
+        affinity: u64,
     ) -> Result<hyper::Response<Incoming>, String> {
         // A node's URL comes from its report or the command line: a bad one
         // is this request's failure on that node, not a panic.
         let req = hyper::Request::post(format!("{base}{path_and_query}"))
             .header("content-type", "application/json")
+            .header(
+                realizar_shared::control::AFFINITY_HEADER,
+                format!("{affinity:016x}"),
+            )
             .body(Full::new(body))
             .map_err(|e| format!("{base}: {e}"))?;
         self.inner.request(req).await.map_err(|e| e.to_string())
@@ -125,5 +148,34 @@ impl NodeClient {
             return Err(format!("HTTP {status}"));
         }
         String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+    }
+}
+
+/// A model id as one URL path segment: everything but RFC 3986's
+/// unreserved characters percent-encoded (ids may hold `/`, `@`, spaces).
+fn path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_become_one_path_segment() {
+        assert_eq!(
+            super::path_segment("org/model q4@2"),
+            "org%2Fmodel%20q4%402"
+        );
+        assert_eq!(
+            super::path_segment("smollm2-135M_v1.0~x"),
+            "smollm2-135M_v1.0~x"
+        );
     }
 }

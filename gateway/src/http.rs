@@ -26,14 +26,14 @@ use realizar_shared::metrics as names;
 use realizar_shared::openai::{Envelope, ModelCard, ModelList};
 use serde_json::json;
 
+use crate::admin;
 use crate::client::NodeClient;
-use crate::membership::Health;
-use crate::routing::{affinity_key, choose};
+use crate::routing::{affinity_key, choose_by, PREFIX_BYTES};
 use crate::Shared;
 
 /// Bytes of the prompt that make the affinity key when the request names
 /// no user or session: about the system prompt and the first message.
-const AFFINITY_PREFIX: usize = 256;
+const AFFINITY_PREFIX: usize = PREFIX_BYTES;
 /// Further owners tried after the first.
 const RETRIES: usize = 2;
 
@@ -46,7 +46,17 @@ pub struct Gw {
 
 pub fn router(gw: Gw) -> Router {
     let admin = Router::new()
-        .route("/admin/cluster", get(cluster))
+        .route("/admin/cluster", get(admin::cluster))
+        .route(
+            "/admin/models",
+            get(admin::list_models).post(admin::add_model),
+        )
+        .route(
+            "/admin/models/{*id}",
+            axum::routing::patch(admin::change_model).delete(admin::remove_model),
+        )
+        .route("/admin/nodes/{id}/drain", post(admin::drain))
+        .route("/admin/nodes/{id}/undrain", post(admin::undrain))
         .route_layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             require_admin,
@@ -65,7 +75,7 @@ pub fn router(gw: Gw) -> Router {
         .merge(api)
         .merge(admin)
         .route("/health", get(health))
-        .route("/admin/nodes/join", post(join))
+        .route("/admin/nodes/join", post(admin::join))
         .route("/metrics", get(own_metrics))
         .route("/metrics/fleet", get(fleet_metrics))
         .fallback(|| async { ApiError::no_route() })
@@ -73,7 +83,7 @@ pub fn router(gw: Gw) -> Router {
         .with_state(gw)
 }
 
-fn bearer(h: &HeaderMap) -> &str {
+pub(crate) fn bearer(h: &HeaderMap) -> &str {
     h.get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -81,11 +91,11 @@ fn bearer(h: &HeaderMap) -> &str {
 }
 
 /// Compares in time that depends only on the lengths.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-fn unauthorized(what: &str) -> Response {
+pub(crate) fn unauthorized(what: &str) -> Response {
     let mut r = ApiError::unauthorized(
         format!("Incorrect or missing API key: send `Authorization: Bearer <{what}>`"),
         "invalid_api_key",
@@ -192,7 +202,13 @@ async fn route_and_send(
         None => return Err(ApiError::invalid_param("model", "`model` is required")),
     };
     let Some(owners) = table.models.get(&model).filter(|o| !o.is_empty()) else {
-        if gw.shared.catalog.iter().any(|e| e.id == model) {
+        let placed = gw
+            .shared
+            .catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&model);
+        if placed {
             return Err(ApiError::unavailable(
                 format!("model `{model}` is being placed; no replica is ready yet"),
                 "model_loading",
@@ -222,14 +238,19 @@ async fn route_and_send(
             // Every owner's breaker is open: try them rather than refuse.
             left = untried.collect();
         }
-        let cands: Vec<_> = left.iter().map(|o| o.candidate()).collect();
+        let cands: Vec<_> = left.iter().map(|o| o.candidate(key)).collect();
         let t_route = std::time::Instant::now();
-        let chosen = choose(key, &cands, gw.shared.epsilon);
+        let turn = gw.shared.turn.fetch_add(1, Ordering::Relaxed);
+        let prefix = env.prompt_head.len() >= PREFIX_BYTES;
+        let chosen = choose_by(gw.shared.policy, key, prefix, turn, &cands, gw.shared.bound);
         metrics::histogram!(names::GATEWAY_ROUTING_SECONDS).record(t_route.elapsed().as_secs_f64());
         let Some((i, reason)) = chosen else {
             break;
         };
         let owner = left[i];
+        if prefix {
+            owner.sent(key);
+        }
         let count = InFlight::new(&owner.inflight);
         let why = if attempt > 0 {
             "retry"
@@ -238,7 +259,7 @@ async fn route_and_send(
         };
         let _ = owner.breaker.admit(now);
         let sent = std::time::Instant::now();
-        let answer = gw.client.forward(&owner.url, path, body.clone()).await;
+        let answer = gw.client.forward(&owner.url, path, body.clone(), key).await;
         match &answer {
             Ok(r) if r.status().is_server_error() => owner.breaker.failure(sent),
             Ok(_) => owner.breaker.success(),
@@ -334,55 +355,6 @@ async fn health(State(gw): State<Gw>) -> Response {
     }
 }
 
-async fn cluster(State(gw): State<Gw>) -> Json<serde_json::Value> {
-    let table = gw.shared.table.load();
-    let nodes: Vec<_> = gw
-        .shared
-        .membership
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .members()
-        .map(|m| {
-            json!({
-                "id": m.id(),
-                "url": m.url,
-                "state": match m.health {
-                    Health::Up => "up",
-                    Health::Down => "down",
-                    Health::Unknown => "unknown",
-                },
-                "last_report": m.report,
-            })
-        })
-        .collect();
-    let placement = gw
-        .shared
-        .placement
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let models: Vec<_> = gw
-        .shared
-        .catalog
-        .iter()
-        .map(|e| {
-            let ready: Vec<&str> = table
-                .models
-                .get(&e.id)
-                .map(|o| o.iter().map(|x| x.node_id.as_str()).collect())
-                .unwrap_or_default();
-            json!({
-                "id": e.id,
-                "path": e.path,
-                "replicas": e.replicas,
-                "owners": placement.owners_of(&e.id),
-                "ready": ready,
-            })
-        })
-        .collect();
-    Json(json!({"version": table.version, "nodes": nodes, "models": models}))
-}
-
 async fn own_metrics(State(gw): State<Gw>) -> Response {
     prometheus_text(gw.prometheus.render())
 }
@@ -423,42 +395,4 @@ async fn fleet_metrics(State(gw): State<Gw>) -> Response {
     }
     sources.push((None, own.as_str()));
     prometheus_text(crate::fleet_metrics::merge(sources))
-}
-
-/// `POST /admin/nodes/join`: a node's heartbeat (its load report). Taken
-/// with the admin key or the cluster token, when either is configured.
-async fn join(State(gw): State<Gw>, headers: HeaderMap, body: Bytes) -> Response {
-    let given = bearer(&headers).as_bytes();
-    let keys: Vec<&String> = [&gw.shared.admin_key, &gw.shared.cluster_token]
-        .into_iter()
-        .flatten()
-        .collect();
-    if !keys.is_empty() && !keys.iter().any(|k| same_secret(given, k.as_bytes())) {
-        return unauthorized("cluster token");
-    }
-    let report: realizar_shared::control::LoadReport = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return ApiError::bad_request(format!("not a load report: {e}"), None, "invalid_report")
-                .into_response()
-        }
-    };
-    let url = report.url.trim_end_matches('/').to_owned();
-    if !(url.starts_with("http://") || url.starts_with("https://"))
-        || url.parse::<hyper::Uri>().is_err()
-    {
-        return ApiError::invalid_param("url", "the report's `url` must be an http(s) URL")
-            .into_response();
-    }
-    let now = std::time::Instant::now();
-    let mut m = gw
-        .shared
-        .membership
-        .write()
-        .unwrap_or_else(|e| e.into_inner());
-    m.add(&url, crate::membership::Source::Joined, now);
-    if let Some(c) = m.on_report(&url, report, now) {
-        tracing::info!(?c, "joined");
-    }
-    Json(json!({"joined": url})).into_response()
 }

@@ -5,13 +5,21 @@
 //!   affinity routing among a model's owners), so gateway replicas agree
 //!   without shared state;
 //! - `membership`: who is in the cluster and who is up;
+//! - `catalog`: the models the cluster serves (changed at run time through
+//!   `/admin/models`); `config`: the gateway's TOML;
 //! - `control`: the loop that polls nodes, rebuilds the routing snapshot
-//!   (`table`) and loads replicas where placement puts them;
+//!   (`table`) and carries out the `coordinator`'s plan (loads, warm-first
+//!   unloads, drains), logging it (`events`);
 //! - `http`, `client`: the OpenAI front door and the proxy to the nodes.
 
+pub mod admin;
 pub mod breaker;
+pub mod catalog;
 pub mod client;
+pub mod config;
 pub mod control;
+pub mod coordinator;
+pub mod events;
 pub mod fleet_metrics;
 pub mod hash;
 pub mod http;
@@ -20,16 +28,21 @@ pub mod placement;
 pub mod routing;
 pub mod table;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use realizar_shared::http_server::Limits;
 
-use control::CatalogEntry;
+use catalog::{Catalog, CatalogEntry};
+use coordinator::Drain;
+use events::Events;
 use membership::{Membership, Source};
 use placement::Placement;
+use routing::Policy;
 use table::RoutingTable;
 
 /// State the control loop writes and requests read.
@@ -38,10 +51,19 @@ pub struct Shared {
     /// The routing snapshot: swapped whole, read without locks.
     pub table: ArcSwap<RoutingTable>,
     pub placement: RwLock<Placement>,
-    pub catalog: Vec<CatalogEntry>,
-    /// Bounded-load slack: an owner takes a request while its load is
-    /// under (1+ε)× the owners' mean.
-    pub epsilon: f64,
+    pub catalog: RwLock<Catalog>,
+    /// Nodes (by id) being drained or drained.
+    pub drains: RwLock<BTreeMap<String, Drain>>,
+    /// How long a drain waits for in-flight requests and warm replicas
+    /// elsewhere before it unloads the node's replicas anyway.
+    pub drain_timeout: Duration,
+    pub events: Mutex<Events>,
+    pub policy: Policy,
+    /// Requests routed (round-robin's turn).
+    pub turn: AtomicU64,
+    /// Bounded load: an owner takes a request while its load is under
+    /// (1+ε)× the owners' mean or under the floor.
+    pub bound: routing::Bound,
     /// Keys the API routes accept (none: open).
     pub api_keys: Vec<String>,
     /// Key the `/admin/*` routes need (none: open).
@@ -49,6 +71,16 @@ pub struct Shared {
     /// The token shared with the nodes (their admin token); joining nodes
     /// present it.
     pub cluster_token: Option<String>,
+}
+
+impl Shared {
+    /// Log a coordinator event (events.rs).
+    pub fn event(&self, kind: &'static str, node: &str, model: &str, detail: impl Into<String>) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(kind, node, model, detail);
+    }
 }
 
 pub struct GatewayOptions {
@@ -60,7 +92,9 @@ pub struct GatewayOptions {
     pub discover_dns: Vec<String>,
     pub dns_every: Duration,
     pub catalog: Vec<CatalogEntry>,
-    pub epsilon: f64,
+    pub policy: Policy,
+    pub bound: routing::Bound,
+    pub drain_timeout: Duration,
     pub api_keys: Vec<String>,
     pub admin_key: Option<String>,
     /// Presented to nodes as their admin token.
@@ -83,8 +117,13 @@ pub async fn run(
         membership: RwLock::new(m),
         table: ArcSwap::from_pointee(RoutingTable::default()),
         placement: RwLock::new(Placement::default()),
-        catalog: o.catalog,
-        epsilon: o.epsilon,
+        catalog: RwLock::new(Catalog::new(o.catalog)?),
+        drains: RwLock::new(BTreeMap::new()),
+        drain_timeout: o.drain_timeout,
+        events: Mutex::new(Events::new(now)),
+        policy: o.policy,
+        turn: AtomicU64::new(0),
+        bound: o.bound,
         api_keys: o.api_keys,
         admin_key: o.admin_key,
         cluster_token: o.cluster_token.clone(),
@@ -178,6 +217,14 @@ fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, St
     describe_counter!(
         m::GATEWAY_REPLICA_LOADS,
         "Replica loads asked of nodes, by outcome"
+    );
+    describe_counter!(
+        m::GATEWAY_REPLICA_UNLOADS,
+        "Replica unloads asked of nodes, by outcome"
+    );
+    describe_counter!(
+        m::GATEWAY_PLACEMENT_MOVES,
+        "Replicas whose owner changed between two placements"
     );
     let _ = HANDLE.set(h.clone());
     Ok(h)

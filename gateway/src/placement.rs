@@ -35,6 +35,10 @@ pub struct ModelSlot {
     pub replicas: usize,
     /// Bytes it takes on a node (file plus KV pool).
     pub bytes: u64,
+    /// Nodes that own it whenever they are present and it fits them,
+    /// ahead of the ranking (they count towards `replicas`; more pins than
+    /// replicas all own it).
+    pub pin: Vec<String>,
 }
 
 /// Owners per model, each list in ranking order (the first owner ranks
@@ -83,17 +87,20 @@ pub fn rank<'a>(model: &str, nodes: &'a [NodeSlot]) -> Vec<&'a NodeSlot> {
     scored.into_iter().map(|(_, _, n)| n).collect()
 }
 
-/// Place every model: in id order, each on the best-ranked nodes that
-/// still have room, up to its replica count.
+/// Place every model: in id order, each on its pinned nodes, then on the
+/// best-ranked nodes that still have room, up to its replica count.
 pub fn place(nodes: &[NodeSlot], models: &[ModelSlot]) -> Placement {
     let mut free: BTreeMap<&str, u64> = nodes.iter().map(|n| (n.id.as_str(), n.capacity)).collect();
     let mut order: Vec<&ModelSlot> = models.iter().collect();
     order.sort_by(|a, b| a.id.cmp(&b.id));
     let mut owners = BTreeMap::new();
     for m in order {
-        let mut chosen = Vec::with_capacity(m.replicas);
-        for n in rank(&m.id, nodes) {
-            if chosen.len() == m.replicas {
+        let mut chosen: Vec<String> = Vec::with_capacity(m.replicas);
+        let ranked = rank(&m.id, nodes);
+        let pinned = ranked.iter().filter(|n| m.pin.contains(&n.id));
+        let rest = ranked.iter().filter(|n| !m.pin.contains(&n.id));
+        for (is_pin, n) in pinned.map(|n| (true, n)).chain(rest.map(|n| (false, n))) {
+            if !is_pin && chosen.len() >= m.replicas {
                 break;
             }
             let left = free
@@ -132,6 +139,7 @@ mod tests {
                 replicas,
                 // Small enough that capacity never binds here.
                 bytes: 1,
+                pin: Vec::new(),
             })
             .collect()
     }
@@ -247,6 +255,7 @@ mod tests {
                     id: format!("model-{i}"),
                     replicas,
                     bytes: (hash::mix(seed ^ i as u64) % (6 * GIB)) + 1,
+                    pin: Vec::new(),
                 })
                 .collect();
             let p = place(&ns, &ms);
@@ -266,6 +275,44 @@ mod tests {
                 prop_assert!(used.get(node.id.as_str()).copied().unwrap_or(0) <= node.capacity);
             }
         }
+    }
+
+    #[test]
+    fn pinned_nodes_own_first_and_count_towards_replicas() {
+        let ns: Vec<NodeSlot> = (0..5)
+            .map(|i| NodeSlot {
+                id: format!("n{i}"),
+                capacity: 16 * GIB,
+            })
+            .collect();
+        let mut m = ModelSlot {
+            id: "m".into(),
+            replicas: 2,
+            bytes: GIB,
+            pin: Vec::new(),
+        };
+        let free = place(&ns, std::slice::from_ref(&m));
+        // Pin a node hashing did not choose: it owns, plus the best-ranked.
+        let outsider = ns
+            .iter()
+            .find(|n| !free.owners_of("m").contains(&n.id))
+            .unwrap()
+            .id
+            .clone();
+        m.pin = vec![outsider.clone(), "absent".into()];
+        let p = place(&ns, std::slice::from_ref(&m));
+        assert_eq!(
+            p.owners_of("m"),
+            [outsider.clone(), free.owners_of("m")[0].clone()]
+        );
+        // More pins than replicas: every pinned node owns it.
+        m.pin = ns.iter().take(3).map(|n| n.id.clone()).collect();
+        assert_eq!(place(&ns, std::slice::from_ref(&m)).owners_of("m").len(), 3);
+        // A pinned node it does not fit is skipped.
+        m.bytes = 17 * GIB;
+        assert!(place(&ns, std::slice::from_ref(&m))
+            .owners_of("m")
+            .is_empty());
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! hashing with bounded loads. The request's affinity key (its user or
 //! session, else the start of its prompt) ranks the owners by rendezvous
 //! hash; the first owner whose load leaves room under
-//! `ceil((1+ε)·(total+1)/n)` takes it, so the same key keeps going to the
-//! same node (and finds its prefix cached there) until that node is
-//! busier than its fair share allows, and no node ever takes more than
-//! (1+ε)× the mean. A pure function: two gateways with the same owners and
+//! `max(ceil((1+ε)·(total+1)/n), floor)` takes it, so the same key keeps
+//! going to the same node (and finds its prefix cached there) until that
+//! node is busier than its fair share allows, and once loads are past the
+//! floor no node takes more than (1+ε)× the mean. A pure function: two gateways with the same owners and
 //! loads choose alike.
 
 use crate::hash;
@@ -19,6 +19,12 @@ pub struct Candidate<'a> {
     /// Sequences running and waiting on it for this model, plus the
     /// requests this gateway sent since its last report.
     pub load: u64,
+    /// It reports the request's key as cached (its prompt start is in its
+    /// prefix cache).
+    pub cached: bool,
+    /// How many keys it reports cached for the model: its share of the
+    /// model's cached prompts.
+    pub keys: u64,
 }
 
 /// Why a request went where it went (sent as `x-realizar-route`).
@@ -28,9 +34,76 @@ pub enum Reason {
     Affinity,
     /// A later-ranked owner: the ones before it were over the bound.
     Spill,
-    /// No ranking applied (no owner under the bound: cannot happen with
-    /// loads counted as here, kept for safety).
+    /// No ranking applied: the least loaded owner (the least-loaded
+    /// policy; under affinity only when no owner is under the bound, which
+    /// loads counted as here never give).
     LeastLoaded,
+    /// The round-robin policy's turn.
+    RoundRobin,
+}
+
+/// How a gateway chooses among a model's ready owners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Rendezvous rank by the affinity key, bounded load (`choose`).
+    #[default]
+    Affinity,
+    /// The least loaded owner.
+    LeastLoaded,
+    /// Each owner in turn: the baseline prefix affinity is measured
+    /// against.
+    RoundRobin,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "affinity" => Ok(Policy::Affinity),
+            "least-loaded" => Ok(Policy::LeastLoaded),
+            "round-robin" => Ok(Policy::RoundRobin),
+            _ => Err(format!(
+                "`{s}`: expected affinity, least-loaded or round-robin"
+            )),
+        }
+    }
+}
+
+/// The choice under `policy`; `turn` counts requests (round-robin's
+/// position).
+pub fn choose_by(
+    policy: Policy,
+    key: u64,
+    prefix: bool,
+    turn: u64,
+    owners: &[Candidate],
+    b: Bound,
+) -> Option<(usize, Reason)> {
+    match policy {
+        Policy::Affinity => choose(key, prefix, owners, b),
+        Policy::LeastLoaded => least_loaded(owners).map(|i| (i, Reason::LeastLoaded)),
+        Policy::RoundRobin if owners.is_empty() => None,
+        Policy::RoundRobin => {
+            // In id order, so the turn means the same whatever order the
+            // owners come in.
+            let mut order: Vec<usize> = (0..owners.len()).collect();
+            order.sort_by(|&a, &b| owners[a].id.cmp(owners[b].id));
+            Some((
+                order[(turn % owners.len() as u64) as usize],
+                Reason::RoundRobin,
+            ))
+        }
+    }
+}
+
+/// The owner with the least load (ties: the smaller id).
+pub fn least_loaded(owners: &[Candidate]) -> Option<usize> {
+    owners
+        .iter()
+        .enumerate()
+        .min_by(|(_, a), (_, b)| a.load.cmp(&b.load).then_with(|| a.id.cmp(b.id)))
+        .map(|(i, _)| i)
 }
 
 impl Reason {
@@ -39,9 +112,16 @@ impl Reason {
             Reason::Affinity => "affinity",
             Reason::Spill => "spill",
             Reason::LeastLoaded => "least-loaded",
+            Reason::RoundRobin => "round-robin",
         }
     }
 }
+
+/// Prompts this long (as sent) have a start worth caching: balancing cache
+/// shares applies to them. Shorter ones would never be reported cached, and
+/// balancing them by cache share would send every one to the node that
+/// caches least.
+pub const PREFIX_BYTES: usize = 256;
 
 /// The affinity key of a request: its user or session when it has one,
 /// else its prompt's first `prefix` bytes (as sent).
@@ -52,14 +132,57 @@ pub fn affinity_key(user: Option<&str>, prompt_head: &[u8], prefix: usize) -> u6
     }
 }
 
+/// When an owner counts as too busy to take a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
+    /// Over `ceil((1+ε)·(total+1)/n)`...
+    pub epsilon: f64,
+    /// ...and at least this many sequences: below it a node is never too
+    /// busy, since its batch absorbs them at little cost. Without a floor,
+    /// one sequence in flight makes its node "over" a bound of 1 at light
+    /// load, and keys would bounce between owners for no gain (and two
+    /// gateways, each seeing its own traffic, would disagree).
+    pub floor: u64,
+}
+
+impl Default for Bound {
+    fn default() -> Self {
+        Bound {
+            epsilon: 0.25,
+            floor: 4,
+        }
+    }
+}
+
+impl Bound {
+    /// The load an owner must stay under to take a request.
+    pub fn limit(&self, total: u64, n: usize) -> u64 {
+        let fair = ((1.0 + self.epsilon) * (total + 1) as f64 / n as f64).ceil() as u64;
+        fair.max(self.floor)
+    }
+}
+
 /// Index of the chosen candidate and why. `None` when there is none.
-pub fn choose(key: u64, owners: &[Candidate], epsilon: f64) -> Option<(usize, Reason)> {
+///
+/// In order: the best-ranked owner that has the key cached and is under
+/// the load bound; else the best-ranked owner under the load bound whose
+/// share of cached keys is under `ceil((keys+1)/n)` (when the request has a
+/// `prefix` worth caching: a prompt at least `PREFIX_BYTES` long) — so a key new to the
+/// cluster goes where it ranks unless that node already caches more than
+/// its share of keys, and the tenants of a model spread evenly over its
+/// owners' caches (equal-sized: every owner loads the model with the same
+/// options, and a cache holding more tenants than fit keeps none of them
+/// long); else the best-ranked under the load bound;
+/// else the least loaded.
+pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<(usize, Reason)> {
     let n = owners.len();
     if n == 0 {
         return None;
     }
     let total: u64 = owners.iter().map(|c| c.load).sum();
-    let bound = ((1.0 + epsilon) * (total + 1) as f64 / n as f64).ceil() as u64;
+    let bound = b.limit(total, n);
+    let all_keys: u64 = owners.iter().map(|c| c.keys).sum();
+    let key_bound = (all_keys + 1).div_ceil(n as u64);
     // Owners are a model's replicas: few, so sorting them is cheap.
     let mut ranked: Vec<(u64, usize)> = owners
         .iter()
@@ -70,28 +193,40 @@ pub fn choose(key: u64, owners: &[Candidate], epsilon: f64) -> Option<(usize, Re
         b.0.cmp(&a.0)
             .then_with(|| owners[a.1].id.cmp(owners[b.1].id))
     });
+    if let Some(&(_, i)) = ranked
+        .iter()
+        .find(|(_, i)| owners[*i].cached && owners[*i].load < bound)
+    {
+        return Some((i, Reason::Affinity));
+    }
+    let why = |rank: usize| {
+        if rank == 0 {
+            Reason::Affinity
+        } else {
+            Reason::Spill
+        }
+    };
     for (rank, &(_, i)) in ranked.iter().enumerate() {
-        if owners[i].load < bound {
-            let why = if rank == 0 {
-                Reason::Affinity
-            } else {
-                Reason::Spill
-            };
-            return Some((i, why));
+        if owners[i].load < bound && (!prefix || owners[i].keys < key_bound) {
+            return Some((i, why(rank)));
         }
     }
-    let least = owners
-        .iter()
-        .enumerate()
-        .min_by(|(_, a), (_, b)| a.load.cmp(&b.load).then_with(|| a.id.cmp(b.id)))
-        .map(|(i, _)| i)?;
-    Some((least, Reason::LeastLoaded))
+    for (rank, &(_, i)) in ranked.iter().enumerate() {
+        if owners[i].load < bound {
+            return Some((i, why(rank)));
+        }
+    }
+    Some((least_loaded(owners)?, Reason::LeastLoaded))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn strict(epsilon: f64) -> Bound {
+        Bound { epsilon, floor: 0 }
+    }
 
     fn owners(ids: &[&'static str], loads: &[u64]) -> Vec<Candidate<'static>> {
         ids.iter()
@@ -100,6 +235,8 @@ mod tests {
                 id,
                 id_hash: hash::of(id),
                 load,
+                cached: false,
+                keys: 0,
             })
             .collect()
     }
@@ -110,12 +247,12 @@ mod tests {
         let mut counts = [0; 3];
         for k in 0..3000u64 {
             let key = hash::mix(k);
-            let (i, why) = choose(key, &o, 0.25).unwrap();
+            let (i, why) = choose(key, true, &o, strict(0.25)).unwrap();
             assert_eq!(why, Reason::Affinity);
             // The same key, the owners in another order: the same node.
             let mut rev = o.clone();
             rev.reverse();
-            let (j, _) = choose(key, &rev, 0.25).unwrap();
+            let (j, _) = choose(key, true, &rev, strict(0.25)).unwrap();
             assert_eq!(o[i].id, rev[j].id);
             counts[i] += 1;
         }
@@ -127,13 +264,77 @@ mod tests {
     fn a_busy_first_choice_spills_to_the_next_ranked() {
         let key = hash::mix(7);
         let idle = owners(&["a", "b", "c"], &[0, 0, 0]);
-        let (first, _) = choose(key, &idle, 0.25).unwrap();
+        let (first, _) = choose(key, true, &idle, strict(0.25)).unwrap();
         let mut loads = [1, 1, 1];
         loads[first] = 10; // bound: ceil(1.25·13/3) = 6
         let busy = owners(&["a", "b", "c"], &loads);
-        let (i, why) = choose(key, &busy, 0.25).unwrap();
+        let (i, why) = choose(key, true, &busy, strict(0.25)).unwrap();
         assert_ne!(i, first);
         assert_eq!(why, Reason::Spill);
+    }
+
+    #[test]
+    fn a_cached_key_goes_where_it_is_cached_and_new_keys_even_out_the_caches() {
+        let key = hash::mix(11);
+        let mut o = owners(&["a", "b", "c"], &[0, 0, 0]);
+        let (first, _) = choose(key, true, &o, Bound::default()).unwrap();
+        // Cached on another owner: there, though it ranks lower.
+        let other = (first + 1) % 3;
+        o[other].cached = true;
+        assert_eq!(
+            choose(key, true, &o, Bound::default()),
+            Some((other, Reason::Affinity))
+        );
+        // ...unless that owner is over the load bound.
+        o[other].load = 10;
+        assert_eq!(choose(key, true, &o, Bound::default()).unwrap().0, first);
+        // A new key whose first choice caches more than its share of keys
+        // (bound: ceil((12+1)/3) = 5) goes to the next-ranked...
+        let mut o = owners(&["a", "b", "c"], &[0, 0, 0]);
+        o[first].keys = 8;
+        o[(first + 1) % 3].keys = 2;
+        o[(first + 2) % 3].keys = 2;
+        let (i, why) = choose(key, true, &o, Bound::default()).unwrap();
+        assert_ne!(i, first);
+        assert_eq!(why, Reason::Spill);
+        // ...unless its prompt is too short to be cached.
+        assert_eq!(
+            choose(key, false, &o, Bound::default()),
+            Some((first, Reason::Affinity))
+        );
+        // Within its share (bound: ceil((7+1)/3) = 3): where it ranks.
+        o[first].keys = 2;
+        o[(first + 1) % 3].keys = 3;
+        assert_eq!(
+            choose(key, true, &o, Bound::default()),
+            Some((first, Reason::Affinity))
+        );
+    }
+
+    #[test]
+    fn under_the_floor_nobody_spills() {
+        let key = hash::mix(7);
+        let idle = owners(&["a", "b", "c"], &[0, 0, 0]);
+        let (first, _) = choose(key, true, &idle, Bound::default()).unwrap();
+        // 3 in flight, all on the key's owner: a strict bound (2) spills,
+        // the floor (4) keeps the key where its prefix is.
+        let mut loads = [0, 0, 0];
+        loads[first] = 3;
+        let o = owners(&["a", "b", "c"], &loads);
+        assert_eq!(
+            choose(key, true, &o, strict(0.25)).unwrap().1,
+            Reason::Spill
+        );
+        assert_eq!(
+            choose(key, true, &o, Bound::default()),
+            Some((first, Reason::Affinity))
+        );
+        loads[first] = 4;
+        let o = owners(&["a", "b", "c"], &loads);
+        assert_eq!(
+            choose(key, true, &o, Bound::default()).unwrap().1,
+            Reason::Spill
+        );
     }
 
     #[test]
@@ -149,6 +350,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_baseline_policies() {
+        let o = owners(&["b", "a", "c"], &[3, 5, 1]);
+        let turns: Vec<&str> = (0..6)
+            .map(|t| {
+                o[choose_by(Policy::RoundRobin, 0, true, t, &o, Bound::default())
+                    .unwrap()
+                    .0]
+                    .id
+            })
+            .collect();
+        assert_eq!(turns, ["a", "b", "c", "a", "b", "c"]);
+        assert_eq!(
+            choose_by(Policy::LeastLoaded, 0, true, 0, &o, Bound::default()),
+            Some((2, Reason::LeastLoaded))
+        );
+        assert_eq!(
+            choose_by(Policy::RoundRobin, 0, true, 0, &[], Bound::default()),
+            None
+        );
+        assert_eq!("round-robin".parse(), Ok(Policy::RoundRobin));
+        assert!("random".parse::<Policy>().is_err());
+    }
+
     proptest! {
         /// Whatever the loads, the chosen owner is under the bound, so no
         /// owner takes more than (1+ε)× the mean (plus one).
@@ -160,7 +385,7 @@ mod tests {
         ) {
             let ids: Vec<&'static str> = ["a", "b", "c", "d", "e", "f", "g", "h"][..loads.len()].to_vec();
             let o = owners(&ids, &loads);
-            let (i, why) = choose(key, &o, eps).unwrap();
+            let (i, why) = choose(key, true, &o, strict(eps)).unwrap();
             let total: u64 = loads.iter().sum();
             let bound = ((1.0 + eps) * (total + 1) as f64 / loads.len() as f64).ceil() as u64;
             prop_assert!(loads[i] < bound);
@@ -175,7 +400,7 @@ mod tests {
             let mut loads = [0u64; 3];
             for k in keys {
                 let o = owners(&ids, &loads);
-                let (i, _) = choose(hash::mix(k), &o, eps).unwrap();
+                let (i, _) = choose(hash::mix(k), true, &o, strict(eps)).unwrap();
                 loads[i] += 1;
                 let total: u64 = loads.iter().sum();
                 let max = *loads.iter().max().unwrap() as f64;

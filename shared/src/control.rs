@@ -130,7 +130,15 @@ pub struct ModelInfo {
     /// tokens, as the node's prefix cache keys them), busiest first.
     #[serde(default)]
     pub prefix_hashes: Vec<u64>,
+    /// Gateway affinity keys (`AFFINITY_HEADER`) whose prompt start is in
+    /// the prefix cache, most recently seen first (at most 256).
+    #[serde(default)]
+    pub affinity_keys: Vec<u64>,
 }
+
+/// The header a gateway names a request's affinity key in (16 hex digits),
+/// so the node can report which keys it has cached.
+pub const AFFINITY_HEADER: &str = "x-realizar-affinity";
 
 /// `GET /admin/models`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -57,5 +57,8 @@ pub const GATEWAY_ROUTING_SECONDS: &str = "realizar_gateway_routing_decision_sec
 pub const GATEWAY_NODES_UP: &str = "realizar_gateway_nodes_up";
 pub const GATEWAY_NODES_KNOWN: &str = "realizar_gateway_nodes_known";
 pub const GATEWAY_REPLICA_LOADS: &str = "realizar_gateway_replica_loads_total";
+pub const GATEWAY_REPLICA_UNLOADS: &str = "realizar_gateway_replica_unloads_total";
+/// Replicas whose owner changed between two placements.
+pub const GATEWAY_PLACEMENT_MOVES: &str = "realizar_gateway_placement_moves_total";
 /// 1 while a node's circuit breaker is open (or half-open), else 0.
 pub const GATEWAY_BREAKER_OPEN: &str = "realizar_gateway_breaker_open";

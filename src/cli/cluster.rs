@@ -7,7 +7,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use realizar_gateway::control::CatalogEntry;
+use realizar_gateway::catalog::CatalogEntry;
+use realizar_gateway::routing::Policy;
 use realizar_gateway::GatewayOptions;
 
 use super::fail;
@@ -37,6 +38,14 @@ pub struct ClusterArgs {
     ctx: Option<usize>,
     #[arg(long)]
     max_batch: Option<usize>,
+    #[arg(long)]
+    kv_memory_mib: Option<usize>,
+    /// How the gateway chooses among a model's owners (see `realizar gateway --help`).
+    #[arg(long, default_value = "affinity")]
+    policy: Policy,
+    /// The cluster token also becomes each node's admin token.
+    #[command(flatten)]
+    security: super::gateway::SecurityArgs,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -63,6 +72,7 @@ fn start(
         ("--max-queue", a.max_queue),
         ("--ctx", a.ctx),
         ("--max-batch", a.max_batch),
+        ("--kv-memory-mib", a.kv_memory_mib),
     ] {
         if let Some(v) = v {
             cmd.arg(flag).arg(v.to_string());
@@ -78,8 +88,11 @@ fn start(
         .arg("--model-dir")
         .arg(models_dir)
         .arg("--allow-downloads")
-        .stdin(Stdio::null())
-        .spawn()
+        .stdin(Stdio::null());
+    if let Some(t) = &a.security.cluster_token_file {
+        cmd.arg("--admin-token-file").arg(t);
+    }
+    cmd.spawn()
 }
 
 pub fn cluster(a: ClusterArgs) -> ExitCode {
@@ -87,16 +100,16 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         return fail("cluster", "--nodes must be at least 1");
     }
     let catalog: Result<Vec<CatalogEntry>, String> = if a.model.is_empty() {
-        Ok(vec![CatalogEntry {
-            id: "smollm2".into(),
-            path: "smollm2".into(),
-            replicas: a.nodes.min(2),
-        }])
+        CatalogEntry::parse(&format!("smollm2@{}", a.nodes.min(2))).map(|e| vec![e])
     } else {
         a.model.iter().map(|m| CatalogEntry::parse(m)).collect()
     };
     let catalog = match catalog {
         Ok(c) => c,
+        Err(e) => return fail("cluster", e),
+    };
+    let (api_keys, admin_key, cluster_token) = match a.security.read() {
+        Ok(s) => s,
         Err(e) => return fail("cluster", e),
     };
     let exe = match std::env::current_exe() {
@@ -136,10 +149,12 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         discover_dns: Vec::new(),
         dns_every: Duration::from_secs(5),
         catalog,
-        epsilon: 0.25,
-        api_keys: Vec::new(),
-        admin_key: None,
-        cluster_token: None,
+        policy: a.policy,
+        bound: realizar_gateway::routing::Bound::default(),
+        drain_timeout: Duration::from_secs(300),
+        api_keys,
+        admin_key,
+        cluster_token,
         limits: realizar_node::service::config::NodeConfig::default().limits(),
     };
     let rt = match super::server_runtime() {

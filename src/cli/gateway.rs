@@ -4,17 +4,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use realizar_gateway::control::CatalogEntry;
+use realizar_gateway::catalog::CatalogEntry;
+use realizar_gateway::config::GatewayConfig;
+use realizar_gateway::routing::Policy;
 use realizar_gateway::GatewayOptions;
+use realizar_shared::config::Checked;
 
 use super::fail;
 
 #[derive(clap::Args)]
 pub struct GatewayArgs {
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
+    /// TOML configuration (see configs/cluster.toml); flags override it,
+    /// --node and --model add to its lists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    port: Option<u16>,
     /// A node's base URL (repeatable).
     #[arg(long)]
     node: Vec<String>,
@@ -24,26 +31,84 @@ pub struct GatewayArgs {
     #[arg(long)]
     discover_dns: Vec<String>,
     /// Seconds between DNS resolutions.
-    #[arg(long, default_value_t = 5.0)]
-    dns_every_secs: f64,
+    #[arg(long)]
+    dns_every_secs: Option<f64>,
     /// A model the cluster serves: ID=PATH_OR_NAME[@REPLICAS] (repeatable).
     #[arg(long)]
     model: Vec<String>,
+    /// How to choose among a model's ready owners: affinity (bounded-load
+    /// rendezvous on the user, session or prompt start), least-loaded,
+    /// round-robin.
+    #[arg(long)]
+    policy: Option<Policy>,
     /// Bounded-load slack: an owner takes a request while its load is
     /// under (1+ε)× the mean of the model's owners.
-    #[arg(long, default_value_t = 0.25)]
-    epsilon: f64,
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// Below this many sequences in flight a node is never too busy to
+    /// take its keys' requests.
+    #[arg(long)]
+    spill_floor: Option<u64>,
+    /// Seconds a drain waits for in-flight requests and warm replicas
+    /// elsewhere before unloading the node's replicas anyway.
+    #[arg(long)]
+    drain_timeout_secs: Option<f64>,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// Keys and tokens, shared by `gateway` and `cluster`.
+#[derive(clap::Args, Default)]
+pub struct SecurityArgs {
     /// API keys the OpenAI routes accept, one per line (also
     /// REALIZAR_API_KEYS, comma-separated). None: open.
     #[arg(long)]
-    api_keys_file: Option<PathBuf>,
+    pub api_keys_file: Option<PathBuf>,
     /// The key /admin/* needs.
     #[arg(long)]
-    admin_key_file: Option<PathBuf>,
+    pub admin_key_file: Option<PathBuf>,
     /// The token the gateway presents to nodes' admin routes (their
     /// --admin-token-file).
     #[arg(long)]
-    cluster_token_file: Option<PathBuf>,
+    pub cluster_token_file: Option<PathBuf>,
+}
+
+/// (API keys, admin key, cluster token) from their files and the environment.
+pub type Secrets = (Vec<String>, Option<String>, Option<String>);
+
+impl SecurityArgs {
+    pub fn read(&self) -> Result<Secrets, String> {
+        let mut keys: Vec<String> = Vec::new();
+        if let Some(p) = &self.api_keys_file {
+            let t = std::fs::read_to_string(p)
+                .map_err(|e| format!("--api-keys-file {}: {e}", p.display()))?;
+            keys.extend(
+                t.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        if let Ok(v) = std::env::var("REALIZAR_API_KEYS") {
+            keys.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        let admin = self
+            .admin_key_file
+            .as_ref()
+            .map(|p| first_line(p, "--admin-key-file"))
+            .transpose()?;
+        let token = self
+            .cluster_token_file
+            .as_ref()
+            .map(|p| first_line(p, "--cluster-token-file"))
+            .transpose()?;
+        Ok((keys, admin, token))
+    }
 }
 
 fn first_line(p: &PathBuf, what: &str) -> Result<String, String> {
@@ -58,74 +123,77 @@ fn first_line(p: &PathBuf, what: &str) -> Result<String, String> {
     Ok(t)
 }
 
-fn api_keys(a: &GatewayArgs) -> Result<Vec<String>, String> {
-    let mut keys: Vec<String> = Vec::new();
-    if let Some(p) = &a.api_keys_file {
-        let t = std::fs::read_to_string(p)
-            .map_err(|e| format!("--api-keys-file {}: {e}", p.display()))?;
-        keys.extend(
-            t.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        );
+/// The config file with the flags applied, checked.
+fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
+    let mut c = match &a.config {
+        Some(p) => GatewayConfig::from_file(p).map_err(|e| e.to_string())?,
+        None => GatewayConfig::default(),
+    };
+    if let Some(h) = a.host {
+        c.host = h;
     }
-    if let Ok(v) = std::env::var("REALIZAR_API_KEYS") {
-        keys.extend(
-            v.split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned),
-        );
+    if let Some(p) = a.port {
+        c.port = p;
     }
-    Ok(keys)
+    c.nodes.extend(a.node);
+    c.discover_dns.extend(a.discover_dns);
+    if let Some(v) = a.dns_every_secs {
+        c.dns_every_secs = v;
+    }
+    if let Some(v) = a.policy {
+        c.policy = v;
+    }
+    if let Some(v) = a.epsilon {
+        c.epsilon = v;
+    }
+    if let Some(v) = a.spill_floor {
+        c.spill_floor = v;
+    }
+    if let Some(v) = a.drain_timeout_secs {
+        c.drain_timeout_secs = v;
+    }
+    for m in &a.model {
+        c.models.push(CatalogEntry::parse(m)?);
+    }
+    let security = SecurityArgs {
+        api_keys_file: a.security.api_keys_file.or(c.api_keys_file.take()),
+        admin_key_file: a.security.admin_key_file.or(c.admin_key_file.take()),
+        cluster_token_file: a
+            .security
+            .cluster_token_file
+            .or(c.cluster_token_file.take()),
+    };
+    // The flags are checked as the file is: the same messages.
+    let file = a
+        .config
+        .as_ref()
+        .map_or("command line".to_owned(), |p| p.display().to_string());
+    c.check(&file).map_err(|e| e.to_string())?;
+    let (api_keys, admin_key, cluster_token) = security.read()?;
+    Ok(GatewayOptions {
+        host: c.host,
+        port: c.port,
+        nodes: c.nodes,
+        discover_dns: c.discover_dns,
+        dns_every: Duration::from_secs_f64(c.dns_every_secs),
+        catalog: c.models,
+        policy: c.policy,
+        bound: realizar_gateway::routing::Bound {
+            epsilon: c.epsilon,
+            floor: c.spill_floor,
+        },
+        drain_timeout: Duration::from_secs_f64(c.drain_timeout_secs),
+        api_keys,
+        admin_key,
+        cluster_token,
+        limits: realizar_node::service::config::NodeConfig::default().limits(),
+    })
 }
 
 pub fn gateway(a: GatewayArgs) -> ExitCode {
-    let catalog: Result<Vec<CatalogEntry>, String> =
-        a.model.iter().map(|m| CatalogEntry::parse(m)).collect();
-    let catalog = match catalog {
-        Ok(c) => c,
+    let opts = match options(a) {
+        Ok(o) => o,
         Err(e) => return fail("gateway", e),
-    };
-    if !(a.epsilon.is_finite() && a.epsilon > 0.0) {
-        return fail("gateway", "--epsilon must be a number above 0");
-    }
-    let keys = match api_keys(&a) {
-        Ok(k) => k,
-        Err(e) => return fail("gateway", e),
-    };
-    let admin_key = match a
-        .admin_key_file
-        .as_ref()
-        .map(|p| first_line(p, "--admin-key-file"))
-    {
-        Some(Err(e)) => return fail("gateway", e),
-        Some(Ok(k)) => Some(k),
-        None => None,
-    };
-    let cluster_token = match a
-        .cluster_token_file
-        .as_ref()
-        .map(|p| first_line(p, "--cluster-token-file"))
-    {
-        Some(Err(e)) => return fail("gateway", e),
-        Some(Ok(k)) => Some(k),
-        None => None,
-    };
-    let limits = realizar_node::service::config::NodeConfig::default().limits();
-    let opts = GatewayOptions {
-        host: a.host,
-        port: a.port,
-        nodes: a.node,
-        discover_dns: a.discover_dns,
-        dns_every: Duration::from_secs_f64(a.dns_every_secs.max(0.1)),
-        catalog,
-        epsilon: a.epsilon,
-        api_keys: keys,
-        admin_key,
-        cluster_token,
-        limits,
     };
     let rt = match super::server_runtime() {
         Ok(rt) => rt,

@@ -75,6 +75,11 @@ impl ModelHandle {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            affinity_keys: e
+                .affinity_keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }

@@ -16,6 +16,7 @@ use realizar_shared::metrics as names;
 
 use super::request::{Event, GenRequest, LogprobEntry, TokenOut};
 use super::scheduler::{Finished, Sampled, SchedConfig, Schedule, Scheduler, StopKind};
+use crate::kv::affinity::AffinityKeys;
 use crate::kv::{KvPool, KvType};
 use crate::model::{Model, Workspace};
 use crate::sampling::{StopOutcome, TokenLogprob};
@@ -43,6 +44,9 @@ pub struct ExecShared {
     /// `PREFIX_SUMMARY`), refreshed when the executor goes idle and at most
     /// every `PREFIX_REFRESH` while busy.
     pub prefix_hashes: Mutex<Vec<u64>>,
+    /// Gateway affinity keys whose prompt start is cached (kv/affinity.rs),
+    /// most recent first, refreshed with `prefix_hashes`.
+    pub affinity_keys: Mutex<Vec<u64>>,
     /// Panic in the next step with work (only with fault injection on).
     pub fault: AtomicBool,
 }
@@ -82,6 +86,7 @@ pub struct Executor {
     prefix_refreshed: Option<Instant>,
     reported_hits: u64,
     reported_queries: u64,
+    affinity: AffinityKeys,
 }
 
 impl Executor {
@@ -115,6 +120,7 @@ impl Executor {
             prefix_refreshed: None,
             reported_hits: 0,
             reported_queries: 0,
+            affinity: AffinityKeys::default(),
         }
     }
 
@@ -193,6 +199,10 @@ impl Executor {
     fn accept(&mut self, m: ExecMsg) -> bool {
         match m {
             ExecMsg::Submit(req) => {
+                if let Some(k) = req.affinity {
+                    self.affinity
+                        .record(k, &req.prompt, self.kv.block_size(), Instant::now());
+                }
                 self.sched.add(*req);
                 true
             }
@@ -239,6 +249,10 @@ impl Executor {
         {
             let hashes = blocks.cached_hashes(PREFIX_SUMMARY);
             *sh.prefix_hashes.lock().unwrap_or_else(|e| e.into_inner()) = hashes;
+            let keys =
+                self.affinity
+                    .cached(|h| blocks.is_cached(h), Instant::now(), PREFIX_SUMMARY);
+            *sh.affinity_keys.lock().unwrap_or_else(|e| e.into_inner()) = keys;
             self.prefix_refreshed = Some(Instant::now());
         }
     }

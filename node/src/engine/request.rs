@@ -98,6 +98,8 @@ pub struct GenRequest {
     pub fallback_seed: u64,
     pub events: EventTx,
     pub arrived: Instant,
+    /// The gateway's affinity key for the request (kv/affinity.rs).
+    pub affinity: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use realizar_shared::error::ApiError;
@@ -114,14 +115,22 @@ async fn collect_all(sub: Submitted) -> Result<Vec<Collected>, ApiError> {
     results.into_iter().collect()
 }
 
+/// The gateway's affinity key for the request, if it named one.
+fn affinity(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(realizar_shared::control::AFFINITY_HEADER)?;
+    u64::from_str_radix(v.to_str().ok()?, 16).ok()
+}
+
 pub async fn chat_completions(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req = ChatCompletionRequest::from_json(&body)?;
     let h = node.model(req.model.as_deref())?;
     let top = req.top_logprobs.unwrap_or(0) as usize;
-    let spec = node.gen_spec(&req.params, (req.logprobs, top), &h)?;
+    let mut spec = node.gen_spec(&req.params, (req.logprobs, top), &h)?;
+    spec.affinity = affinity(&headers);
     let t = h.template.clone().ok_or_else(|| {
         ApiError::invalid_param(
             "messages",
@@ -183,11 +192,16 @@ pub async fn chat_completions(
     .into_response())
 }
 
-pub async fn completions(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req = CompletionRequest::from_json(&body)?;
     let h = node.model(req.model.as_deref())?;
     let lp = req.logprobs.map_or((false, 0), |n| (true, n as usize));
     let mut spec = node.gen_spec(&req.params, lp, &h)?;
+    spec.affinity = affinity(&headers);
     let texts = match req.prompt {
         Prompt::Ids(ids) => Err(vec![ids]),
         Prompt::IdLists(v) => Err(v),

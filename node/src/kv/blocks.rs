@@ -141,6 +141,11 @@ impl BlockManager {
         self.by_hash.insert(hash, b);
     }
 
+    /// Whether a block is registered under `hash` (and so findable).
+    pub fn is_cached(&self, hash: u64) -> bool {
+        self.by_hash.contains_key(&hash)
+    }
+
     /// Hashes of the cached blocks, for the node's load report: blocks in
     /// use first, then free ones most recently freed first (the last to be
     /// reused), at most `limit`.

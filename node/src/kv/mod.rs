@@ -2,6 +2,7 @@
 //! (and the single-sequence cache built on it), and the allocator of its
 //! blocks with prefix caching.
 
+pub mod affinity;
 pub mod blocks;
 pub mod pool;
 

@@ -70,6 +70,8 @@ pub struct GenSpec {
     pub include_usage: bool,
     pub logprobs: bool,
     pub ignore_eos: bool,
+    /// The gateway's affinity key (`x-realizar-affinity`), if it sent one.
+    pub affinity: Option<u64>,
 }
 
 /// The receivers of a request's choices, with the guard that counts them
@@ -260,6 +262,7 @@ impl Node {
             include_usage: g.include_usage(),
             logprobs: logprobs.0,
             ignore_eos: g.ignore_eos,
+            affinity: None,
         })
     }
 
@@ -321,6 +324,7 @@ impl Node {
                         ^ (self.started.elapsed().as_nanos() as u64).rotate_left(32),
                     events: tx,
                     arrived: now,
+                    affinity: spec.affinity,
                 };
                 h.actor
                     .cast(ModelMsg::Generate(req))
@@ -365,6 +369,7 @@ impl Node {
                     kv_blocks_capacity: 0,
                     block_size: 0,
                     prefix_hashes: Vec::new(),
+                    affinity_keys: Vec::new(),
                 });
             }
         }

@@ -32,6 +32,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, EventRx) {
             fallback_seed: 0,
             events,
             arrived: Instant::now(),
+            affinity: None,
         },
         rx,
     )

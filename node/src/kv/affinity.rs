@@ -1,0 +1,111 @@
+//! Which gateway affinity keys have their prompt's start cached here.
+//!
+//! A gateway names each request's affinity key (its user, session or
+//! prompt start, hashed) in `x-realizar-affinity`. The node remembers, per
+//! key, the chained hash of a probe block near the prompt's start — the
+//! block a later request with the same key would find first — and reports
+//! the keys whose probe block is still in the prefix cache, and those seen
+//! in the last `RECENT` (whose prompt is being computed, or will be: a
+//! gateway that sent a key here should count it here at its next poll,
+//! not only once the prefill is done). Gateways route
+//! a key to a node that reports it, and count reported keys as each node's
+//! share of the cache; the nodes are the state every gateway reads, so
+//! gateways agree without talking to each other.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::prefix_hashes;
+
+/// Keys remembered (the oldest are forgotten past it).
+pub const REMEMBERED: usize = 2048;
+/// The probe is the last full block within this many blocks of the start:
+/// deep enough to tell tenants whose prompts open alike apart, near enough
+/// to the start to lie within what the key was made from (the gateway
+/// hashes a prompt's first 256 bytes: about 50 tokens).
+pub const PROBE_BLOCKS: usize = 3;
+/// A key seen this recently is reported whether or not its probe block is
+/// cached yet.
+pub const RECENT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+pub struct AffinityKeys {
+    /// key → (probe block hash, last seen).
+    keys: HashMap<u64, (u64, Instant)>,
+}
+
+impl AffinityKeys {
+    /// A request with `key` and this prompt arrived. Prompts shorter than
+    /// a block leave nothing to find and are not remembered.
+    pub fn record(&mut self, key: u64, prompt: &[u32], block_size: usize, now: Instant) {
+        let span = prompt.len().min(PROBE_BLOCKS * block_size);
+        let Some(&probe) = prefix_hashes(&prompt[..span], block_size).last() else {
+            return;
+        };
+        self.keys.insert(key, (probe, now));
+        if self.keys.len() > REMEMBERED {
+            // Forget the oldest quarter at once, so this stays O(1) amortised.
+            let mut seen: Vec<Instant> = self.keys.values().map(|v| v.1).collect();
+            seen.sort_unstable();
+            let cut = seen[REMEMBERED / 4];
+            self.keys.retain(|_, v| v.1 > cut);
+        }
+    }
+
+    /// Keys seen within `RECENT` or whose probe block `cached` says is in
+    /// the cache, most recently seen first, at most `limit`.
+    pub fn cached(&self, cached: impl Fn(u64) -> bool, now: Instant, limit: usize) -> Vec<u64> {
+        let mut v: Vec<(Instant, u64)> = self
+            .keys
+            .iter()
+            .filter(|(_, (probe, seen))| now.duration_since(*seen) < RECENT || cached(*probe))
+            .map(|(k, (_, t))| (*t, *k))
+            .collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.into_iter().take(limit).map(|(_, k)| k).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_reported_while_their_probe_block_is_cached() {
+        let mut a = AffinityKeys::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let tenant1: Vec<u32> = (0..100).collect();
+        let mut tenant2 = tenant1.clone();
+        tenant2[40] = 9999; // differs in the third block
+        a.record(1, &tenant1, 16, t0);
+        a.record(2, &tenant2, 16, t0 + ms(1));
+        a.record(3, &[1, 2, 3], 16, t0 + ms(2)); // under a block: nothing to probe
+        let probe1 = *prefix_hashes(&tenant1[..48], 16).last().unwrap();
+        let probe2 = *prefix_hashes(&tenant2[..48], 16).last().unwrap();
+        assert_ne!(probe1, probe2);
+        // Recently seen: reported before their prompts are computed.
+        assert_eq!(a.cached(|_| false, t0 + ms(5), 10), [2, 1]);
+        let later = t0 + RECENT + ms(5);
+        assert!(a.cached(|_| false, later, 10).is_empty());
+        assert_eq!(a.cached(|h| h == probe1 || h == probe2, later, 10), [2, 1]);
+        assert_eq!(a.cached(|h| h == probe1, later, 10), [1]);
+        assert_eq!(a.cached(|_| true, later, 1), [2]);
+        // Seen again: most recent first.
+        a.record(1, &tenant1, 16, later);
+        assert_eq!(a.cached(|_| true, later, 10), [1, 2]);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut a = AffinityKeys::default();
+        let p: Vec<u32> = (0..16).collect();
+        let t0 = Instant::now();
+        for k in 0..(3 * REMEMBERED as u64) {
+            a.record(k, &p, 16, t0 + Duration::from_micros(k));
+            assert!(a.keys.len() <= REMEMBERED);
+        }
+        // The newest survive.
+        assert_eq!(a.cached(|_| true, t0, 1), [3 * REMEMBERED as u64 - 1]);
+    }
+}

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""What the gateway costs: one node, the same node behind a gateway, measured
+in one run (BENCHMARKS.md, "Gateway overhead").
+
+  python3 scripts/bench_gateway.py [--bin target/release/realizar] [--rounds 3]
+
+1. TTFT p50 at concurrency 1 and output tokens/s at concurrency 8, direct
+   and through the gateway, interleaved round by round (`realizar bench`).
+2. The gateway process's own CPU time (utime + stime from /proc/PID/stat)
+   per proxied request over 10,000 `/tokenize` requests, 4 keep-alive
+   clients.
+3. The same for 10,000 streamed 64-token completions at concurrency 8. A
+   real node would need most of an hour for them on two cores, and what the
+   gateway does per request does not depend on who computes the tokens: a
+   replay node (this script) answers the gateway's polls with the real
+   node's load report and every completion with the real node's recorded
+   64-token stream, event by event. A few hundred streamed requests through
+   the real node check that the per-request cost agrees.
+
+Needs the models (scripts/fetch-models.sh) and a release build.
+"""
+
+import argparse
+import http.client
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime, stime: fields 14 and 15 of stat(5); here offset by the two
+    # fields before the ")".
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def get(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("GET", path)
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+def wait_for(pred, limit=180):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    sys.exit("timed out waiting")
+
+
+def bench(bin_, url, concurrency, requests, max_tokens):
+    out = f"/tmp/bench_gateway_{os.getpid()}.json"
+    subprocess.run(
+        [bin_, "bench", "--url", url, "--model", "smollm2", "--concurrency", str(concurrency),
+         "--requests", str(requests), "--max-tokens", str(max_tokens), "--prompt-tokens", "128",
+         "--json", out, "--quiet"],
+        check=True, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        return json.load(f)[0]
+
+
+def load(port, path, bodies, clients, stream=False):
+    """Send every body (keep-alive, `clients` at a time); read each answer to its end."""
+    it = iter(enumerate(bodies))
+    lock = threading.Lock()
+    errors = []
+
+    def worker():
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            with lock:
+                nxt = next(it, None)
+            if nxt is None:
+                return
+            _, b = nxt
+            c.request("POST", path, body=b, headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            data = r.read()
+            if r.status != 200 or (stream and not data.rstrip().endswith(b"data: [DONE]")):
+                errors.append((r.status, data[:200]))
+
+    ts = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.time()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return time.time() - t0, errors
+
+
+class Replay(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    report = b""
+    events = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        body = self.report if self.path == "/admin/report" else b"ok"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        self.rfile.read(n)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for e in self.events:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(e), e))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/realizar"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=10_000)
+    a = ap.parse_args()
+    env = dict(os.environ, REALIZAR_MODELS=os.environ.get("REALIZAR_MODELS", os.path.join(ROOT, "models")))
+    procs = []
+
+    def start(args):
+        p = subprocess.Popen([a.bin] + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        return p
+
+    try:
+        node_port, gw_port = free_port(), free_port()
+        start(["node", "--port", str(node_port), "--model", "smollm2", "--id", "bench-node"])
+        gw = start(["gateway", "--port", str(gw_port), "--node", f"http://127.0.0.1:{node_port}",
+                    "--model", "smollm2@1"])
+        wait_for(lambda: json.loads(get(gw_port, "/admin/cluster")[1])["models"][0]["ready"] == ["bench-node"])
+        print(f"machine: {os.cpu_count()} CPUs; {a.bin}")
+
+        # 1. Interleaved: direct and through the gateway.
+        rows = {"direct": [], "gateway": []}
+        for r in range(a.rounds):
+            order = [("direct", node_port), ("gateway", gw_port)]
+            if r % 2:
+                order.reverse()
+            for name, port in order:
+                url = f"http://127.0.0.1:{port}"
+                c1 = bench(a.bin, url, 1, 16, 16)
+                c8 = bench(a.bin, url, 8, 32, 64)
+                rows[name].append((c1["ttft_ms"][0], c8["output_tokens_per_s"], c1["errors"] + c8["errors"]))
+                print(f"round {r} {name:8}: TTFT p50 {c1['ttft_ms'][0]:.2f} ms (c=1), "
+                      f"{c8['output_tokens_per_s']:.1f} output tokens/s (c=8)")
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        d_ttft, g_ttft = med([x[0] for x in rows["direct"]]), med([x[0] for x in rows["gateway"]])
+        d_tps, g_tps = med([x[1] for x in rows["direct"]]), med([x[1] for x in rows["gateway"]])
+        print(f"median over rounds: TTFT p50 direct {d_ttft:.2f} ms, gateway {g_ttft:.2f} ms "
+              f"(+{g_ttft - d_ttft:.2f} ms); tokens/s direct {d_tps:.1f}, gateway {g_tps:.1f} "
+              f"({(g_tps / d_tps - 1) * 100:+.1f}%); errors {sum(x[2] for v in rows.values() for x in v)}")
+
+        # 2. /tokenize through the gateway: its CPU per request.
+        body = json.dumps({"model": "smollm2", "content": "The capital of France is Paris, and the capital of Italy is Rome."}).encode()
+        c0, n0 = cpu_seconds(gw.pid), cpu_seconds(procs[0].pid)
+        wall, errs = load(gw_port, "/tokenize", [body] * a.requests, 4)
+        c1, n1 = cpu_seconds(gw.pid), cpu_seconds(procs[0].pid)
+        print(f"/tokenize x{a.requests} through the gateway: {a.requests / wall:.0f} requests/s, "
+              f"gateway CPU {(c1 - c0) / a.requests * 1e6:.1f} us/request "
+              f"(the node's: {(n1 - n0) / a.requests * 1e6:.1f}), errors {len(errs)}")
+
+        # 3. Streamed 64-token completions: record the real stream once...
+        req = json.dumps({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 64,
+                          "ignore_eos": True, "stream": True}).encode()
+        c = http.client.HTTPConnection("127.0.0.1", node_port, timeout=120)
+        c.request("POST", "/v1/completions", body=req, headers={"Content-Type": "application/json"})
+        raw = c.getresponse().read()
+        events = [e + b"\n\n" for e in raw.split(b"\n\n") if e.strip()]
+        tokens = sum(1 for e in events if b'"text"' in e)
+        # ...then a few hundred through the real node...
+        real_n = 256
+        c0 = cpu_seconds(gw.pid)
+        wall, errs = load(gw_port, "/v1/completions", [req] * real_n, 8, stream=True)
+        real_us = (cpu_seconds(gw.pid) - c0) / real_n * 1e6
+        print(f"streamed {tokens}-token completions x{real_n} through the gateway to the real node: "
+              f"gateway CPU {real_us:.0f} us/request, errors {len(errs)} ({wall:.0f} s)")
+        # ...and 10,000 through a gateway to the replay node.
+        _, report = get(node_port, "/admin/report")
+        rep = json.loads(report)
+        replay_port, gw2_port = free_port(), free_port()
+        rep["node_id"], rep["url"] = "replay", f"http://127.0.0.1:{replay_port}"
+        Replay.report = json.dumps(rep).encode()
+        Replay.events = events
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", replay_port), Replay)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        gw2 = start(["gateway", "--port", str(gw2_port), "--node", f"http://127.0.0.1:{replay_port}",
+                     "--model", "smollm2@1"])
+        wait_for(lambda: json.loads(get(gw2_port, "/admin/cluster")[1])["models"][0]["ready"] == ["replay"])
+        c0 = cpu_seconds(gw2.pid)
+        wall, errs = load(gw2_port, "/v1/completions", [req] * a.requests, 8, stream=True)
+        us = (cpu_seconds(gw2.pid) - c0) / a.requests * 1e6
+        print(f"streamed {tokens}-token completions x{a.requests} through the gateway to the replay node "
+              f"({len(events)} events each): {a.requests / wall:.0f} requests/s, gateway CPU {us:.0f} us/request, "
+              f"errors {len(errs)}")
+        srv.shutdown()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+//! The gateway's control of the fleet, on real node processes: a node
+//! killed under load costs no request and its replica is placed again on a
+//! survivor; the catalog changes at run time through the admin API (replica
+//! counts up and down, pins, additions, removals); a drain moves a node's
+//! replicas elsewhere warm-first without failing a request.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::raw_http;
+use serde_json::{json, Value};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(args: &[String]) -> Proc {
+    Proc(
+        common::realizar()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn node(port: u16, id: &str) -> Proc {
+    spawn(
+        &[
+            "node",
+            "--port",
+            &port.to_string(),
+            "--id",
+            id,
+            "--threads",
+            "1",
+        ]
+        .map(String::from),
+    )
+}
+
+fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+struct Gateway {
+    addr: SocketAddr,
+    admin: Vec<(&'static str, String)>,
+}
+
+impl Gateway {
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> common::Response {
+        let h: Vec<(&str, &str)> = self.admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let b = body.map(|b| b.to_string()).unwrap_or_default();
+        raw_http(self.addr, method, path, &h, b.as_bytes()).unwrap()
+    }
+
+    /// The fleet view (null while the gateway is not answering yet).
+    fn cluster(&self) -> Value {
+        let h: Vec<(&str, &str)> = self.admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        raw_http(self.addr, "GET", "/admin/cluster", &h, b"")
+            .ok()
+            .and_then(|r| serde_json::from_str(&r.body).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    fn model(&self, id: &str) -> Value {
+        self.cluster()["models"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["id"] == id))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The nodes serving `id`, sorted.
+    fn ready(&self, id: &str) -> Vec<String> {
+        let mut v: Vec<String> = self.model(id)["ready"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The nodes whose own report lists `id` in any state, sorted.
+    fn holders(&self, id: &str) -> Vec<String> {
+        let c = self.cluster();
+        let mut v: Vec<String> = c["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["last_report"]["models"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["id"] == id))
+            })
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn node_state(&self, id: &str) -> String {
+        self.cluster()["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["id"] == id))
+            .map(|n| n["state"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.cluster()["events"].as_array().unwrap().clone()
+    }
+}
+
+fn gateway(nodes: &[u16], model: &str, admin_key: Option<&std::path::Path>) -> (Proc, Gateway) {
+    let port = free_port();
+    let mut args: Vec<String> = ["gateway", "--port", &port.to_string(), "--model", model]
+        .map(String::from)
+        .to_vec();
+    for p in nodes {
+        args.extend(["--node".into(), format!("http://127.0.0.1:{p}")]);
+    }
+    let mut admin = Vec::new();
+    if let Some(k) = admin_key {
+        args.extend(["--admin-key-file".into(), k.display().to_string()]);
+        let key = std::fs::read_to_string(k).unwrap().trim().to_owned();
+        admin.push(("Authorization", format!("Bearer {key}")));
+    }
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    (spawn(&args), Gateway { addr, admin })
+}
+
+fn completion(gw: SocketAddr, prompt: &str) -> std::io::Result<common::Response> {
+    let b = json!({"model": "chat", "prompt": prompt, "max_tokens": 8, "temperature": 0});
+    raw_http(gw, "POST", "/v1/completions", &[], b.to_string().as_bytes())
+}
+
+#[test]
+fn a_node_killed_under_load_costs_no_request_and_its_replica_is_placed_again() {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes: Vec<Option<Proc>> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| Some(node(p, &format!("n{i}"))))
+        .collect();
+    let (_g, gw) = gateway(&ports, "chat=smollm2@2", None);
+    assert!(
+        wait(Duration::from_secs(180), || gw.ready("chat").len() == 2).is_some(),
+        "{}",
+        gw.cluster()
+    );
+    let owners = gw.ready("chat");
+    let victim = owners[0].clone();
+    let spare = ["n0", "n1", "n2"]
+        .into_iter()
+        .find(|n| !owners.iter().any(|o| o == n))
+        .unwrap()
+        .to_owned();
+
+    // 200 requests, 8 at a time; the victim is killed (SIGKILL) once a
+    // fifth of them are done.
+    let done = Mutex::new(Vec::new());
+    let next = Mutex::new(0usize);
+    let killed_at = Mutex::new(None);
+    let mut down_after = None;
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().unwrap();
+                    *n += 1;
+                    *n - 1
+                };
+                if i >= 200 {
+                    return;
+                }
+                let r = completion(gw.addr, &format!("Request {i}: the weather today is"));
+                done.lock().unwrap().push(
+                    r.map(|r| (r.status, r.header("x-realizar-route").map(str::to_owned)))
+                        .map_err(|e| e.to_string()),
+                );
+            });
+        }
+        assert!(wait(Duration::from_secs(120), || done.lock().unwrap().len()
+            >= 40)
+        .is_some());
+        let i: usize = victim[1..].parse().unwrap();
+        drop(nodes[i].take()); // kill -9
+        *killed_at.lock().unwrap() = Some(Instant::now());
+        down_after = wait(Duration::from_secs(10), || gw.node_state(&victim) == "down");
+    });
+    let killed_at = killed_at.into_inner().unwrap().unwrap();
+    let done = done.into_inner().unwrap();
+    assert_eq!(done.len(), 200);
+    let failed: Vec<_> = done.iter().filter(|r| !matches!(r, Ok((200, _)))).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let retried = done
+        .iter()
+        .filter(|r| matches!(r, Ok((_, Some(w)))if w == "retry"))
+        .count();
+    // Marked down within 3 s of going silent (plus one poll of 0.5 s).
+    let down_after = down_after.expect("the killed node was never marked down");
+    assert!(down_after < Duration::from_millis(3600), "{down_after:?}");
+    // Its replica is placed on the spare node and ready there.
+    let mut expected = vec![owners[1].clone(), spare.clone()];
+    expected.sort();
+    let replaced = wait(Duration::from_secs(120), || gw.ready("chat") == expected);
+    assert!(replaced.is_some(), "{}", gw.cluster());
+    let ready_after = killed_at.elapsed();
+    println!(
+        "200 requests at concurrency 8, {victim} killed after 40: 0 failed, {retried} retried on \
+         another owner; {victim} marked down {down_after:?} after the kill; chat ready again on \
+         {spare} {ready_after:?} after the kill"
+    );
+    // The event log tells the same story, in order.
+    let ev = gw.events();
+    let pos = |kind: &str, node: &str| {
+        ev.iter()
+            .position(|e| e["kind"] == kind && e["node"] == node)
+            .unwrap_or_else(|| panic!("no {kind} event for {node}: {ev:?}"))
+    };
+    assert!(pos("node-down", &victim) < pos("loaded", &spare));
+}
+
+#[test]
+fn the_catalog_changes_at_run_time_and_a_drain_moves_replicas_warm_first() {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let _nodes: Vec<Proc> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| node(p, &format!("n{i}")))
+        .collect();
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), "admin-key-0123456789abcdef\n").unwrap();
+    let (_g, gw) = gateway(&ports, "chat=smollm2@1", Some(key.path()));
+    let limit = Duration::from_secs(180);
+    assert!(wait(limit, || gw.ready("chat").len() == 1).is_some());
+
+    // The admin routes need the admin key.
+    let r = raw_http(gw.addr, "GET", "/admin/models", &[], b"").unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+    let r = gw.request("GET", "/admin/models", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["models"][0]["id"], "chat");
+
+    // Bad changes are OpenAI-shaped 400s and 404s naming what is wrong.
+    let r = gw.request("PATCH", "/admin/models/chat", Some(&json!({"replicas": 0})));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "replicas");
+    let r = gw.request("PATCH", "/admin/models/chat", Some(&json!({"replica": 2})));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("replica"));
+    let r = gw.request("PATCH", "/admin/models/nope", Some(&json!({"replicas": 2})));
+    assert_eq!(r.status, 404);
+    let r = gw.request("POST", "/admin/models", Some(&json!({"id": "x"})));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("path"));
+    let r = gw.request("POST", "/admin/nodes/nobody/drain", None);
+    assert_eq!(r.status, 404);
+
+    // Replicas up to three, then down to two: the one that is no longer
+    // owned is unloaded.
+    let r = gw.request("PATCH", "/admin/models/chat", Some(&json!({"replicas": 3})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        wait(limit, || gw.ready("chat").len() == 3).is_some(),
+        "{}",
+        gw.cluster()
+    );
+    let r = gw.request("PATCH", "/admin/models/chat", Some(&json!({"replicas": 2})));
+    assert_eq!(r.status, 200);
+    assert!(
+        wait(Duration::from_secs(30), || gw.holders("chat").len() == 2).is_some(),
+        "{}",
+        gw.cluster()
+    );
+    let mut owners: Vec<String> = gw.model("chat")["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect();
+    owners.sort();
+    assert_eq!(gw.holders("chat"), owners);
+    assert_eq!(gw.ready("chat"), owners);
+
+    // A new model, pinned to the node that does not serve chat.
+    let other = ["n0", "n1", "n2"]
+        .into_iter()
+        .find(|n| !owners.iter().any(|o| o == n))
+        .unwrap();
+    let r = gw.request(
+        "POST",
+        "/admin/models",
+        Some(&json!({"id": "g", "path": "gemma3", "replicas": 1, "pin": [other]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        wait(limit, || gw.ready("g") == [other]).is_some(),
+        "{}",
+        gw.cluster()
+    );
+    let r = raw_http(
+        gw.addr,
+        "POST",
+        "/v1/completions",
+        &[],
+        json!({"model": "g", "prompt": "Hello", "max_tokens": 2})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-realizar-node"), Some(other));
+
+    // Drain an owner of chat while requests keep coming: chat is loaded
+    // on the free node, ready there before the drained node unloads it,
+    // and no request fails.
+    let drained = owners[0].clone();
+    let stop = AtomicBool::new(false);
+    let results = Mutex::new(Vec::new());
+    let mut drained_after = None;
+    std::thread::scope(|s| {
+        for w in 0..2 {
+            let (stop, results) = (&stop, &results);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) && i < 400 {
+                    let r = completion(gw.addr, &format!("worker {w} request {i}: hello"));
+                    results
+                        .lock()
+                        .unwrap()
+                        .push(r.map(|r| r.status).map_err(|e| e.to_string()));
+                    i += 1;
+                }
+            });
+        }
+        let r = gw.request("POST", &format!("/admin/nodes/{drained}/drain"), None);
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert_eq!(r.json()["state"], "draining");
+        drained_after = wait(limit, || gw.node_state(&drained) == "drained");
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(drained_after.is_some(), "{}", gw.cluster());
+    let results = results.into_inner().unwrap();
+    let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(200))).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(gw.holders("chat").iter().all(|n| *n != drained));
+    assert_eq!(gw.ready("chat").len(), 2, "{}", gw.cluster());
+    let ev = gw.events();
+    let at = |kind: &str, node: &str, model: &str| {
+        ev.iter()
+            .position(|e| e["kind"] == kind && e["node"] == node && e["model"] == model)
+            .unwrap_or_else(|| panic!("no {kind} {model} on {node}: {ev:?}"))
+    };
+    assert!(at("loaded", other, "chat") < at("unload", &drained, "chat"));
+    println!(
+        "drain of {drained}: drained after {:?}, {} requests meanwhile, none failed",
+        drained_after.unwrap(),
+        results.len()
+    );
+
+    // Back in service, and a model taken out of the catalog is unloaded.
+    let r = gw.request("POST", &format!("/admin/nodes/{drained}/undrain"), None);
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.node_state(&drained), "up");
+    let r = gw.request("DELETE", "/admin/models/g", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(wait(Duration::from_secs(30), || gw.holders("g").is_empty()).is_some());
+    let r = raw_http(
+        gw.addr,
+        "POST",
+        "/v1/completions",
+        &[],
+        json!({"model": "g", "prompt": "Hello"})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 404);
+}
