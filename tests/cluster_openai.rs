@@ -1,7 +1,8 @@
 //! `realizar cluster --nodes 3` (real processes, real models: smollm2 on
 //! two nodes, gemma3 on one) driven through its gateway by the official
 //! `openai` package: every check of the node's SDK test
-//! (tests/openai_client.py), then the fleet view.
+//! (tests/openai_client.py), with an API key; without one or with a wrong
+//! one, 401s; then the fleet view.
 
 mod common;
 
@@ -33,6 +34,7 @@ impl Drop for Proc {
 #[test]
 fn openai_client_through_a_three_node_cluster() {
     const CTX: usize = 1024;
+    const KEY: &str = "sk-cluster-test-0123456789";
     let (py, dir, expected) = common::openai_client_setup();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -54,6 +56,7 @@ fn openai_client_through_a_three_node_cluster() {
                 "--ctx",
                 &CTX.to_string(),
             ])
+            .env("REALIZAR_API_KEYS", KEY)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -126,6 +129,7 @@ fn openai_client_through_a_three_node_cluster() {
             expected.to_str().unwrap(),
             &CTX.to_string(),
         ])
+        .env("REALIZAR_TEST_API_KEY", KEY)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -135,8 +139,22 @@ fn openai_client_through_a_three_node_cluster() {
         String::from_utf8_lossy(&run.stderr)
     );
     println!("{stdout}");
+    // A missing or wrong key: 401 in OpenAI's shape.
+    let body = serde_json::json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 1}).to_string();
+    for auth in [vec![], vec![("Authorization", "Bearer sk-wrong")]] {
+        for (method, path, b) in [
+            ("GET", "/v1/models", ""),
+            ("POST", "/v1/completions", body.as_str()),
+        ] {
+            let r = common::raw_http(gw, method, path, &auth, b.as_bytes()).unwrap();
+            assert_eq!(r.status, 401, "{method} {path} with {auth:?}: {}", r.body);
+            assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+        }
+    }
     // /v1/models lists both models.
-    let v: Value = serde_json::from_str(&common::http(gw, "GET", "/v1/models", None).body).unwrap();
+    let bearer = format!("Bearer {KEY}");
+    let r = common::raw_http(gw, "GET", "/v1/models", &[("Authorization", &bearer)], b"").unwrap();
+    let v: Value = serde_json::from_str(&r.body).unwrap();
     let ids: Vec<&str> = v["data"]
         .as_array()
         .unwrap()

@@ -7,6 +7,7 @@ EXPECTED_GREEDY_CHAT_FILE holds what `realizar run --chat --temperature 0
 the engine: one sequence, no server, no batching).
 """
 import concurrent.futures
+import os
 import sys
 import threading
 
@@ -19,13 +20,16 @@ base, model, expected_file, n_ctx = sys.argv[1], sys.argv[2], sys.argv[3], int(s
 expected = open(expected_file, encoding="utf-8").read()
 if expected.endswith("\n"):
     expected = expected[:-1]
-client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
+# A server with API keys gets one from the environment (the cluster test's).
+api_key = os.environ.get("REALIZAR_TEST_API_KEY", "unused")
+client = openai.OpenAI(base_url=base + "/v1", api_key=api_key, max_retries=0, timeout=300)
 QUESTION = "What is the capital of France?"
 passed = []
 
 
 def tokenize(text, add_special=True):
-    req = urllib.request.Request(base + "/tokenize", method="POST", headers={"content-type": "application/json"},
+    req = urllib.request.Request(base + "/tokenize", method="POST",
+                                 headers={"content-type": "application/json", "authorization": "Bearer " + api_key},
                                  data=json.dumps({"model": model, "content": text, "add_special": add_special}).encode())
     with urllib.request.urlopen(req) as r:
         return json.load(r)["tokens"]
