@@ -14,7 +14,7 @@
 //! issue's (24 tenants, 400-token prompts, 10 rounds) takes ~15 minutes of
 //! two cores in the test build and runs on request, for BENCHMARKS.md:
 //!
-//!   cargo test --release -p realizar --test gateway_routing -- --ignored --nocapture
+//!   cargo test -p realizar --test gateway_routing -- --ignored --nocapture
 
 mod common;
 

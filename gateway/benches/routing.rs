@@ -15,7 +15,7 @@ use realizar_gateway::hash;
 use realizar_gateway::membership::{Membership, Source};
 use realizar_gateway::placement::{place, ModelSlot, NodeSlot};
 use realizar_gateway::routing::{affinity_key, choose, Bound};
-use realizar_gateway::table::RoutingTable;
+use realizar_gateway::table::{RoutingTable, View};
 use realizar_shared::control::{LoadReport, ModelInfo, ModelState};
 
 const MODELS: usize = 10_000;
@@ -87,15 +87,19 @@ fn table(n_nodes: usize) -> RoutingTable {
             .collect(),
     )
     .unwrap();
+    let drains = BTreeSet::new();
+    let view = View {
+        membership: &m,
+        placement: &p,
+        catalog: &catalog,
+        drains: &drains,
+    };
     RoutingTable::build(
-        &m,
+        &view,
         &mut BTreeMap::new(),
         &BTreeMap::new(),
         &RoutingTable::default(),
         1,
-        &p,
-        &catalog,
-        &BTreeSet::new(),
     )
 }
 

@@ -17,7 +17,7 @@ use crate::client::NodeClient;
 use crate::coordinator::{Coordinator, Drain};
 use crate::membership::{Change, Health, Membership};
 use crate::placement::{place, ModelSlot, NodeSlot, Placement};
-use crate::table::{PerNode, RoutingTable};
+use crate::table::{PerNode, RoutingTable, View};
 use crate::Shared;
 
 /// How often nodes are polled.
@@ -116,15 +116,18 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
                 }
                 *old = placement.clone();
             }
+            let view = View {
+                membership: &m,
+                placement: &placement,
+                catalog: &catalog,
+                drains: &draining,
+            };
             let table = RoutingTable::build(
-                &m,
+                &view,
                 &mut per_node,
                 &at_poll,
                 &shared.table.load(),
                 version,
-                &placement,
-                &catalog,
-                &draining,
             );
             shared.table.store(Arc::new(table));
             // Until every known node has answered once (or been silent long

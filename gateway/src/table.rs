@@ -91,6 +91,16 @@ impl Default for PerNode {
     }
 }
 
+/// What a table is built from: who is up and reports what, who should
+/// own what, what the cluster serves, and who is being drained.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub membership: &'a Membership,
+    pub placement: &'a Placement,
+    pub catalog: &'a Catalog,
+    pub drains: &'a BTreeSet<String>,
+}
+
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     /// Bumped on every rebuild.
@@ -111,15 +121,18 @@ impl RoutingTable {
     /// the reports were asked for, which the reports already include.
     /// `previous`: the table this one replaces (its pending keys carry on).
     pub fn build(
-        m: &Membership,
+        v: &View,
         per_node: &mut BTreeMap<String, PerNode>,
         at_poll: &BTreeMap<String, u64>,
         previous: &RoutingTable,
         version: u64,
-        placement: &Placement,
-        catalog: &Catalog,
-        drains: &BTreeSet<String>,
     ) -> Self {
+        let View {
+            membership: m,
+            placement,
+            catalog,
+            drains,
+        } = *v;
         // (model → (draining?, owner)) for every ready replica.
         let mut ready: BTreeMap<String, Vec<(bool, Owner)>> = BTreeMap::new();
         for (member, report) in m.live() {
