@@ -163,9 +163,38 @@ fn openai_client_through_a_three_node_cluster() {
         .collect();
     assert_eq!(ids, ["gemma3", "smollm2"]);
 
+    // Every node serves a request (so each has a TTFT histogram): gemma3's
+    // owner, and both of smollm2's, reached through different users (keys).
+    let b = serde_json::json!({"model": "gemma3", "prompt": "Hello", "max_tokens": 2}).to_string();
+    let r = common::raw_http(
+        gw,
+        "POST",
+        "/v1/completions",
+        &[("Authorization", &bearer)],
+        b.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut served = std::collections::BTreeSet::new();
+    for u in 0..32 {
+        let b = serde_json::json!({"model": "smollm2", "prompt": "Hello", "max_tokens": 1, "user": format!("user-{u}")})
+            .to_string();
+        let r = common::raw_http(
+            gw,
+            "POST",
+            "/v1/completions",
+            &[("Authorization", &bearer)],
+            b.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        served.insert(r.header("x-realizar-node").unwrap().to_owned());
+    }
+    assert_eq!(served.len(), 2, "{served:?}");
+
     // The gateway's own metrics and the fleet's: well-formed for
     // Prometheus; the fleet view carries every node's series labelled by
-    // node, the TTFT histograms of the nodes that served included.
+    // node, every node's TTFT histogram included.
     let promtool = |name: &str, text: &str| {
         let file = dir.path().join(name);
         std::fs::write(&file, text).unwrap();
@@ -202,26 +231,13 @@ fn openai_client_through_a_three_node_cluster() {
             "/metrics/fleet lacks {n}:\n{fleet}"
         );
     }
-    let smollm2_owners = c["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == "smollm2")
-        .unwrap()["ready"]
-        .as_array()
-        .unwrap()
-        .clone();
-    let served: Vec<&Value> = smollm2_owners
-        .iter()
-        .filter(|n| {
+    for n in ["node-0", "node-1", "node-2"] {
+        assert!(
             fleet.contains(&format!(
-                "realizar_time_to_first_token_seconds_bucket{{node={n},model=\"smollm2\""
-            ))
-        })
-        .collect();
-    assert!(
-        !served.is_empty(),
-        "no node's TTFT histogram in /metrics/fleet:\n{fleet}"
-    );
+                "realizar_time_to_first_token_seconds_bucket{{node=\"{n}\""
+            )),
+            "/metrics/fleet lacks {n}'s TTFT histogram:\n{fleet}"
+        );
+    }
     assert!(fleet.contains("realizar_gateway_nodes_up 3"));
 }

@@ -8,50 +8,18 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::fleet::{free_port, wait, Proc};
 use common::{http, raw_http};
 use serde_json::{json, Value};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn node(port: u16, id: &str) -> Proc {
+    common::fleet::node(port, id, &[])
 }
 
 fn spawn(args: &[&str]) -> Proc {
-    Proc(
-        common::realizar()
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn node(port: u16, id: &str) -> Proc {
-    spawn(&[
-        "node",
-        "--port",
-        &port.to_string(),
-        "--id",
-        id,
-        "--threads",
-        "1",
-    ])
+    common::fleet::spawn(args)
 }
 
 fn cluster(gw: std::net::SocketAddr) -> Value {
@@ -59,17 +27,6 @@ fn cluster(gw: std::net::SocketAddr) -> Value {
 }
 
 /// Wait until `f` holds, at most `limit`.
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if f() {
-            return Some(t0.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 fn ready(gw: std::net::SocketAddr) -> Vec<String> {
     let c = common::try_http(gw, "GET", "/admin/cluster", None);
     let Ok(c) = c else { return Vec::new() };

@@ -7,67 +7,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::fleet::{free_port, node, spawn, wait, Proc};
 use common::raw_http;
 use serde_json::{json, Value};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(args: &[String]) -> Proc {
-    Proc(
-        common::realizar()
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn node(port: u16, id: &str) -> Proc {
-    spawn(
-        &[
-            "node",
-            "--port",
-            &port.to_string(),
-            "--id",
-            id,
-            "--threads",
-            "1",
-        ]
-        .map(String::from),
-    )
-}
-
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if f() {
-            return Some(t0.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
 
 struct Gateway {
     addr: SocketAddr,
@@ -168,7 +114,7 @@ fn a_node_killed_under_load_costs_no_request_and_its_replica_is_placed_again() {
     let mut nodes: Vec<Option<Proc>> = ports
         .iter()
         .enumerate()
-        .map(|(i, &p)| Some(node(p, &format!("n{i}"))))
+        .map(|(i, &p)| Some(node(p, &format!("n{i}"), &[])))
         .collect();
     let (_g, gw) = gateway(&ports, "chat=smollm2@2", None);
     assert!(
@@ -255,7 +201,7 @@ fn the_catalog_changes_at_run_time_and_a_drain_moves_replicas_warm_first() {
     let _nodes: Vec<Proc> = ports
         .iter()
         .enumerate()
-        .map(|(i, &p)| node(p, &format!("n{i}")))
+        .map(|(i, &p)| node(p, &format!("n{i}"), &[]))
         .collect();
     let key = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(key.path(), "admin-key-0123456789abcdef\n").unwrap();

@@ -19,53 +19,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::fleet::{free_port, node, spawn, wait, Proc};
 use serde_json::{json, Value};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(args: &[String]) -> Proc {
-    Proc(
-        common::realizar()
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 fn addr(port: u16) -> SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
-}
-
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 /// Nodes serving smollm2 behind a gateway, by the gateway's view.
@@ -293,26 +254,21 @@ fn experiment(z: Size, ratio: f64) {
     let _nodes: Vec<Proc> = ports
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            spawn(
+        .map(|(i, &p)| {
+            let kv = z.kv_memory_mib.to_string();
+            node(
+                p,
+                &format!("n{i}"),
                 &[
-                    "node",
-                    "--port",
-                    &p.to_string(),
-                    "--id",
-                    &format!("n{i}"),
-                    "--threads",
-                    "1",
                     "--model",
                     "smollm2",
                     "--ctx",
                     "1024",
                     "--kv-memory-mib",
-                    &z.kv_memory_mib.to_string(),
+                    &kv,
                     "--max-batch",
                     "16",
-                ]
-                .map(String::from),
+                ],
             )
         })
         .collect();
@@ -333,7 +289,7 @@ fn experiment(z: Size, ratio: f64) {
     let (_af2, af2) = gateway("affinity");
     for gw in [rr, af, af2] {
         assert!(
-            wait(Duration::from_secs(180), || ready(gw) == 3),
+            wait(Duration::from_secs(180), || ready(gw) == 3).is_some(),
             "{:?}",
             common::try_http(gw, "GET", "/admin/cluster", None).map(|r| r.body)
         );

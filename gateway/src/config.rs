@@ -25,6 +25,7 @@ pub struct GatewayConfig {
     pub policy: Policy,
     pub epsilon: f64,
     pub spill_floor: u64,
+    pub cached_epsilon: f64,
     pub drain_timeout_secs: f64,
     pub api_keys_file: Option<PathBuf>,
     pub admin_key_file: Option<PathBuf>,
@@ -43,6 +44,7 @@ impl Default for GatewayConfig {
             policy: Policy::Affinity,
             epsilon: 0.25,
             spill_floor: 4,
+            cached_epsilon: 1.0,
             drain_timeout_secs: 300.0,
             api_keys_file: None,
             admin_key_file: None,
@@ -67,6 +69,12 @@ impl Checked for GatewayConfig {
         let bad = |field: String, message: &str| Err(ConfigError::invalid(file, field, message));
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
             return bad("epsilon".into(), "must be a number above 0");
+        }
+        if !(self.cached_epsilon.is_finite() && self.cached_epsilon >= self.epsilon) {
+            return bad(
+                "cached_epsilon".into(),
+                "must be a number at least `epsilon`",
+            );
         }
         if !(self.dns_every_secs.is_finite() && self.dns_every_secs >= 0.1) {
             return bad("dns_every_secs".into(), "must be at least 0.1");

@@ -143,6 +143,12 @@ pub struct Bound {
     /// load, and keys would bounce between owners for no gain (and two
     /// gateways, each seeing its own traffic, would disagree).
     pub floor: u64,
+    /// The slack for a request whose key the owner has cached: loads count
+    /// sequences, and one that finds its prompt cached costs its node a
+    /// fraction of one that does not, so moving it off its cache for a
+    /// small imbalance costs more than it saves (a prefill elsewhere, and
+    /// an eviction there).
+    pub cached_epsilon: f64,
 }
 
 impl Default for Bound {
@@ -150,6 +156,7 @@ impl Default for Bound {
         Bound {
             epsilon: 0.25,
             floor: 4,
+            cached_epsilon: 1.0,
         }
     }
 }
@@ -157,15 +164,23 @@ impl Default for Bound {
 impl Bound {
     /// The load an owner must stay under to take a request.
     pub fn limit(&self, total: u64, n: usize) -> u64 {
-        let fair = ((1.0 + self.epsilon) * (total + 1) as f64 / n as f64).ceil() as u64;
-        fair.max(self.floor)
+        Self::with(self.epsilon, total, n).max(self.floor)
+    }
+
+    /// The same for a request it has cached.
+    pub fn cached_limit(&self, total: u64, n: usize) -> u64 {
+        Self::with(self.cached_epsilon.max(self.epsilon), total, n).max(self.floor)
+    }
+
+    fn with(epsilon: f64, total: u64, n: usize) -> u64 {
+        ((1.0 + epsilon) * (total + 1) as f64 / n as f64).ceil() as u64
     }
 }
 
 /// Index of the chosen candidate and why. `None` when there is none.
 ///
 /// In order: the best-ranked owner that has the key cached and is under
-/// the load bound; else the best-ranked owner under the load bound whose
+/// the cached load bound; else the best-ranked owner under the load bound whose
 /// share of cached keys is under `ceil((keys+1)/n)` (when the request has a
 /// `prefix` worth caching: a prompt at least `PREFIX_BYTES` long) — so a key new to the
 /// cluster goes where it ranks unless that node already caches more than
@@ -181,6 +196,7 @@ pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<
     }
     let total: u64 = owners.iter().map(|c| c.load).sum();
     let bound = b.limit(total, n);
+    let cached_bound = b.cached_limit(total, n);
     let all_keys: u64 = owners.iter().map(|c| c.keys).sum();
     let key_bound = (all_keys + 1).div_ceil(n as u64);
     // Owners are a model's replicas: few, so sorting them is cheap.
@@ -195,7 +211,7 @@ pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<
     });
     if let Some(&(_, i)) = ranked
         .iter()
-        .find(|(_, i)| owners[*i].cached && owners[*i].load < bound)
+        .find(|(_, i)| owners[*i].cached && owners[*i].load < cached_bound)
     {
         return Some((i, Reason::Affinity));
     }
@@ -225,7 +241,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn strict(epsilon: f64) -> Bound {
-        Bound { epsilon, floor: 0 }
+        Bound {
+            epsilon,
+            floor: 0,
+            cached_epsilon: epsilon,
+        }
     }
 
     fn owners(ids: &[&'static str], loads: &[u64]) -> Vec<Candidate<'static>> {
@@ -288,6 +308,18 @@ mod tests {
         // ...unless that owner is over the load bound.
         o[other].load = 10;
         assert_eq!(choose(key, true, &o, Bound::default()).unwrap().0, first);
+        // Over the bound for a new key (6 of 12: ceil(1.25·13/3) = 6) but
+        // not for one it has cached (ceil(2·13/3) = 9).
+        o[other].load = 6;
+        o[first].load = 3;
+        o[(first + 2) % 3].load = 3;
+        assert_eq!(
+            choose(key, true, &o, Bound::default()),
+            Some((other, Reason::Affinity))
+        );
+        o[other].cached = false;
+        assert_ne!(choose(key, true, &o, Bound::default()).unwrap().0, other);
+        o[other].cached = true;
         // A new key whose first choice caches more than its share of keys
         // (bound: ceil((12+1)/3) = 5) goes to the next-ranked...
         let mut o = owners(&["a", "b", "c"], &[0, 0, 0]);

@@ -49,6 +49,9 @@ pub struct GatewayArgs {
     /// take its keys' requests.
     #[arg(long)]
     spill_floor: Option<u64>,
+    /// The slack for a request whose prompt start the owner has cached.
+    #[arg(long)]
+    cached_epsilon: Option<f64>,
     /// Seconds a drain waits for in-flight requests and warm replicas
     /// elsewhere before unloading the node's replicas anyway.
     #[arg(long)]
@@ -149,6 +152,9 @@ fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
     if let Some(v) = a.spill_floor {
         c.spill_floor = v;
     }
+    if let Some(v) = a.cached_epsilon {
+        c.cached_epsilon = v;
+    }
     if let Some(v) = a.drain_timeout_secs {
         c.drain_timeout_secs = v;
     }
@@ -181,6 +187,7 @@ fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
         bound: realizar_gateway::routing::Bound {
             epsilon: c.epsilon,
             floor: c.spill_floor,
+            cached_epsilon: c.cached_epsilon,
         },
         drain_timeout: Duration::from_secs_f64(c.drain_timeout_secs),
         api_keys,

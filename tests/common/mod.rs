@@ -4,6 +4,7 @@
 //! stop it.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod generation;
 
 use std::io::{BufRead, BufReader, Read, Write};
