@@ -11,7 +11,7 @@
 //! prefix-cache counters (from their /metrics) give each phase's hit ratio.
 //!
 //! The suite runs a small experiment (12 tenants, 160-token prompts); the
-//! issue's (24 tenants, 400-token prompts, 10 rounds) takes ~15 minutes of
+//! issue's (24 tenants, 400-token prompts, 12 rounds) takes ~15 minutes of
 //! two cores in the test build and runs on request, for BENCHMARKS.md:
 //!
 //!   cargo test -p realizar --test gateway_routing -- --ignored --nocapture
@@ -239,9 +239,9 @@ fn full_size_routing_experiment() {
         Size {
             tenants: 24,
             words: 360,
-            rounds: 10,
+            rounds: 12,
             concurrency: 12,
-            kv_memory_mib: 112,
+            kv_memory_mib: 96,
         },
         2.5,
     );
@@ -326,7 +326,7 @@ fn experiment(z: Size, ratio: f64) {
         z.kv_memory_mib,
         share * 100.0
     );
-    assert!((0.28..=0.42).contains(&share), "{share}");
+    assert!((0.25..=0.42).contains(&share), "{share}");
 
     let rr_phase = run_phase(rr, &node_addrs, "round robin phase", z);
     let af_phase = run_phase(af, &node_addrs, "affinity phase", z);
