@@ -2,7 +2,7 @@
 """What the gateway costs: one node, the same node behind a gateway, measured
 in one run (BENCHMARKS.md, "Gateway overhead").
 
-  python3 scripts/bench_gateway.py [--bin target/release/realizar] [--rounds 3]
+  python3 scripts/bench_gateway.py [--bin target/release/realizar] [--rounds 5] [--workers 1]
 
 1. TTFT p50 at concurrency 1 and output tokens/s at concurrency 8, direct
    and through the gateway, interleaved round by round (`realizar bench`).
@@ -44,11 +44,18 @@ def free_port():
 
 
 def cpu_seconds(pid):
+    """(user, system) CPU seconds of a process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # utime, stime: fields 14 and 15 of stat(5); here offset by the two
     # fields before the ")".
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def per_request(before, after, n):
+    """'T us/request (user U + system S)' between two cpu_seconds readings."""
+    u, s = (after[0] - before[0]) / n * 1e6, (after[1] - before[1]) / n * 1e6
+    return f"{u + s:.0f} us/request (user {u:.0f} + system {s:.0f})"
 
 
 def get(port, path):
@@ -143,8 +150,9 @@ class Replay(http.server.BaseHTTPRequestHandler):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/realizar"))
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=10_000)
+    ap.add_argument("--workers", type=int, default=1, help="the gateway's --workers")
     a = ap.parse_args()
     env = dict(os.environ, REALIZAR_MODELS=os.environ.get("REALIZAR_MODELS", os.path.join(ROOT, "models")))
     procs = []
@@ -158,11 +166,14 @@ def main():
         node_port, gw_port = free_port(), free_port()
         start(["node", "--port", str(node_port), "--model", "smollm2", "--id", "bench-node"])
         gw = start(["gateway", "--port", str(gw_port), "--node", f"http://127.0.0.1:{node_port}",
-                    "--model", "smollm2@1"])
+                    "--model", "smollm2@1", "--workers", str(a.workers)])
         wait_for(lambda: json.loads(get(gw_port, "/admin/cluster")[1])["models"][0]["ready"] == ["bench-node"])
         print(f"machine: {os.cpu_count()} CPUs; {a.bin}")
 
-        # 1. Interleaved: direct and through the gateway.
+        # 1. Interleaved: direct and through the gateway, after a warm-up
+        # (the first run fills the prefix cache both then use).
+        for port in (node_port, gw_port):
+            bench(a.bin, f"http://127.0.0.1:{port}", 1, 4, 16)
         rows = {"direct": [], "gateway": []}
         for r in range(a.rounds):
             order = [("direct", node_port), ("gateway", gw_port)]
@@ -170,7 +181,7 @@ def main():
                 order.reverse()
             for name, port in order:
                 url = f"http://127.0.0.1:{port}"
-                c1 = bench(a.bin, url, 1, 16, 16)
+                c1 = bench(a.bin, url, 1, 32, 16)
                 c8 = bench(a.bin, url, 8, 32, 64)
                 rows[name].append((c1["ttft_ms"][0], c8["output_tokens_per_s"], c1["errors"] + c8["errors"]))
                 print(f"round {r} {name:8}: TTFT p50 {c1['ttft_ms'][0]:.2f} ms (c=1), "
@@ -188,8 +199,8 @@ def main():
         wall, errs = load(gw_port, "/tokenize", [body] * a.requests, 4)
         c1, n1 = cpu_seconds(gw.pid), cpu_seconds(procs[0].pid)
         print(f"/tokenize x{a.requests} through the gateway: {a.requests / wall:.0f} requests/s, "
-              f"gateway CPU {(c1 - c0) / a.requests * 1e6:.1f} us/request "
-              f"(the node's: {(n1 - n0) / a.requests * 1e6:.1f}), errors {len(errs)}")
+              f"gateway CPU {per_request(c0, c1, a.requests)}; "
+              f"the node's {per_request(n0, n1, a.requests)}; errors {len(errs)}")
 
         # 3. Streamed 64-token completions: record the real stream once...
         req = json.dumps({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 64,
@@ -203,9 +214,8 @@ def main():
         real_n = 256
         c0 = cpu_seconds(gw.pid)
         wall, errs = load(gw_port, "/v1/completions", [req] * real_n, 8, stream=True)
-        real_us = (cpu_seconds(gw.pid) - c0) / real_n * 1e6
         print(f"streamed {tokens}-token completions x{real_n} through the gateway to the real node: "
-              f"gateway CPU {real_us:.0f} us/request, errors {len(errs)} ({wall:.0f} s)")
+              f"gateway CPU {per_request(c0, cpu_seconds(gw.pid), real_n)}, errors {len(errs)} ({wall:.0f} s)")
         # ...and 10,000 through a gateway to the replay node.
         _, report = get(node_port, "/admin/report")
         rep = json.loads(report)
@@ -216,14 +226,13 @@ def main():
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", replay_port), Replay)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         gw2 = start(["gateway", "--port", str(gw2_port), "--node", f"http://127.0.0.1:{replay_port}",
-                     "--model", "smollm2@1"])
+                     "--model", "smollm2@1", "--workers", str(a.workers)])
         wait_for(lambda: json.loads(get(gw2_port, "/admin/cluster")[1])["models"][0]["ready"] == ["replay"])
         c0 = cpu_seconds(gw2.pid)
         wall, errs = load(gw2_port, "/v1/completions", [req] * a.requests, 8, stream=True)
-        us = (cpu_seconds(gw2.pid) - c0) / a.requests * 1e6
         print(f"streamed {tokens}-token completions x{a.requests} through the gateway to the replay node "
-              f"({len(events)} events each): {a.requests / wall:.0f} requests/s, gateway CPU {us:.0f} us/request, "
-              f"errors {len(errs)}")
+              f"({len(events)} events each): {a.requests / wall:.0f} requests/s, gateway CPU "
+              f"{per_request(c0, cpu_seconds(gw2.pid), a.requests)}, errors {len(errs)}")
         srv.shutdown()
     finally:
         for p in procs:

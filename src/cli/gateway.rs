@@ -56,6 +56,11 @@ pub struct GatewayArgs {
     /// elsewhere before unloading the node's replicas anyway.
     #[arg(long)]
     drain_timeout_secs: Option<f64>,
+    /// Threads serving requests. The gateway only moves bytes: one thread
+    /// serves thousands of requests a second, and a second one mostly adds
+    /// thread wake-ups (measured: BENCHMARKS.md).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     #[command(flatten)]
     security: SecurityArgs,
 }
@@ -198,11 +203,12 @@ fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
 }
 
 pub fn gateway(a: GatewayArgs) -> ExitCode {
+    let workers = a.workers;
     let opts = match options(a) {
         Ok(o) => o,
         Err(e) => return fail("gateway", e),
     };
-    let rt = match super::server_runtime() {
+    let rt = match super::runtime(workers) {
         Ok(rt) => rt,
         Err(e) => return fail("gateway", e),
     };

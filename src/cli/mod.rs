@@ -91,6 +91,12 @@ pub fn main() -> ExitCode {
 /// Logging to stderr (RUST_LOG, default info) and the async runtime the
 /// servers run on: two workers, as the compute has threads of its own.
 fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    runtime(2)
+}
+
+/// Logging, and a runtime with `workers` threads; one is a current-thread
+/// runtime, whose tasks wake each other without waking another thread.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -98,8 +104,13 @@ fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    if workers <= 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
 }
