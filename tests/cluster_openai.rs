@@ -195,21 +195,7 @@ fn openai_client_through_a_three_node_cluster() {
     // The gateway's own metrics and the fleet's: well-formed for
     // Prometheus; the fleet view carries every node's series labelled by
     // node, every node's TTFT histogram included.
-    let promtool = |name: &str, text: &str| {
-        let file = dir.path().join(name);
-        std::fs::write(&file, text).unwrap();
-        let check = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::fs::File::open(&file).unwrap())
-            .output()
-            .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
-        assert!(
-            check.status.success(),
-            "promtool rejected {name}:\n{}\n{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
-    };
+    let promtool = |name: &str, text: &str| common::promtool_check(&dir.path().join(name), text);
     let own = common::http(gw, "GET", "/metrics", None).body;
     promtool("gateway.txt", &own);
     for needle in [

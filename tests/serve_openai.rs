@@ -50,19 +50,7 @@ fn openai_client_and_promtool_against_serve() {
     // The metrics after that traffic: well-formed for Prometheus, and counting it.
     let m = server.get("/metrics");
     assert_eq!(m.status, 200);
-    let file = dir.path().join("metrics.txt");
-    std::fs::write(&file, &m.body).unwrap();
-    let check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
-    assert!(
-        check.status.success(),
-        "promtool rejected /metrics:\n{}\n{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    common::promtool_check(&dir.path().join("metrics.txt"), &m.body);
     for needle in [
         "realizar_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}",
         "realizar_http_requests_total{endpoint=\"/v1/completions\",status=\"429\"}",

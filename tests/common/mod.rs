@@ -353,3 +353,21 @@ pub fn openai_client_setup() -> (String, tempfile::TempDir, std::path::PathBuf) 
     std::fs::write(&expected, &out.stdout).unwrap();
     (py, dir, expected)
 }
+
+/// `promtool check metrics` on an exposition (written to `file` first):
+/// fails the test with promtool's complaint.
+pub fn promtool_check(file: &std::path::Path, text: &str) {
+    std::fs::write(file, text).unwrap();
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(file).unwrap())
+        .output()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    assert!(
+        check.status.success(),
+        "promtool rejected {}:\n{}\n{}",
+        file.display(),
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
