@@ -165,29 +165,25 @@ fn openai_client_through_a_three_node_cluster() {
 
     // Every node serves a request (so each has a TTFT histogram): gemma3's
     // owner, and both of smollm2's, reached through different users (keys).
-    let b = serde_json::json!({"model": "gemma3", "prompt": "Hello", "max_tokens": 2}).to_string();
-    let r = common::raw_http(
-        gw,
-        "POST",
-        "/v1/completions",
-        &[("Authorization", &bearer)],
-        b.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    let mut served = std::collections::BTreeSet::new();
-    for u in 0..32 {
-        let b = serde_json::json!({"model": "smollm2", "prompt": "Hello", "max_tokens": 1, "user": format!("user-{u}")})
-            .to_string();
+    let complete = |b: Value| {
+        let auth = [("Authorization", bearer.as_str())];
         let r = common::raw_http(
             gw,
             "POST",
             "/v1/completions",
-            &[("Authorization", &bearer)],
-            b.as_bytes(),
+            &auth,
+            b.to_string().as_bytes(),
         )
         .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
+        r
+    };
+    complete(serde_json::json!({"model": "gemma3", "prompt": "Hello", "max_tokens": 2}));
+    let mut served = std::collections::BTreeSet::new();
+    for u in 0..32 {
+        let r = complete(
+            serde_json::json!({"model": "smollm2", "prompt": "Hello", "max_tokens": 1, "user": format!("user-{u}")}),
+        );
         served.insert(r.header("x-realizar-node").unwrap().to_owned());
     }
     assert_eq!(served.len(), 2, "{served:?}");

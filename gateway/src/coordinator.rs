@@ -270,6 +270,16 @@ mod tests {
 
     use ModelState::*;
 
+    /// `node` being drained since `t0`, with this long before its deadline.
+    fn draining(node: &str, t0: Instant, limit: Duration) -> BTreeMap<String, Drain> {
+        let d = Drain {
+            started: t0,
+            deadline: t0 + limit,
+            done: None,
+        };
+        BTreeMap::from([(node.to_owned(), d)])
+    }
+
     #[test]
     fn owners_load_once_and_one_at_a_time() {
         let w = World::new(&[("a", vec![]), ("b", vec![info("y", Loading, 0)])]);
@@ -367,15 +377,7 @@ mod tests {
         // Placement without the draining node a.
         let p = placement(&[("x", &["b"])]);
         let c = catalog(&["x"]);
-        let mut d = BTreeMap::new();
-        d.insert(
-            "a".to_owned(),
-            Drain {
-                started: w.t0,
-                deadline: w.t0 + Duration::from_secs(60),
-                done: None,
-            },
-        );
+        let d = draining("a", w.t0, Duration::from_secs(60));
         let mut co = Coordinator::default();
         let plan = co.step(&w.m, &p, &c, &d, |_| true, w.t0);
         assert!(plan.drained.is_empty());
@@ -398,15 +400,7 @@ mod tests {
         ]);
         let p = placement(&[("x", &["b"])]);
         let c = catalog(&["x"]);
-        let mut d = BTreeMap::new();
-        d.insert(
-            "a".to_owned(),
-            Drain {
-                started: w.t0,
-                deadline: w.t0 + Duration::from_secs(5),
-                done: None,
-            },
-        );
+        let d = draining("a", w.t0, Duration::from_secs(5));
         let mut co = Coordinator::default();
         let plan = co.step(&w.m, &p, &c, &d, |_| true, w.t0 + Duration::from_secs(4));
         assert!(plan.unloads.is_empty());
