@@ -3,9 +3,12 @@
 in one run (BENCHMARKS.md, "Gateway overhead").
 
   python3 scripts/bench_gateway.py [--bin target/release/realizar] [--rounds 5] [--workers 1]
+                                  [--serve] [--latency-only]
 
 1. TTFT p50 at concurrency 1 and output tokens/s at concurrency 8, direct
-   and through the gateway, interleaved round by round (`realizar bench`).
+   and through the gateway, interleaved round by round (`realizar bench`);
+   with --serve, `realizar serve` too (the gateway over a node in one
+   process); --latency-only stops there.
 2. The gateway process's own CPU time (utime + stime from /proc/PID/stat)
    per proxied request over 10,000 `/tokenize` requests, 4 keep-alive
    clients.
@@ -153,6 +156,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=1, help="the gateway's --workers")
+    ap.add_argument("--serve", action="store_true", help="measure `realizar serve` in the same rounds")
+    ap.add_argument("--latency-only", action="store_true", help="only the interleaved TTFT and tokens/s")
     a = ap.parse_args()
     env = dict(os.environ, REALIZAR_MODELS=os.environ.get("REALIZAR_MODELS", os.path.join(ROOT, "models")))
     procs = []
@@ -168,17 +173,22 @@ def main():
         gw = start(["gateway", "--port", str(gw_port), "--node", f"http://127.0.0.1:{node_port}",
                     "--model", "smollm2@1", "--workers", str(a.workers)])
         wait_for(lambda: json.loads(get(gw_port, "/admin/cluster")[1])["models"][0]["ready"] == ["bench-node"])
+        targets = [("direct", node_port), ("gateway", gw_port)]
+        if a.serve:
+            serve_port = free_port()
+            start(["serve", "--port", str(serve_port), "--model", "smollm2"])
+            wait_for(lambda: get(serve_port, "/health")[0] == 200)
+            targets.append(("serve", serve_port))
         print(f"machine: {os.cpu_count()} CPUs; {a.bin}")
 
         # 1. Interleaved: direct and through the gateway, after a warm-up
         # (the first run fills the prefix cache both then use).
-        for port in (node_port, gw_port):
+        for _, port in targets:
             bench(a.bin, f"http://127.0.0.1:{port}", 1, 4, 16)
-        rows = {"direct": [], "gateway": []}
+        rows = {name: [] for name, _ in targets}
         for r in range(a.rounds):
-            order = [("direct", node_port), ("gateway", gw_port)]
-            if r % 2:
-                order.reverse()
+            # Each target first in turn.
+            order = targets[r % len(targets):] + targets[:r % len(targets)]
             for name, port in order:
                 url = f"http://127.0.0.1:{port}"
                 c1 = bench(a.bin, url, 1, 32, 16)
@@ -192,6 +202,12 @@ def main():
         print(f"median over rounds: TTFT p50 direct {d_ttft:.2f} ms, gateway {g_ttft:.2f} ms "
               f"(+{g_ttft - d_ttft:.2f} ms); tokens/s direct {d_tps:.1f}, gateway {g_tps:.1f} "
               f"({(g_tps / d_tps - 1) * 100:+.1f}%); errors {sum(x[2] for v in rows.values() for x in v)}")
+        if a.serve:
+            s_ttft, s_tps = med([x[0] for x in rows["serve"]]), med([x[1] for x in rows["serve"]])
+            print(f"median over rounds: serve TTFT p50 {s_ttft:.2f} ms ({s_ttft - d_ttft:+.2f} ms against "
+                  f"the node alone), {s_tps:.1f} tokens/s ({(s_tps / d_tps - 1) * 100:+.1f}%)")
+        if a.latency_only:
+            return
 
         # 2. /tokenize through the gateway: its CPU per request.
         body = json.dumps({"model": "smollm2", "content": "The capital of France is Paris, and the capital of Italy is Rome."}).encode()

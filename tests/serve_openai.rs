@@ -54,7 +54,8 @@ fn openai_client_and_promtool_against_serve() {
     for needle in [
         "realizar_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}",
         "realizar_http_requests_total{endpoint=\"/v1/completions\",status=\"429\"}",
-        "realizar_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"404\"}",
+        // The unknown model's 404 comes from the gateway in front.
+        "realizar_gateway_requests_total{model=\"\",route=\"rejected\",status=\"404\"}",
         "realizar_time_to_first_token_seconds_bucket",
         "realizar_inter_token_latency_seconds_bucket",
         "realizar_e2e_request_latency_seconds_bucket",

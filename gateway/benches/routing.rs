@@ -26,6 +26,7 @@ fn table(n_nodes: usize) -> RoutingTable {
         .map(|i| NodeSlot {
             id: format!("node-{i}"),
             capacity: 64 << 30,
+            refuses: Vec::new(),
         })
         .collect();
     let models: Vec<ModelSlot> = (0..MODELS)
@@ -73,6 +74,8 @@ fn table(n_nodes: usize) -> RoutingTable {
                 version: String::new(),
                 uptime_seconds: 1.0,
                 draining: false,
+                leaving: false,
+                evicted: Vec::new(),
                 memory_budget_bytes: n.capacity,
                 memory_used_bytes: 0,
                 threads: 1,

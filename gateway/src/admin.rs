@@ -242,6 +242,7 @@ pub async fn drain(
                     started: now,
                     deadline: now + gw.shared.drain_timeout,
                     done: None,
+                    by_node: false,
                 },
             );
             drop(drains);

@@ -99,12 +99,14 @@ impl NodeClient {
         Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
     }
 
-    /// `DELETE /admin/models/{id}`: the node fails what is still in flight
-    /// on it (the coordinator asks only once the replica is idle).
+    /// `DELETE /admin/models/{id}?force=true`: the node fails what is still
+    /// in flight on it (the coordinator asks only once the replica is
+    /// idle). Forced, as placement decides over a node's own pins (the
+    /// models `realizar serve` and `realizar node --model` start with).
     pub async fn unload(&self, base: &str, id: &str) -> Result<(), String> {
         let req = self
             .admin(hyper::Request::delete(format!(
-                "{base}/admin/models/{}",
+                "{base}/admin/models/{}?force=true",
                 path_segment(id)
             )))
             .body(Full::new(Bytes::new()))

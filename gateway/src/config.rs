@@ -27,6 +27,8 @@ pub struct GatewayConfig {
     pub spill_floor: u64,
     pub cached_epsilon: f64,
     pub drain_timeout_secs: f64,
+    /// Replica loads under way at once across the cluster.
+    pub max_loads: usize,
     pub api_keys_file: Option<PathBuf>,
     pub admin_key_file: Option<PathBuf>,
     pub cluster_token_file: Option<PathBuf>,
@@ -46,6 +48,7 @@ impl Default for GatewayConfig {
             spill_floor: 4,
             cached_epsilon: 1.0,
             drain_timeout_secs: 300.0,
+            max_loads: crate::coordinator::MAX_LOADS,
             api_keys_file: None,
             admin_key_file: None,
             cluster_token_file: None,
@@ -78,6 +81,9 @@ impl Checked for GatewayConfig {
         }
         if !(self.dns_every_secs.is_finite() && self.dns_every_secs >= 0.1) {
             return bad("dns_every_secs".into(), "must be at least 0.1");
+        }
+        if self.max_loads == 0 {
+            return bad("max_loads".into(), "must be at least 1");
         }
         if !(self.drain_timeout_secs.is_finite() && self.drain_timeout_secs > 0.0) {
             return bad("drain_timeout_secs".into(), "must be a number above 0");

@@ -22,11 +22,23 @@ use crate::Shared;
 
 /// How often nodes are polled.
 pub const POLL: Duration = Duration::from_millis(500);
+/// Nodes that joined a gateway send it their report every second: a
+/// gateway just (re)started hears from all of them within this long, and
+/// changes nothing before, lest it place over part of the cluster and
+/// move replicas it would move back a moment later.
+pub const SETTLE: Duration = Duration::from_millis(1500);
+/// A node that evicted a model to fit its memory budget does not own it
+/// again for this long: loading it back would evict another, and the
+/// node's LRU and the placement would take turns.
+pub const EVICTED_FOR: Duration = Duration::from_secs(120);
 
 pub async fn run(shared: Arc<Shared>, client: NodeClient) {
     let mut per_node: BTreeMap<String, PerNode> = BTreeMap::new();
     let mut version = 0u64;
-    let mut coordinator = Coordinator::default();
+    let mut coordinator = Coordinator::new(shared.max_loads);
+    // Model id → bytes on a node, as last reported.
+    let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
+    let started = Instant::now();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -90,6 +102,7 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
                     shared.event("undrained", &id, "", "back after its drain");
                 }
             }
+            nodes_asking(&shared, &m, &mut drains, now);
             metrics::gauge!(names::GATEWAY_NODES_UP).set(m.live().count() as f64);
             metrics::gauge!(names::GATEWAY_NODES_KNOWN).set(m.members().count() as f64);
             for (url, n) in &per_node {
@@ -107,7 +120,8 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
                 .filter(|(_, d)| d.done.is_none())
                 .map(|(id, _)| id.clone())
                 .collect();
-            let placement = placement(&m, &catalog, &drains);
+            sizes.retain(|id, _| catalog.contains(id));
+            let placement = placement(&m, &catalog, &drains, &mut sizes);
             {
                 let mut old = shared.placement.write().unwrap_or_else(|e| e.into_inner());
                 let moves = placement.replicas_not_in(&old).len();
@@ -134,7 +148,8 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
             // enough to count as down), placement would be computed over part
             // of the cluster and load replicas that a moment later belong
             // elsewhere: wait for membership to settle.
-            let settled = m.members().all(|x| x.health != Health::Unknown);
+            let settled = m.members().all(|x| x.health != Health::Unknown)
+                && now.duration_since(started) >= SETTLE;
             if !settled {
                 continue;
             }
@@ -220,23 +235,76 @@ async fn act(shared: &Shared, client: &NodeClient, node: &str, url: &str, a: Act
     }
 }
 
+/// A node told to stop asks to be drained (its report says `leaving`);
+/// that drain ends when its reports stop saying so, after its restart.
+fn nodes_asking(
+    shared: &Shared,
+    m: &Membership,
+    drains: &mut BTreeMap<String, Drain>,
+    now: Instant,
+) {
+    for (_, r) in m.live() {
+        match drains.get(&r.node_id) {
+            None if r.leaving => {
+                drains.insert(
+                    r.node_id.clone(),
+                    Drain {
+                        started: now,
+                        deadline: now + shared.drain_timeout,
+                        done: None,
+                        by_node: true,
+                    },
+                );
+                shared.event("drain", &r.node_id, "", "asked by the node (stopping)");
+            }
+            Some(d) if d.by_node && !r.leaving => {
+                drains.remove(&r.node_id);
+                shared.event("undrained", &r.node_id, "", "back after its restart");
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Placement over the live nodes that are not draining, each weighted by
 /// its memory budget.
-fn placement(m: &Membership, catalog: &Catalog, drains: &BTreeMap<String, Drain>) -> Placement {
+fn placement(
+    m: &Membership,
+    catalog: &Catalog,
+    drains: &BTreeMap<String, Drain>,
+    sizes: &mut BTreeMap<String, u64>,
+) -> Placement {
     let mut nodes: Vec<NodeSlot> = Vec::new();
-    let mut sizes: BTreeMap<&str, u64> = BTreeMap::new();
     for (_, r) in m.live() {
-        for x in &r.models {
-            if x.bytes > 0 {
-                sizes.insert(&x.id, x.bytes);
+        // Sizes are remembered: a model evicted or unloaded everywhere
+        // still has one, so placement keeps counting it.
+        let held = r.models.iter().map(|x| (&x.id, x.bytes));
+        let evicted = r.evicted.iter().map(|e| (&e.id, e.bytes));
+        for (id, bytes) in held.chain(evicted) {
+            if bytes > 0 {
+                sizes.insert(id.clone(), bytes);
             }
         }
         if r.draining || drains.contains_key(&r.node_id) {
             continue;
         }
+        // What the node holds outside the catalog (an operator's own
+        // models) is not the cluster's to place into.
+        let foreign: u64 = r
+            .models
+            .iter()
+            .filter(|x| !catalog.contains(&x.id) && !catalog.removed.contains(&x.id))
+            .map(|x| x.bytes)
+            .sum();
         nodes.push(NodeSlot {
             id: r.node_id.clone(),
-            capacity: r.memory_budget_bytes,
+            capacity: r.memory_budget_bytes.saturating_sub(foreign),
+            refuses: r
+                .evicted
+                .iter()
+                .filter(|e| e.seconds_ago < EVICTED_FOR.as_secs_f64())
+                .map(|e| e.id.clone())
+                .collect(),
         });
     }
     let models: Vec<ModelSlot> = catalog

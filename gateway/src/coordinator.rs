@@ -5,7 +5,8 @@
 //!
 //! The rules, warm-first:
 //! - an owner that lacks its model is asked to load it, one load at a time
-//!   per node;
+//!   per node and at most `max_loads` (default `MAX_LOADS`) across the
+//!   cluster, so a join or a drain moves replicas a few at a time;
 //! - a replica on a node that no longer owns it (the replica count went
 //!   down, a join outranked it, the node is draining) keeps serving until
 //!   every owner of the model reports it ready; from then on it takes no
@@ -30,6 +31,8 @@ use crate::placement::Placement;
 /// routing, before it may be unloaded: two polls, so requests routed by an
 /// older table have reached the node and show in its report.
 pub const RETIRE_GRACE: Duration = Duration::from_millis(1200);
+/// Replica loads under way at once across the cluster, by default.
+pub const MAX_LOADS: usize = 4;
 /// A load unanswered this long is given up (and may be asked again).
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -40,6 +43,9 @@ pub struct Drain {
     pub deadline: Instant,
     /// When it was drained.
     pub done: Option<Instant>,
+    /// Asked for by the node itself (its report says `leaving`): it ends
+    /// when a report says otherwise, that is once the node has restarted.
+    pub by_node: bool,
 }
 
 /// What one step asks the control loop to do.
@@ -53,8 +59,10 @@ pub struct Plan {
     pub drained: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Coordinator {
+    /// Loads under way at once, cluster-wide.
+    max_loads: usize,
     /// Node URL → (model, asked at): loads asked and not yet reported.
     pending_loads: BTreeMap<String, (String, Instant)>,
     /// (node URL, model) → asked at.
@@ -63,7 +71,22 @@ pub struct Coordinator {
     retiring: BTreeMap<(String, String), Instant>,
 }
 
+impl Default for Coordinator {
+    fn default() -> Self {
+        Coordinator::new(MAX_LOADS)
+    }
+}
+
 impl Coordinator {
+    pub fn new(max_loads: usize) -> Self {
+        Coordinator {
+            max_loads: max_loads.max(1),
+            pending_loads: BTreeMap::new(),
+            pending_unloads: BTreeMap::new(),
+            retiring: BTreeMap::new(),
+        }
+    }
+
     /// One step. `gateway_idle(url)`: nothing this gateway sent the node is
     /// still in flight.
     pub fn step(
@@ -108,6 +131,9 @@ impl Coordinator {
                     || self.pending_loads.contains_key(&mem.url)
                 {
                     continue;
+                }
+                if self.pending_loads.len() >= self.max_loads {
+                    break;
                 }
                 self.pending_loads
                     .insert(mem.url.clone(), (e.id.clone(), now));
@@ -220,6 +246,8 @@ mod tests {
             version: String::new(),
             uptime_seconds: 1.0,
             draining: false,
+            leaving: false,
+            evicted: Vec::new(),
             memory_budget_bytes: 1 << 30,
             memory_used_bytes: 0,
             threads: 1,
@@ -276,6 +304,7 @@ mod tests {
             started: t0,
             deadline: t0 + limit,
             done: None,
+            by_node: false,
         };
         BTreeMap::from([(node.to_owned(), d)])
     }
@@ -303,6 +332,48 @@ mod tests {
             w.t0 + LOAD_TIMEOUT,
         );
         assert_eq!(late.loads.len(), 1);
+    }
+
+    #[test]
+    fn loads_are_capped_cluster_wide() {
+        // Six empty nodes, each owning two of twelve models; at most three
+        // loads at once, the next ones as those are reported ready.
+        let ids: Vec<String> = (0..6).map(|i| format!("n{i}")).collect();
+        let mut w = World::new(&ids.iter().map(|i| (i.as_str(), vec![])).collect::<Vec<_>>());
+        let models: Vec<String> = (0..12).map(|i| format!("m{i:02}")).collect();
+        let owners: Vec<[&str; 1]> = (0..12).map(|i| [ids[i % 6].as_str()]).collect();
+        let p = placement(
+            &models
+                .iter()
+                .zip(&owners)
+                .map(|(m, o)| (m.as_str(), &o[..]))
+                .collect::<Vec<_>>(),
+        );
+        let c = catalog(&models.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut co = Coordinator::new(3);
+        let d = BTreeMap::new();
+        let mut loaded: BTreeMap<String, Vec<ModelInfo>> = BTreeMap::new();
+        let mut steps = 0;
+        let mut total = 0;
+        while total < 12 {
+            steps += 1;
+            assert!(steps <= 10, "{total} loads after {steps} steps");
+            let t = Duration::from_secs(steps);
+            let plan = co.step(&w.m, &p, &c, &d, |_| true, w.t0 + t);
+            assert!(plan.loads.len() <= 3, "{:?}", plan.loads);
+            total += plan.loads.len();
+            // Each asked load is done by the next step.
+            for (url, r) in plan.loads {
+                let node = url.trim_start_matches("http://").to_owned();
+                let id = r.id.unwrap();
+                loaded
+                    .entry(node.clone())
+                    .or_default()
+                    .push(info(&id, Ready, 0));
+                w.set(&node, loaded[&node].clone(), t);
+            }
+        }
+        assert_eq!(steps, 4);
     }
 
     #[test]

@@ -2,8 +2,15 @@
 //! gateway's own, in one Prometheus text exposition — what an operator
 //! points one scrape at. Families are merged by name (one `# HELP` and
 //! `# TYPE` each, samples together), as the text format requires.
+//!
+//! Node and gateway may share one process (`realizar serve`) and so one
+//! recorder: a node's exposition then holds the gateway's series too. So
+//! the nodes' expositions give everything but `realizar_gateway_*`, and
+//! the gateway's own only those.
 
 use std::collections::BTreeMap;
+
+use realizar_shared::metrics::GATEWAY_PREFIX;
 
 /// One metric family: its help, its type, and its sample lines.
 #[derive(Debug, Default, Clone)]
@@ -52,6 +59,9 @@ pub fn merge<'a>(sources: impl IntoIterator<Item = (Option<&'a str>, &'a str)>) 
             let name_end = line.find(['{', ' ']).unwrap_or(line.len());
             let name = &line[..name_end];
             let family = family_of(name, &kinds);
+            if family.starts_with(GATEWAY_PREFIX) != node.is_none() {
+                continue;
+            }
             let sample = match node {
                 Some(n) => with_label(line, name_end, n),
                 None => line.to_owned(),
@@ -119,8 +129,11 @@ mod tests {
         let a = "# HELP x_total things\n# TYPE x_total counter\nx_total{model=\"m\"} 3\n\
                  # TYPE lat histogram\nlat_bucket{le=\"0.1\"} 1\nlat_bucket{le=\"+Inf\"} 2\nlat_sum 0.3\nlat_count 2\n";
         let b = "# HELP x_total things\n# TYPE x_total counter\nx_total{model=\"m\"} 5\nup 1\n";
-        let gw = "# TYPE gw_requests_total counter\ngw_requests_total 7\n";
-        let m = merge([(Some("n1"), a), (Some("n\"2"), b), (None, gw)]);
+        // The gateway's series in a node's text (one process) are left out
+        // there; anything but the gateway's in the gateway's text likewise.
+        let b = format!("{b}realizar_gateway_nodes_up 9\n");
+        let gw = "# TYPE realizar_gateway_requests_total counter\nrealizar_gateway_requests_total 7\nx_total{model=\"m\"} 11\n";
+        let m = merge([(Some("n1"), a), (Some("n\"2"), b.as_str()), (None, gw)]);
         assert_eq!(m.matches("# TYPE x_total counter").count(), 1);
         assert!(
             m.contains(
@@ -137,6 +150,8 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("up{node=\"n\\\"2\"} 1\n"), "{m}");
-        assert!(m.contains("gw_requests_total 7\n"), "{m}");
+        assert!(m.contains("\nrealizar_gateway_requests_total 7\n"), "{m}");
+        assert!(!m.contains("realizar_gateway_nodes_up"), "{m}");
+        assert!(!m.contains(" 11\n"), "{m}");
     }
 }

@@ -3,7 +3,7 @@
 //! there, streaming; `/v1/models`, `/health`, `/admin/cluster`; API keys.
 //!
 //! A request is retried on another owner when the chosen one cannot be
-//! reached or answers 429/5xx — always before anything has been sent to
+//! reached or answers 404/429/5xx — always before anything has been sent to
 //! the client, at most twice. A client that goes away drops the upstream
 //! response, which closes that connection, so the node cancels the
 //! sequence.
@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper::body::{Frame, Incoming, SizeHint};
 use realizar_shared::error::ApiError;
+use realizar_shared::http_server::{read_body, Limits};
 use realizar_shared::metrics as names;
 use realizar_shared::openai::{Envelope, ModelCard, ModelList};
 use serde_json::json;
@@ -44,7 +45,10 @@ pub struct Gw {
     pub prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }
 
-pub fn router(gw: Gw) -> Router {
+/// The routes, every request body read whole (and bounded in size and
+/// time) before a handler sees it, as the node does.
+pub fn router(gw: Gw, limits: Limits) -> Router {
+    let limits = Arc::new(limits);
     let admin = Router::new()
         .route("/admin/cluster", get(admin::cluster))
         .route(
@@ -80,6 +84,10 @@ pub fn router(gw: Gw) -> Router {
         .route("/metrics/fleet", get(fleet_metrics))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            read_body(limits.clone(), req, next)
+        }))
         .with_state(gw)
 }
 
@@ -178,7 +186,17 @@ async fn proxy(
 ) -> Response {
     match route_and_send(&gw, &uri, &headers, body).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // Answered here, not by a node (no such model, none ready, no
+            // owner reachable). No model label: the name is the client's.
+            let r = e.into_response();
+            metrics::counter!(names::GATEWAY_REQUESTS,
+                names::MODEL => "",
+                names::ROUTE => "rejected",
+                names::STATUS => r.status().as_u16().to_string())
+            .increment(1);
+            r
+        }
     }
 }
 
@@ -275,10 +293,13 @@ async fn route_and_send(
         match answer {
             // Retried while another owner is left to try; the last answer
             // (a 429 with its Retry-After, a 503) goes to the client as is.
+            // A 404 means the node no longer holds the model (evicted or
+            // unloaded since its last report): not this request's fault.
             Ok(resp)
                 if attempt < RETRIES
                     && left.len() > 1
-                    && (resp.status().is_server_error() || resp.status().as_u16() == 429) =>
+                    && (resp.status().is_server_error()
+                        || matches!(resp.status().as_u16(), 404 | 429)) =>
             {
                 last_error = format!("{} answered {}", owner.node_id, resp.status());
                 tracing::info!(node = %owner.node_id, status = %resp.status(), "retrying on another owner");

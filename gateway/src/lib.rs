@@ -57,6 +57,8 @@ pub struct Shared {
     /// How long a drain waits for in-flight requests and warm replicas
     /// elsewhere before it unloads the node's replicas anyway.
     pub drain_timeout: Duration,
+    /// Replica loads under way at once across the cluster.
+    pub max_loads: usize,
     pub events: Mutex<Events>,
     pub policy: Policy,
     /// Requests routed (round-robin's turn).
@@ -95,6 +97,7 @@ pub struct GatewayOptions {
     pub policy: Policy,
     pub bound: routing::Bound,
     pub drain_timeout: Duration,
+    pub max_loads: usize,
     pub api_keys: Vec<String>,
     pub admin_key: Option<String>,
     /// Presented to nodes as their admin token.
@@ -120,6 +123,7 @@ pub async fn run(
         catalog: RwLock::new(Catalog::new(o.catalog)?),
         drains: RwLock::new(BTreeMap::new()),
         drain_timeout: o.drain_timeout,
+        max_loads: o.max_loads,
         events: Mutex::new(Events::new(now)),
         policy: o.policy,
         turn: AtomicU64::new(0),
@@ -139,11 +143,14 @@ pub async fn run(
         .map_err(|e| format!("binding {}:{}: {e}", o.host, o.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     on_bound(addr);
-    let router = http::router(http::Gw {
-        shared,
-        client,
-        prometheus,
-    });
+    let router = http::router(
+        http::Gw {
+            shared,
+            client,
+            prometheus,
+        },
+        o.limits.clone(),
+    );
     realizar_shared::http_server::serve(listener, router, o.limits, shutdown, || async {})
         .await
         .map_err(|e| e.to_string())
@@ -173,23 +180,11 @@ async fn discover(shared: Arc<Shared>, name: String, every: Duration) {
     }
 }
 
-/// The gateway's Prometheus recorder (once per process) and its metrics
-/// described.
+/// The process's Prometheus recorder, with the gateway's metrics described.
 fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     use realizar_shared::metrics as m;
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let h = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[
-            0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-            0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-        ])
-        .and_then(|b| b.install_recorder())
-        .map_err(|e| format!("metrics: {e}"))?;
+    let h = m::recorder()?;
     describe_counter!(
         m::GATEWAY_REQUESTS,
         "Requests proxied, by model, route reason and status"
@@ -226,6 +221,5 @@ fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, St
         m::GATEWAY_PLACEMENT_MOVES,
         "Replicas whose owner changed between two placements"
     );
-    let _ = HANDLE.set(h.clone());
     Ok(h)
 }

@@ -184,6 +184,8 @@ mod tests {
             version: "0".into(),
             uptime_seconds: 0.0,
             draining: false,
+            leaving: false,
+            evicted: Vec::new(),
             memory_budget_bytes: 1 << 30,
             memory_used_bytes: 0,
             threads: 2,

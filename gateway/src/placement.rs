@@ -26,6 +26,9 @@ pub struct NodeSlot {
     pub id: String,
     /// Bytes of models it can hold (its memory budget).
     pub capacity: u64,
+    /// Models it must not own: it evicted them lately to fit its budget,
+    /// and loading them back would evict something else.
+    pub refuses: Vec<String>,
 }
 
 /// A model the cluster serves.
@@ -103,6 +106,9 @@ pub fn place(nodes: &[NodeSlot], models: &[ModelSlot]) -> Placement {
             if !is_pin && chosen.len() >= m.replicas {
                 break;
             }
+            if n.refuses.contains(&m.id) {
+                continue;
+            }
             let left = free
                 .get_mut(n.id.as_str())
                 .expect("every node has an entry");
@@ -128,6 +134,7 @@ mod tests {
             .map(|i| NodeSlot {
                 id: format!("node-{i}"),
                 capacity: weights[i % weights.len()] * GIB,
+                refuses: Vec::new(),
             })
             .collect()
     }
@@ -183,7 +190,7 @@ mod tests {
             let ms = models(1000, replicas);
             let before = place(&before_nodes, &ms);
             let mut after_nodes = before_nodes.clone();
-            after_nodes.push(NodeSlot { id: "joiner".into(), capacity: w_new * GIB });
+            after_nodes.push(NodeSlot { id: "joiner".into(), capacity: w_new * GIB, refuses: Vec::new() });
             let after = place(&after_nodes, &ms);
             for m in &ms {
                 let (b, a) = (before.owners_of(&m.id), after.owners_of(&m.id));
@@ -214,7 +221,7 @@ mod tests {
             let ms = models(1000, replicas);
             let before = place(&before_nodes, &ms);
             let mut after_nodes = before_nodes.clone();
-            after_nodes.push(NodeSlot { id: "joiner".into(), capacity: 16 * GIB });
+            after_nodes.push(NodeSlot { id: "joiner".into(), capacity: 16 * GIB, refuses: Vec::new() });
             let after = place(&after_nodes, &ms);
             let m = ms.len() as f64;
             let expected = m * (replicas as f64 / (n + 1) as f64).min(1.0);
@@ -283,6 +290,7 @@ mod tests {
             .map(|i| NodeSlot {
                 id: format!("n{i}"),
                 capacity: 16 * GIB,
+                refuses: Vec::new(),
             })
             .collect();
         let mut m = ModelSlot {
@@ -316,24 +324,52 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_evicted_a_model_is_passed_over_for_it() {
+        let mut ns: Vec<NodeSlot> = (0..4)
+            .map(|i| NodeSlot {
+                id: format!("n{i}"),
+                capacity: 16 * GIB,
+                refuses: Vec::new(),
+            })
+            .collect();
+        let ms = models(50, 2);
+        let before = place(&ns, &ms);
+        let first = before.owners_of("model-7")[0].clone();
+        ns.iter_mut()
+            .find(|n| n.id == first)
+            .unwrap()
+            .refuses
+            .push("model-7".into());
+        let after = place(&ns, &ms);
+        // It moves to the next-ranked node; nothing else moves.
+        assert!(!after.owners_of("model-7").contains(&first));
+        assert_eq!(after.owners_of("model-7").len(), 2);
+        assert_eq!(after.replicas_not_in(&before).len(), 1);
+    }
+
+    #[test]
     fn owners_follow_the_weights() {
         // One node with half the cluster's memory owns about half the models.
         let ns = vec![
             NodeSlot {
                 id: "big".into(),
                 capacity: 64 * GIB,
+                refuses: Vec::new(),
             },
             NodeSlot {
                 id: "a".into(),
                 capacity: 16 * GIB,
+                refuses: Vec::new(),
             },
             NodeSlot {
                 id: "b".into(),
                 capacity: 16 * GIB,
+                refuses: Vec::new(),
             },
             NodeSlot {
                 id: "c".into(),
                 capacity: 32 * GIB,
+                refuses: Vec::new(),
             },
         ];
         let p = place(&ns, &models(4000, 1));

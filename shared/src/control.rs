@@ -159,11 +159,30 @@ pub struct LoadReport {
     pub uptime_seconds: f64,
     /// Shutting down: route nothing new to it.
     pub draining: bool,
+    /// Told to stop (SIGTERM) and asking its gateway to drain it first: it
+    /// serves on meanwhile, and exits once it holds no model (or nobody
+    /// drains it). A report from after a restart says false again.
+    #[serde(default)]
+    pub leaving: bool,
+    /// Models this node evicted on its own (its memory budget, to load
+    /// another) in the last minutes, newest last: the gateway places them
+    /// elsewhere rather than load them back into the same squeeze.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evicted: Vec<Eviction>,
     pub memory_budget_bytes: u64,
     pub memory_used_bytes: u64,
     /// Compute threads per model.
     pub threads: usize,
     pub models: Vec<ModelInfo>,
+}
+
+/// One eviction in a load report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Eviction {
+    pub id: String,
+    /// What it held (weights and KV pool).
+    pub bytes: u64,
+    pub seconds_ago: f64,
 }
 
 impl LoadReport {

@@ -62,3 +62,37 @@ pub const GATEWAY_REPLICA_UNLOADS: &str = "realizar_gateway_replica_unloads_tota
 pub const GATEWAY_PLACEMENT_MOVES: &str = "realizar_gateway_placement_moves_total";
 /// 1 while a node's circuit breaker is open (or half-open), else 0.
 pub const GATEWAY_BREAKER_OPEN: &str = "realizar_gateway_breaker_open";
+
+/// The gateway's histograms (routing decisions take microseconds) get
+/// finer buckets than the node's.
+pub const GATEWAY_PREFIX: &str = "realizar_gateway_";
+pub const GATEWAY_BUCKETS: &[f64] = &[
+    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// The process's one Prometheus recorder, installed on first use. Node and
+/// gateway share it, as `realizar serve` runs both in one process; each
+/// describes its own metrics.
+pub fn recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+    static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Prefix(GATEWAY_PREFIX.into()),
+                        GATEWAY_BUCKETS,
+                    )
+                })
+                .and_then(|b| b.install_recorder())
+                .map_err(|e| format!("metrics: {e}"))
+        })
+        .clone()
+}

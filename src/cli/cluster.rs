@@ -152,6 +152,7 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         policy: a.policy,
         bound: realizar_gateway::routing::Bound::default(),
         drain_timeout: Duration::from_secs(300),
+        max_loads: realizar_gateway::coordinator::MAX_LOADS,
         api_keys,
         admin_key,
         cluster_token,
@@ -194,33 +195,41 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         |addr| eprintln!("realizar: cluster of {n_nodes} nodes; gateway on http://{addr}"),
         super::node::shutdown_signal(),
     ));
-    // Stop the watcher first, then the nodes (SIGTERM: they drain).
+    // Stop the watcher first, then the nodes, all at once (SIGTERM: each
+    // finishes what it has in flight; with the gateway gone, none waits
+    // more than a few seconds to be drained).
     drop(rt);
-    for n in procs.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
-        if let Some(mut c) = n.child.take() {
-            terminate(&mut c);
-        }
-    }
+    let mut children: Vec<Child> = procs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter_mut()
+        .filter_map(|n| n.child.take())
+        .collect();
+    terminate(&mut children);
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail("cluster", e),
     }
 }
 
-/// SIGTERM, then SIGKILL if it has not exited within 15 s.
-fn terminate(c: &mut Child) {
+/// SIGTERM to each, then SIGKILL to those still running 15 s later.
+fn terminate(cs: &mut [Child]) {
     #[cfg(unix)]
     {
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
+        for c in cs.iter() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
         for _ in 0..150 {
-            if matches!(c.try_wait(), Ok(Some(_))) {
+            if cs.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_)))) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let _ = c.kill();
-    let _ = c.wait();
+    for c in cs.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

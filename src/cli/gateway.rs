@@ -56,6 +56,10 @@ pub struct GatewayArgs {
     /// elsewhere before unloading the node's replicas anyway.
     #[arg(long)]
     drain_timeout_secs: Option<f64>,
+    /// Replica loads under way at once across the cluster (each node
+    /// takes one at a time).
+    #[arg(long)]
+    max_loads: Option<usize>,
     /// Threads serving requests. The gateway only moves bytes: one thread
     /// serves thousands of requests a second, and a second one mostly adds
     /// thread wake-ups (measured: BENCHMARKS.md).
@@ -163,6 +167,9 @@ fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
     if let Some(v) = a.drain_timeout_secs {
         c.drain_timeout_secs = v;
     }
+    if let Some(v) = a.max_loads {
+        c.max_loads = v;
+    }
     for m in &a.model {
         c.models.push(CatalogEntry::parse(m)?);
     }
@@ -180,8 +187,14 @@ fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
         .as_ref()
         .map_or("command line".to_owned(), |p| p.display().to_string());
     c.check(&file).map_err(|e| e.to_string())?;
-    let (api_keys, admin_key, cluster_token) = security.read()?;
-    Ok(GatewayOptions {
+    Ok(with_secrets(c, security.read()?))
+}
+
+/// A checked config and the secrets as the gateway's options (the
+/// connection limits: a node's defaults).
+pub fn with_secrets(c: GatewayConfig, secrets: Secrets) -> GatewayOptions {
+    let (api_keys, admin_key, cluster_token) = secrets;
+    GatewayOptions {
         host: c.host,
         port: c.port,
         nodes: c.nodes,
@@ -195,11 +208,12 @@ fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
             cached_epsilon: c.cached_epsilon,
         },
         drain_timeout: Duration::from_secs_f64(c.drain_timeout_secs),
+        max_loads: c.max_loads,
         api_keys,
         admin_key,
         cluster_token,
         limits: realizar_node::service::config::NodeConfig::default().limits(),
-    })
+    }
 }
 
 pub fn gateway(a: GatewayArgs) -> ExitCode {

@@ -8,6 +8,7 @@ mod gateway;
 pub mod models;
 mod node;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,9 +48,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Perplexity of a text file, computed the way llama-perplexity does.
     Perplexity(run::PerplexityArgs),
-    /// Serve the OpenAI API on one machine. With no model given, serves
+    /// Serve the OpenAI API on one machine: the gateway over a node in the
+    /// same process (the cluster's code path). With no model given, serves
     /// SmolLM2 (fetched if missing).
-    Serve(node::NodeArgs),
+    Serve(serve::ServeArgs),
     /// Run a node: the OpenAI API and admin routes over the models it loads
     /// (from --model, the config file, or later through POST /admin/models).
     Node(node::NodeArgs),
@@ -80,8 +82,8 @@ pub fn main() -> ExitCode {
         Command::Export(a) => files::export(&a),
         Command::Run(a) => run::run_cmd(a),
         Command::Perplexity(a) => run::perplexity_cmd(a),
-        Command::Serve(a) => node::node(a, true),
-        Command::Node(a) => node::node(a, false),
+        Command::Serve(a) => serve::serve(a),
+        Command::Node(a) => node::node(a),
         Command::Gateway(a) => gateway::gateway(a),
         Command::Cluster(a) => cluster::cluster(a),
         Command::Bench(a) => bench::command(a),

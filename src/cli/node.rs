@@ -1,4 +1,5 @@
-//! `realizar serve` and `realizar node`: flags over the TOML config, then the node.
+//! `realizar node` (and the node inside `realizar serve`): flags over the
+//! TOML config, then the node.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -83,6 +84,10 @@ pub struct NodeArgs {
     /// streams end with an error event and the process exits.
     #[arg(long)]
     shutdown_grace_secs: Option<f64>,
+    /// After SIGTERM, seconds a node its gateway knows waits to be drained
+    /// (its models moved elsewhere) before that shutdown begins; 0: none.
+    #[arg(long)]
+    leave_timeout_secs: Option<f64>,
     /// Milliseconds one request's tokenization may take before a 400.
     #[arg(long)]
     tokenize_budget_ms: Option<u64>,
@@ -97,13 +102,42 @@ pub struct NodeArgs {
     send_buffer_kib: Option<usize>,
 }
 
-pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
+pub fn node(args: NodeArgs) -> ExitCode {
+    let cfg = match config(args, false) {
+        Ok(c) => c,
+        Err(e) => return fail("node", e),
+    };
+    let rt = match super::server_runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail("node", e),
+    };
+    let r = rt.block_on(realizar_node::service::run(
+        cfg,
+        resolver(),
+        |addr| eprintln!("realizar: listening on http://{addr}"),
+        shutdown_signal(),
+    ));
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail("node", e),
+    }
+}
+
+/// How a node finds a model by name: the models directory, fetching
+/// catalog models when allowed.
+pub fn resolver() -> realizar_node::actors::sources::Resolver {
+    std::sync::Arc::new(|m: &str, fetch: bool| models::resolve_with(Path::new(m), fetch))
+}
+
+/// The config file with the flags applied, checked; with no model given
+/// and `default_model`, SmolLM2.
+pub fn config(
+    args: NodeArgs,
+    default_model: bool,
+) -> Result<realizar_node::service::config::NodeConfig, String> {
     use realizar_node::service::config::{ModelEntry, NodeConfig};
     let mut cfg = match &args.config {
-        Some(p) => match NodeConfig::from_file(p) {
-            Ok(c) => c,
-            Err(e) => return fail("serve", e),
-        },
+        Some(p) => NodeConfig::from_file(p).map_err(|e| e.to_string())?,
         None => NodeConfig::default(),
     };
     if let Some(h) = args.host {
@@ -142,6 +176,7 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
         (&mut cfg.idle_timeout_secs, args.idle_timeout_secs),
         (&mut cfg.body_timeout_secs, args.body_timeout_secs),
         (&mut cfg.shutdown_grace_secs, args.shutdown_grace_secs),
+        (&mut cfg.leave_timeout_secs, args.leave_timeout_secs),
         (&mut cfg.stream_stall_secs, args.stream_stall_secs),
     ] {
         if let Some(v) = v {
@@ -163,9 +198,8 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
     if let Some(n) = args.send_buffer_kib {
         cfg.send_buffer_kib = n;
     }
-    if let Err(e) = cfg.check_limits("command line") {
-        return fail("serve", e);
-    }
+    cfg.check_limits("command line")
+        .map_err(|e| e.to_string())?;
     if let Some(q) = args.max_queue {
         cfg.max_queue = q;
     }
@@ -179,9 +213,8 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
     if let Some(m) = args.kv_memory_mib {
         o.kv_memory_mib = m;
     }
-    if let Err(e) = o.check("command line", "flags") {
-        return fail("serve", e);
-    }
+    o.check("command line", "flags")
+        .map_err(|e| e.to_string())?;
     for m in &args.model {
         let (id, path) = match m.split_once('=') {
             Some((id, path)) => (id.to_owned(), path.to_owned()),
@@ -196,9 +229,8 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
                 (id, m.clone())
             }
         };
-        if let Err(e) = realizar_node::actors::registry::check_model_id(&id) {
-            return fail("serve", format!("--model {m}: {e}"));
-        }
+        realizar_node::actors::registry::check_model_id(&id)
+            .map_err(|e| format!("--model {m}: {e}"))?;
         // What the operator names on the command line is pinned: never
         // evicted, and unloaded only with `force`.
         cfg.models.push(ModelEntry {
@@ -216,22 +248,7 @@ pub fn node(args: NodeArgs, default_model: bool) -> ExitCode {
             options: None,
         });
     }
-    let rt = match super::server_runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail("serve", e),
-    };
-    let resolver: realizar_node::actors::sources::Resolver =
-        std::sync::Arc::new(|m: &str, fetch: bool| models::resolve_with(Path::new(m), fetch));
-    let r = rt.block_on(realizar_node::service::run(
-        cfg,
-        resolver,
-        |addr| eprintln!("realizar: listening on http://{addr}"),
-        shutdown_signal(),
-    ));
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail("serve", e),
-    }
+    Ok(cfg)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

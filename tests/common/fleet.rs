@@ -1,7 +1,11 @@
 //! For tests that run several `realizar` processes (nodes, gateways): a
-//! process killed (SIGKILL) when dropped, free loopback ports, polling.
+//! process killed (SIGKILL) when dropped, free loopback ports, polling, a
+//! gateway and its fleet view.
 
+use std::net::SocketAddr;
 use std::process::{Child, Stdio};
+
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// A child process, killed with SIGKILL when dropped (a `kill -9`).
@@ -42,6 +46,21 @@ pub fn node(port: u16, id: &str, extra: &[&str]) -> Proc {
     spawn(&args)
 }
 
+/// Each result (status, stream ended with `[DONE]` or not a stream) a 200
+/// that was whole.
+pub fn assert_all_served(results: &[Result<(u16, bool), String>]) {
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| !matches!(r, Ok((200, true))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {}: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+}
+
 /// Poll `f` until it holds (then how long that took), at most `limit`.
 pub fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let t0 = Instant::now();
@@ -52,4 +71,95 @@ pub fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// A gateway process's address and the admin header it needs, with
+/// readers of its fleet view.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: Vec<(&'static str, String)>,
+}
+
+impl Gateway {
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> super::Response {
+        let h: Vec<(&str, &str)> = self.admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let b = body.map(|b| b.to_string()).unwrap_or_default();
+        super::raw_http(self.addr, method, path, &h, b.as_bytes()).unwrap()
+    }
+
+    /// The fleet view (null while the gateway is not answering yet).
+    pub fn cluster(&self) -> Value {
+        let h: Vec<(&str, &str)> = self.admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        super::raw_http(self.addr, "GET", "/admin/cluster", &h, b"")
+            .ok()
+            .and_then(|r| serde_json::from_str(&r.body).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn model(&self, id: &str) -> Value {
+        self.cluster()["models"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["id"] == id))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The nodes serving `id`, sorted.
+    pub fn ready(&self, id: &str) -> Vec<String> {
+        let mut v: Vec<String> = self.model(id)["ready"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The nodes whose own report lists `id` in any state, sorted.
+    pub fn holders(&self, id: &str) -> Vec<String> {
+        let c = self.cluster();
+        let mut v: Vec<String> = c["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["last_report"]["models"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["id"] == id))
+            })
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn node_state(&self, id: &str) -> String {
+        self.cluster()["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["id"] == id))
+            .map(|n| n["state"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.cluster()["events"].as_array().unwrap().clone()
+    }
+}
+
+/// `realizar gateway` over `nodes` (loopback ports) serving `model`.
+pub fn gateway(nodes: &[u16], model: &str, admin_key: Option<&std::path::Path>) -> (Proc, Gateway) {
+    let port = free_port();
+    let mut args: Vec<String> = ["gateway", "--port", &port.to_string(), "--model", model]
+        .map(String::from)
+        .to_vec();
+    for p in nodes {
+        args.extend(["--node".into(), format!("http://127.0.0.1:{p}")]);
+    }
+    let mut admin = Vec::new();
+    if let Some(k) = admin_key {
+        args.extend(["--admin-key-file".into(), k.display().to_string()]);
+        let key = std::fs::read_to_string(k).unwrap().trim().to_owned();
+        admin.push(("Authorization", format!("Bearer {key}")));
+    }
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    (spawn(&args), Gateway { addr, admin })
 }

@@ -90,6 +90,12 @@ pub type Models = Arc<RwLock<HashMap<String, Arc<ModelHandle>>>>;
 /// Models on their way in (loading) or out (unloading), for the report.
 pub type Transitions = Arc<RwLock<BTreeMap<String, ModelState>>>;
 
+/// Evictions to fit the memory budget, newest last, for the report:
+/// (model id, bytes, when).
+pub type Evictions = Arc<std::sync::Mutex<std::collections::VecDeque<(String, u64, Instant)>>>;
+/// How long an eviction stays in the report.
+pub const EVICTIONS_KEPT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Model ids are what clients send and what metrics and thread names carry:
 /// 1 to 128 characters of letters, digits and `._:@+-/`, not starting with
 /// a separator.
@@ -171,6 +177,7 @@ pub struct RegistryArgs {
     pub stream_buffer: usize,
     pub stall: std::time::Duration,
     pub transitions: Transitions,
+    pub evictions: Evictions,
 }
 
 pub struct RegistryState {
@@ -487,16 +494,29 @@ async fn load(
                 .values()
                 .filter(|h| !h.pinned)
                 .min_by_key(|h| h.last_used.load(Ordering::Relaxed))
-                .map(|h| h.id.clone());
+                .map(|h| (h.id.clone(), h.bytes));
             (used, pinned, victim)
         };
         if used + need <= state.args.budget_bytes {
             break;
         }
         match victim {
-            Some(v) => {
+            Some((v, bytes)) => {
                 tracing::info!(evicted = %v, for_model = %spec.id, "memory budget: evicting the least recently used model");
                 metrics::counter!(names::MODEL_EVICTIONS).increment(1);
+                {
+                    let mut e = state
+                        .args
+                        .evictions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    e.retain(|(_, _, at)| now.duration_since(*at) < EVICTIONS_KEPT);
+                    if e.len() >= 64 {
+                        e.pop_front();
+                    }
+                    e.push_back((v.clone(), bytes, now));
+                }
                 let _ = unload(state, &v, "the model was evicted to make room for another");
             }
             None => {

@@ -18,7 +18,10 @@ pub async fn list(State(node): State<Arc<Node>>) -> Json<ModelList> {
 }
 
 pub async fn report(State(node): State<Arc<Node>>) -> Json<LoadReport> {
-    Json(node.report())
+    let at = node.now_ms();
+    let r = node.report();
+    node.gateway_seen(at);
+    Json(r)
 }
 
 pub async fn load(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<ModelInfo>, ApiError> {

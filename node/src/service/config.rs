@@ -37,6 +37,10 @@ pub struct NodeConfig {
     /// A file holding the admin token: when set, `/admin/*` needs
     /// `Authorization: Bearer <token>` (the gateway presents it).
     pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself, not from a file: `realizar serve` gives its
+    /// in-process node one it makes up. Not read from TOML.
+    #[serde(skip)]
+    pub admin_token: Option<String>,
     /// Binding to a non-loopback address without an admin token is refused
     /// unless this is set.
     pub allow_open_admin: bool,
@@ -56,6 +60,10 @@ pub struct NodeConfig {
     /// After SIGTERM: how long requests in flight may finish before their
     /// streams are ended with an error event and the process exits.
     pub shutdown_grace_secs: f64,
+    /// After SIGTERM, when a gateway knows the node: how long it waits for
+    /// the gateway to drain it (move its models elsewhere, warm first)
+    /// before the shutdown above begins. 0: never waits.
+    pub leave_timeout_secs: f64,
     /// CPU time one request's tokenization (and chat templating) may take;
     /// past it the request gets a 400.
     pub tokenize_budget_ms: u64,
@@ -84,6 +92,7 @@ impl Default for NodeConfig {
             max_queue: 256,
             fault_injection: false,
             admin_token_file: None,
+            admin_token: None,
             allow_open_admin: false,
             model_dirs: Vec::new(),
             allow_downloads: false,
@@ -93,6 +102,7 @@ impl Default for NodeConfig {
             max_body_mib: 16,
             max_connections: 1024,
             shutdown_grace_secs: 10.0,
+            leave_timeout_secs: 60.0,
             tokenize_budget_ms: 2000,
             stream_buffer_events: 256,
             stream_stall_secs: 30.0,
@@ -152,6 +162,11 @@ impl NodeConfig {
             && (0.0..=3600.0).contains(&self.shutdown_grace_secs))
         {
             return bad("shutdown_grace_secs", "must be between 0 and 3600");
+        }
+        if !(self.leave_timeout_secs.is_finite()
+            && (0.0..=3600.0).contains(&self.leave_timeout_secs))
+        {
+            return bad("leave_timeout_secs", "must be between 0 and 3600");
         }
         if self.max_body_mib == 0 || self.max_body_mib > 1024 {
             return bad("max_body_mib", "must be between 1 and 1024");

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::ActorRef;
-use realizar_shared::control::{LoadReport, LoadRequest, ModelInfo, ModelOptions, ModelState};
+use realizar_shared::control::{
+    Eviction, LoadReport, LoadRequest, ModelInfo, ModelOptions, ModelState,
+};
 use realizar_shared::error::ApiError;
 use realizar_shared::http_server::Limits;
 use realizar_shared::metrics as names;
@@ -20,7 +22,8 @@ use realizar_shared::openai::GenParams;
 use tokio::sync::Semaphore;
 
 use crate::actors::registry::{
-    check_model_id, touch, LoadSpec, ModelHandle, Models, RegistryError, RegistryMsg, Transitions,
+    check_model_id, touch, Evictions, LoadSpec, ModelHandle, Models, RegistryError, RegistryMsg,
+    Transitions, EVICTIONS_KEPT,
 };
 use crate::actors::sources::Origin;
 use crate::actors::ModelMsg;
@@ -40,6 +43,7 @@ pub struct Identity {
 pub struct Node {
     pub models: Models,
     pub transitions: Transitions,
+    pub evictions: Evictions,
     pub registry: ActorRef<RegistryMsg>,
     pub prometheus: PrometheusHandle,
     pub started: Instant,
@@ -51,6 +55,12 @@ pub struct Node {
     /// Set once shutdown begins: /health answers 503 so balancers stop
     /// sending new work.
     pub draining: AtomicBool,
+    /// Set on SIGTERM while a gateway drains the node (LoadReport::leaving).
+    pub leaving: AtomicBool,
+    /// When a gateway last asked for the report or took a heartbeat, in
+    /// milliseconds since `started` (0: never): a node a gateway knows asks
+    /// it to be drained before it exits.
+    pub gateway_seen_ms: AtomicU64,
     /// `Authorization: Bearer` token the admin routes need, if any.
     pub admin_token: Option<String>,
     /// Threads for tokenization and chat templating (off the async workers).
@@ -377,6 +387,41 @@ impl Node {
         v
     }
 
+    /// Milliseconds since the node started (at least 1).
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis().max(1) as u64
+    }
+
+    /// A gateway took a report built after `at` (`now_ms`): what the node
+    /// had set before `at` (say, `leaving`) is known to it.
+    pub fn gateway_seen(&self, at: u64) {
+        self.gateway_seen_ms.fetch_max(at, Ordering::SeqCst);
+    }
+
+    /// How long since a gateway was last heard from (None: never).
+    pub fn since_gateway(&self) -> Option<Duration> {
+        match self.gateway_seen_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+
+    fn recent_evictions(&self) -> Vec<Eviction> {
+        let e = self.evictions.lock().unwrap_or_else(|e| e.into_inner());
+        e.iter()
+            .filter(|(_, _, at)| at.elapsed() < EVICTIONS_KEPT)
+            .map(|(id, bytes, at)| Eviction {
+                id: id.clone(),
+                bytes: *bytes,
+                seconds_ago: at.elapsed().as_secs_f64(),
+            })
+            .collect()
+    }
+
     pub fn report(&self) -> LoadReport {
         let models = self.model_infos();
         LoadReport {
@@ -385,6 +430,8 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             draining: self.draining.load(Ordering::Relaxed),
+            leaving: self.leaving.load(Ordering::Relaxed),
+            evicted: self.recent_evictions(),
             memory_budget_bytes: self.identity.budget_bytes,
             memory_used_bytes: models
                 .iter()

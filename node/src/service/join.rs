@@ -17,6 +17,7 @@ pub async fn heartbeat(node: Arc<Node>, gateway: String) {
     let url = format!("{}/admin/nodes/join", gateway.trim_end_matches('/'));
     let mut warned = false;
     loop {
+        let at = node.now_ms();
         let body = serde_json::to_vec(&node.report()).unwrap_or_default();
         let mut req = hyper::Request::post(&url).header("content-type", "application/json");
         if let Some(t) = &node.admin_token {
@@ -31,6 +32,7 @@ pub async fn heartbeat(node: Arc<Node>, gateway: String) {
         };
         match sent {
             Ok(Ok(r)) if r.status().is_success() => {
+                node.gateway_seen(at);
                 if warned {
                     tracing::info!(gateway = %gateway, "joined");
                 }

@@ -1,9 +1,9 @@
-//! The node's Prometheus recorder: installed once per process, every metric
-//! described (names from realizar_shared::metrics).
+//! The node's Prometheus recorder: one per process (realizar_shared::metrics::recorder),
+//! every node metric described (names from realizar_shared::metrics).
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use realizar_shared::metrics::{self as m, BATCH_BUCKETS, LATENCY_BUCKETS};
+use metrics_exporter_prometheus::PrometheusHandle;
+use realizar_shared::metrics as m;
 
 enum Kind {
     Counter,
@@ -125,15 +125,7 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
 
 /// Install the Prometheus recorder (once per process) and describe the metrics.
 pub fn install() -> Result<PrometheusHandle, String> {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let h = PrometheusBuilder::new()
-        .set_buckets(LATENCY_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(m::BATCH_SIZE.into()), BATCH_BUCKETS))
-        .and_then(|b| b.install_recorder())
-        .map_err(|e| format!("metrics: {e}"))?;
+    let h = m::recorder()?;
     for (name, kind, help) in DESCRIBED {
         match kind {
             Kind::Counter => describe_counter!(*name, *help),
@@ -142,6 +134,5 @@ pub fn install() -> Result<PrometheusHandle, String> {
             Kind::Histogram => describe_histogram!(*name, *help),
         }
     }
-    let _ = HANDLE.set(h.clone());
     Ok(h)
 }

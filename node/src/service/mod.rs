@@ -14,15 +14,18 @@ use std::time::{Duration, Instant};
 
 use ractor::Actor;
 use realizar_shared::config::Checked;
+use realizar_shared::control::ModelState;
 use tokio::sync::Semaphore;
 
-use crate::actors::registry::{LoadSpec, Models, Registry, RegistryArgs, RegistryMsg, Transitions};
+use crate::actors::registry::{
+    Evictions, LoadSpec, Models, Registry, RegistryArgs, RegistryMsg, Transitions,
+};
 use crate::actors::sources::{ModelDirs, Origin, Resolver};
 use config::NodeConfig;
 use facade::{Identity, Node};
 
 /// Whether `host` names only this machine.
-fn is_loopback(host: &str) -> bool {
+pub fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .trim_matches(['[', ']'])
@@ -31,7 +34,7 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// The admin token from its file: the first line, trimmed, not empty.
-fn read_token(path: &std::path::Path) -> Result<String, String> {
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("admin_token_file {}: {e}", path.display()))?;
     let t = text.lines().next().unwrap_or("").trim().to_owned();
@@ -42,6 +45,62 @@ fn read_token(path: &std::path::Path) -> Result<String, String> {
         ));
     }
     Ok(t)
+}
+
+/// A gateway heard from within this long is taken to be draining the node.
+const GATEWAY_GONE: Duration = Duration::from_secs(3);
+
+/// Before shutting down, a node that a gateway knows asks to be drained
+/// (its report says `leaving`) and serves on until the gateway has moved
+/// its models away and unloaded them here, so that nothing in flight or
+/// routed meanwhile fails. It stops waiting when the gateway falls silent
+/// or after `limit`.
+async fn leave(node: &Node, limit: Duration) {
+    let gateway_near = || node.since_gateway().is_some_and(|d| d < GATEWAY_GONE);
+    if limit.is_zero() || !gateway_near() {
+        return;
+    }
+    node.leaving.store(true, Ordering::SeqCst);
+    let asked_ms = node.now_ms();
+    tracing::info!(
+        limit_secs = limit.as_secs_f64(),
+        "stopping: asking the gateway to drain this node first"
+    );
+    let t0 = Instant::now();
+    loop {
+        let empty = node
+            .models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+            && node
+                .transitions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+        // Once the gateway has heard it is leaving, so that it places
+        // nothing here meanwhile.
+        let heard = node.gateway_seen_ms.load(Ordering::SeqCst) > asked_ms;
+        if empty && heard {
+            tracing::info!(
+                secs = t0.elapsed().as_secs_f64(),
+                "drained: every model moved away"
+            );
+            return;
+        }
+        if !gateway_near() {
+            tracing::warn!("the gateway fell silent; stopping undrained");
+            return;
+        }
+        if t0.elapsed() >= limit {
+            tracing::warn!(
+                limit_secs = limit.as_secs_f64(),
+                "not drained in time; stopping anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Start the node: bind, serve the API, and load the configured models in
@@ -57,11 +116,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     cfg.check("the configuration").map_err(|e| e.to_string())?;
-    let admin_token = cfg
-        .admin_token_file
-        .as_deref()
-        .map(read_token)
-        .transpose()?;
+    let admin_token = match &cfg.admin_token {
+        Some(t) => Some(t.clone()),
+        None => cfg
+            .admin_token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()?,
+    };
     if admin_token.is_none() && !is_loopback(&cfg.host) && !cfg.allow_open_admin {
         return Err(format!(
             "refusing to bind {} without an admin token: anyone who can reach it could load and unload models. \
@@ -80,6 +142,7 @@ pub async fn run(
     let started = Instant::now();
     let models: Models = Default::default();
     let transitions: Transitions = Default::default();
+    let evictions: Evictions = Default::default();
     let dirs = ModelDirs::new(&cfg.model_dirs, cfg.allow_downloads);
     if dirs.dirs.is_empty() {
         tracing::warn!("no model directory exists: POST /admin/models can load nothing");
@@ -98,6 +161,7 @@ pub async fn run(
             stream_buffer: cfg.stream_buffer_events,
             stall: Duration::from_secs_f64(cfg.stream_stall_secs),
             transitions: transitions.clone(),
+            evictions: evictions.clone(),
         },
     )
     .await
@@ -118,6 +182,7 @@ pub async fn run(
     let state = Arc::new(Node {
         models,
         transitions,
+        evictions,
         registry: registry.clone(),
         prometheus,
         started,
@@ -132,11 +197,21 @@ pub async fn run(
         default_options: cfg.model_defaults.clone(),
         next_id: AtomicU64::new(1),
         draining: AtomicBool::new(false),
+        leaving: AtomicBool::new(false),
+        gateway_seen_ms: AtomicU64::new(0),
         admin_token,
         cpu_slots: Arc::new(Semaphore::new(cpu)),
         tokenize_budget: Duration::from_millis(cfg.tokenize_budget_ms),
         limits: Arc::new(limits.clone()),
     });
+    // The configured models are loading from now on: a gateway that asks
+    // before the loads start must not ask for them again.
+    {
+        let mut t = state.transitions.write().unwrap_or_else(|e| e.into_inner());
+        for m in &cfg.models {
+            t.insert(m.id.clone(), ModelState::Loading);
+        }
+    }
     tracing::info!(%addr, max_connections = limits.effective_max_connections(), "listening");
     on_bound(addr);
     if let Some(gateway) = cfg.join.clone() {
@@ -166,8 +241,10 @@ pub async fn run(
         }
     });
     let st = state.clone();
+    let leave_timeout = Duration::from_secs_f64(cfg.leave_timeout_secs);
     let draining = async move {
         shutdown.await;
+        leave(&st, leave_timeout).await;
         st.draining.store(true, Ordering::SeqCst);
         tracing::info!("shutting down: no new connections; waiting for requests in flight");
     };
