@@ -45,6 +45,7 @@ fn models_view(gw: &Gw) -> Vec<Value> {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let catalog = gw.shared.catalog.read().unwrap_or_else(|e| e.into_inner());
+    let replicas = gw.shared.replicas.read().unwrap_or_else(|e| e.into_inner());
     catalog
         .entries()
         .iter()
@@ -58,6 +59,8 @@ fn models_view(gw: &Gw) -> Vec<Value> {
                 "id": e.id,
                 "path": e.path,
                 "replicas": e.replicas,
+                "max_replicas": e.max_replicas,
+                "replicas_now": replicas.get(&e.id).copied().unwrap_or(e.replicas),
                 "pin": e.pin,
                 "options": e.options,
                 "owners": placement.owners_of(&e.id),
@@ -152,6 +155,9 @@ pub async fn add_model(State(gw): State<Gw>, b: Bytes) -> Result<Response, ApiEr
 #[serde(deny_unknown_fields)]
 pub struct ModelChange {
     replicas: Option<usize>,
+    max_replicas: Option<usize>,
+    scale_up_waiting: Option<usize>,
+    keep_alive_secs: Option<f64>,
     pin: Option<Vec<String>>,
 }
 
@@ -169,6 +175,15 @@ pub async fn change_model(
         .ok_or_else(|| ApiError::model_not_found(&id))?;
     if let Some(r) = ch.replicas {
         e.replicas = r;
+    }
+    if ch.max_replicas.is_some() {
+        e.max_replicas = ch.max_replicas;
+    }
+    if ch.scale_up_waiting.is_some() {
+        e.scale_up_waiting = ch.scale_up_waiting;
+    }
+    if ch.keep_alive_secs.is_some() {
+        e.keep_alive_secs = ch.keep_alive_secs;
     }
     if let Some(p) = ch.pin {
         e.pin = p;

@@ -2,7 +2,7 @@
 //! (`[[models]]` in configs/cluster.toml) and the admin routes, which
 //! add, remove, pin and change replica counts while it runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use realizar_shared::control::ModelOptions;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,17 @@ pub struct CatalogEntry {
     /// What the nodes load it with (default: each node's own defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<ModelOptions>,
+    /// Demand-driven replicas: up to this many while its queue is long
+    /// (`replicas` is then the minimum, and may be 0: scaled to zero, the
+    /// first request waits while a node loads it). None: `replicas`, fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<usize>,
+    /// Waiting sequences across its replicas above which one is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up_waiting: Option<usize>,
+    /// Seconds without a request before it goes back to `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_secs: Option<f64>,
 }
 
 fn one() -> usize {
@@ -35,15 +46,19 @@ fn one() -> usize {
 }
 
 impl CatalogEntry {
-    /// `ID=PATH_OR_NAME[@REPLICAS]`, or `NAME[@REPLICAS]`.
+    /// `ID=PATH_OR_NAME[@REPLICAS]`, or `NAME[@REPLICAS]`; REPLICAS is a
+    /// count or MIN-MAX (demand-driven, MIN may be 0).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (spec, replicas) = match s.rsplit_once('@') {
-            Some((a, r)) => (
-                a,
-                r.parse::<usize>()
-                    .map_err(|_| format!("--model {s}: replicas must be a whole number ≥ 1"))?,
-            ),
-            None => (s, 1),
+        let count = |r: &str| {
+            r.parse::<usize>()
+                .map_err(|_| format!("--model {s}: replicas must be N or MIN-MAX, whole numbers"))
+        };
+        let (spec, replicas, max_replicas) = match s.rsplit_once('@') {
+            Some((a, r)) => match r.split_once('-') {
+                Some((lo, hi)) => (a, count(lo)?, Some(count(hi)?)),
+                None => (a, count(r)?, None),
+            },
+            None => (s, 1, None),
         };
         let (id, path) = spec.split_once('=').unwrap_or((spec, spec));
         let e = CatalogEntry {
@@ -52,6 +67,9 @@ impl CatalogEntry {
             replicas,
             pin: Vec::new(),
             options: None,
+            max_replicas,
+            scale_up_waiting: None,
+            keep_alive_secs: None,
         };
         e.check()
             .map_err(|(field, why)| format!("--model {s}: `{field}` {why}"))?;
@@ -66,8 +84,31 @@ impl CatalogEntry {
         if self.path.is_empty() {
             return Err(("path", "must not be empty".into()));
         }
-        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
-            return Err(("replicas", format!("must be between 1 and {MAX_REPLICAS}")));
+        match self.max_replicas {
+            None if !(1..=MAX_REPLICAS).contains(&self.replicas) => {
+                return Err(("replicas", format!("must be between 1 and {MAX_REPLICAS}")));
+            }
+            Some(max) if !(1..=MAX_REPLICAS).contains(&max) => {
+                return Err((
+                    "max_replicas",
+                    format!("must be between 1 and {MAX_REPLICAS}"),
+                ));
+            }
+            Some(max) if self.replicas > max => {
+                return Err(("replicas", "must be at most `max_replicas`".into()));
+            }
+            _ => {}
+        }
+        if self.scale_up_waiting == Some(0) {
+            return Err(("scale_up_waiting", "must be at least 1".into()));
+        }
+        if let Some(k) = self.keep_alive_secs {
+            if !(k.is_finite() && k > 0.0) {
+                return Err((
+                    "keep_alive_secs",
+                    "must be a number of seconds above 0".into(),
+                ));
+            }
         }
         if self.pin.iter().any(String::is_empty) {
             return Err(("pin", "node ids must not be empty".into()));
@@ -132,6 +173,18 @@ impl Catalog {
         }
     }
 
+    /// This catalog with each model's replica count replaced by `counts`
+    /// (demand-driven; scale.rs).
+    pub fn with_replicas(&self, counts: &BTreeMap<String, usize>) -> Catalog {
+        let mut c = self.clone();
+        for e in &mut c.entries {
+            if let Some(&n) = counts.get(&e.id) {
+                e.replicas = n;
+            }
+        }
+        c
+    }
+
     /// Take a model out; its replicas are unloaded as they go idle.
     pub fn remove(&mut self, id: &str) -> Option<CatalogEntry> {
         let i = self.entries.iter().position(|e| e.id == id)?;
@@ -158,6 +211,14 @@ mod tests {
             ("gemma3", "gemma3", 1)
         );
         assert!(CatalogEntry::parse("x@0").unwrap_err().contains("replicas"));
+        let e = CatalogEntry::parse("m=gemma3@0-2").unwrap();
+        assert_eq!((e.replicas, e.max_replicas), (0, Some(2)));
+        assert!(CatalogEntry::parse("x@3-2")
+            .unwrap_err()
+            .contains("`replicas`"));
+        assert!(CatalogEntry::parse("x@0-0")
+            .unwrap_err()
+            .contains("max_replicas"));
         assert!(CatalogEntry::parse("x@two").is_err());
         assert!(CatalogEntry::parse("=p").unwrap_err().contains("`id`"));
         assert!(CatalogEntry::parse("a=").unwrap_err().contains("`path`"));

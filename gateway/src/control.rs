@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use realizar_shared::control::LoadRequest;
+use realizar_shared::control::{LoadRequest, ModelState};
 use realizar_shared::metrics as names;
 
 use crate::catalog::Catalog;
@@ -17,6 +17,7 @@ use crate::client::NodeClient;
 use crate::coordinator::{Coordinator, Drain};
 use crate::membership::{Change, Health, Membership};
 use crate::placement::{place, ModelSlot, NodeSlot, Placement};
+use crate::scale::{Demand, Scaler};
 use crate::table::{PerNode, RoutingTable, View};
 use crate::Shared;
 
@@ -31,11 +32,14 @@ pub const SETTLE: Duration = Duration::from_millis(1500);
 /// again for this long: loading it back would evict another, and the
 /// node's LRU and the placement would take turns.
 pub const EVICTED_FOR: Duration = Duration::from_secs(120);
+/// A request waiting for a replica of a model asks for it this long.
+pub const WANTED_FOR: Duration = Duration::from_secs(2);
 
 pub async fn run(shared: Arc<Shared>, client: NodeClient) {
     let mut per_node: BTreeMap<String, PerNode> = BTreeMap::new();
     let mut version = 0u64;
     let mut coordinator = Coordinator::new(shared.max_loads);
+    let mut scaler = Scaler::default();
     // Model id → bytes on a node, as last reported.
     let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
     let started = Instant::now();
@@ -115,6 +119,20 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
                 });
             }
             let catalog = shared.catalog.read().unwrap_or_else(|e| e.into_inner());
+            // Demand-driven replica counts (scale.rs); placement, routing
+            // and the coordinator see the catalog with those counts.
+            let wanted: BTreeSet<String> = {
+                let mut w = shared.wanted.lock().unwrap_or_else(|e| e.into_inner());
+                w.retain(|_, at| now.duration_since(*at) < WANTED_FOR);
+                w.keys().cloned().collect()
+            };
+            let (counts, changes) = scaler.step(&catalog, &demand(&m, &catalog, &wanted), now);
+            for (id, from, to, why) in changes {
+                tracing::info!(model = %id, from, to, "{why}");
+                shared.event("scale", "", &id, format!("{from} → {to} replicas ({why})"));
+            }
+            let catalog = catalog.with_replicas(&counts);
+            *shared.replicas.write().unwrap_or_else(|e| e.into_inner()) = counts;
             let draining: BTreeSet<String> = drains
                 .iter()
                 .filter(|(_, d)| d.done.is_none())
@@ -233,6 +251,36 @@ async fn act(shared: &Shared, client: &NodeClient, node: &str, url: &str, a: Act
             }
         }
     }
+}
+
+/// What the reports say of each catalog model's demand.
+fn demand(
+    m: &Membership,
+    catalog: &Catalog,
+    wanted: &BTreeSet<String>,
+) -> BTreeMap<String, Demand> {
+    let mut out: BTreeMap<String, Demand> = catalog
+        .entries()
+        .iter()
+        .map(|e| {
+            let d = Demand {
+                asked: wanted.contains(&e.id),
+                ..Demand::default()
+            };
+            (e.id.clone(), d)
+        })
+        .collect();
+    for (_, r) in m.live() {
+        for x in &r.models {
+            if let Some(d) = out.get_mut(&x.id) {
+                d.waiting += x.waiting;
+                d.active += x.running + x.waiting + x.inflight;
+                d.holders += 1;
+                d.ready += usize::from(x.state == ModelState::Ready);
+            }
+        }
+    }
+    out
 }
 
 /// A node told to stop asks to be drained (its report says `leaving`);

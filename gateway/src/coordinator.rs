@@ -12,8 +12,8 @@
 //!   every owner of the model reports it ready; from then on it takes no
 //!   new requests (table.rs), and once it has been out of routing for
 //!   `RETIRE_GRACE` with nothing in flight it is unloaded;
-//! - a model taken out of the catalog is unloaded wherever it is, once
-//!   idle;
+//! - a model taken out of the catalog, or scaled to zero replicas, is
+//!   unloaded wherever it is, once idle;
 //! - a draining node is drained when it holds none of the catalog's models
 //!   and the gateway has nothing in flight on it; past its deadline, its
 //!   replicas are unloaded whether or not they are idle or warm elsewhere.
@@ -159,7 +159,9 @@ impl Coordinator {
                 .iter()
                 .filter(|x| x.state == ModelState::Ready)
             {
-                let removed = catalog.removed.contains(&x.id) && !catalog.contains(&x.id);
+                // Taken out of the catalog, or scaled to zero.
+                let removed = (catalog.removed.contains(&x.id) && !catalog.contains(&x.id))
+                    || catalog.get(&x.id).is_some_and(|e| e.replicas == 0);
                 let retire = if removed {
                     true
                 } else if catalog.contains(&x.id) {

@@ -200,6 +200,73 @@ async fn proxy(
     }
 }
 
+/// Requests waiting at once for a replica of their model; past it, 503.
+const MAX_WAITERS: usize = 256;
+/// How long a request waits for a replica to be loaded.
+const WAIT_FOR_REPLICA: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A model with no ready replica: a request for one being loaded (or
+/// scaled to zero, which it asks to bring back) waits for it, bounded in
+/// number and time; anything else is answered at once.
+async fn wait_for_replica(
+    gw: &Gw,
+    model: &str,
+) -> Result<Arc<crate::table::RoutingTable>, ApiError> {
+    let (known, scalable) = {
+        let c = gw.shared.catalog.read().unwrap_or_else(|e| e.into_inner());
+        match c.get(model) {
+            Some(e) => (true, e.max_replicas.is_some()),
+            None => (false, false),
+        }
+    };
+    if !known {
+        return Err(ApiError::model_not_found(model));
+    }
+    let placed = !gw
+        .shared
+        .placement
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .owners_of(model)
+        .is_empty();
+    let loading = || {
+        ApiError::unavailable(
+            format!("model `{model}` is being placed; no replica is ready yet"),
+            "model_loading",
+            2,
+        )
+    };
+    if !(placed || scalable) {
+        return Err(loading());
+    }
+    struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _w = Waiting(&gw.shared.waiters);
+    if gw.shared.waiters.fetch_add(1, Ordering::Relaxed) >= MAX_WAITERS {
+        return Err(loading());
+    }
+    let deadline = std::time::Instant::now() + WAIT_FOR_REPLICA;
+    loop {
+        gw.shared
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(model.to_owned(), std::time::Instant::now());
+        let t = gw.shared.table.load_full();
+        if t.models.get(model).is_some_and(|o| !o.is_empty()) {
+            return Ok(t);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(loading());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn route_and_send(
     gw: &Gw,
     uri: &OriginalUri,
@@ -213,28 +280,16 @@ async fn route_and_send(
             "invalid_json",
         )
     })?;
-    let table = gw.shared.table.load_full();
+    let mut table = gw.shared.table.load_full();
     let model = match env.model {
         Some(m) => m,
         None if table.models.len() == 1 => table.models.keys().next().cloned().expect("one"),
         None => return Err(ApiError::invalid_param("model", "`model` is required")),
     };
-    let Some(owners) = table.models.get(&model).filter(|o| !o.is_empty()) else {
-        let placed = gw
-            .shared
-            .catalog
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&model);
-        if placed {
-            return Err(ApiError::unavailable(
-                format!("model `{model}` is being placed; no replica is ready yet"),
-                "model_loading",
-                2,
-            ));
-        }
-        return Err(ApiError::model_not_found(&model));
-    };
+    if table.models.get(&model).is_none_or(|o| o.is_empty()) {
+        table = wait_for_replica(gw, &model).await?;
+    }
+    let owners = table.models.get(&model).expect("a replica is ready");
     let session = headers
         .get("x-session-id")
         .and_then(|v| v.to_str().ok())

@@ -7,9 +7,10 @@
 //! - `membership`: who is in the cluster and who is up;
 //! - `catalog`: the models the cluster serves (changed at run time through
 //!   `/admin/models`); `config`: the gateway's TOML;
-//! - `control`: the loop that polls nodes, rebuilds the routing snapshot
-//!   (`table`) and carries out the `coordinator`'s plan (loads, warm-first
-//!   unloads, drains), logging it (`events`);
+//! - `control`: the loop that polls nodes, sets each model's replica count
+//!   (`scale`), rebuilds the routing snapshot (`table`) and carries out the
+//!   `coordinator`'s plan (loads, warm-first unloads, drains), logging it
+//!   (`events`);
 //! - `http`, `client`: the OpenAI front door and the proxy to the nodes.
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod http;
 pub mod membership;
 pub mod placement;
 pub mod routing;
+pub mod scale;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -60,6 +62,13 @@ pub struct Shared {
     /// Replica loads under way at once across the cluster.
     pub max_loads: usize,
     pub events: Mutex<Events>,
+    /// Each catalog model's replica count now (demand-driven: scale.rs).
+    pub replicas: RwLock<BTreeMap<String, usize>>,
+    /// Models requests are waiting for a replica of, and when they last
+    /// said so.
+    pub wanted: Mutex<BTreeMap<String, Instant>>,
+    /// Requests waiting for a replica (bounded).
+    pub waiters: std::sync::atomic::AtomicUsize,
     pub policy: Policy,
     /// Requests routed (round-robin's turn).
     pub turn: AtomicU64,
@@ -125,6 +134,9 @@ pub async fn run(
         drain_timeout: o.drain_timeout,
         max_loads: o.max_loads,
         events: Mutex::new(Events::new(now)),
+        replicas: RwLock::new(BTreeMap::new()),
+        wanted: Mutex::new(BTreeMap::new()),
+        waiters: std::sync::atomic::AtomicUsize::new(0),
         policy: o.policy,
         turn: AtomicU64::new(0),
         bound: o.bound,

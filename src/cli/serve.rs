@@ -87,6 +87,9 @@ fn configs(a: ServeArgs) -> Result<(NodeConfig, realizar_gateway::GatewayOptions
             replicas: 1,
             pin: Vec::new(),
             options: m.options.clone(),
+            max_replicas: None,
+            scale_up_waiting: None,
+            keep_alive_secs: None,
         })
         .collect();
     let mut opts = with_secrets(g, (api_keys, admin_key, Some(token.clone())));
