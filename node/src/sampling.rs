@@ -160,6 +160,15 @@ impl Rng {
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+
+    /// The generator for one position of a sequence: draws depend on
+    /// (seed, position) only, so a sequence resumed elsewhere from its
+    /// tokens so far draws what the first run would have drawn.
+    pub fn at(seed: u64, position: u64) -> Self {
+        let mut r = Rng(seed ^ position.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        r.next_u64();
+        r
+    }
 }
 
 /// Per-sequence sampler state: the parameters, the RNG and the history the
@@ -167,7 +176,7 @@ impl Rng {
 #[derive(Debug, Clone)]
 pub struct Sampler {
     pub params: SamplingParams,
-    rng: Rng,
+    seed: u64,
     history: Vec<u32>,
 }
 
@@ -178,7 +187,7 @@ impl Sampler {
         let seed = params.seed.unwrap_or(fallback_seed);
         Sampler {
             params,
-            rng: Rng::new(seed),
+            seed,
             history: Vec::new(),
         }
     }
@@ -296,7 +305,8 @@ impl Sampler {
             keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
         }
         let total: f64 = probs[..keep].iter().sum();
-        let mut r = self.rng.next_f64() * total;
+        // The token's position in the sequence keys the draw.
+        let mut r = Rng::at(self.seed, self.history.len() as u64).next_f64() * total;
         for (i, &q) in probs[..keep].iter().enumerate() {
             if r < q {
                 return cand[i].0;
@@ -460,6 +470,29 @@ mod tests {
                 ..p.clone()
             })
         );
+    }
+
+    #[test]
+    fn a_sequence_resumed_from_its_tokens_draws_what_it_would_have() {
+        let p = SamplingParams {
+            temperature: 1.5,
+            seed: Some(7),
+            presence_penalty: 0.5,
+            ..Default::default()
+        };
+        let prompt = [1u32, 2, 3];
+        let mut first = Sampler::new(p.clone(), 0).with_history(&prompt);
+        let all: Vec<u32> = (0..60)
+            .map(|_| first.sample(&mut logits()).token.id)
+            .collect();
+        // Resumed after 25 tokens: prompt and those 25 as its history.
+        let mut so_far = prompt.to_vec();
+        so_far.extend_from_slice(&all[..25]);
+        let mut resumed = Sampler::new(p, 99).with_history(&so_far);
+        let rest: Vec<u32> = (0..35)
+            .map(|_| resumed.sample(&mut logits()).token.id)
+            .collect();
+        assert_eq!(rest, all[25..]);
     }
 
     #[test]
