@@ -127,14 +127,31 @@ impl NodeClient {
         body: Bytes,
         affinity: u64,
     ) -> Result<hyper::Response<Incoming>, String> {
+        self.forward_with(base, path_and_query, body, affinity, &[])
+            .await
+    }
+
+    /// `forward`, with more headers (failover.rs's).
+    pub async fn forward_with(
+        &self,
+        base: &str,
+        path_and_query: &str,
+        body: Bytes,
+        affinity: u64,
+        headers: &[(&str, &str)],
+    ) -> Result<hyper::Response<Incoming>, String> {
         // A node's URL comes from its report or the command line: a bad one
         // is this request's failure on that node, not a panic.
-        let req = hyper::Request::post(format!("{base}{path_and_query}"))
+        let mut req = hyper::Request::post(format!("{base}{path_and_query}"))
             .header("content-type", "application/json")
             .header(
                 realizar_shared::control::AFFINITY_HEADER,
                 format!("{affinity:016x}"),
-            )
+            );
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
             .body(Full::new(body))
             .map_err(|e| format!("{base}: {e}"))?;
         self.inner.request(req).await.map_err(|e| e.to_string())

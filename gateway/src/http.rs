@@ -136,10 +136,10 @@ async fn require_admin(State(gw): State<Gw>, req: Request, next: Next) -> Respon
 }
 
 /// Counts a request against its node until its response body is gone.
-struct InFlight(Arc<AtomicU64>);
+pub(crate) struct InFlight(Arc<AtomicU64>);
 
 impl InFlight {
-    fn new(c: &Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(c: &Arc<AtomicU64>) -> Self {
         c.fetch_add(1, Ordering::Relaxed);
         InFlight(c.clone())
     }
@@ -296,6 +296,17 @@ async fn route_and_send(
         .or(env.user.as_deref());
     let key = affinity_key(session, &env.prompt_head, AFFINITY_PREFIX);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    // One prompt, one choice, streamed: the node sends token ids so the
+    // stream can be continued elsewhere if it breaks (failover.rs).
+    let resumable = env.stream
+        && env.n == 1
+        && !env.many_prompts
+        && matches!(uri.path(), "/v1/completions" | "/v1/chat/completions");
+    let ask: &[(&str, &str)] = if resumable {
+        &[crate::failover::ASK_IDS]
+    } else {
+        &[]
+    };
     let mut tried: Vec<&str> = Vec::new();
     let mut last_error = String::new();
     for attempt in 0..=RETRIES {
@@ -332,7 +343,10 @@ async fn route_and_send(
         };
         let _ = owner.breaker.admit(now);
         let sent = std::time::Instant::now();
-        let answer = gw.client.forward(&owner.url, path, body.clone(), key).await;
+        let answer = gw
+            .client
+            .forward_with(&owner.url, path, body.clone(), key, ask)
+            .await;
         match &answer {
             Ok(r) if r.status().is_server_error() => owner.breaker.failure(sent),
             Ok(_) => owner.breaker.success(),
@@ -379,6 +393,18 @@ async fn route_and_send(
                     names::ROUTE => why,
                     names::STATUS => parts.status.as_u16().to_string())
                 .increment(1);
+                if resumable && parts.status.is_success() {
+                    let origin = crate::failover::Origin {
+                        gw: gw.clone(),
+                        model: model.clone(),
+                        path: path.to_owned(),
+                        body: body.clone(),
+                        key,
+                        node: owner.node_id.clone(),
+                    };
+                    let relay = crate::failover::relay(incoming, count, origin);
+                    return Ok(Response::from_parts(parts, relay));
+                }
                 let relay = Relay {
                     inner: incoming,
                     _count: count,

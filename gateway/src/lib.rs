@@ -11,7 +11,8 @@
 //!   (`scale`), rebuilds the routing snapshot (`table`) and carries out the
 //!   `coordinator`'s plan (loads, warm-first unloads, drains), logging it
 //!   (`events`);
-//! - `http`, `client`: the OpenAI front door and the proxy to the nodes.
+//! - `http`, `client`: the OpenAI front door and the proxy to the nodes;
+//!   `failover`: streams continued on another owner when theirs breaks.
 
 pub mod admin;
 pub mod breaker;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod coordinator;
 pub mod events;
+pub mod failover;
 pub mod fleet_metrics;
 pub mod hash;
 pub mod http;
@@ -202,6 +204,10 @@ fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, St
         "Requests proxied, by model, route reason and status"
     );
     describe_counter!(m::GATEWAY_RETRIES, "Requests sent again to another owner");
+    describe_counter!(
+        m::GATEWAY_RESUMES,
+        "Streams continued on another owner after theirs broke"
+    );
     describe_histogram!(
         m::GATEWAY_UPSTREAM_HEAD_SECONDS,
         Unit::Seconds,

@@ -140,6 +140,34 @@ pub struct ModelInfo {
 /// so the node can report which keys it has cached.
 pub const AFFINITY_HEADER: &str = "x-realizar-affinity";
 
+/// Header: the gateway asks a stream for its token ids, as SSE comment
+/// lines (which OpenAI clients ignore, and the gateway strips): first
+/// `: realizar-prompt ID ID …` (the prompt as the model saw it), then with
+/// each chunk `: realizar-ids ID …` (the tokens whose text it carries, and
+/// any held back before). With them the gateway can resume the stream
+/// elsewhere if its node fails (`RESUME_HEADER`).
+pub const TOKEN_IDS_HEADER: &str = "x-realizar-token-ids";
+pub const PROMPT_IDS_COMMENT: &str = "realizar-prompt";
+pub const TOKEN_IDS_COMMENT: &str = "realizar-ids";
+/// Header: the body has a `realizar_resume` field ([`Resume`]): continue a
+/// stream another node began.
+pub const RESUME_HEADER: &str = "x-realizar-resume";
+pub const RESUME_FIELD: &str = "realizar_resume";
+
+/// A stream to continue: the original request's body plus this. The node
+/// runs `tokens` (the prompt and what was generated) as the prompt, counts
+/// `generated` of them as already generated (for `max_tokens` and usage),
+/// answers under the first response's id and creation time, and leaves out
+/// the chat role chunk the client already has. Seeded sampling draws by
+/// position, so the continuation draws what the first node would have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resume {
+    pub tokens: Vec<u32>,
+    pub generated: usize,
+    pub id: String,
+    pub created: u64,
+}
+
 /// `GET /admin/models`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelList {

@@ -53,6 +53,8 @@ pub const GATEWAY_REQUESTS: &str = "realizar_gateway_requests_total";
 /// Time from sending a request to a node to its response head.
 pub const GATEWAY_UPSTREAM_HEAD_SECONDS: &str = "realizar_gateway_upstream_head_seconds";
 pub const GATEWAY_RETRIES: &str = "realizar_gateway_retries_total";
+/// Streams continued on another owner after theirs broke.
+pub const GATEWAY_RESUMES: &str = "realizar_gateway_stream_resumes_total";
 pub const GATEWAY_ROUTING_SECONDS: &str = "realizar_gateway_routing_decision_seconds";
 pub const GATEWAY_NODES_UP: &str = "realizar_gateway_nodes_up";
 pub const GATEWAY_NODES_KNOWN: &str = "realizar_gateway_nodes_known";

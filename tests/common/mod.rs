@@ -192,6 +192,19 @@ pub fn raw_http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
+    raw_http_watched(addr, method, path, headers, body, |_| {})
+}
+
+/// `raw_http`, showing `seen` the raw bytes received so far after each
+/// read (to act in the middle of a stream).
+pub fn raw_http_watched(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    mut seen: impl FnMut(&[u8]),
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(300)))?;
     let extra: String = headers
@@ -205,7 +218,15 @@ pub fn raw_http(
     )?;
     s.write_all(body)?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        seen(&raw);
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();

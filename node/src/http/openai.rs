@@ -15,10 +15,11 @@ use realizar_shared::openai::{
     TopLogprob, TopMap, Usage, FINGERPRINT,
 };
 
-use super::stream::stream_response;
+use super::stream::{stream_response, StreamExtras};
 use crate::engine::{self, Event, EventRx, LogprobEntry, TokenOut};
 use crate::service::facade::{Node, Submitted};
 use crate::tokenizer::ChatMessage;
+use realizar_shared::control::{self, Resume};
 
 fn top(e: &LogprobEntry) -> TopLogprob {
     TopLogprob {
@@ -116,6 +117,43 @@ async fn collect_all(sub: Submitted) -> Result<Vec<Collected>, ApiError> {
 }
 
 /// The gateway's affinity key for the request, if it named one.
+/// A continued stream's `realizar_resume` (with `RESUME_HEADER` only).
+fn resume(headers: &HeaderMap, body: &[u8]) -> Result<Option<Resume>, ApiError> {
+    if !headers.contains_key(control::RESUME_HEADER) {
+        return Ok(None);
+    }
+    let bad = |e: String| ApiError::invalid_param(control::RESUME_FIELD, e);
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let r = v
+        .get(control::RESUME_FIELD)
+        .ok_or_else(|| bad(format!("`{}` is missing", control::RESUME_FIELD)))?;
+    let r: Resume = serde_json::from_value(r.clone()).map_err(|e| bad(e.to_string()))?;
+    if r.generated > r.tokens.len() {
+        return Err(bad("`generated` is more than `tokens`".into()));
+    }
+    Ok(Some(r))
+}
+
+/// What a stream carries for the gateway: token ids when asked, and how a
+/// continued one differs.
+fn extras(headers: &HeaderMap, prompt: &[u32], resumed: Option<&Resume>) -> StreamExtras {
+    StreamExtras {
+        prompt_ids: headers
+            .contains_key(control::TOKEN_IDS_HEADER)
+            .then(|| prompt.to_vec()),
+        resumed: resumed.map_or(0, |r| r.generated),
+    }
+}
+
+/// The response's id and creation time: a continued stream keeps the
+/// first node's.
+fn identity(node: &Node, resumed: Option<&Resume>, prefix: &str) -> (String, u64) {
+    match resumed {
+        Some(r) => (r.id.clone(), r.created),
+        None => (node.response_id(prefix), node.now()),
+    }
+}
+
 fn affinity(headers: &HeaderMap) -> Option<u64> {
     let v = headers.get(realizar_shared::control::AFFINITY_HEADER)?;
     u64::from_str_radix(v.to_str().ok()?, 16).ok()
@@ -149,21 +187,42 @@ pub async fn chat_completions(
             ChatMessage::new(role, &m.text())
         })
         .collect();
-    let (n2, h2) = (node.clone(), h.clone());
-    let prompt = node
-        .on_cpu(move |b| {
-            let text = t.render(&messages, true).map_err(|e| {
-                ApiError::invalid_param("messages", format!("the chat template failed: {e}"))
-            })?;
-            let add_bos = t.bos_token().is_empty() || !text.starts_with(t.bos_token());
-            n2.encode_prompt(&h2, &text, add_bos, "messages", b)
-        })
-        .await?;
+    let resumed = resume(&headers, &body)?;
+    let prompt = match &resumed {
+        Some(r) => {
+            node.check_ids(&h, &r.tokens, control::RESUME_FIELD)?;
+            r.tokens.clone()
+        }
+        None => {
+            let (n2, h2) = (node.clone(), h.clone());
+            node.on_cpu(move |b| {
+                let text = t.render(&messages, true).map_err(|e| {
+                    ApiError::invalid_param("messages", format!("the chat template failed: {e}"))
+                })?;
+                let add_bos = t.bos_token().is_empty() || !text.starts_with(t.bos_token());
+                n2.encode_prompt(&h2, &text, add_bos, "messages", b)
+            })
+            .await?
+        }
+    };
+    if let Some(r) = &resumed {
+        spec.max_tokens = spec
+            .max_tokens
+            .map(|m| m.saturating_sub(r.generated).max(1));
+    }
     let sub = node.submit(&h, std::slice::from_ref(&prompt), &spec, "messages")?;
-    let id = node.response_id("chatcmpl");
-    let created = node.now();
+    let (id, created) = identity(&node, resumed.as_ref(), "chatcmpl");
     if spec.stream {
-        return Ok(stream_response(sub, spec, id, created, h.id.clone(), true));
+        let x = extras(&headers, &prompt, resumed.as_ref());
+        return Ok(stream_response(
+            sub,
+            spec,
+            id,
+            created,
+            h.id.clone(),
+            true,
+            x,
+        ));
     }
     let results = collect_all(sub).await?;
     let usage = total_usage(&results.iter().map(|c| c.usage).collect::<Vec<_>>(), spec.n);
@@ -208,6 +267,11 @@ pub async fn completions(
         Prompt::Text(t) => Ok(vec![t]),
         Prompt::Texts(v) => Ok(v),
     };
+    let resumed = resume(&headers, &body)?;
+    let texts = match &resumed {
+        Some(r) => Err(vec![r.tokens.clone()]),
+        None => texts,
+    };
     let prompts = match texts {
         Err(ids) => {
             for p in &ids {
@@ -229,11 +293,30 @@ pub async fn completions(
     if spec.max_tokens.is_none() {
         spec.max_tokens = Some(16); // OpenAI's default for completions
     }
+    if let Some(r) = &resumed {
+        spec.max_tokens = spec
+            .max_tokens
+            .map(|m| m.saturating_sub(r.generated).max(1));
+    }
     let sub = node.submit(&h, &prompts, &spec, "prompt")?;
-    let id = node.response_id("cmpl");
-    let created = node.now();
+    let (id, created) = identity(&node, resumed.as_ref(), "cmpl");
     if spec.stream {
-        return Ok(stream_response(sub, spec, id, created, h.id.clone(), false));
+        // Token ids for the gateway only for a single prompt.
+        let x = extras(&headers, &prompts[0], resumed.as_ref());
+        let x = if prompts.len() == 1 {
+            x
+        } else {
+            StreamExtras::default()
+        };
+        return Ok(stream_response(
+            sub,
+            spec,
+            id,
+            created,
+            h.id.clone(),
+            false,
+            x,
+        ));
     }
     let results = collect_all(sub).await?;
     let usage = total_usage(&results.iter().map(|c| c.usage).collect::<Vec<_>>(), spec.n);

@@ -1,7 +1,9 @@
 //! A generation's events as an OpenAI stream: one chunk per token (per
 //! choice), the held-back text and the finish reason at the end, usage
 //! last when asked for, then `[DONE]`; an error ends the stream with an
-//! error event and no `[DONE]`.
+//! error event and no `[DONE]`. For a gateway that asks, the token ids go
+//! along as SSE comments (realizar_shared::control::TOKEN_IDS_HEADER), and a
+//! continued stream leaves out what the client already has.
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +28,31 @@ struct StreamState {
     usages: Vec<Option<engine::Usage>>,
     offsets: Vec<usize>,
     done: bool,
+    /// Token ids for the gateway: those not yet sent, per choice.
+    ids: Option<Vec<Vec<u32>>>,
+    /// Tokens a continued stream's first node generated.
+    resumed: usize,
     _guard: Inflight,
+}
+
+/// What a stream carries besides the chunks.
+#[derive(Debug, Default)]
+pub struct StreamExtras {
+    /// Some: send the token ids (this prompt first) as SSE comments.
+    pub prompt_ids: Option<Vec<u32>>,
+    /// A continued stream: tokens generated before (counted in usage as
+    /// completion, not prompt); no role chunk.
+    pub resumed: usize,
+}
+
+fn ids_comment(kind: &str, ids: &[u32]) -> String {
+    let mut s = String::with_capacity(kind.len() + ids.len() * 6);
+    s.push_str(kind);
+    for id in ids {
+        s.push(' ');
+        s.push_str(&id.to_string());
+    }
+    s
 }
 
 fn data<T: serde::Serialize>(v: &T) -> SseEvent {
@@ -85,16 +111,39 @@ impl StreamState {
         }
     }
 
+    /// The chunk with the ids of the tokens it completes, for the gateway.
+    fn with_ids(&mut self, i: usize, chunk: SseEvent) -> SseEvent {
+        match &mut self.ids {
+            Some(ids) if !ids[i].is_empty() => {
+                let c = ids_comment(realizar_shared::control::TOKEN_IDS_COMMENT, &ids[i]);
+                ids[i].clear();
+                chunk.comment(c)
+            }
+            _ => chunk,
+        }
+    }
+
     /// The SSE events for one executor event.
     fn on(&mut self, i: usize, e: Event) -> Vec<SseEvent> {
         let mut out = Vec::new();
         match e {
             Event::Token(t) => {
+                if let Some(ids) = &mut self.ids {
+                    ids[i].push(t.id);
+                }
                 if t.text.is_empty() && !self.spec.logprobs {
                     return out;
                 }
                 let c = Choice::text(i, &t.text, std::slice::from_ref(&t));
-                out.push(self.chunk(Some(c), None));
+                let chunk = self.chunk(Some(c), None);
+                // Ids go with the text they make: a token whose text is
+                // held back (a stop string's possible start, part of a
+                // character) stays pending, so a continuation makes it again.
+                if t.text.is_empty() {
+                    out.push(chunk);
+                } else {
+                    out.push(self.with_ids(i, chunk));
+                }
                 self.offsets[i] += t.text.len();
             }
             Event::Done {
@@ -103,7 +152,8 @@ impl StreamState {
                 usage,
             } => {
                 if !text.is_empty() {
-                    out.push(self.chunk(Some(Choice::text(i, &text, &[])), None));
+                    let chunk = self.chunk(Some(Choice::text(i, &text, &[])), None);
+                    out.push(self.with_ids(i, chunk));
                 }
                 let mut end = Choice::text(i, "", &[]);
                 end.finish = Some(finish.as_str());
@@ -113,7 +163,11 @@ impl StreamState {
                     if self.spec.include_usage {
                         let u: Vec<engine::Usage> =
                             self.usages.iter().map(|u| u.expect("all done")).collect();
-                        let total = total_usage(&u, self.spec.n);
+                        let mut total = total_usage(&u, self.spec.n);
+                        // What the first node generated was this one's
+                        // prompt, and is the client's completion.
+                        total.prompt_tokens -= self.resumed.min(total.prompt_tokens);
+                        total.completion_tokens += self.resumed;
                         out.push(self.chunk(None, Some(total)));
                     }
                     out.push(SseEvent::default().data("[DONE]"));
@@ -165,6 +219,7 @@ pub fn stream_response(
     created: u64,
     model: String,
     chat: bool,
+    extras: StreamExtras,
 ) -> Response {
     let Submitted { rxs, guard } = sub;
     let n = rxs.len();
@@ -182,20 +237,28 @@ pub fn stream_response(
         usages: vec![None; n],
         offsets: vec![0; n],
         done: false,
+        ids: extras.prompt_ids.as_ref().map(|_| vec![Vec::new(); n]),
+        resumed: extras.resumed,
         _guard: guard,
     };
-    // The role comes first, for every chat choice.
-    let first: Vec<SseEvent> = if chat {
+    let mut first: Vec<SseEvent> = Vec::new();
+    if let Some(p) = &extras.prompt_ids {
+        let kind = realizar_shared::control::PROMPT_IDS_COMMENT;
+        first.push(SseEvent::default().comment(ids_comment(kind, p)));
+    }
+    // The role comes first, for every chat choice (a continued stream's
+    // client has it already).
+    first.extend(if chat && extras.resumed == 0 {
         (0..n)
             .map(|i| {
                 let mut c = Choice::text(i, "", &[]);
                 c.first = true;
                 st.chunk(Some(c), None)
             })
-            .collect()
+            .collect::<Vec<_>>()
     } else {
         Vec::new()
-    };
+    });
     let rest = futures_util::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;

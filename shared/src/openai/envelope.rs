@@ -19,6 +19,10 @@ pub struct Envelope {
     /// `messages` or `prompt`. Requests that share a prompt prefix share a
     /// prefix of this (up to JSON escaping), which is what routing needs.
     pub prompt_head: Vec<u8>,
+    /// Choices asked for (`n`, default 1).
+    pub n: u64,
+    /// Several prompts (`prompt` as a list of texts or of id lists).
+    pub many_prompts: bool,
 }
 
 #[derive(Deserialize)]
@@ -33,6 +37,8 @@ struct Raw<'a> {
     messages: Option<&'a RawValue>,
     #[serde(borrow, default)]
     prompt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    n: Option<&'a RawValue>,
 }
 
 impl Envelope {
@@ -61,6 +67,15 @@ impl Envelope {
                 .unwrap_or(false),
             user: string(raw.user),
             prompt_head: head,
+            n: raw
+                .n
+                .and_then(|v| serde_json::from_str::<u64>(v.get()).ok())
+                .unwrap_or(1),
+            // `[[…` or `["…`: a list of prompts (a list of ids is `[1,…`).
+            many_prompts: raw.prompt.is_some_and(|v| {
+                let t = v.get().trim_start().strip_prefix('[').unwrap_or("");
+                matches!(t.trim_start().as_bytes().first(), Some(b'[' | b'"'))
+            }),
         })
     }
 }
