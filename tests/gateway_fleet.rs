@@ -2,9 +2,9 @@
 //! killed under load costs no request and its replica is placed again on a
 //! survivor; the catalog changes at run time through the admin API (replica
 //! counts up and down, pins, additions, removals); a drain moves a node's
-//! replicas elsewhere warm-first without failing a request; a rolling
-//! restart by SIGTERM fails none either; a restarted gateway rebuilds the
-//! cluster from the nodes and reloads nothing.
+//! replicas elsewhere warm-first without failing a request; a restarted
+//! gateway rebuilds the cluster from the nodes and reloads nothing.
+//! (A rolling restart: tests/cluster_restart.rs.)
 
 mod common;
 
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::fleet::{assert_all_served, free_port, gateway, node, spawn, wait, Gateway, Proc};
+use common::fleet::{free_port, gateway, node, spawn, wait, Gateway, Proc};
 use common::raw_http;
 use serde_json::json;
 
@@ -272,120 +272,6 @@ fn the_catalog_changes_at_run_time_and_a_drain_moves_replicas_warm_first() {
     )
     .unwrap();
     assert_eq!(r.status, 404);
-}
-
-fn stream(gw: SocketAddr, prompt: &str) -> std::io::Result<common::Response> {
-    // Long enough to be mid-stream when its node is told to stop.
-    let b = json!({"model": "chat", "prompt": prompt, "max_tokens": 32, "temperature": 0, "stream": true});
-    raw_http(gw, "POST", "/v1/completions", &[], b.to_string().as_bytes())
-}
-
-#[test]
-fn a_rolling_restart_by_sigterm_fails_no_request() {
-    // Each node in turn gets SIGTERM under load, as an upgrade would give
-    // it: it asks the gateway to drain it, serves on while its replica is
-    // loaded elsewhere, exits once it holds nothing, and is started again
-    // under its id, taking its place back.
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let start = |i: usize| node(ports[i], &format!("n{i}"), &[]);
-    let mut nodes: Vec<Proc> = (0..3).map(start).collect();
-    let (_g, gw) = gateway(&ports, "chat=smollm2@2", None);
-    let limit = Duration::from_secs(180);
-    assert!(wait(limit, || gw.ready("chat").len() == 2).is_some());
-
-    let stop = AtomicBool::new(false);
-    let results = Mutex::new(Vec::new());
-    let mut timings = Vec::new();
-    std::thread::scope(|s| {
-        // Four clients, non-streamed and streamed, until the restarts are
-        // over (at most 3,000 requests).
-        for w in 0..4 {
-            let (stop, results) = (&stop, &results);
-            s.spawn(move || {
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) && i < 750 {
-                    let prompt = format!("client {w} request {i}: the weather today is");
-                    let r = if w % 2 == 0 {
-                        completion(gw.addr, &prompt).map(|r| (r.status, true))
-                    } else {
-                        // A stream that ends early ends with an error event,
-                        // never with [DONE].
-                        stream(gw.addr, &prompt)
-                            .map(|r| (r.status, r.body.trim_end().ends_with("data: [DONE]")))
-                    };
-                    results.lock().unwrap().push(r.map_err(|e| e.to_string()));
-                    i += 1;
-                }
-            });
-        }
-        for (i, n) in nodes.iter_mut().enumerate() {
-            // Requests under way on every node first.
-            let before = results.lock().unwrap().len();
-            assert!(wait(limit, || results.lock().unwrap().len() >= before + 16).is_some());
-            let id = format!("n{i}");
-            let held = gw.holders("chat").contains(&id);
-            let status = std::process::Command::new("kill")
-                .args(["-TERM", &n.0.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            let exited = wait(Duration::from_secs(90), || {
-                n.0.try_wait().unwrap().is_some()
-            });
-            let exited = exited.unwrap_or_else(|| panic!("{id} never exited: {}", gw.cluster()));
-            assert!(n.0.wait().unwrap().success());
-            // It left only once it held nothing: drained, and its replica
-            // ready on the others.
-            assert_eq!(gw.ready("chat").len(), 2, "{}", gw.cluster());
-            assert!(!gw.ready("chat").contains(&id));
-            *n = start(i);
-            let back = wait(limit, || {
-                gw.node_state(&id) == "up"
-                    && gw
-                        .events()
-                        .iter()
-                        .any(|e| e["kind"] == "undrained" && e["node"] == id.as_str())
-                    && gw.ready("chat").len() == 2
-            });
-            let back = back.unwrap_or_else(|| panic!("{id} never came back: {}", gw.cluster()));
-            timings.push((id, held, exited, back));
-        }
-        stop.store(true, Ordering::Relaxed);
-    });
-    let results = results.into_inner().unwrap();
-    assert_all_served(&results);
-    // Each node's story in the event log: it asked to be drained; what it
-    // held was unloaded there (once ready on two others: asserted above
-    // as it exited; a replica already leaving may have gone just before
-    // the SIGTERM); it came back (the node exits as soon as it holds
-    // nothing, so the gateway may not get to mark it drained first).
-    let ev = gw.events();
-    for (id, held, ..) in &timings {
-        let at = |kind: &str, from: usize| {
-            from + ev[from..]
-                .iter()
-                .position(|e| e["kind"] == kind && e["node"] == id.as_str())
-                .unwrap_or_else(|| panic!("no {kind} for {id}: {ev:?}"))
-        };
-        let asked = at("drain", 0);
-        let back = at("undrained", asked);
-        if *held {
-            let unloaded = ev[..back]
-                .iter()
-                .any(|e| e["kind"] == "unloaded" && e["node"] == id.as_str());
-            assert!(unloaded, "{id}: {ev:?}");
-        }
-    }
-    for (id, held, exited, back) in &timings {
-        println!(
-            "{id} (held chat: {held}): exited {exited:?} after SIGTERM, back in service {back:?} \
-             after its restart"
-        );
-    }
-    println!(
-        "{} requests during the rolling restart, none failed",
-        results.len()
-    );
 }
 
 #[test]
