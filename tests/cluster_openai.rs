@@ -6,30 +6,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SIGTERM: the cluster stops its nodes.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn openai_client_through_a_three_node_cluster() {
@@ -42,7 +22,7 @@ fn openai_client_through_a_three_node_cluster() {
         .local_addr()
         .unwrap()
         .port();
-    let _cluster = Proc(
+    let _cluster = common::fleet::Cluster(
         common::realizar()
             .args(["cluster", "--nodes", "3", "--port", &port.to_string()])
             .args(["--model", "smollm2@2", "--model", "gemma3@1"])

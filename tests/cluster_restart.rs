@@ -7,34 +7,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::fleet::{assert_all_served, free_port, wait, Gateway};
+use common::fleet::{assert_all_served, free_port, wait, Cluster, Gateway};
 use common::raw_http;
 use serde_json::json;
-
-struct Cluster(Child);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SIGTERM: the cluster stops its nodes.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The cluster's node process named `id`, if running (found through
 /// /proc: its children and their command lines).

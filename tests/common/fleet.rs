@@ -26,6 +26,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A `realizar cluster` process, stopped when dropped as an operator would:
+/// SIGTERM (it stops its nodes), SIGKILL if still running 20 s later.
+pub struct Cluster(pub Child);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `realizar ARGS…`, its output discarded.
 pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Proc {
     Proc(
