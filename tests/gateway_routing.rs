@@ -10,6 +10,11 @@
 //! the affinity gateway each tenant keeps to one node. The nodes' own
 //! prefix-cache counters (from their /metrics) give each phase's hit ratio.
 //!
+//! Then multi-turn chats with no user or session: every turn after the
+//! first goes back to the node that has its previous turn cached, which
+//! the gateway learns from the chat history the client resends and the
+//! nodes' reports.
+//!
 //! The suite runs a small experiment (12 tenants, 160-token prompts); the
 //! issue's (24 tenants, 400-token prompts, 12 rounds) takes ~15 minutes of
 //! two cores in the test build and runs on request, for BENCHMARKS.md:
@@ -392,4 +397,54 @@ fn experiment(z: Size, ratio: f64) {
         spread.len() == 3 && spread.values().all(|&c| c > 200),
         "{spread:?}"
     );
+
+    conversations_follow_their_history(af);
+}
+
+/// Four chats of three turns, no user or session, one request at a time:
+/// each later turn goes where its previous turn is cached
+/// (`x-realizar-route: history`). The second turns come after 10.5 s,
+/// past the gateway's memory of what it sent (`PENDING_FOR`, 5 s) and the
+/// node's grace for keys seen lately (10 s), so they find their node only
+/// through its report of the previous prompt's blocks still cached.
+fn conversations_follow_their_history(gw: SocketAddr) {
+    let mut chats: Vec<Vec<Value>> = (0..4)
+        .map(|c| {
+            vec![
+                json!({"role": "system", "content": system_prompt("conversation", 100 + c, 60)}),
+                json!({"role": "user", "content": format!("Conversation {c}: where does rule {c} apply?")}),
+            ]
+        })
+        .collect();
+    let mut first: Vec<String> = Vec::new();
+    for turn in 0..3 {
+        if turn == 1 {
+            std::thread::sleep(Duration::from_millis(10_500));
+        }
+        for (c, messages) in chats.iter_mut().enumerate() {
+            let body = json!({"model": "smollm2", "messages": messages, "max_tokens": 8, "temperature": 0});
+            let r = common::http(gw, "POST", "/v1/chat/completions", Some(&body));
+            assert_eq!(r.status, 200, "{}", r.body);
+            let node = r.header("x-realizar-node").unwrap().to_owned();
+            let route = r.header("x-realizar-route").unwrap().to_owned();
+            println!("conversation {c}, turn {turn}: {node} ({route})");
+            if turn == 0 {
+                first.push(node);
+            } else {
+                assert_eq!(
+                    (route.as_str(), node.as_str()),
+                    ("history", first[c].as_str()),
+                    "conversation {c}, turn {turn}"
+                );
+            }
+            let answer = r.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            messages.push(json!({"role": "assistant", "content": answer}));
+            messages.push(
+                json!({"role": "user", "content": format!("And after that, step {}?", turn + 1)}),
+            );
+        }
+    }
 }

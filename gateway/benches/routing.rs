@@ -14,9 +14,10 @@ use realizar_gateway::catalog::{Catalog, CatalogEntry};
 use realizar_gateway::hash;
 use realizar_gateway::membership::{Membership, Source};
 use realizar_gateway::placement::{place, ModelSlot, NodeSlot};
-use realizar_gateway::routing::{affinity_key, choose, Bound};
-use realizar_gateway::table::{RoutingTable, View};
+use realizar_gateway::routing::{choose, Bound, Keys};
+use realizar_gateway::table::{Owner, RoutingTable, View};
 use realizar_shared::control::{LoadReport, ModelInfo, ModelState};
+use realizar_shared::openai::Conversation;
 
 const MODELS: usize = 10_000;
 const REPLICAS: usize = 3;
@@ -42,22 +43,11 @@ fn table(n_nodes: usize) -> RoutingTable {
     for (m, owners) in &p.owners {
         for (k, o) in owners.iter().enumerate() {
             held.entry(o.as_str()).or_default().push(ModelInfo {
-                id: m.clone(),
-                state: ModelState::Ready,
-                path: String::new(),
-                architecture: "llama".into(),
-                pinned: false,
-                bytes: 1,
-                load_seconds: 0.0,
-                n_ctx: 4096,
                 inflight: k,
                 running: k,
-                waiting: 0,
-                kv_blocks_used: 0,
-                kv_blocks_capacity: 1024,
-                block_size: 16,
-                prefix_hashes: Vec::new(),
                 affinity_keys: (0..8).map(|j| hash::mix(j + k as u64)).collect(),
+                conversation_keys: (0..8).map(|j| hash::mix(!(j + k as u64))).collect(),
+                ..ModelInfo::idle(m, ModelState::Ready)
             });
         }
     }
@@ -69,17 +59,9 @@ fn table(n_nodes: usize) -> RoutingTable {
         m.on_report(
             &url,
             LoadReport {
-                node_id: n.id.clone(),
-                url: url.clone(),
-                version: String::new(),
-                uptime_seconds: 1.0,
-                draining: false,
-                leaving: false,
-                evicted: Vec::new(),
                 memory_budget_bytes: n.capacity,
-                memory_used_bytes: 0,
-                threads: 1,
                 models: held.remove(n.id.as_str()).unwrap_or_default(),
+                ..LoadReport::empty(&n.id, &url)
             },
             now,
         );
@@ -103,16 +85,21 @@ fn table(n_nodes: usize) -> RoutingTable {
         &BTreeMap::new(),
         &RoutingTable::default(),
         1,
+        Instant::now(),
     )
 }
 
 /// One decision, as the proxy makes it: find the model's owners, key the
 /// request, choose.
 fn decide(t: &RoutingTable, model: &str, head: &[u8]) -> usize {
-    let owners = &t.models[model];
-    let key = affinity_key(None, head, 256);
-    let cands: Vec<_> = owners.iter().map(|o| o.candidate(key)).collect();
-    choose(key, head.len() >= 256, &cands, Bound::default())
+    let owners: Vec<&Owner> = t.models[model].iter().collect();
+    let conversation = Conversation {
+        own: hash::of_bytes(head),
+        previous: Some(hash::mix(head.len() as u64)),
+    };
+    let keys = Keys::new(None, head, 256, Some(conversation));
+    let cands = t.candidates(model, &owners, &keys);
+    choose(keys.rank, head.len() >= 256, &cands, Bound::default())
         .unwrap()
         .0
 }

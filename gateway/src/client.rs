@@ -9,7 +9,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use realizar_shared::control::{LoadReport, LoadRequest};
+use realizar_shared::control::{
+    Affinity, LoadReport, LoadRequest, AFFINITY_HEADER, CONVERSATION_HEADER,
+};
 
 type Inner = Client<HttpConnector, Full<Bytes>>;
 
@@ -125,7 +127,7 @@ impl NodeClient {
         base: &str,
         path_and_query: &str,
         body: Bytes,
-        affinity: u64,
+        affinity: &Affinity,
     ) -> Result<hyper::Response<Incoming>, String> {
         self.forward_with(base, path_and_query, body, affinity, &[])
             .await
@@ -137,17 +139,20 @@ impl NodeClient {
         base: &str,
         path_and_query: &str,
         body: Bytes,
-        affinity: u64,
+        affinity: &Affinity,
         headers: &[(&str, &str)],
     ) -> Result<hyper::Response<Incoming>, String> {
         // A node's URL comes from its report or the command line: a bad one
         // is this request's failure on that node, not a panic.
         let mut req = hyper::Request::post(format!("{base}{path_and_query}"))
-            .header("content-type", "application/json")
-            .header(
-                realizar_shared::control::AFFINITY_HEADER,
-                format!("{affinity:016x}"),
-            );
+            .header("content-type", "application/json");
+        let (start, conversation) = affinity.to_headers();
+        if let Some(v) = start {
+            req = req.header(AFFINITY_HEADER, v);
+        }
+        if let Some(v) = conversation {
+            req = req.header(CONVERSATION_HEADER, v);
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -160,6 +160,7 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
                 &at_poll,
                 &shared.table.load(),
                 version,
+                Instant::now(),
             );
             shared.table.store(Arc::new(table));
             // Until every known node has answered once (or been silent long
@@ -316,7 +317,7 @@ fn nodes_asking(
 
 /// Placement over the live nodes that are not draining, each weighted by
 /// its memory budget.
-fn placement(
+pub fn placement(
     m: &Membership,
     catalog: &Catalog,
     drains: &BTreeMap<String, Drain>,

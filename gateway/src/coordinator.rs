@@ -222,38 +222,15 @@ mod tests {
 
     fn info(id: &str, state: ModelState, inflight: usize) -> ModelInfo {
         ModelInfo {
-            id: id.into(),
-            state,
-            path: String::new(),
-            architecture: "llama".into(),
-            pinned: false,
-            bytes: 1,
-            load_seconds: 0.0,
-            n_ctx: 1,
             inflight,
-            running: 0,
-            waiting: 0,
-            kv_blocks_used: 0,
-            kv_blocks_capacity: 1,
-            block_size: 16,
-            prefix_hashes: Vec::new(),
-            affinity_keys: Vec::new(),
+            ..ModelInfo::idle(id, state)
         }
     }
 
     fn report(id: &str, models: Vec<ModelInfo>) -> LoadReport {
         LoadReport {
-            node_id: id.into(),
-            url: format!("http://{id}"),
-            version: String::new(),
-            uptime_seconds: 1.0,
-            draining: false,
-            leaving: false,
-            evicted: Vec::new(),
-            memory_budget_bytes: 1 << 30,
-            memory_used_bytes: 0,
-            threads: 1,
             models,
+            ..LoadReport::empty(id, &format!("http://{id}"))
         }
     }
 

@@ -37,7 +37,7 @@ pub struct Origin {
     pub model: String,
     pub path: String,
     pub body: Bytes,
-    pub key: u64,
+    pub keys: crate::routing::Keys,
     /// The node serving the stream now.
     pub node: String,
 }
@@ -226,14 +226,14 @@ async fn resume(
         .filter(|x| !tried.contains(&x.node_id))
         .collect();
     while !left.is_empty() {
-        let cands: Vec<_> = left.iter().map(|x| x.candidate(o.key)).collect();
+        let cands = table.candidates(&o.model, &left, &o.keys);
         let turn =
             o.gw.shared
                 .turn
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some((i, _)) = choose_by(
             o.gw.shared.policy,
-            o.key,
+            o.keys.rank,
             false,
             turn,
             &cands,
@@ -247,7 +247,13 @@ async fn resume(
         match o
             .gw
             .client
-            .forward_with(&owner.url, &o.path, body.clone(), o.key, &headers)
+            .forward_with(
+                &owner.url,
+                &o.path,
+                body.clone(),
+                &o.keys.affinity(),
+                &headers,
+            )
             .await
         {
             Ok(resp) if resp.status().is_success() => {

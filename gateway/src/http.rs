@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::admin;
 use crate::client::NodeClient;
-use crate::routing::{affinity_key, choose_by, PREFIX_BYTES};
+use crate::routing::{choose_by, Keys, PREFIX_BYTES};
 use crate::Shared;
 
 /// Bytes of the prompt that make the affinity key when the request names
@@ -294,7 +294,8 @@ async fn route_and_send(
         .get("x-session-id")
         .and_then(|v| v.to_str().ok())
         .or(env.user.as_deref());
-    let key = affinity_key(session, &env.prompt_head, AFFINITY_PREFIX);
+    let keys = Keys::new(session, &env.prompt_head, AFFINITY_PREFIX, env.conversation);
+    let affinity = keys.affinity();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     // One prompt, one choice, streamed: the node sends token ids so the
     // stream can be continued elsewhere if it breaks (failover.rs).
@@ -322,18 +323,25 @@ async fn route_and_send(
             // Every owner's breaker is open: try them rather than refuse.
             left = untried.collect();
         }
-        let cands: Vec<_> = left.iter().map(|o| o.candidate(key)).collect();
+        let cands = table.candidates(&model, &left, &keys);
         let t_route = std::time::Instant::now();
         let turn = gw.shared.turn.fetch_add(1, Ordering::Relaxed);
         let prefix = env.prompt_head.len() >= PREFIX_BYTES;
-        let chosen = choose_by(gw.shared.policy, key, prefix, turn, &cands, gw.shared.bound);
+        let chosen = choose_by(
+            gw.shared.policy,
+            keys.rank,
+            prefix,
+            turn,
+            &cands,
+            gw.shared.bound,
+        );
         metrics::histogram!(names::GATEWAY_ROUTING_SECONDS).record(t_route.elapsed().as_secs_f64());
         let Some((i, reason)) = chosen else {
             break;
         };
         let owner = left[i];
         if prefix {
-            owner.sent(key);
+            table.sent(&model, owner, &keys, now);
         }
         let count = InFlight::new(&owner.inflight);
         let why = if attempt > 0 {
@@ -345,7 +353,7 @@ async fn route_and_send(
         let sent = std::time::Instant::now();
         let answer = gw
             .client
-            .forward_with(&owner.url, path, body.clone(), key, ask)
+            .forward_with(&owner.url, path, body.clone(), &affinity, ask)
             .await;
         match &answer {
             Ok(r) if r.status().is_server_error() => owner.breaker.failure(sent),
@@ -399,7 +407,7 @@ async fn route_and_send(
                         model: model.clone(),
                         path: path.to_owned(),
                         body: body.clone(),
-                        key,
+                        keys,
                         node: owner.node_id.clone(),
                     };
                     let relay = crate::failover::relay(incoming, count, origin);

@@ -30,6 +30,7 @@ pub mod membership;
 pub mod placement;
 pub mod routing;
 pub mod scale;
+pub mod sim;
 pub mod table;
 
 use std::collections::BTreeMap;

@@ -8,6 +8,9 @@
 //! floor no node takes more than (1+ε)× the mean. A pure function: two gateways with the same owners and
 //! loads choose alike.
 
+use realizar_shared::control::Affinity;
+use realizar_shared::openai::Conversation;
+
 use crate::hash;
 
 /// An owner as routing sees it.
@@ -19,9 +22,15 @@ pub struct Candidate<'a> {
     /// Sequences running and waiting on it for this model, plus the
     /// requests this gateway sent since its last report.
     pub load: u64,
-    /// It reports the request's key as cached (its prompt start is in its
-    /// prefix cache).
+    /// It served the conversation's previous turn, whose prompt this one
+    /// extends, and reports that prompt still cached.
+    pub history_cached: bool,
+    /// It reports the request's user (or session) as cached, or this very
+    /// prompt.
     pub cached: bool,
+    /// It reports the prompt's start (a tenant's system prompt, say) as
+    /// cached: another request with the same start was there.
+    pub prefix_cached: bool,
     /// How many keys it reports cached for the model: its share of the
     /// model's cached prompts.
     pub keys: u64,
@@ -30,7 +39,10 @@ pub struct Candidate<'a> {
 /// Why a request went where it went (sent as `x-realizar-route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// The key's first-ranked owner.
+    /// The owner that has the conversation's previous turn cached.
+    History,
+    /// An owner that has the request's user, prompt or prompt start cached,
+    /// or the key's first-ranked owner.
     Affinity,
     /// A later-ranked owner: the ones before it were over the bound.
     Spill,
@@ -109,6 +121,7 @@ pub fn least_loaded(owners: &[Candidate]) -> Option<usize> {
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
+            Reason::History => "history",
             Reason::Affinity => "affinity",
             Reason::Spill => "spill",
             Reason::LeastLoaded => "least-loaded",
@@ -122,6 +135,76 @@ impl Reason {
 /// balancing them by cache share would send every one to the node that
 /// caches least.
 pub const PREFIX_BYTES: usize = 256;
+
+/// A request's keys, as routing and the nodes' cache reports use them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys {
+    /// What owners are ranked by: the user or session; else the request's
+    /// conversation (so the requests of one tenant, sharing a system
+    /// prompt, spread over the owners that cache it instead of piling onto
+    /// one); else the prompt's start.
+    pub rank: u64,
+    pub user: Option<u64>,
+    /// The prompt's first `prefix` bytes.
+    pub prompt: u64,
+    /// The whole prompt, and the previous turn's (`Conversation`).
+    pub own: Option<u64>,
+    pub previous: Option<u64>,
+}
+
+impl Keys {
+    pub fn new(
+        user: Option<&str>,
+        prompt_head: &[u8],
+        prefix: usize,
+        conversation: Option<Conversation>,
+    ) -> Keys {
+        let prompt = affinity_key(None, prompt_head, prefix);
+        let user = user
+            .filter(|u| !u.is_empty())
+            .map(|u| affinity_key(Some(u), &[], prefix));
+        let own = conversation.map(|c| c.own);
+        Keys {
+            rank: user
+                .or(own.map(|o| hash::mix(o ^ 0x434f_4e56)))
+                .unwrap_or(prompt),
+            user,
+            prompt,
+            own,
+            previous: conversation.and_then(|c| c.previous),
+        }
+    }
+
+    /// Which of these keys an owner has cached, from its tests for start
+    /// keys and conversation keys: (`history_cached`, `cached`,
+    /// `prefix_cached`).
+    pub fn cached_on(
+        &self,
+        key: impl Fn(u64) -> bool,
+        conversation: impl Fn(u64) -> bool,
+    ) -> (bool, bool, bool) {
+        // With a user, the user (a session): the same prompt from another
+        // user is another session. Without, this very prompt.
+        let cached = match self.user {
+            Some(u) => key(u),
+            None => self.own.is_some_and(&conversation),
+        };
+        (
+            self.previous.is_some_and(&conversation),
+            cached,
+            key(self.prompt),
+        )
+    }
+
+    /// What the node is told to report on: the user's and the prompt
+    /// start's keys, and the conversation's.
+    pub fn affinity(&self) -> Affinity {
+        Affinity {
+            start: self.user.into_iter().chain([self.prompt]).collect(),
+            conversation: self.own,
+        }
+    }
+}
 
 /// The affinity key of a request: its user or session when it has one,
 /// else its prompt's first `prefix` bytes (as sent).
@@ -179,16 +262,27 @@ impl Bound {
 
 /// Index of the chosen candidate and why. `None` when there is none.
 ///
-/// In order: the best-ranked owner that has the key cached and is under
-/// the cached load bound; else the best-ranked owner under the load bound whose
-/// share of cached keys is under `ceil((keys+1)/n)` (when the request has a
-/// `prefix` worth caching: a prompt at least `PREFIX_BYTES` long) — so a key new to the
-/// cluster goes where it ranks unless that node already caches more than
-/// its share of keys, and the tenants of a model spread evenly over its
-/// owners' caches (equal-sized: every owner loads the model with the same
-/// options, and a cache holding more tenants than fit keeps none of them
-/// long); else the best-ranked under the load bound;
-/// else the least loaded.
+/// In order, "best-ranked" meaning first in the rendezvous ranking by `key`:
+/// - the best-ranked owner with the conversation's previous turn cached
+///   (`history_cached`), under the cached load bound: a later turn finds
+///   its whole history there;
+/// - the best-ranked with the user (or, without one, this very prompt)
+///   cached, under the cached load bound;
+/// - for a prompt long enough to cache (`prefix`: at least `PREFIX_BYTES`),
+///   the best-ranked with the prompt's start cached, under the load bound:
+///   a tenant's new conversations go where its system prompt is, spread
+///   over the owners that have it rather than piled on one (the start is
+///   worth less than a history, so it gets no extra slack);
+/// - the best-ranked under the load bound whose share of cached keys is
+///   under `ceil((keys+1)/n)` (when the request has a `prefix` worth
+///   caching: a prompt at least `PREFIX_BYTES` long) — so a prompt start
+///   new to the cluster goes where it ranks unless that node already caches
+///   more than its share, and the tenants of a model spread evenly over its
+///   owners' caches (equal-sized: every owner loads the model with the same
+///   options, and a cache holding more tenants than fit keeps none of them
+///   long);
+/// - the best-ranked under the load bound;
+/// - the least loaded.
 pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<(usize, Reason)> {
     let n = owners.len();
     if n == 0 {
@@ -199,38 +293,51 @@ pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<
     let cached_bound = b.cached_limit(total, n);
     let all_keys: u64 = owners.iter().map(|c| c.keys).sum();
     let key_bound = (all_keys + 1).div_ceil(n as u64);
-    // Owners are a model's replicas: few, so sorting them is cheap.
-    let mut ranked: Vec<(u64, usize)> = owners
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (hash::pair(key, c.id_hash), i))
-        .collect();
-    ranked.sort_by(|a, b| {
-        b.0.cmp(&a.0)
-            .then_with(|| owners[a.1].id.cmp(owners[b.1].id))
-    });
-    if let Some(&(_, i)) = ranked
-        .iter()
-        .find(|(_, i)| owners[*i].cached && owners[*i].load < cached_bound)
-    {
+    // The best-ranked owner passing a test is a maximum over the owners:
+    // no sort, so a model with hundreds of owners costs a few hashes each.
+    // Higher score ranks first; equal scores, the smaller id.
+    let scores: Vec<u64> = owners.iter().map(|c| hash::pair(key, c.id_hash)).collect();
+    let best = |pass: &dyn Fn(&Candidate) -> bool| -> Option<usize> {
+        let mut top: Option<usize> = None;
+        for (i, c) in owners.iter().enumerate() {
+            if !pass(c) {
+                continue;
+            }
+            let above = top.is_none_or(|t| {
+                scores[i] > scores[t] || (scores[i] == scores[t] && c.id < owners[t].id)
+            });
+            if above {
+                top = Some(i);
+            }
+        }
+        top
+    };
+    if let Some(i) = best(&|c| c.history_cached && c.load < cached_bound) {
+        return Some((i, Reason::History));
+    }
+    if let Some(i) = best(&|c| c.cached && c.load < cached_bound) {
         return Some((i, Reason::Affinity));
     }
-    let why = |rank: usize| {
-        if rank == 0 {
+    if prefix {
+        if let Some(i) = best(&|c| c.prefix_cached && c.load < bound) {
+            return Some((i, Reason::Affinity));
+        }
+    }
+    let first = best(&|_| true);
+    let why = |i: usize| {
+        if Some(i) == first {
             Reason::Affinity
         } else {
             Reason::Spill
         }
     };
-    for (rank, &(_, i)) in ranked.iter().enumerate() {
-        if owners[i].load < bound && (!prefix || owners[i].keys < key_bound) {
-            return Some((i, why(rank)));
+    if prefix {
+        if let Some(i) = best(&|c| c.load < bound && c.keys < key_bound) {
+            return Some((i, why(i)));
         }
     }
-    for (rank, &(_, i)) in ranked.iter().enumerate() {
-        if owners[i].load < bound {
-            return Some((i, why(rank)));
-        }
+    if let Some(i) = best(&|c| c.load < bound) {
+        return Some((i, why(i)));
     }
     Some((least_loaded(owners)?, Reason::LeastLoaded))
 }
@@ -255,7 +362,9 @@ mod tests {
                 id,
                 id_hash: hash::of(id),
                 load,
+                history_cached: false,
                 cached: false,
+                prefix_cached: false,
                 keys: 0,
             })
             .collect()
@@ -366,6 +475,97 @@ mod tests {
         assert_eq!(
             choose(key, true, &o, Bound::default()).unwrap().1,
             Reason::Spill
+        );
+    }
+
+    #[test]
+    fn a_conversation_follows_its_history_and_a_tenant_its_system_prompt() {
+        let b = Bound::default();
+        let key = hash::mix(21);
+        let mut o = owners(&["a", "b", "c", "d"], &[2, 2, 2, 2]);
+        let (first, _) = choose(key, true, &o, b).unwrap();
+        let (h, p) = ((first + 1) % 4, (first + 2) % 4);
+        // The start cached elsewhere: there, though it ranks lower.
+        o[p].prefix_cached = true;
+        assert_eq!(choose(key, true, &o, b), Some((p, Reason::Affinity)));
+        // The previous turn cached on another: there, ahead of the start.
+        o[h].history_cached = true;
+        assert_eq!(choose(key, true, &o, b), Some((h, Reason::History)));
+        // A history is worth the cached slack, 2× the mean (loads 6,2,2,2:
+        // ceil(2·13/4) = 7, against ceil(1.25·13/4) = 5 for the rest)...
+        o[h].load = 6;
+        assert_eq!(choose(key, true, &o, b), Some((h, Reason::History)));
+        // ...and no more (7,2,2,2: ceil(2·14/4) = 7): then the start.
+        o[h].load = 7;
+        assert_eq!(choose(key, true, &o, b), Some((p, Reason::Affinity)));
+        // A start gets the plain bound (14,9,2,2: ceil(1.25·28/4) = 9, with
+        // the history's node at ceil(2·28/4) = 14): neither.
+        o[h].load = 14;
+        o[p].load = 9;
+        let (i, _) = choose(key, true, &o, b).unwrap();
+        assert!(i != h && i != p, "{i}");
+        // A start too short to cache counts for nothing: where it ranks.
+        let mut o = owners(&["a", "b", "c", "d"], &[0, 0, 0, 0]);
+        o[p].prefix_cached = true;
+        assert_eq!(choose(key, true, &o, b), Some((p, Reason::Affinity)));
+        assert_eq!(choose(key, false, &o, b), Some((first, Reason::Affinity)));
+        // The user (or the very prompt) cached comes before the start.
+        let mut o = owners(&["a", "b", "c", "d"], &[0, 0, 0, 0]);
+        o[p].prefix_cached = true;
+        o[h].cached = true;
+        assert_eq!(choose(key, true, &o, b), Some((h, Reason::Affinity)));
+    }
+
+    #[test]
+    fn keys_rank_by_user_then_conversation_then_prompt() {
+        let conv = Some(Conversation {
+            own: 5,
+            previous: Some(4),
+        });
+        let head = b"system prompt";
+        let with_user = Keys::new(Some("alice"), head, 256, conv);
+        assert_eq!(with_user.rank, with_user.user.unwrap());
+        assert_eq!(
+            with_user.affinity().start,
+            [with_user.user.unwrap(), with_user.prompt]
+        );
+        assert_eq!(with_user.affinity().conversation, Some(5));
+        let without = Keys::new(None, head, 256, conv);
+        assert_eq!(without.user, None);
+        assert_eq!(without.prompt, with_user.prompt);
+        // Two turns of one tenant's conversations rank apart...
+        let other = Keys::new(
+            None,
+            head,
+            256,
+            Some(Conversation {
+                own: 6,
+                previous: None,
+            }),
+        );
+        assert_ne!(without.rank, other.rank);
+        // ...and share the start they are sent to.
+        assert_eq!(without.affinity().start, [without.prompt]);
+        // No prompt at all: the start's key ranks.
+        let bare = Keys::new(Some(""), head, 256, None);
+        assert_eq!(bare.rank, bare.prompt);
+        // Which an owner has, from its key tests.
+        let has = |x: u64| x == without.prompt;
+        let conv_has = |x: u64| x == 4;
+        assert_eq!(without.cached_on(has, conv_has), (true, false, true));
+        let user = with_user.user.unwrap();
+        assert_eq!(
+            with_user.cached_on(|x| x == user, |_| false),
+            (false, true, false)
+        );
+        // With a user, the same prompt cached is not the session cached.
+        assert_eq!(
+            with_user.cached_on(|_| false, |x| x == 5),
+            (false, false, false)
+        );
+        assert_eq!(
+            without.cached_on(|_| false, |x| x == 5),
+            (false, true, false)
         );
     }
 

@@ -134,11 +134,60 @@ pub struct ModelInfo {
     /// the prefix cache, most recently seen first (at most 256).
     #[serde(default)]
     pub affinity_keys: Vec<u64>,
+    /// Gateway conversation keys (`CONVERSATION_HEADER`) whose prompt is
+    /// still cached here, nearly to its end: a next turn sent here finds
+    /// its history. Most recently seen first (at most 256).
+    #[serde(default)]
+    pub conversation_keys: Vec<u64>,
 }
 
-/// The header a gateway names a request's affinity key in (16 hex digits),
-/// so the node can report which keys it has cached.
+/// The header a gateway names a request's affinity keys in (16 hex digits
+/// each, at most two, comma-separated: its user's and its prompt start's),
+/// so the node can report which keys it has the prompt start of cached.
 pub const AFFINITY_HEADER: &str = "x-realizar-affinity";
+/// The header a gateway names a request's conversation key in (16 hex
+/// digits), so the node can report while the whole prompt is cached.
+pub const CONVERSATION_HEADER: &str = "x-realizar-conversation";
+
+/// What a gateway tells a node about a request for its cache report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Affinity {
+    /// Keys of the prompt's start (at most two).
+    pub start: Vec<u64>,
+    /// The key of the whole prompt.
+    pub conversation: Option<u64>,
+}
+
+impl Affinity {
+    /// From the two headers' values; None when neither names a key.
+    /// Malformed values are ignored (they only steer routing).
+    pub fn from_headers(affinity: Option<&str>, conversation: Option<&str>) -> Option<Affinity> {
+        let hex = |s: &str| u64::from_str_radix(s.trim(), 16).ok();
+        let start: Vec<u64> = affinity
+            .into_iter()
+            .flat_map(|v| v.split(','))
+            .take(2)
+            .filter_map(hex)
+            .collect();
+        let conversation = conversation.and_then(hex);
+        (!start.is_empty() || conversation.is_some()).then_some(Affinity {
+            start,
+            conversation,
+        })
+    }
+
+    /// The headers' values: (affinity, conversation).
+    pub fn to_headers(&self) -> (Option<String>, Option<String>) {
+        let start = (!self.start.is_empty()).then(|| {
+            self.start
+                .iter()
+                .map(|k| format!("{k:016x}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        (start, self.conversation.map(|k| format!("{k:016x}")))
+    }
+}
 
 /// Header: the gateway asks a stream for its token ids, as SSE comment
 /// lines (which OpenAI clients ignore, and the gateway strips): first
@@ -217,11 +266,73 @@ impl LoadReport {
     pub fn model(&self, id: &str) -> Option<&ModelInfo> {
         self.models.iter().find(|m| m.id == id)
     }
+
+    /// A node up for a second with a 1 GiB budget and no models: what the
+    /// gateway's tests and simulator build their reports from.
+    pub fn empty(node_id: &str, url: &str) -> LoadReport {
+        LoadReport {
+            node_id: node_id.to_owned(),
+            url: url.to_owned(),
+            version: String::new(),
+            uptime_seconds: 1.0,
+            draining: false,
+            leaving: false,
+            evicted: Vec::new(),
+            memory_budget_bytes: 1 << 30,
+            memory_used_bytes: 0,
+            threads: 1,
+            models: Vec::new(),
+        }
+    }
+}
+
+impl ModelInfo {
+    /// A llama model of 1 byte in `state` with nothing in flight and
+    /// nothing cached: what the gateway's tests and simulator build their
+    /// reports from.
+    pub fn idle(id: &str, state: ModelState) -> ModelInfo {
+        ModelInfo {
+            id: id.to_owned(),
+            state,
+            path: String::new(),
+            architecture: "llama".into(),
+            pinned: false,
+            bytes: 1,
+            load_seconds: 0.0,
+            n_ctx: 1,
+            inflight: 0,
+            running: 0,
+            waiting: 0,
+            kv_blocks_used: 0,
+            kv_blocks_capacity: 1,
+            block_size: 16,
+            prefix_hashes: Vec::new(),
+            affinity_keys: Vec::new(),
+            conversation_keys: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affinity_headers_round_trip_and_bad_values_are_ignored() {
+        let a = Affinity {
+            start: vec![1, u64::MAX],
+            conversation: Some(0xabc),
+        };
+        let (s, c) = a.to_headers();
+        assert_eq!(s.as_deref(), Some("0000000000000001,ffffffffffffffff"));
+        assert_eq!(Affinity::from_headers(s.as_deref(), c.as_deref()), Some(a));
+        // Only two start keys are taken; junk is skipped, not an error.
+        let b = Affinity::from_headers(Some("zz,5,6,7"), Some("not hex")).unwrap();
+        assert_eq!(b.start, [5]);
+        assert_eq!(b.conversation, None);
+        assert_eq!(Affinity::from_headers(None, None), None);
+        assert_eq!(Affinity::from_headers(Some(""), Some("")), None);
+    }
 
     #[test]
     fn enums_are_lowercase_strings_and_unknown_option_keys_are_refused() {

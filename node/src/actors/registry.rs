@@ -80,6 +80,11 @@ impl ModelHandle {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            conversation_keys: e
+                .conversation_keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }

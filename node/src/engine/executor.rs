@@ -47,6 +47,9 @@ pub struct ExecShared {
     /// Gateway affinity keys whose prompt start is cached (kv/affinity.rs),
     /// most recent first, refreshed with `prefix_hashes`.
     pub affinity_keys: Mutex<Vec<u64>>,
+    /// Gateway conversation keys whose prompt is cached nearly to its end,
+    /// refreshed with `prefix_hashes`.
+    pub conversation_keys: Mutex<Vec<u64>>,
     /// Panic in the next step with work (only with fault injection on).
     pub fault: AtomicBool,
 }
@@ -87,6 +90,7 @@ pub struct Executor {
     reported_hits: u64,
     reported_queries: u64,
     affinity: AffinityKeys,
+    conversations: AffinityKeys,
 }
 
 impl Executor {
@@ -121,6 +125,7 @@ impl Executor {
             reported_hits: 0,
             reported_queries: 0,
             affinity: AffinityKeys::default(),
+            conversations: AffinityKeys::default(),
         }
     }
 
@@ -199,9 +204,14 @@ impl Executor {
     fn accept(&mut self, m: ExecMsg) -> bool {
         match m {
             ExecMsg::Submit(req) => {
-                if let Some(k) = req.affinity {
-                    self.affinity
-                        .record(k, &req.prompt, self.kv.block_size(), Instant::now());
+                if let Some(a) = &req.affinity {
+                    let (bs, now) = (self.kv.block_size(), Instant::now());
+                    for &k in &a.start {
+                        self.affinity.record(k, &req.prompt, bs, now);
+                    }
+                    if let Some(k) = a.conversation {
+                        self.conversations.record_end(k, &req.prompt, bs, now);
+                    }
                 }
                 self.sched.add(*req);
                 true
@@ -253,6 +263,12 @@ impl Executor {
                 self.affinity
                     .cached(|h| blocks.is_cached(h), Instant::now(), PREFIX_SUMMARY);
             *sh.affinity_keys.lock().unwrap_or_else(|e| e.into_inner()) = keys;
+            let conversations =
+                self.conversations
+                    .cached(|h| blocks.is_cached(h), Instant::now(), PREFIX_SUMMARY);
+            *sh.conversation_keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = conversations;
             self.prefix_refreshed = Some(Instant::now());
         }
     }

@@ -98,8 +98,9 @@ pub struct GenRequest {
     pub fallback_seed: u64,
     pub events: EventTx,
     pub arrived: Instant,
-    /// The gateway's affinity key for the request (kv/affinity.rs).
-    pub affinity: Option<u64>,
+    /// The gateway's affinity keys for the request (kv/affinity.rs); boxed,
+    /// as few requests carry them and every message carries the request.
+    pub affinity: Option<Box<realizar_shared::control::Affinity>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -116,7 +116,6 @@ async fn collect_all(sub: Submitted) -> Result<Vec<Collected>, ApiError> {
     results.into_iter().collect()
 }
 
-/// The gateway's affinity key for the request, if it named one.
 /// A continued stream's `realizar_resume` (with `RESUME_HEADER` only).
 fn resume(headers: &HeaderMap, body: &[u8]) -> Result<Option<Resume>, ApiError> {
     if !headers.contains_key(control::RESUME_HEADER) {
@@ -154,9 +153,13 @@ fn identity(node: &Node, resumed: Option<&Resume>, prefix: &str) -> (String, u64
     }
 }
 
-fn affinity(headers: &HeaderMap) -> Option<u64> {
-    let v = headers.get(realizar_shared::control::AFFINITY_HEADER)?;
-    u64::from_str_radix(v.to_str().ok()?, 16).ok()
+/// The gateway's affinity keys for the request, if it named any.
+fn affinity(headers: &HeaderMap) -> Option<control::Affinity> {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    control::Affinity::from_headers(
+        value(control::AFFINITY_HEADER),
+        value(control::CONVERSATION_HEADER),
+    )
 }
 
 pub async fn chat_completions(

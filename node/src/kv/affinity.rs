@@ -24,6 +24,8 @@ pub const REMEMBERED: usize = 2048;
 /// to the start to lie within what the key was made from (the gateway
 /// hashes a prompt's first 256 bytes: about 50 tokens).
 pub const PROBE_BLOCKS: usize = 3;
+/// Tokens at a prompt's end a conversation key's probe block leaves out.
+pub const END_SLACK: usize = 4;
 /// A key seen this recently is reported whether or not its probe block is
 /// cached yet.
 pub const RECENT: Duration = Duration::from_secs(10);
@@ -42,6 +44,24 @@ impl AffinityKeys {
         let Some(&probe) = prefix_hashes(&prompt[..span], block_size).last() else {
             return;
         };
+        self.remember(key, probe, now);
+    }
+
+    /// A request with conversation key `key` and this prompt arrived: the
+    /// probe is its last full block before the last `END_SLACK` tokens, so
+    /// the key is reported while nearly all of the prompt is cached (a
+    /// next turn, which resends it, would find it). The slack: a chat
+    /// prompt ends with the template's cue for the answer, which can
+    /// tokenize differently once the answer follows it.
+    pub fn record_end(&mut self, key: u64, prompt: &[u32], block_size: usize, now: Instant) {
+        let bs = block_size.max(1);
+        let full = prompt.len().saturating_sub(END_SLACK) / bs * bs;
+        if let Some(&probe) = prefix_hashes(&prompt[..full], block_size).last() {
+            self.remember(key, probe, now);
+        }
+    }
+
+    fn remember(&mut self, key: u64, probe: u64, now: Instant) {
         self.keys.insert(key, (probe, now));
         if self.keys.len() > REMEMBERED {
             // Forget the oldest quarter at once, so this stays O(1) amortised.
@@ -94,6 +114,32 @@ mod tests {
         // Seen again: most recent first.
         a.record(1, &tenant1, 16, later);
         assert_eq!(a.cached(|_| true, later, 10), [1, 2]);
+    }
+
+    #[test]
+    fn a_conversation_key_probes_the_last_full_block() {
+        let mut a = AffinityKeys::default();
+        let t0 = Instant::now();
+        let later = t0 + RECENT + Duration::from_millis(1);
+        let prompt: Vec<u32> = (0..70).collect();
+        a.record_end(7, &prompt, 16, t0);
+        // 70 tokens less 4: the fourth block (48..64) is the last full one.
+        let end = *prefix_hashes(&prompt[..64], 16).last().unwrap();
+        let start = *prefix_hashes(&prompt[..48], 16).last().unwrap();
+        assert_eq!(a.cached(|h| h == end, later, 10), [7]);
+        // The start alone cached is not the conversation cached.
+        assert!(a.cached(|h| h == start, later, 10).is_empty());
+        // 67 less 4 is 63: the third block (32..48) ends it.
+        let mut b = AffinityKeys::default();
+        b.record_end(9, &prompt[..67], 16, t0);
+        let third = *prefix_hashes(&prompt[..48], 16).last().unwrap();
+        assert_eq!(b.cached(|h| h == third, later, 10), [9]);
+        a.record_end(8, &prompt[..19], 16, t0);
+        assert_eq!(
+            a.keys.len(),
+            1,
+            "under a block after the slack: nothing to probe"
+        );
     }
 
     #[test]

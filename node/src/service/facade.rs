@@ -80,8 +80,9 @@ pub struct GenSpec {
     pub include_usage: bool,
     pub logprobs: bool,
     pub ignore_eos: bool,
-    /// The gateway's affinity key (`x-realizar-affinity`), if it sent one.
-    pub affinity: Option<u64>,
+    /// The gateway's affinity keys (`x-realizar-affinity`,
+    /// `x-realizar-conversation`), if it sent any.
+    pub affinity: Option<realizar_shared::control::Affinity>,
 }
 
 /// The receivers of a request's choices, with the guard that counts them
@@ -334,7 +335,7 @@ impl Node {
                         ^ (self.started.elapsed().as_nanos() as u64).rotate_left(32),
                     events: tx,
                     arrived: now,
-                    affinity: spec.affinity,
+                    affinity: spec.affinity.clone().map(Box::new),
                 };
                 h.actor
                     .cast(ModelMsg::Generate(req))
@@ -380,6 +381,7 @@ impl Node {
                     block_size: 0,
                     prefix_hashes: Vec::new(),
                     affinity_keys: Vec::new(),
+                    conversation_keys: Vec::new(),
                 });
             }
         }

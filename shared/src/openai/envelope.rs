@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::hash;
+
 /// Bytes of the prompt kept for affinity.
 pub const AFFINITY_BYTES: usize = 1024;
 
@@ -23,6 +25,50 @@ pub struct Envelope {
     pub n: u64,
     /// Several prompts (`prompt` as a list of texts or of id lists).
     pub many_prompts: bool,
+    /// The request as a turn of a conversation (None without `messages`
+    /// or `prompt`).
+    pub conversation: Option<Conversation>,
+}
+
+/// Hashes naming a request's place in a conversation, so a gateway can
+/// send a turn where the previous turn's prompt is cached without a
+/// session id: a chat client resends the earlier messages as it sent them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conversation {
+    /// The request's whole prompt (`messages`, each as sent; or `prompt`).
+    pub own: u64,
+    /// The messages before its last assistant message: the previous
+    /// turn's `own` (None when there is no assistant message).
+    pub previous: Option<u64>,
+}
+
+impl Conversation {
+    fn of_messages(raw: &RawValue) -> Option<Conversation> {
+        #[derive(Deserialize)]
+        struct Role<'a> {
+            #[serde(borrow, default)]
+            role: Option<&'a RawValue>,
+        }
+        let messages: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+        let mut h = hash::FNV_OFFSET;
+        let mut previous = None;
+        for m in &messages {
+            let assistant = serde_json::from_str::<Role>(m.get())
+                .ok()
+                .and_then(|r| r.role)
+                .is_some_and(|r| r.get() == "\"assistant\"");
+            if assistant {
+                previous = Some(hash::mix(h));
+            }
+            h = hash::fnv1a_from(h, m.get().as_bytes());
+            // A separator, so [ab][c] and [a][bc] differ.
+            h = hash::fnv1a_from(h, b"\x1e");
+        }
+        Some(Conversation {
+            own: hash::mix(h),
+            previous,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -76,6 +122,14 @@ impl Envelope {
                 let t = v.get().trim_start().strip_prefix('[').unwrap_or("");
                 matches!(t.trim_start().as_bytes().first(), Some(b'[' | b'"'))
             }),
+            conversation: match (raw.messages, raw.prompt) {
+                (Some(m), _) => Conversation::of_messages(m),
+                (None, Some(p)) => Some(Conversation {
+                    own: hash::of_bytes(p.get().as_bytes()),
+                    previous: None,
+                }),
+                (None, None) => None,
+            },
         })
     }
 }
@@ -106,5 +160,47 @@ mod tests {
         );
         assert!(Envelope::read(b"[1,2]").is_none());
         assert!(Envelope::read(b"{").is_none());
+    }
+
+    #[test]
+    fn a_turn_names_the_turn_before_it() {
+        let conv = |body: &str| {
+            Envelope::read(body.as_bytes())
+                .unwrap()
+                .conversation
+                .unwrap()
+        };
+        let first = conv(
+            r#"{"messages":[{"role":"system","content":"S"},{"role":"user","content":"hi"}]}"#,
+        );
+        assert_eq!(first.previous, None);
+        // The client sends the first turn back with the answer and a new
+        // message: its `previous` is the first turn's `own`.
+        let second = conv(
+            r#"{"model":"m","messages":[{"role":"system","content":"S"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"}]}"#,
+        );
+        assert_eq!(second.previous, Some(first.own));
+        let third = conv(
+            r#"{"messages":[{"role":"system","content":"S"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"},{"role":"assistant","content":"ok"},{"role":"user","content":"bye"}]}"#,
+        );
+        assert_eq!(third.previous, Some(second.own));
+        // Another conversation with the same start is another conversation.
+        let other = conv(
+            r#"{"messages":[{"role":"system","content":"S"},{"role":"user","content":"ho"}]}"#,
+        );
+        assert_ne!(other.own, first.own);
+        // A prompt: its own hash, no previous turn; none without a prompt.
+        let p = conv(r#"{"prompt":"abc"}"#);
+        assert_eq!(p.previous, None);
+        assert_ne!(p.own, conv(r#"{"prompt":"abd"}"#).own);
+        assert!(Envelope::read(br#"{"model":"m"}"#)
+            .unwrap()
+            .conversation
+            .is_none());
+        // Malformed messages: no conversation, no panic.
+        assert!(Envelope::read(br#"{"messages":7}"#)
+            .unwrap()
+            .conversation
+            .is_none());
     }
 }

@@ -6,7 +6,7 @@ pub mod envelope;
 pub mod request;
 pub mod response;
 
-pub use envelope::Envelope;
+pub use envelope::{Conversation, Envelope};
 pub use request::{
     ChatCompletionRequest, CompletionRequest, Content, DetokenizeRequest, GenParams, Message,
     Prompt, Stop, StreamOptions, TokenizeRequest,
