@@ -12,37 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::fleet::{assert_all_served, free_port, wait, Cluster, Gateway};
+use common::fleet::{assert_all_served, free_port, node_pid, wait, Cluster, Gateway};
 use common::raw_http;
 use serde_json::json;
-
-/// The cluster's node process named `id`, if running (found through
-/// /proc: its children and their command lines).
-fn node_pid(cluster: u32, id: &str) -> Option<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{cluster}/task")).ok()?;
-    for t in tasks.flatten() {
-        let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for pid in children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-        {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-            let named = args
-                .windows(2)
-                .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'));
-            if named && !zombie {
-                return Some(pid);
-            }
-        }
-    }
-    None
-}
 
 fn request(gw: SocketAddr, prompt: &str, stream: bool) -> Result<(u16, bool), String> {
     // Streams long enough to be under way when their node is told to stop.

@@ -1,4 +1,4 @@
-//! Token-exact stream failover on real node processes: the node serving
+//! Token-exact stream failover on `realizar cluster`: the node process serving
 //! 16 streams is killed (SIGKILL) in their middle; the gateway continues
 //! each on the other owner, and the client sees one whole stream with the
 //! text an undisturbed run gives — greedy, and with seeded sampling.
@@ -6,11 +6,12 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::fleet::{free_port, node, spawn, wait, Gateway, Proc};
+use common::fleet::{free_port, node_pid, wait, Cluster, Gateway};
 use common::raw_http_watched;
 use serde_json::{json, Value};
 
@@ -141,26 +142,21 @@ fn run(gw: SocketAddr, seeded: bool, progress: &AtomicUsize) -> Vec<Seen> {
 }
 
 fn failover(seeded: bool) {
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let mut nodes: Vec<Option<Proc>> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| Some(node(p, &format!("n{i}"), &["--max-batch", "16"])))
-        .collect();
-    let gport = free_port();
-    let mut args = vec!["gateway".to_owned(), "--port".into(), gport.to_string()];
-    args.extend([
-        "--model".into(),
-        "chat=smollm2@2".into(),
-        "--spill-floor".into(),
-        "100".into(),
-    ]);
-    for p in &ports {
-        args.extend(["--node".into(), format!("http://127.0.0.1:{p}")]);
-    }
-    let _g = spawn(&args);
+    // Two nodes, both owning the model; the spill floor keeps all 16
+    // streams on the node their prompts rank first.
+    let port = free_port();
+    let cluster = Cluster(
+        common::realizar()
+            .args(["cluster", "--nodes", "2", "--port", &port.to_string()])
+            .args(["--model", "chat=smollm2@2", "--threads", "1"])
+            .args(["--max-batch", "16", "--spill-floor", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let gw = Gateway {
-        addr: format!("127.0.0.1:{gport}").parse().unwrap(),
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
         admin: Vec::new(),
     };
     assert!(wait(Duration::from_secs(180), || gw.ready("chat").len() == 2).is_some());
@@ -177,7 +173,7 @@ fn failover(seeded: bool) {
         });
         assert!(midway.is_some(), "the streams never got going");
         // The node serving them: the one running 16 sequences.
-        victim = ["n0", "n1"]
+        victim = ["node-0", "node-1"]
             .into_iter()
             .max_by_key(|id| {
                 let c = gw.cluster();
@@ -195,8 +191,11 @@ fn failover(seeded: bool) {
             })
             .unwrap()
             .to_owned();
-        let i: usize = victim[1..].parse().unwrap();
-        drop(nodes[i].take()); // kill -9
+        let pid = node_pid(cluster.0.id(), &victim).expect("the node's process");
+        let killed = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        assert!(killed.is_ok_and(|s| s.success()));
         h.join().unwrap()
     });
     let mut same = 0;

@@ -2,16 +2,17 @@
 //! node that evicts a replica to fit something else reports the eviction,
 //! and the gateway places that replica on another node instead of loading
 //! it back into the same squeeze (where it would evict the other model in
-//! turn); a node joining under load takes the replicas placement gives
+//! turn); a node joining a `realizar cluster` under load takes the replicas placement gives
 //! it, each ready there before its old owner lets it go.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::fleet::{assert_all_served, free_port, gateway, node, spawn, wait, Gateway, Proc};
+use common::fleet::{assert_all_served, free_port, gateway, node, wait, Cluster, Gateway, Proc};
 use common::raw_http;
 use realizar_gateway::placement::{place, ModelSlot, NodeSlot};
 use serde_json::json;
@@ -143,20 +144,20 @@ fn a_node_joining_under_load_takes_replicas_warm_first_as_placement_predicts() {
     // Six models (one file, six ids) at two replicas on three nodes; a
     // fourth node joins while 300 requests run, streamed and not.
     let ids = ["a", "b", "c", "d", "e", "f"];
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let kv = ["--kv-memory-mib", "64"];
-    let _first: Vec<Proc> = (0..3)
-        .map(|i| node(ports[i], &format!("n{i}"), &kv))
-        .collect();
     let gport = free_port();
-    let mut args = vec!["gateway".to_owned(), "--port".into(), gport.to_string()];
+    let mut cluster = common::realizar();
+    cluster.args(["cluster", "--nodes", "3", "--port", &gport.to_string()]);
+    cluster.args(["--threads", "1", "--kv-memory-mib", "64"]);
     for id in ids {
-        args.extend(["--model".into(), format!("{id}=smollm2@2")]);
+        cluster.args(["--model", &format!("{id}=smollm2@2")]);
     }
-    for p in &ports[..3] {
-        args.extend(["--node".into(), format!("http://127.0.0.1:{p}")]);
-    }
-    let _g = spawn(&args);
+    let _cluster = Cluster(
+        cluster
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let gw = Gateway {
         addr: format!("127.0.0.1:{gport}").parse().unwrap(),
         admin: Vec::new(),
@@ -200,7 +201,7 @@ fn a_node_joining_under_load_takes_replicas_warm_first_as_placement_predicts() {
         }
         assert!(wait(limit, || results.lock().unwrap().len() >= 50).is_some());
         joiner = Some(node(
-            ports[3],
+            free_port(),
             "n3",
             &[
                 "--kv-memory-mib",

@@ -1,33 +1,46 @@
-//! Demand-driven replicas on real node processes: a burst on a model with
+//! Demand-driven replicas on `realizar cluster`: a burst on a model with
 //! one replica adds a second, idleness past its keep-alive takes it away,
 //! and a model scaled to zero answers its first request (waiting at the
 //! gateway while a node loads it) while another model keeps serving.
 
 mod common;
 
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::fleet::{free_port, node, spawn, wait, Gateway, Proc};
+use common::fleet::{free_port, wait, Cluster, Gateway};
 use common::raw_http;
 use serde_json::{json, Value};
 
-/// A gateway over `nodes` with these `--model` specs.
-fn gateway(nodes: &[u16], models: &[&str]) -> (Proc, Gateway) {
+/// `realizar cluster` of `nodes` node processes with these `--model`
+/// specs and further flags.
+fn cluster(nodes: usize, models: &[&str], extra: &[&str]) -> (Cluster, Gateway) {
     let port = free_port();
-    let mut args = vec!["gateway".to_owned(), "--port".into(), port.to_string()];
+    let mut cmd = common::realizar();
+    cmd.args([
+        "cluster",
+        "--nodes",
+        &nodes.to_string(),
+        "--port",
+        &port.to_string(),
+    ]);
+    cmd.args(["--threads", "1"]).args(extra);
     for m in models {
-        args.extend(["--model".into(), m.to_string()]);
+        cmd.args(["--model", m]);
     }
-    for p in nodes {
-        args.extend(["--node".into(), format!("http://127.0.0.1:{p}")]);
-    }
+    let c = Cluster(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let gw = Gateway {
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
         admin: Vec::new(),
     };
-    (spawn(&args), gw)
+    (c, gw)
 }
 
 fn replicas_now(gw: &Gateway, id: &str) -> u64 {
@@ -55,13 +68,7 @@ fn scale_events(gw: &Gateway, id: &str) -> Vec<Value> {
 
 #[test]
 fn a_burst_adds_a_replica_and_idleness_takes_it_away() {
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let _nodes: Vec<Proc> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| node(p, &format!("n{i}"), &["--max-batch", "2"]))
-        .collect();
-    let (_g, gw) = gateway(&ports, &["m=smollm2@1-2"]);
+    let (_c, gw) = cluster(2, &["m=smollm2@1-2"], &["--max-batch", "2"]);
     let limit = Duration::from_secs(180);
     assert!(
         wait(limit, || gw.ready("m").len() == 1).is_some(),
@@ -127,13 +134,7 @@ fn a_burst_adds_a_replica_and_idleness_takes_it_away() {
 
 #[test]
 fn a_model_scaled_to_zero_answers_its_first_request_while_others_serve() {
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let _nodes: Vec<Proc> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| node(p, &format!("n{i}"), &[]))
-        .collect();
-    let (_g, gw) = gateway(&ports, &["s=smollm2@1", "z=gemma3@0-1"]);
+    let (_c, gw) = cluster(2, &["s=smollm2@1", "z=gemma3@0-1"], &[]);
     let limit = Duration::from_secs(180);
     assert!(
         wait(limit, || gw.ready("s").len() == 1).is_some(),

@@ -12,7 +12,8 @@
 //!   `coordinator`'s plan (loads, warm-first unloads, drains), logging it
 //!   (`events`);
 //! - `http`, `client`: the OpenAI front door and the proxy to the nodes;
-//!   `failover`: streams continued on another owner when theirs breaks.
+//!   `failover`: streams continued on another owner when theirs breaks;
+//! - `sim`: the cluster simulator, the above against simulated nodes.
 
 pub mod admin;
 pub mod breaker;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use realizar_gateway::catalog::CatalogEntry;
 use realizar_gateway::routing::Policy;
 use realizar_gateway::GatewayOptions;
+use realizar_shared::config::Checked;
 
 use super::fail;
 
@@ -43,6 +44,8 @@ pub struct ClusterArgs {
     /// How the gateway chooses among a model's owners (see `realizar gateway --help`).
     #[arg(long, default_value = "affinity")]
     policy: Policy,
+    #[command(flatten)]
+    bound: super::gateway::BoundArgs,
     /// The cluster token also becomes each node's admin token.
     #[command(flatten)]
     security: super::gateway::SecurityArgs,
@@ -108,6 +111,13 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail("cluster", e),
     };
+    // The bound's flags, checked as the gateway checks them.
+    let mut config = realizar_gateway::config::GatewayConfig::default();
+    a.bound.apply(&mut config);
+    if let Err(e) = config.check("command line") {
+        return fail("cluster", e);
+    }
+    let bound = super::gateway::bound(&config);
     let (api_keys, admin_key, cluster_token) = match a.security.read() {
         Ok(s) => s,
         Err(e) => return fail("cluster", e),
@@ -150,7 +160,7 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         dns_every: Duration::from_secs(5),
         catalog,
         policy: a.policy,
-        bound: realizar_gateway::routing::Bound::default(),
+        bound,
         drain_timeout: Duration::from_secs(300),
         max_loads: realizar_gateway::coordinator::MAX_LOADS,
         api_keys,

@@ -41,17 +41,8 @@ pub struct GatewayArgs {
     /// round-robin.
     #[arg(long)]
     policy: Option<Policy>,
-    /// Bounded-load slack: an owner takes a request while its load is
-    /// under (1+ε)× the mean of the model's owners.
-    #[arg(long)]
-    epsilon: Option<f64>,
-    /// Below this many sequences in flight a node is never too busy to
-    /// take its keys' requests.
-    #[arg(long)]
-    spill_floor: Option<u64>,
-    /// The slack for a request whose prompt start the owner has cached.
-    #[arg(long)]
-    cached_epsilon: Option<f64>,
+    #[command(flatten)]
+    bound: BoundArgs,
     /// Seconds a drain waits for in-flight requests and warm replicas
     /// elsewhere before unloading the node's replicas anyway.
     #[arg(long)]
@@ -67,6 +58,47 @@ pub struct GatewayArgs {
     workers: usize,
     #[command(flatten)]
     security: SecurityArgs,
+}
+
+/// The load bound's knobs, shared by `gateway` and `cluster`.
+#[derive(clap::Args)]
+pub struct BoundArgs {
+    /// Bounded-load slack: an owner takes a request while its load is
+    /// under (1+ε)× the mean of the model's owners.
+    #[arg(long)]
+    pub epsilon: Option<f64>,
+    /// Below this many sequences in flight a node is never too busy to
+    /// take its keys' requests.
+    #[arg(long)]
+    pub spill_floor: Option<u64>,
+    /// The slack for a request whose previous turn, user or prompt the
+    /// owner has cached.
+    #[arg(long)]
+    pub cached_epsilon: Option<f64>,
+}
+
+impl BoundArgs {
+    /// Over the config's values.
+    pub fn apply(&self, c: &mut GatewayConfig) {
+        if let Some(v) = self.epsilon {
+            c.epsilon = v;
+        }
+        if let Some(v) = self.spill_floor {
+            c.spill_floor = v;
+        }
+        if let Some(v) = self.cached_epsilon {
+            c.cached_epsilon = v;
+        }
+    }
+}
+
+/// The routing bound a checked config gives.
+pub fn bound(c: &GatewayConfig) -> realizar_gateway::routing::Bound {
+    realizar_gateway::routing::Bound {
+        epsilon: c.epsilon,
+        floor: c.spill_floor,
+        cached_epsilon: c.cached_epsilon,
+    }
 }
 
 /// Keys and tokens, shared by `gateway` and `cluster`.
@@ -155,15 +187,7 @@ fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
     if let Some(v) = a.policy {
         c.policy = v;
     }
-    if let Some(v) = a.epsilon {
-        c.epsilon = v;
-    }
-    if let Some(v) = a.spill_floor {
-        c.spill_floor = v;
-    }
-    if let Some(v) = a.cached_epsilon {
-        c.cached_epsilon = v;
-    }
+    a.bound.apply(&mut c);
     if let Some(v) = a.drain_timeout_secs {
         c.drain_timeout_secs = v;
     }
@@ -194,6 +218,7 @@ fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
 /// connection limits: a node's defaults).
 pub fn with_secrets(c: GatewayConfig, secrets: Secrets) -> GatewayOptions {
     let (api_keys, admin_key, cluster_token) = secrets;
+    let bound = bound(&c);
     GatewayOptions {
         host: c.host,
         port: c.port,
@@ -202,11 +227,7 @@ pub fn with_secrets(c: GatewayConfig, secrets: Secrets) -> GatewayOptions {
         dns_every: Duration::from_secs_f64(c.dns_every_secs),
         catalog: c.models,
         policy: c.policy,
-        bound: realizar_gateway::routing::Bound {
-            epsilon: c.epsilon,
-            floor: c.spill_floor,
-            cached_epsilon: c.cached_epsilon,
-        },
+        bound,
         drain_timeout: Duration::from_secs_f64(c.drain_timeout_secs),
         max_loads: c.max_loads,
         api_keys,
