@@ -7,7 +7,8 @@
 //! default 120), --utilization U (offered load against the replicas'
 //! capacity with nothing cached, default 1.0), --seed N, --no-churn (no
 //! join, failure or drain), --no-conversations (the gateway sees no chat
-//! history: keys from the user and the prompt's start only), --policy TEXT
+//! history: keys from the user and the prompt's start only), --epsilon E
+//! and --cached-epsilon E (the affinity policy's bounds), --policy TEXT
 //! (only policies whose name contains it).
 
 use realizar_gateway::routing::Policy;
@@ -62,6 +63,12 @@ fn main() {
         }
         if let Some(s) = number("--seed") {
             cfg.seed = s as u64;
+        }
+        if let Some(e) = number("--epsilon") {
+            cfg.bound.epsilon = e;
+        }
+        if let Some(e) = number("--cached-epsilon") {
+            cfg.bound.cached_epsilon = e;
         }
         let trace = trace_for(&cfg);
         for (p, cached_epsilon) in &runs {
