@@ -7,12 +7,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::fleet::{assert_all_served, free_port, node_pid, wait, Cluster, Gateway};
+use common::fleet::{assert_all_served, cluster, node_pid, wait};
 use common::raw_http;
 use serde_json::json;
 
@@ -31,20 +31,7 @@ fn request(gw: SocketAddr, prompt: &str, stream: bool) -> Result<(u16, bool), St
 
 #[test]
 fn a_rolling_restart_by_sigterm_fails_no_request() {
-    let port = free_port();
-    let cluster = Cluster(
-        common::realizar()
-            .args(["cluster", "--nodes", "3", "--port", &port.to_string()])
-            .args(["--model", "chat=smollm2@2", "--threads", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let gw = Gateway {
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        admin: Vec::new(),
-    };
+    let (cluster, gw) = cluster(3, &["chat=smollm2@2"], &[]);
     let limit = Duration::from_secs(180);
     assert!(
         wait(limit, || gw.ready("chat").len() == 2).is_some(),

@@ -6,12 +6,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::fleet::{free_port, node_pid, wait, Cluster, Gateway};
+use common::fleet::{cluster, node_pid, wait};
 use common::raw_http_watched;
 use serde_json::{json, Value};
 
@@ -144,21 +144,11 @@ fn run(gw: SocketAddr, seeded: bool, progress: &AtomicUsize) -> Vec<Seen> {
 fn failover(seeded: bool) {
     // Two nodes, both owning the model; the spill floor keeps all 16
     // streams on the node their prompts rank first.
-    let port = free_port();
-    let cluster = Cluster(
-        common::realizar()
-            .args(["cluster", "--nodes", "2", "--port", &port.to_string()])
-            .args(["--model", "chat=smollm2@2", "--threads", "1"])
-            .args(["--max-batch", "16", "--spill-floor", "100"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (cluster, gw) = cluster(
+        2,
+        &["chat=smollm2@2"],
+        &["--max-batch", "16", "--spill-floor", "100"],
     );
-    let gw = Gateway {
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        admin: Vec::new(),
-    };
     assert!(wait(Duration::from_secs(180), || gw.ready("chat").len() == 2).is_some());
 
     // Undisturbed, then the same with the serving node killed midway.

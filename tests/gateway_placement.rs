@@ -8,11 +8,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::fleet::{assert_all_served, free_port, gateway, node, wait, Cluster, Gateway, Proc};
+use common::fleet::{assert_all_served, cluster, free_port, gateway, node, wait, Gateway, Proc};
 use common::raw_http;
 use realizar_gateway::placement::{place, ModelSlot, NodeSlot};
 use serde_json::json;
@@ -144,24 +143,9 @@ fn a_node_joining_under_load_takes_replicas_warm_first_as_placement_predicts() {
     // Six models (one file, six ids) at two replicas on three nodes; a
     // fourth node joins while 300 requests run, streamed and not.
     let ids = ["a", "b", "c", "d", "e", "f"];
-    let gport = free_port();
-    let mut cluster = common::realizar();
-    cluster.args(["cluster", "--nodes", "3", "--port", &gport.to_string()]);
-    cluster.args(["--threads", "1", "--kv-memory-mib", "64"]);
-    for id in ids {
-        cluster.args(["--model", &format!("{id}=smollm2@2")]);
-    }
-    let _cluster = Cluster(
-        cluster
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let gw = Gateway {
-        addr: format!("127.0.0.1:{gport}").parse().unwrap(),
-        admin: Vec::new(),
-    };
+    let models: Vec<String> = ids.iter().map(|id| format!("{id}=smollm2@2")).collect();
+    let models: Vec<&str> = models.iter().map(String::as_str).collect();
+    let (_cluster, gw) = cluster(3, &models, &["--kv-memory-mib", "64"]);
     let limit = Duration::from_secs(180);
     let placed = || {
         ids.iter()
@@ -207,7 +191,7 @@ fn a_node_joining_under_load_takes_replicas_warm_first_as_placement_predicts() {
                 "--kv-memory-mib",
                 "64",
                 "--join",
-                &format!("http://127.0.0.1:{gport}"),
+                &format!("http://{}", gw.addr),
             ],
         ));
     });

@@ -5,43 +5,13 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::fleet::{free_port, wait, Cluster, Gateway};
+use common::fleet::{cluster, wait, Gateway};
 use common::raw_http;
 use serde_json::{json, Value};
-
-/// `realizar cluster` of `nodes` node processes with these `--model`
-/// specs and further flags.
-fn cluster(nodes: usize, models: &[&str], extra: &[&str]) -> (Cluster, Gateway) {
-    let port = free_port();
-    let mut cmd = common::realizar();
-    cmd.args([
-        "cluster",
-        "--nodes",
-        &nodes.to_string(),
-        "--port",
-        &port.to_string(),
-    ]);
-    cmd.args(["--threads", "1"]).args(extra);
-    for m in models {
-        cmd.args(["--model", m]);
-    }
-    let c = Cluster(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let gw = Gateway {
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        admin: Vec::new(),
-    };
-    (c, gw)
-}
 
 fn replicas_now(gw: &Gateway, id: &str) -> u64 {
     gw.model(id)["replicas_now"].as_u64().unwrap_or(0)

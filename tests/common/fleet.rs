@@ -75,6 +75,35 @@ pub fn node_pid(cluster: u32, id: &str) -> Option<u32> {
     None
 }
 
+/// `realizar cluster` of `nodes` node processes with these `--model`
+/// specs and further flags.
+pub fn cluster(nodes: usize, models: &[&str], extra: &[&str]) -> (Cluster, Gateway) {
+    let port = free_port();
+    let mut cmd = super::realizar();
+    cmd.args([
+        "cluster",
+        "--nodes",
+        &nodes.to_string(),
+        "--port",
+        &port.to_string(),
+    ]);
+    cmd.args(["--threads", "1"]).args(extra);
+    for m in models {
+        cmd.args(["--model", m]);
+    }
+    let c = Cluster(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let gw = Gateway {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin: Vec::new(),
+    };
+    (c, gw)
+}
+
 /// `realizar ARGS…`, its output discarded.
 pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Proc {
     Proc(
