@@ -8,7 +8,7 @@
 //! capacity with nothing cached, default 1.0), --seed N, --no-churn (no
 //! join, failure or drain), --no-conversations (the gateway sees no chat
 //! history: keys from the user and the prompt's start only), --epsilon E
-//! and --cached-epsilon E (the affinity policy's bounds), --policy TEXT
+//! --cached-epsilon E and --floor N (the affinity policy's bounds), --policy TEXT
 //! (only policies whose name contains it).
 
 use realizar_gateway::routing::Policy;
@@ -48,9 +48,9 @@ fn main() {
         (SimPolicy::Gateway(Policy::Affinity), Some(2.0)),
     ];
     println!(
-        "| nodes | policy | requests | hit ratio | busiest/mean | queue p50 / p99 s | TTFT p50 / p99 s | moves | resent | routing p50 / p99 ns | sim s |"
+        "| nodes | policy | requests | hit ratio | busiest/mean | queue p50 / p99 s | TTFT p50 / p99 s | moves | resent | routing p50 / p99 ns | warm p50 ns | sim s |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &sizes {
         let mut cfg = Config::for_nodes(n);
         cfg.churn = !flag("--no-churn");
@@ -70,6 +70,9 @@ fn main() {
         if let Some(e) = number("--cached-epsilon") {
             cfg.bound.cached_epsilon = e;
         }
+        if let Some(f) = number("--floor") {
+            cfg.bound.floor = f as u64;
+        }
         let trace = trace_for(&cfg);
         for (p, cached_epsilon) in &runs {
             let mut name = p.name();
@@ -83,7 +86,7 @@ fn main() {
             }
             let r = run(&c, &trace, *p);
             println!(
-                "| {} | {name} | {} | {:.3} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} | {} | {:.0} / {:.0} | {:.1} |",
+                "| {} | {name} | {} | {:.3} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} | {} | {:.0} / {:.0} | {:.0} | {:.1} |",
                 r.nodes,
                 r.requests - r.unfinished,
                 r.hit_ratio,
@@ -96,6 +99,7 @@ fn main() {
                 r.resent,
                 r.route_ns_p50,
                 r.route_ns_p99,
+                r.route_warm_ns_p50,
                 r.wall_s
             );
         }

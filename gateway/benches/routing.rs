@@ -15,7 +15,7 @@ use realizar_gateway::hash;
 use realizar_gateway::membership::{Membership, Source};
 use realizar_gateway::placement::{place, ModelSlot, NodeSlot};
 use realizar_gateway::routing::{choose, Bound, Keys};
-use realizar_gateway::table::{Owner, RoutingTable, View};
+use realizar_gateway::table::{RoutingTable, View};
 use realizar_shared::control::{LoadReport, ModelInfo, ModelState};
 use realizar_shared::openai::Conversation;
 
@@ -92,13 +92,12 @@ fn table(n_nodes: usize) -> RoutingTable {
 /// One decision, as the proxy makes it: find the model's owners, key the
 /// request, choose.
 fn decide(t: &RoutingTable, model: &str, head: &[u8]) -> usize {
-    let owners: Vec<&Owner> = t.models[model].iter().collect();
     let conversation = Conversation {
         own: hash::of_bytes(head),
         previous: Some(hash::mix(head.len() as u64)),
     };
     let keys = Keys::new(None, head, 256, Some(conversation));
-    let cands = t.candidates(model, &owners, &keys);
+    let (_, cands) = t.candidates(model, &keys, true, &|_| false);
     choose(keys.rank, head.len() >= 256, &cands, Bound::default())
         .unwrap()
         .0

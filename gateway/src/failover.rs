@@ -220,13 +220,14 @@ async fn resume(
     let body = with_field(&o.body, RESUME_FIELD, &r)?;
     let mut last = String::from("no other ready owner");
     let table = o.gw.shared.table.load_full();
-    let owners = table.models.get(&o.model).cloned().unwrap_or_default();
-    let mut left: Vec<_> = owners
-        .iter()
-        .filter(|x| !tried.contains(&x.node_id))
-        .collect();
-    while !left.is_empty() {
-        let cands = table.candidates(&o.model, &left, &o.keys);
+    let sample = o.gw.shared.policy == crate::routing::Policy::Affinity;
+    let mut tried: Vec<String> = tried.to_vec();
+    loop {
+        let (left, cands) =
+            table.candidates(&o.model, &o.keys, sample, &|x| tried.contains(&x.node_id));
+        if left.is_empty() {
+            break;
+        }
         let turn =
             o.gw.shared
                 .turn
@@ -241,7 +242,8 @@ async fn resume(
         ) else {
             break;
         };
-        let owner = left.remove(i);
+        let owner = left[i];
+        tried.push(owner.node_id.clone());
         let count = InFlight::new(&owner.inflight);
         let headers = [ASK_IDS, (RESUME_HEADER, "1")];
         match o

@@ -289,7 +289,6 @@ async fn route_and_send(
     if table.models.get(&model).is_none_or(|o| o.is_empty()) {
         table = wait_for_replica(gw, &model).await?;
     }
-    let owners = table.models.get(&model).expect("a replica is ready");
     let session = headers
         .get("x-session-id")
         .and_then(|v| v.to_str().ok())
@@ -311,19 +310,16 @@ async fn route_and_send(
     let mut tried: Vec<&str> = Vec::new();
     let mut last_error = String::new();
     for attempt in 0..=RETRIES {
-        let untried = owners
-            .iter()
-            .filter(|o| !tried.contains(&o.node_id.as_str()));
         let now = std::time::Instant::now();
-        let mut left: Vec<_> = untried
-            .clone()
-            .filter(|o| o.breaker.available(now))
-            .collect();
+        let sample = gw.shared.policy == crate::routing::Policy::Affinity;
+        let untried = |o: &crate::table::Owner| !tried.contains(&o.node_id.as_str());
+        let (mut left, mut cands) = table.candidates(&model, &keys, sample, &|o| {
+            !untried(o) || !o.breaker.available(now)
+        });
         if left.is_empty() && attempt == 0 {
             // Every owner's breaker is open: try them rather than refuse.
-            left = untried.collect();
+            (left, cands) = table.candidates(&model, &keys, sample, &|o| !untried(o));
         }
-        let cands = table.candidates(&model, &left, &keys);
         let t_route = std::time::Instant::now();
         let turn = gw.shared.turn.fetch_add(1, Ordering::Relaxed);
         let prefix = env.prompt_head.len() >= PREFIX_BYTES;

@@ -22,6 +22,11 @@ pub struct Candidate<'a> {
     /// Sequences running and waiting on it for this model, plus the
     /// requests this gateway sent since its last report.
     pub load: u64,
+    /// Among the owners sampled for the request's key (`table::SAMPLE`;
+    /// every owner of a model with few): the load bound, the ranking
+    /// passes and the least-loaded fallback look at these; an owner not
+    /// sampled is here because it holds one of the request's keys.
+    pub sampled: bool,
     /// It served the conversation's previous turn, whose prompt this one
     /// extends, and reports that prompt still cached.
     pub history_cached: bool,
@@ -283,15 +288,23 @@ impl Bound {
 ///   long);
 /// - the best-ranked under the load bound;
 /// - the least loaded.
+///
+/// The last three passes, and the bound, look only at the `sampled`
+/// owners; the first three at every owner given.
 pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<(usize, Reason)> {
-    let n = owners.len();
+    // The bound is over the sampled owners (all of them, for a model with
+    // few): their mean load and key share stand for the model's.
+    let (mut n, mut total, mut all_keys) = (0usize, 0u64, 0u64);
+    for c in owners.iter().filter(|c| c.sampled) {
+        n += 1;
+        total += c.load;
+        all_keys += c.keys;
+    }
     if n == 0 {
         return None;
     }
-    let total: u64 = owners.iter().map(|c| c.load).sum();
     let bound = b.limit(total, n);
     let cached_bound = b.cached_limit(total, n);
-    let all_keys: u64 = owners.iter().map(|c| c.keys).sum();
     let key_bound = (all_keys + 1).div_ceil(n as u64);
     // The best-ranked owner passing a test is a maximum over the owners:
     // no sort, so a model with hundreds of owners costs a few hashes each.
@@ -323,7 +336,7 @@ pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<
             return Some((i, Reason::Affinity));
         }
     }
-    let first = best(&|_| true);
+    let first = best(&|c| c.sampled);
     let why = |i: usize| {
         if Some(i) == first {
             Reason::Affinity
@@ -332,14 +345,19 @@ pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<
         }
     };
     if prefix {
-        if let Some(i) = best(&|c| c.load < bound && c.keys < key_bound) {
+        if let Some(i) = best(&|c| c.sampled && c.load < bound && c.keys < key_bound) {
             return Some((i, why(i)));
         }
     }
-    if let Some(i) = best(&|c| c.load < bound) {
+    if let Some(i) = best(&|c| c.sampled && c.load < bound) {
         return Some((i, why(i)));
     }
-    Some((least_loaded(owners)?, Reason::LeastLoaded))
+    let least = owners
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.sampled)
+        .min_by(|(_, a), (_, b)| a.load.cmp(&b.load).then_with(|| a.id.cmp(b.id)))?;
+    Some((least.0, Reason::LeastLoaded))
 }
 
 #[cfg(test)]
@@ -362,6 +380,7 @@ mod tests {
                 id,
                 id_hash: hash::of(id),
                 load,
+                sampled: true,
                 history_cached: false,
                 cached: false,
                 prefix_cached: false,

@@ -52,6 +52,9 @@ pub struct Keyed {
     start: HashMap<u64, Vec<u32>>,
     conversations: HashMap<u64, Vec<u32>>,
     sent: Mutex<Sent>,
+    /// (point, slot), sorted: `POINTS` per owner, when there are more than
+    /// `SAMPLE` owners.
+    ring: Vec<(u64, u32)>,
 }
 
 /// Keys this gateway sent owners that their reports do not list yet (each
@@ -88,37 +91,34 @@ fn add_sent(
     }
 }
 
-/// A set of slots.
-struct Bits(Vec<u64>);
+/// What a decision knows of one owner it looks at.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags {
+    sampled: bool,
+    history: bool,
+    cached: bool,
+    prefix: bool,
+}
 
-impl Bits {
-    fn new(n: usize) -> Self {
-        Bits(vec![0; n.div_ceil(64)])
-    }
-    fn set(&mut self, i: usize) {
-        if let Some(w) = self.0.get_mut(i / 64) {
-            *w |= 1 << (i % 64);
-        }
-    }
-    fn has(&self, i: usize) -> bool {
-        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-    /// Adds the owners holding `key` in `reported` or `sent`.
-    fn holders(
-        &mut self,
-        key: Option<u64>,
-        reported: &HashMap<u64, Vec<u32>>,
-        sent: &HashMap<u64, Vec<(u32, Instant)>>,
-    ) {
-        let Some(k) = key else { return };
-        for &s in reported.get(&k).into_iter().flatten() {
-            self.set(s as usize);
-        }
-        for &(s, _) in sent.get(&k).into_iter().flatten() {
-            self.set(s as usize);
+impl Flags {
+    fn set(&mut self, which: usize) {
+        match which {
+            0 => self.history = true,
+            1 => self.cached = true,
+            _ => self.prefix = true,
         }
     }
 }
+
+/// How many of a model's owners one decision samples (`candidates`): the
+/// load bound and the least-loaded fallback are taken over them, so past
+/// this many owners a decision's cost stops growing (and the fallback is a
+/// power-of-`SAMPLE`-choices pick).
+pub const SAMPLE: usize = 16;
+
+/// Points per owner on a model's ring (built past `SAMPLE` owners): enough
+/// that each owner begins about as many samples as the next.
+const POINTS: u64 = 32;
 
 /// How long a key sent to a node counts there before its report lists it
 /// (the node lists a key once its request is submitted; a long prefill
@@ -253,35 +253,121 @@ impl RoutingTable {
         }
     }
 
-    /// `owners` (some of `model`'s) as routing sees them for a request with
-    /// these keys.
+    /// The owners of `model` a decision for a request with these keys looks
+    /// at, as routing sees them (in the same order), less those `skip`
+    /// refuses.
+    ///
+    /// With `sample` and more than `SAMPLE` owners: the key's next `SAMPLE`
+    /// owners on the model's ring (`sampled`, consistent: a join or a leave
+    /// changes only the samples it lands in), plus the owners holding one
+    /// of the request's keys when at most `SAMPLE` do (else just the
+    /// sampled holders are flagged). A decision then costs the same at 10
+    /// owners as at 1,000. Otherwise every owner, all `sampled`.
     pub fn candidates<'a>(
-        &self,
+        &'a self,
         model: &str,
-        owners: &[&'a Owner],
         k: &Keys,
-    ) -> Vec<Candidate<'a>> {
-        let empty = Keyed::default();
-        let keyed = self.keyed.get(model).unwrap_or(&empty);
-        let n = self.models.get(model).map_or(0, Vec::len);
+        sample: bool,
+        skip: &dyn Fn(&Owner) -> bool,
+    ) -> (Vec<&'a Owner>, Vec<Candidate<'a>>) {
+        let (Some(owners), Some(keyed)) = (self.models.get(model), self.keyed.get(model)) else {
+            return (Vec::new(), Vec::new());
+        };
+        let everyone = !sample || owners.len() <= SAMPLE;
+        // (slot, flags) of the owners looked at; in slot order when
+        // `everyone`.
+        let mut at: Vec<(u32, Flags)> = Vec::with_capacity(SAMPLE + 4);
+        let sampled = Flags {
+            sampled: true,
+            ..Flags::default()
+        };
+        if everyone {
+            at.extend(
+                owners
+                    .iter()
+                    .filter(|o| !skip(o))
+                    .map(|o| (o.slot as u32, sampled)),
+            );
+        } else {
+            let ring = &keyed.ring;
+            let from = ring.partition_point(|p| p.0 < hash::mix(k.rank));
+            for j in 0..ring.len() {
+                if at.len() == SAMPLE {
+                    break;
+                }
+                let s = ring[(from + j) % ring.len()].1;
+                if !at.iter().any(|x| x.0 == s) && !skip(&owners[s as usize]) {
+                    at.push((s, sampled));
+                }
+            }
+        }
         let sent = keyed.sent.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut history, mut cached, mut prefix) = (Bits::new(n), Bits::new(n), Bits::new(n));
-        history.holders(k.previous, &keyed.conversations, &sent.conversations);
-        cached.holders(k.user, &keyed.start, &sent.start);
-        cached.holders(k.own, &keyed.conversations, &sent.conversations);
-        prefix.holders(Some(k.prompt), &keyed.start, &sent.start);
-        owners
-            .iter()
-            .map(|o| Candidate {
-                id: &o.node_id,
-                id_hash: o.id_hash,
-                load: o.reported + o.inflight.load(Ordering::Relaxed),
-                history_cached: history.has(o.slot),
-                cached: cached.has(o.slot),
-                prefix_cached: prefix.has(o.slot),
-                keys: o.cached_keys + sent.per_owner.get(o.slot).copied().unwrap_or(0),
+        // With a user, the user (a session): the same prompt from another
+        // user is another session. Without, this very prompt.
+        let cached = match k.user {
+            Some(u) => Some((u, &keyed.start, &sent.start)),
+            None => k
+                .own
+                .map(|o| (o, &keyed.conversations, &sent.conversations)),
+        };
+        let lookups = [
+            (
+                k.previous
+                    .map(|x| (x, &keyed.conversations, &sent.conversations)),
+                0,
+            ),
+            (cached, 1),
+            (Some((k.prompt, &keyed.start, &sent.start)), 2),
+        ];
+        for (lookup, which) in lookups {
+            let Some((key, reported, pending)) = lookup else {
+                continue;
+            };
+            let listed = reported.get(&key).map_or(&[][..], Vec::as_slice);
+            let sent_to = pending.get(&key).map_or(&[][..], Vec::as_slice);
+            if everyone || listed.len() + sent_to.len() <= SAMPLE {
+                for s in listed.iter().copied().chain(sent_to.iter().map(|x| x.0)) {
+                    let found = if everyone {
+                        at.binary_search_by_key(&s, |x| x.0).ok()
+                    } else {
+                        at.iter().position(|x| x.0 == s)
+                    };
+                    let i = match found {
+                        Some(i) => i,
+                        None if everyone || skip(&owners[s as usize]) => continue,
+                        None => {
+                            at.push((s, Flags::default()));
+                            at.len() - 1
+                        }
+                    };
+                    at[i].1.set(which);
+                }
+            } else {
+                // Many hold it: flag those sampled (reported lists are in
+                // slot order).
+                for (s, f) in &mut at {
+                    if listed.binary_search(s).is_ok() || sent_to.iter().any(|x| x.0 == *s) {
+                        f.set(which);
+                    }
+                }
+            }
+        }
+        at.iter()
+            .map(|&(s, f)| {
+                let o = &owners[s as usize];
+                let c = Candidate {
+                    id: &o.node_id,
+                    id_hash: o.id_hash,
+                    load: o.reported + o.inflight.load(Ordering::Relaxed),
+                    sampled: f.sampled,
+                    history_cached: f.history,
+                    cached: f.cached,
+                    prefix_cached: f.prefix,
+                    keys: o.cached_keys + sent.per_owner.get(o.slot).copied().unwrap_or(0),
+                };
+                (o, c)
             })
-            .collect()
+            .unzip()
     }
 
     /// A request with these keys was sent to `owner` (of `model`).
@@ -366,10 +452,19 @@ impl Keyed {
                 }
             }
         }
+        let mut ring = Vec::new();
+        if serving.len() > SAMPLE {
+            ring.reserve(serving.len() * POINTS as usize);
+            for (slot, (o, _)) in serving.iter().enumerate() {
+                ring.extend((0..POINTS).map(|p| (hash::pair(p, o.id_hash), slot as u32)));
+            }
+            ring.sort_unstable();
+        }
         Keyed {
             start,
             conversations,
             sent: Mutex::new(sent),
+            ring,
         }
     }
 }
@@ -424,8 +519,8 @@ mod tests {
     }
 
     fn flags(t: &RoutingTable, k: &Keys) -> Vec<(String, bool, bool, bool, u64)> {
-        let owners: Vec<&Owner> = t.models["m"].iter().collect();
-        t.candidates("m", &owners, k)
+        t.candidates("m", k, true, &|_| false)
+            .1
             .iter()
             .map(|c| {
                 (
@@ -495,5 +590,108 @@ mod tests {
             flags(&late, &k)[1],
             ("c".to_owned(), false, false, false, 0)
         );
+    }
+
+    fn ids(c: &[Candidate]) -> BTreeSet<String> {
+        c.iter().map(|x| x.id.to_owned()).collect()
+    }
+
+    #[test]
+    fn a_decision_samples_a_bounded_set_that_a_leave_barely_changes() {
+        let t0 = Instant::now();
+        let names: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+        let all: Vec<(&str, ModelInfo)> =
+            names.iter().map(|n| (n.as_str(), info(&[], &[]))).collect();
+        let t = table(&all, &RoutingTable::default(), t0);
+        let without: Vec<(&str, ModelInfo)> =
+            all.iter().filter(|(n, _)| *n != "n7").cloned().collect();
+        let t7 = table(&without, &t, t0);
+        let mut had_n7 = 0;
+        for i in 0..1000u64 {
+            let k = Keys::new(Some(&format!("user {i}")), b"hello", 256, None);
+            let (owners, c) = t.candidates("m", &k, true, &|_| false);
+            assert_eq!(c.len(), SAMPLE);
+            assert!(c.iter().all(|x| x.sampled && !x.cached && !x.prefix_cached));
+            assert!(owners.iter().zip(&c).all(|(o, x)| o.node_id == x.id));
+            // The same key, the same sample.
+            assert_eq!(ids(&c), ids(&t.candidates("m", &k, true, &|_| false).1));
+            // Without n7: the same sample, n7 replaced by one other.
+            let before = ids(&c);
+            let after = ids(&t7.candidates("m", &k, true, &|_| false).1);
+            if before.contains("n7") {
+                had_n7 += 1;
+                assert_eq!(before.difference(&after).collect::<Vec<_>>(), ["n7"]);
+                assert_eq!(after.difference(&before).count(), 1);
+            } else {
+                assert_eq!(before, after);
+            }
+            // Skipped owners are left out and others sampled instead.
+            let skip: Vec<String> = before.iter().take(3).cloned().collect();
+            let (_, c) = t.candidates("m", &k, true, &|o| skip.contains(&o.node_id));
+            assert_eq!(c.len(), SAMPLE);
+            assert!(c.iter().all(|x| !skip.iter().any(|s| s == x.id)));
+            // Unsampled: every owner.
+            assert_eq!(t.candidates("m", &k, false, &|_| false).1.len(), 100);
+        }
+        // Each owner is in about SAMPLE/100 of the samples.
+        assert!((80..=260).contains(&had_n7), "{had_n7}");
+    }
+
+    #[test]
+    fn holders_outside_the_sample_join_it_unless_many_hold_the_key() {
+        let t0 = Instant::now();
+        let k = Keys::new(None, b"a tenant's system prompt", 256, None);
+        let names: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+        let plain: Vec<(&str, ModelInfo)> =
+            names.iter().map(|n| (n.as_str(), info(&[], &[]))).collect();
+        let t = table(&plain, &RoutingTable::default(), t0);
+        let sample = ids(&t.candidates("m", &k, true, &|_| false).1);
+        let outside: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !sample.contains(*n))
+            .collect();
+        // One owner outside the sample has the prompt's start cached.
+        let one: Vec<(&str, ModelInfo)> = names
+            .iter()
+            .map(|n| {
+                let keys = if n == outside[0] {
+                    vec![k.prompt]
+                } else {
+                    vec![]
+                };
+                (n.as_str(), info(&keys, &[]))
+            })
+            .collect();
+        let t1 = table(&one, &t, t0);
+        let c = t1.candidates("m", &k, true, &|_| false).1;
+        assert_eq!(c.len(), SAMPLE + 1);
+        let holder = c.iter().find(|x| x.id == outside[0]).expect("the holder");
+        assert!(holder.prefix_cached && !holder.sampled);
+        // It takes the request (the prefix pass), never a ranked one.
+        let (i, why) = crate::routing::choose(k.rank, true, &c, Default::default()).unwrap();
+        assert_eq!(
+            (c[i].id, why),
+            (outside[0], crate::routing::Reason::Affinity)
+        );
+        let (i, _) = crate::routing::choose(k.rank, false, &c, Default::default()).unwrap();
+        assert!(c[i].sampled);
+        // Forty hold it: no one joins the sample; the sampled holders are
+        // flagged.
+        let many: Vec<(&str, ModelInfo)> = names
+            .iter()
+            .enumerate()
+            .map(|(j, n)| {
+                let keys = if j % 5 < 2 { vec![k.prompt] } else { vec![] };
+                (n.as_str(), info(&keys, &[]))
+            })
+            .collect();
+        let t2 = table(&many, &t1, t0);
+        let c = t2.candidates("m", &k, true, &|_| false).1;
+        assert_eq!(ids(&c), sample);
+        for x in &c {
+            let j: usize = x.id[1..].parse().unwrap();
+            assert_eq!(x.prefix_cached, j % 5 < 2, "{}", x.id);
+        }
     }
 }

@@ -161,6 +161,7 @@ struct World<'a> {
     moves: usize,
     resent: usize,
     route_ns: Vec<u32>,
+    route_warm_ns: Vec<u32>,
     /// (node, model) → (sum of sampled loads, samples).
     load: HashMap<(usize, u32), (f64, u64)>,
     rng: trace::Rng,
@@ -267,6 +268,7 @@ impl<'a> World<'a> {
             moves: 0,
             resent: 0,
             route_ns: Vec::with_capacity(trace.len()),
+            route_warm_ns: Vec::with_capacity(trace.len()),
             load: HashMap::new(),
             rng: trace::Rng::new(cfg.seed ^ 0xf1ee7),
         };
@@ -341,19 +343,25 @@ impl<'a> World<'a> {
         i
     }
 
-    /// The routing decision's cost, hot: `ROUTE_SAMPLES` requests of the
-    /// trace (every k-th) routed back to back over the final table, each
-    /// timed (the in-run decisions sit between report and rebuild work
-    /// that evicts the table from the CPU caches, which says more about the
-    /// simulator than the router).
+    /// The routing decision's cost: `ROUTE_SAMPLES` requests of the trace
+    /// (every k-th) routed back to back over the final table, each timed
+    /// (the in-run decisions sit between report and rebuild work that
+    /// evicts the table from the CPU caches, which says more about the
+    /// simulator than the router). Then each again at once, timed too
+    /// (warm): the decision's own work, without the cache misses of a
+    /// table that grows with the fleet.
     fn time_routing(&mut self) {
         let every = (self.trace.len() / ROUTE_SAMPLES).max(1);
         for r in (0..self.trace.len()).step_by(every) {
             let clock = Instant::now();
             let chosen = self.choose(r, &[]);
             let ns = clock.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32;
+            let clock = Instant::now();
+            self.choose(r, &[]);
+            let warm = clock.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32;
             if chosen.is_some() {
                 self.route_ns.push(ns);
+                self.route_warm_ns.push(warm);
             }
         }
     }
@@ -576,21 +584,26 @@ impl<'a> World<'a> {
     fn choose(&mut self, r: usize, tried: &[&str]) -> Option<(usize, u64)> {
         let req = &self.trace[r];
         let model = &self.names[req.model as usize];
-        let owners = self.table.models.get(model)?;
-        let left: Vec<&Owner> = owners
-            .iter()
-            .filter(|o| !tried.contains(&o.node_id.as_str()))
-            .collect();
         let k = &self.keys[r];
         self.turn += 1;
         let chosen = match self.policy {
             SimPolicy::Gateway(p) => {
-                let cands = self.table.candidates(model, &left, k);
+                let sample = p == routing::Policy::Affinity;
+                let (left, cands) = self
+                    .table
+                    .candidates(model, k, sample, &|o| tried.contains(&o.node_id.as_str()));
                 let prefix = req.prompt.len() * BLOCK as usize * 4 >= routing::PREFIX_BYTES;
                 routing::choose_by(p, k.rank, prefix, self.turn, &cands, self.cfg.bound)
                     .map(|(j, _)| left[j])
             }
             SimPolicy::Radix(t) => {
+                let left: Vec<&Owner> = self
+                    .table
+                    .models
+                    .get(model)?
+                    .iter()
+                    .filter(|o| !tried.contains(&o.node_id.as_str()))
+                    .collect();
                 let ids: Vec<usize> = left.iter().map(|o| o.id_hash as usize).collect();
                 let loads: Vec<u64> = left
                     .iter()
