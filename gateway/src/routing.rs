@@ -28,10 +28,9 @@ pub struct Candidate<'a> {
     /// sampled is here because it holds one of the request's keys.
     pub sampled: bool,
     /// It served the conversation's previous turn, whose prompt this one
-    /// extends, and reports that prompt still cached.
+    /// extends, and reports that prompt still cached; or this very prompt.
     pub history_cached: bool,
-    /// It reports the request's user (or session) as cached, or this very
-    /// prompt.
+    /// It reports the request's user (or session) as cached.
     pub cached: bool,
     /// It reports the prompt's start (a tenant's system prompt, say) as
     /// cached: another request with the same start was there.
@@ -44,10 +43,11 @@ pub struct Candidate<'a> {
 /// Why a request went where it went (sent as `x-realizar-route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// The owner that has the conversation's previous turn cached.
+    /// The owner that has the conversation's previous turn (or this very
+    /// prompt) cached.
     History,
-    /// An owner that has the request's user, prompt or prompt start cached,
-    /// or the key's first-ranked owner.
+    /// An owner that has the request's user or prompt start cached, or the
+    /// key's first-ranked owner.
     Affinity,
     /// A later-ranked owner: the ones before it were over the bound.
     Spill,
@@ -180,27 +180,6 @@ impl Keys {
         }
     }
 
-    /// Which of these keys an owner has cached, from its tests for start
-    /// keys and conversation keys: (`history_cached`, `cached`,
-    /// `prefix_cached`).
-    pub fn cached_on(
-        &self,
-        key: impl Fn(u64) -> bool,
-        conversation: impl Fn(u64) -> bool,
-    ) -> (bool, bool, bool) {
-        // With a user, the user (a session): the same prompt from another
-        // user is another session. Without, this very prompt.
-        let cached = match self.user {
-            Some(u) => key(u),
-            None => self.own.is_some_and(&conversation),
-        };
-        (
-            self.previous.is_some_and(&conversation),
-            cached,
-            key(self.prompt),
-        )
-    }
-
     /// What the node is told to report on: the user's and the prompt
     /// start's keys, and the conversation's.
     pub fn affinity(&self) -> Affinity {
@@ -268,11 +247,12 @@ impl Bound {
 /// Index of the chosen candidate and why. `None` when there is none.
 ///
 /// In order, "best-ranked" meaning first in the rendezvous ranking by `key`:
-/// - the best-ranked owner with the conversation's previous turn cached
-///   (`history_cached`), under the cached load bound: a later turn finds
-///   its whole history there;
-/// - the best-ranked with the user (or, without one, this very prompt)
-///   cached, under the cached load bound;
+/// - the best-ranked owner with the conversation's previous turn (or this
+///   very prompt) cached (`history_cached`), under the cached load bound: a
+///   later turn finds its whole history there;
+/// - the best-ranked with the user cached, under the load bound: a user's
+///   new conversation finds its start there, worth no more than the next
+///   pass's;
 /// - for a prompt long enough to cache (`prefix`: at least `PREFIX_BYTES`),
 ///   the best-ranked with the prompt's start cached, under the load bound:
 ///   a tenant's new conversations go where its system prompt is, spread
@@ -328,7 +308,7 @@ pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<
     if let Some(i) = best(&|c| c.history_cached && c.load < cached_bound) {
         return Some((i, Reason::History));
     }
-    if let Some(i) = best(&|c| c.cached && c.load < cached_bound) {
+    if let Some(i) = best(&|c| c.cached && c.load < bound) {
         return Some((i, Reason::Affinity));
     }
     if prefix {
@@ -436,18 +416,18 @@ mod tests {
         // ...unless that owner is over the load bound.
         o[other].load = 10;
         assert_eq!(choose(key, true, &o, Bound::default()).unwrap().0, first);
-        // Over the bound for a new key (6 of 12: ceil(1.25·13/3) = 6) but
-        // not for one it has cached (ceil(2·13/3) = 9).
+        // Over the bound for a new key or a cached user (6 of 12:
+        // ceil(1.25·13/3) = 6) but not for a conversation whose history it
+        // has cached (ceil(2·13/3) = 9).
         o[other].load = 6;
         o[first].load = 3;
         o[(first + 2) % 3].load = 3;
+        assert_ne!(choose(key, true, &o, Bound::default()).unwrap().0, other);
+        o[other].history_cached = true;
         assert_eq!(
             choose(key, true, &o, Bound::default()),
-            Some((other, Reason::Affinity))
+            Some((other, Reason::History))
         );
-        o[other].cached = false;
-        assert_ne!(choose(key, true, &o, Bound::default()).unwrap().0, other);
-        o[other].cached = true;
         // A new key whose first choice caches more than its share of keys
         // (bound: ceil((12+1)/3) = 5) goes to the next-ranked...
         let mut o = owners(&["a", "b", "c"], &[0, 0, 0]);
@@ -568,24 +548,6 @@ mod tests {
         // No prompt at all: the start's key ranks.
         let bare = Keys::new(Some(""), head, 256, None);
         assert_eq!(bare.rank, bare.prompt);
-        // Which an owner has, from its key tests.
-        let has = |x: u64| x == without.prompt;
-        let conv_has = |x: u64| x == 4;
-        assert_eq!(without.cached_on(has, conv_has), (true, false, true));
-        let user = with_user.user.unwrap();
-        assert_eq!(
-            with_user.cached_on(|x| x == user, |_| false),
-            (false, true, false)
-        );
-        // With a user, the same prompt cached is not the session cached.
-        assert_eq!(
-            with_user.cached_on(|_| false, |x| x == 5),
-            (false, false, false)
-        );
-        assert_eq!(
-            without.cached_on(|_| false, |x| x == 5),
-            (false, true, false)
-        );
     }
 
     #[test]

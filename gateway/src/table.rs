@@ -302,25 +302,18 @@ impl RoutingTable {
             }
         }
         let sent = keyed.sent.lock().unwrap_or_else(|e| e.into_inner());
-        // With a user, the user (a session): the same prompt from another
-        // user is another session. Without, this very prompt.
-        let cached = match k.user {
-            Some(u) => Some((u, &keyed.start, &sent.start)),
-            None => k
-                .own
-                .map(|o| (o, &keyed.conversations, &sent.conversations)),
-        };
+        let conversation = (&keyed.conversations, &sent.conversations);
+        let start = (&keyed.start, &sent.start);
+        // Which flag each key sets (`Flags::set`): the previous turn or
+        // this very prompt, history; the user, cached; the start, prefix.
         let lookups = [
-            (
-                k.previous
-                    .map(|x| (x, &keyed.conversations, &sent.conversations)),
-                0,
-            ),
-            (cached, 1),
-            (Some((k.prompt, &keyed.start, &sent.start)), 2),
+            (k.previous.map(|x| (x, conversation)), 0),
+            (k.own.map(|x| (x, conversation)), 0),
+            (k.user.map(|x| (x, start)), 1),
+            (Some((k.prompt, start)), 2),
         ];
         for (lookup, which) in lookups {
-            let Some((key, reported, pending)) = lookup else {
+            let Some((key, (reported, pending))) = lookup else {
                 continue;
             };
             let listed = reported.get(&key).map_or(&[][..], Vec::as_slice);
@@ -568,18 +561,18 @@ mod tests {
         let c = &t.models["m"][2];
         t.sent("m", c, &k, t0);
         let f = flags(&t, &k);
-        assert_eq!(f[2], ("c".to_owned(), false, true, true, 1));
+        assert_eq!(f[2], ("c".to_owned(), true, false, true, 1));
         // The table is rebuilt without b (c's slot changes): c keeps them...
         let t1 = t0 + Duration::from_secs(1);
         let t2 = table(&[("a", info(&[], &[8])), ("c", info(&[], &[]))], &t, t1);
-        assert_eq!(flags(&t2, &k)[1], ("c".to_owned(), false, true, true, 1));
+        assert_eq!(flags(&t2, &k)[1], ("c".to_owned(), true, false, true, 1));
         // ...until its report lists them (counted once, as reported)...
         let t3 = table(
             &[("a", info(&[], &[8])), ("c", info(&[k.prompt], &[9]))],
             &t2,
             t1,
         );
-        assert_eq!(flags(&t3, &k)[1], ("c".to_owned(), false, true, true, 1));
+        assert_eq!(flags(&t3, &k)[1], ("c".to_owned(), true, false, true, 1));
         // ...or they are `PENDING_FOR` old.
         let late = table(
             &[("a", info(&[], &[8])), ("c", info(&[], &[]))],
