@@ -71,7 +71,7 @@ pub struct BoundArgs {
     /// take its keys' requests.
     #[arg(long)]
     pub spill_floor: Option<u64>,
-    /// The slack for a request whose previous turn, user or prompt the
+    /// The slack for a request whose previous turn (or very prompt) the
     /// owner has cached.
     #[arg(long)]
     pub cached_epsilon: Option<f64>,

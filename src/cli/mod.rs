@@ -7,6 +7,7 @@ mod files;
 mod gateway;
 pub mod models;
 mod node;
+mod probe;
 mod run;
 mod serve;
 
@@ -63,6 +64,9 @@ pub enum Command {
     Cluster(cluster::ClusterArgs),
     /// Load-test an OpenAI-compatible server (realizar, llama-server, ...).
     Bench(bench::BenchCli),
+    /// Exit 0 when a URL (default: this machine's port 8080 /health)
+    /// answers 2xx: the container image's health check.
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(clap::Args)]
@@ -87,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Gateway(a) => gateway::gateway(a),
         Command::Cluster(a) => cluster::cluster(a),
         Command::Bench(a) => bench::command(a),
+        Command::Probe(a) => probe::probe(&a),
     }
 }
 
@@ -105,6 +110,9 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal; plain text for a log collector (a
+        // container's, a service manager's).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     if workers <= 1 {
         return tokio::runtime::Builder::new_current_thread()
