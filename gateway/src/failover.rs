@@ -206,18 +206,23 @@ async fn resume(
     seen: &Seen,
     tried: &[String],
 ) -> Result<(String, Incoming, InFlight), String> {
-    let (Some(prompt), Some(id), Some(created)) = (&seen.prompt, &seen.id, seen.created) else {
-        return Err("the node sent no token ids".into());
+    let (body, resuming) = match (&seen.prompt, &seen.id, seen.created) {
+        (Some(prompt), Some(id), Some(created)) => {
+            let mut tokens = prompt.clone();
+            tokens.extend_from_slice(&seen.sent);
+            let r = Resume {
+                tokens,
+                generated: seen.sent.len(),
+                id: id.clone(),
+                created,
+            };
+            (with_field(&o.body, RESUME_FIELD, &r)?, true)
+        }
+        // The node died before its first chunk: the client has seen nothing
+        // but the head, so the request starts again elsewhere as it was.
+        (_, None, _) if seen.sent.is_empty() => (o.body.clone(), false),
+        _ => return Err("the node sent no token ids".into()),
     };
-    let mut tokens = prompt.clone();
-    tokens.extend_from_slice(&seen.sent);
-    let r = Resume {
-        tokens,
-        generated: seen.sent.len(),
-        id: id.clone(),
-        created,
-    };
-    let body = with_field(&o.body, RESUME_FIELD, &r)?;
     let mut last = String::from("no other ready owner");
     let table = o.gw.shared.table.load_full();
     let sample = o.gw.shared.policy == crate::routing::Policy::Affinity;
@@ -245,7 +250,11 @@ async fn resume(
         let owner = left[i];
         tried.push(owner.node_id.clone());
         let count = InFlight::new(&owner.inflight);
-        let headers = [ASK_IDS, (RESUME_HEADER, "1")];
+        let headers: &[(&str, &str)] = if resuming {
+            &[ASK_IDS, (RESUME_HEADER, "1")]
+        } else {
+            &[ASK_IDS]
+        };
         match o
             .gw
             .client
@@ -254,7 +263,7 @@ async fn resume(
                 &o.path,
                 body.clone(),
                 &o.keys.affinity(),
-                &headers,
+                headers,
             )
             .await
         {

@@ -1,0 +1,337 @@
+//! The container deployment, for real: the image built here without
+//! pulling anything (deploy/image/build.sh, packaging the suite's own
+//! binary), deploy/compose/ brought up (a gateway and three nodes on a
+//! private network, the checkout's models/ as their volume), then: the
+//! official `openai` package through the published port (models list,
+//! chat, streamed chat); one node container `docker kill`ed under load (200
+//! requests, 8 at a time, half streamed) with none failed; another cut off
+//! with `docker network disconnect`, marked down and its models served by
+//! the rest, then connected again and back up; with smollm2 raised to three
+//! replicas, every node's TTFT histogram on the gateway's `/metrics/fleet`. Skipped, saying so, where no Docker
+//! daemon answers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::fleet::{free_port, wait, Gateway};
+use serde_json::json;
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+fn ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Why this machine cannot run the test, if it cannot.
+fn unavailable() -> Option<String> {
+    match Command::new("docker").args(["info"]).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return Some(format!(
+                "no Docker daemon answers (`docker info`: {})",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+        Err(e) => return Some(format!("no docker command ({e})")),
+    }
+    match Command::new("docker-compose").arg("version").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("a Docker daemon answers but docker-compose is missing".into()),
+    }
+}
+
+/// A compose project of the checkout's deploy/compose/, torn down (and
+/// its image removed) when dropped.
+struct Compose {
+    project: String,
+    image: String,
+    port: u16,
+}
+
+impl Compose {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(common::root().join("deploy/compose/docker-compose.yml"))
+            .args(args)
+            .env("REALIZAR_IMAGE", &self.image)
+            .env("REALIZAR_PORT", self.port.to_string())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The container of a service.
+    fn container(&self, service: &str) -> String {
+        self.ok(&["ps", "-q", service])
+    }
+
+    fn network(&self) -> String {
+        format!("{}_default", self.project)
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(o) = self.command(&["logs", "--tail", "40"]).output() {
+                eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+            }
+        }
+        let _ = self
+            .command(&["down", "-v", "-t", "5"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = run("docker", &["rmi", "-f", &self.image]);
+    }
+}
+
+/// One completion through the gateway, streamed or not: (status, whole);
+/// a stream that did not end with `[DONE]` is an error showing it.
+fn completion(gw: SocketAddr, i: usize, stream: bool) -> Result<(u16, bool), String> {
+    let b = json!({"model": "smollm2", "prompt": format!("Request {i}: the weather today is"),
+        "max_tokens": 8, "temperature": 0, "stream": stream});
+    let r = common::raw_http(gw, "POST", "/v1/completions", &[], b.to_string().as_bytes())
+        .map_err(|e| e.to_string())?;
+    if stream && r.status == 200 && !r.body.trim_end().ends_with("data: [DONE]") {
+        return Err(format!("a broken stream: {}", r.body));
+    }
+    Ok((r.status, true))
+}
+
+#[test]
+fn compose_cluster_serves_the_openai_client_and_absorbs_a_killed_and_a_cut_off_node() {
+    if let Some(why) = unavailable() {
+        println!("skipped: {why}");
+        return;
+    }
+    let t_all = Instant::now();
+    let id = std::process::id();
+    let compose = Compose {
+        project: format!("realizartest{id}"),
+        image: format!("realizar:test-{id}"),
+        port: free_port(),
+    };
+    let build = Command::new("sh")
+        .arg(common::root().join("deploy/image/build.sh"))
+        .arg(&compose.image)
+        .env("REALIZAR_BINARY", env!("CARGO_BIN_EXE_realizar"))
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "deploy/image/build.sh: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let size: u64 = ok(
+        "docker",
+        &["image", "inspect", &compose.image, "--format", "{{.Size}}"],
+    )
+    .parse()
+    .unwrap();
+    println!(
+        "image {} built in {:?}: {size} bytes",
+        compose.image,
+        t_all.elapsed()
+    );
+
+    compose.ok(&["up", "-d"]);
+    let gw = Gateway {
+        addr: format!("127.0.0.1:{}", compose.port).parse().unwrap(),
+        admin: Vec::new(),
+    };
+    let placed = || gw.ready("smollm2").len() == 2 && gw.ready("gemma3").len() == 1;
+    let up = wait(Duration::from_secs(180), placed);
+    assert!(up.is_some(), "{}", gw.cluster());
+    println!("compose up → both models ready in {:?}", up.unwrap());
+    // Every container healthy by its image's own check.
+    let healthy = wait(Duration::from_secs(60), || {
+        ["gateway", "node-1", "node-2", "node-3"].iter().all(|s| {
+            let c = compose.container(s);
+            run("docker", &["inspect", "-f", "{{.State.Health.Status}}", &c])
+                .stdout
+                .starts_with(b"healthy")
+        })
+    });
+    assert!(healthy.is_some(), "containers not all healthy");
+
+    // The official client through the published port.
+    let script = r#"
+import sys, openai
+c = openai.OpenAI(base_url=sys.argv[1], api_key="none")
+ids = sorted(m.id for m in c.models.list())
+assert ids == ["gemma3", "smollm2"], ids
+r = c.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8, temperature=0)
+assert r.choices[0].message.content and r.usage.completion_tokens > 0, r
+parts, finish = [], None
+for ch in c.chat.completions.create(model="gemma3", messages=[{"role": "user", "content": "Count to five"}], max_tokens=8, stream=True):
+    if ch.choices:
+        parts.append(ch.choices[0].delta.content or "")
+        finish = ch.choices[0].finish_reason or finish
+assert "".join(parts) and finish in ("stop", "length"), (parts, finish)
+print("openai client: models", ids, "| chat:", repr(r.choices[0].message.content), "| streamed:", repr("".join(parts)))
+"#;
+    let out = run(
+        &common::python(),
+        &["-c", script, &format!("http://{}/v1", gw.addr)],
+    );
+    assert!(
+        out.status.success(),
+        "openai client: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    // 200 requests, 8 at a time; an owner of smollm2 killed after 40.
+    let victim = gw.ready("smollm2")[0].clone();
+    let done = Mutex::new(Vec::new());
+    let next = Mutex::new(0usize);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().unwrap();
+                    *n += 1;
+                    *n - 1
+                };
+                if i >= 200 {
+                    return;
+                }
+                let r = completion(gw.addr, i, i % 2 == 1);
+                done.lock().unwrap().push(r);
+            });
+        }
+        assert!(wait(Duration::from_secs(120), || done.lock().unwrap().len()
+            >= 40)
+        .is_some());
+        ok("docker", &["kill", &compose.container(&victim)]);
+    });
+    let done = done.into_inner().unwrap();
+    assert_eq!(done.len(), 200);
+    common::fleet::assert_all_served(&done);
+    println!("200 requests (half streamed) at concurrency 8, {victim} killed after 40: 0 failed");
+    // Started again (a killed container stays down), it rejoins as itself.
+    let t_start = Instant::now();
+    compose.ok(&["start", &victim]);
+    let rejoined = wait(Duration::from_secs(60), || gw.node_state(&victim) == "up");
+    assert!(
+        rejoined.is_some(),
+        "{victim} did not rejoin: {}",
+        gw.cluster()
+    );
+    println!(
+        "{victim} started again: up under its id {:?} later",
+        t_start.elapsed()
+    );
+
+    // Another node cut off from the network: down, and its models served
+    // by the rest; connected again: up.
+    let placed = wait(Duration::from_secs(120), placed);
+    assert!(placed.is_some(), "{}", gw.cluster());
+    let cut = gw.ready("gemma3")[0].clone();
+    let container = compose.container(&cut);
+    let t_cut = Instant::now();
+    ok(
+        "docker",
+        &["network", "disconnect", &compose.network(), &container],
+    );
+    let down = wait(Duration::from_secs(15), || gw.node_state(&cut) == "down");
+    assert!(down.is_some(), "{cut} not marked down: {}", gw.cluster());
+    println!(
+        "{cut} cut off: marked down {:?} after the disconnect",
+        t_cut.elapsed()
+    );
+    for (model, n) in [("gemma3", 4), ("smollm2", 4)] {
+        for i in 0..n {
+            let b = json!({"model": model, "prompt": format!("Cut {i}: once upon a time"), "max_tokens": 4});
+            let r = common::raw_http(
+                gw.addr,
+                "POST",
+                "/v1/completions",
+                &[],
+                b.to_string().as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(r.status, 200, "{model}: {}", r.body);
+            assert_ne!(r.header("x-realizar-node"), Some(cut.as_str()));
+        }
+    }
+    let t_back = Instant::now();
+    ok(
+        "docker",
+        &[
+            "network",
+            "connect",
+            "--alias",
+            &cut,
+            &compose.network(),
+            &container,
+        ],
+    );
+    let back = wait(Duration::from_secs(30), || gw.node_state(&cut) == "up");
+    assert!(back.is_some(), "{cut} did not come back: {}", gw.cluster());
+    println!("{cut} connected again: up {:?} later", t_back.elapsed());
+
+    // The fleet's metrics: every node's TTFT histogram, labelled by node,
+    // once every node serves (smollm2 on all three, requests until each
+    // has answered one).
+    let r = gw.request(
+        "PATCH",
+        "/admin/models/smollm2",
+        Some(&json!({"replicas": 3})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let everywhere = wait(Duration::from_secs(60), || gw.ready("smollm2").len() == 3);
+    assert!(everywhere.is_some(), "{}", gw.cluster());
+    let ttft_of = |n: &str| {
+        let label = format!("node=\"{n}\"");
+        common::http(gw.addr, "GET", "/metrics/fleet", None)
+            .body
+            .lines()
+            .any(|l| l.starts_with("realizar_time_to_first_token_seconds") && l.contains(&label))
+    };
+    let mut i = 0;
+    let all = wait(Duration::from_secs(60), || {
+        i += 1;
+        let b = json!({"model": "smollm2", "prompt": format!("Metrics {i}: a short story"), "max_tokens": 2});
+        let r = common::http(gw.addr, "POST", "/v1/completions", Some(&b));
+        assert_eq!(r.status, 200, "{}", r.body);
+        ["node-1", "node-2", "node-3"].iter().all(|n| ttft_of(n))
+    });
+    assert!(
+        all.is_some(),
+        "not every node's TTFT histogram on /metrics/fleet after {i} requests"
+    );
+    println!("/metrics/fleet: every node's TTFT histogram after {i} requests");
+    println!("whole test (image, cluster, checks) {:?}", t_all.elapsed());
+}
