@@ -7,8 +7,11 @@
 //! requests, 8 at a time, half streamed) with none failed; another cut off
 //! with `docker network disconnect`, marked down and its models served by
 //! the rest, then connected again and back up; with smollm2 raised to three
-//! replicas, every node's TTFT histogram on the gateway's `/metrics/fleet`. Skipped, saying so, where no Docker
-//! daemon answers.
+//! replicas, every node's TTFT histogram on the gateway's `/metrics/fleet`;
+//! the observability profile's Prometheus (deploy/prometheus/, Debian's
+//! package) scraping it, with every node's TTFT series and every query of
+//! the Grafana dashboard (deploy/grafana/realizar.json) answered. Skipped,
+//! saying so, where no Docker daemon answers.
 
 mod common;
 
@@ -62,7 +65,9 @@ fn unavailable() -> Option<String> {
 struct Compose {
     project: String,
     image: String,
+    prometheus_image: String,
     port: u16,
+    prometheus_port: u16,
 }
 
 impl Compose {
@@ -75,6 +80,8 @@ impl Compose {
             .args(args)
             .env("REALIZAR_IMAGE", &self.image)
             .env("REALIZAR_PORT", self.port.to_string())
+            .env("REALIZAR_PROMETHEUS_IMAGE", &self.prometheus_image)
+            .env("REALIZAR_PROMETHEUS_PORT", self.prometheus_port.to_string())
             .stdin(Stdio::null());
         c
     }
@@ -107,11 +114,14 @@ impl Drop for Compose {
             }
         }
         let _ = self
-            .command(&["down", "-v", "-t", "5"])
+            .command(&["--profile", "observability", "down", "-v", "-t", "5"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = run("docker", &["rmi", "-f", &self.image]);
+        let _ = run(
+            "docker",
+            &["rmi", "-f", &self.image, &self.prometheus_image],
+        );
     }
 }
 
@@ -139,7 +149,9 @@ fn compose_cluster_serves_the_openai_client_and_absorbs_a_killed_and_a_cut_off_n
     let compose = Compose {
         project: format!("realizartest{id}"),
         image: format!("realizar:test-{id}"),
+        prometheus_image: format!("realizar-prometheus:test-{id}"),
         port: free_port(),
+        prometheus_port: free_port(),
     };
     let build = Command::new("sh")
         .arg(common::root().join("deploy/image/build.sh"))
@@ -164,7 +176,13 @@ fn compose_cluster_serves_the_openai_client_and_absorbs_a_killed_and_a_cut_off_n
         t_all.elapsed()
     );
 
-    compose.ok(&["up", "-d"]);
+    let prometheus = common::root().join("deploy/prometheus/build.sh");
+    ok(
+        "sh",
+        &[prometheus.to_str().unwrap(), &compose.prometheus_image],
+    );
+
+    compose.ok(&["--profile", "observability", "up", "-d"]);
     let gw = Gateway {
         addr: format!("127.0.0.1:{}", compose.port).parse().unwrap(),
         admin: Vec::new(),
@@ -333,5 +351,74 @@ print("openai client: models", ids, "| chat:", repr(r.choices[0].message.content
         "not every node's TTFT histogram on /metrics/fleet after {i} requests"
     );
     println!("/metrics/fleet: every node's TTFT histogram after {i} requests");
+
+    // Prometheus (the observability profile) scrapes the fleet view: every
+    // node's TTFT series is there, and every query of the Grafana
+    // dashboard runs without error, the core ones with data.
+    let prom: SocketAddr = format!("127.0.0.1:{}", compose.prometheus_port)
+        .parse()
+        .unwrap();
+    let query = |q: &str| -> serde_json::Value {
+        let r = common::http(
+            prom,
+            "GET",
+            &format!("/api/v1/query?query={}", encode(q)),
+            None,
+        );
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{q}: {e}: {}", r.body))
+    };
+    let mut nodes = Vec::new();
+    let scraped = wait(Duration::from_secs(30), || {
+        let v = query("count by (node) (realizar_time_to_first_token_seconds_count)");
+        nodes = v["data"]["result"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["metric"]["node"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        nodes.sort();
+        nodes == ["node-1", "node-2", "node-3"]
+    });
+    assert!(scraped.is_some(), "Prometheus has TTFT series of {nodes:?}");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::root().join("deploy/grafana/realizar.json")).unwrap(),
+    )
+    .unwrap();
+    // Series that the traffic above need not have made.
+    let may_be_empty = ["unloads", "breaker", "resumed", "retries"];
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let v = query(expr);
+            assert_eq!(v["status"], "success", "{expr}: {v}");
+            let legend = t["legendFormat"].as_str().unwrap_or("");
+            if !may_be_empty.iter().any(|m| legend.contains(m)) {
+                assert!(
+                    v["data"]["result"]
+                        .as_array()
+                        .is_some_and(|a| !a.is_empty()),
+                    "no data for {expr} ({})",
+                    panel["title"]
+                );
+            }
+            checked += 1;
+        }
+    }
+    println!("Prometheus: TTFT series of {nodes:?}; {checked} dashboard queries answered");
     println!("whole test (image, cluster, checks) {:?}", t_all.elapsed());
+}
+
+/// `q` percent-encoded for a URL's query string.
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
