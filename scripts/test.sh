@@ -10,12 +10,13 @@ bash scripts/fetch-models.sh
 # suite's is the checkout's models/, where the line above put them.
 export REALIZAR_MODELS="$PWD/models"
 # What some tests check against: the official openai package (server
-# tests), Hugging Face tokenizers (the exported tokenizer.json) and numpy
-# (the qwen2 reference forward), in a virtualenv under target/, and
+# tests), Hugging Face tokenizers (the exported tokenizer.json), numpy
+# (the qwen2 reference forward) and kubernetes-validate (the Kubernetes
+# schemas, offline), in a virtualenv under target/, and
 # promtool (Debian's prometheus package).
-if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openai, tokenizers, numpy" 2>/dev/null; then
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openai, tokenizers, numpy, kubernetes_validate" 2>/dev/null; then
     [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
-    target/pyenv/bin/pip install --quiet --disable-pip-version-check openai tokenizers numpy
+    target/pyenv/bin/pip install --quiet --disable-pip-version-check openai tokenizers numpy kubernetes-validate
 fi
 export REALIZAR_TEST_PYTHON="$PWD/target/pyenv/bin/python"
 if ! command -v promtool >/dev/null; then
