@@ -10,8 +10,10 @@
 //! replicas, every node's TTFT histogram on the gateway's `/metrics/fleet`;
 //! the observability profile's Prometheus (deploy/prometheus/, Debian's
 //! package) scraping it, with every node's TTFT series and every query of
-//! the Grafana dashboard (deploy/grafana/realizar.json) answered. Skipped,
-//! saying so, where no Docker daemon answers.
+//! the Grafana dashboard (deploy/grafana/realizar.json) answered; a second
+//! gateway finding the nodes by DNS (a name with three addresses) sees all
+//! three and the same placement. Skipped, saying so, where no Docker
+//! daemon answers.
 
 mod common;
 
@@ -113,6 +115,8 @@ impl Drop for Compose {
                 eprintln!("{}", String::from_utf8_lossy(&o.stdout));
             }
         }
+        // The extra gateway run beside the project, if it is still there.
+        let _ = run("docker", &["rm", "-f", &format!("{}-dns", self.project)]);
         let _ = self
             .command(&["--profile", "observability", "down", "-v", "-t", "5"])
             .stdout(Stdio::null())
@@ -312,6 +316,8 @@ print("openai client: models", ids, "| chat:", repr(r.choices[0].message.content
             "connect",
             "--alias",
             &cut,
+            "--alias",
+            "nodes",
             &compose.network(),
             &container,
         ],
@@ -408,6 +414,60 @@ print("openai client: models", ids, "| chat:", repr(r.choices[0].message.content
         }
     }
     println!("Prometheus: TTFT series of {nodes:?}; {checked} dashboard queries answered");
+
+    // A second gateway that finds the nodes by DNS: `nodes` resolves to all
+    // three. It sees them all, agrees on the placement, and serves.
+    let dns_port = free_port();
+    let config = common::root().join("configs/cluster.toml");
+    let dns_gateway = ok(
+        "docker",
+        &[
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            &format!("{}-dns", compose.project),
+            "--network",
+            &compose.network(),
+            "-p",
+            &format!("127.0.0.1:{dns_port}:8080"),
+            "-v",
+            &format!("{}:/etc/realizar/cluster.toml:ro", config.display()),
+            &compose.image,
+            "gateway",
+            "--config",
+            "/etc/realizar/cluster.toml",
+            "--host",
+            "0.0.0.0",
+            "--discover-dns",
+            "nodes:8080",
+        ],
+    );
+    let gw2 = Gateway {
+        addr: format!("127.0.0.1:{dns_port}").parse().unwrap(),
+        admin: Vec::new(),
+    };
+    let found = wait(Duration::from_secs(30), || {
+        let c = gw2.cluster();
+        let mut up: Vec<String> = c["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["state"] == "up")
+            .map(|n| n["id"].as_str().unwrap_or("").to_owned())
+            .collect();
+        up.sort();
+        up == ["node-1", "node-2", "node-3"] && gw2.ready("gemma3") == gw.ready("gemma3")
+    });
+    let seen = gw2.cluster();
+    let _ = run("docker", &["rm", "-f", &dns_gateway]);
+    assert!(found.is_some(), "the DNS gateway saw {seen}");
+    assert_eq!(
+        seen["nodes"].as_array().unwrap().len(),
+        3,
+        "one member per address of `nodes`: {seen}"
+    );
+    println!("a gateway finding nodes by DNS (`nodes`: 3 addresses) saw all three up and the same placement");
     println!("whole test (image, cluster, checks) {:?}", t_all.elapsed());
 }
 
