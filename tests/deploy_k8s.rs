@@ -3,7 +3,10 @@
 //! from PyPI — and a manifest with a misspelt field is refused, so the
 //! check can fail); the gateway's configuration in the ConfigMap is one
 //! our gateway accepts; the arguments the node and gateway containers are
-//! started with are ones our binary accepts.
+//! started with are ones our binary accepts. And the configuration
+//! containers are given through their environment: `REALIZAR_GATEWAY_<KEY>`
+//! and `REALIZAR_NODE_<KEY>` set keys, and one that names no key stops the
+//! process with an error naming the variable.
 
 mod common;
 
@@ -122,4 +125,54 @@ fn the_configmap_and_the_container_arguments_are_ones_realizar_accepts() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn configuration_keys_come_from_the_environment_and_unknown_ones_are_refused() {
+    // A key set by a variable: the gateway listens where it says.
+    let port = common::fleet::free_port();
+    let mut gw = common::realizar()
+        .arg("gateway")
+        .env("REALIZAR_GATEWAY_PORT", port.to_string())
+        .env("REALIZAR_GATEWAY_EPSILON", "0.5")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let up = common::fleet::wait(std::time::Duration::from_secs(30), || {
+        common::try_http(addr, "GET", "/admin/cluster", None).is_ok_and(|r| r.status == 200)
+    });
+    let _ = gw.kill();
+    let _ = gw.wait();
+    assert!(
+        up.is_some(),
+        "the gateway did not listen on REALIZAR_GATEWAY_PORT={port}"
+    );
+
+    // A variable naming no key, for each: refused at start, named.
+    for (cmd, var) in [
+        ("gateway", "REALIZAR_GATEWAY_EPSILONN"),
+        ("node", "REALIZAR_NODE_MAX_QUEUEE"),
+    ] {
+        let out = common::realizar().arg(cmd).env(var, "1").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd} started with {var}");
+        assert!(
+            err.contains(&format!("{var}: names no configuration key")),
+            "{cmd}: {err}"
+        );
+    }
+    // A value of the wrong type names the key and the variable.
+    let out = common::realizar()
+        .arg("node")
+        .env("REALIZAR_NODE_MAX_QUEUE", "many")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("max_queue") && err.contains("REALIZAR_NODE_MAX_QUEUE"),
+        "{err}"
+    );
 }

@@ -57,6 +57,9 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Environment variables that set configuration keys start with this.
+pub const ENV_PREFIX: &str = "REALIZAR_GATEWAY_";
+
 impl GatewayConfig {
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         toml_config::load(path)
@@ -64,6 +67,12 @@ impl GatewayConfig {
 
     pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
         toml_config::from_toml(text, file)
+    }
+
+    /// The file (if any) with `REALIZAR_GATEWAY_<KEY>` environment variables over
+    /// it (`toml_config::load_with_env`): how containers configure it.
+    pub fn from_file_and_env(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        toml_config::load_with_env(path, ENV_PREFIX, std::env::vars())
     }
 }
 
@@ -158,5 +167,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nodes[0]"), "{e}");
+    }
+
+    #[test]
+    fn no_file_and_no_variables_is_the_default() {
+        let from_env = GatewayConfig::from_file_and_env(None).unwrap();
+        assert_eq!(
+            format!("{from_env:?}"),
+            format!("{:?}", GatewayConfig::default())
+        );
     }
 }

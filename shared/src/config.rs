@@ -80,6 +80,87 @@ pub fn load<T: DeserializeOwned + Checked>(path: &Path) -> Result<T, ConfigError
     from_toml(&text, &file)
 }
 
+/// A configuration from an optional TOML file with environment variables
+/// over it: `PREFIX` + a key in capitals sets that key (`REALIZAR_GATEWAY_
+/// EPSILON=0.3`), `__` separates a table's key (`REALIZAR_NODE_MODEL_
+/// DEFAULTS__KV_TYPE=f32`), and the value is read as TOML (a number, a
+/// bool, an array, an inline table) or else taken as a string. For
+/// containers, which are configured by their environment. A variable that
+/// names no key is an error naming the variable.
+pub fn load_with_env<T: DeserializeOwned + Checked>(
+    path: Option<&Path>,
+    prefix: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    let (text, file) = match path {
+        Some(p) => {
+            let file = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                file: file.clone(),
+                source,
+            })?;
+            (text, file)
+        }
+        None => (String::new(), "the defaults".to_owned()),
+    };
+    let set: Vec<(String, Vec<String>, toml::Value)> = vars
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix(prefix)?.to_ascii_lowercase();
+            let path: Vec<String> = rest.split("__").map(str::to_owned).collect();
+            let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(v));
+            Some((k, path, value))
+        })
+        .collect();
+    if set.is_empty() {
+        return from_toml(&text, &file);
+    }
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        file: file.clone(),
+        message: e.message().trim_end().to_owned() + &span_note(&text, e.span()),
+    })?;
+    for (var, path, value) in &set {
+        let (last, tables) = path.split_last().expect("split gives one");
+        let mut t = &mut table;
+        for k in tables {
+            let entry = t
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            t = entry.as_table_mut().ok_or_else(|| ConfigError::Parse {
+                file: var.clone(),
+                message: format!("`{k}` is not a table"),
+            })?;
+        }
+        t.insert(last.clone(), value.clone());
+    }
+    let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse {
+        file: file.clone(),
+        message: e.to_string(),
+    })?;
+    let names: Vec<&str> = set.iter().map(|(v, _, _)| v.as_str()).collect();
+    let source = format!("{file} with {} from the environment", names.join(", "));
+    from_toml(&merged, &source).map_err(|e| match e {
+        // An unknown key set by a variable: name the variable.
+        ConfigError::Parse { file, message } => {
+            let culprit = set.iter().find(|(_, path, _)| {
+                message.contains("unknown field")
+                    && message.contains(&format!("`{}`", path[path.len() - 1]))
+            });
+            match culprit {
+                Some((var, _, _)) => ConfigError::Parse {
+                    file: var.clone(),
+                    message: format!("names no configuration key: {message}"),
+                },
+                None => ConfigError::Parse { file, message },
+            }
+        }
+        other => other,
+    })
+}
+
 /// " (line N)" for an error's position.
 fn span_note(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
@@ -136,5 +217,52 @@ mod tests {
         assert!(matches!(e, ConfigError::Read { .. }), "{e}");
         let c = from_toml::<C>("port = 7\n[inner]\nn = 3\n", "a.toml").unwrap();
         assert_eq!((c.port, c.inner.n), (7, 3));
+    }
+
+    fn env(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_variables_set_keys_over_the_file_and_unknown_ones_are_named() {
+        let dir = std::env::temp_dir().join(format!("realizar-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "port = 1\n[inner]\nn = 2\n").unwrap();
+        // No variables: the file as it is.
+        let c: C = load_with_env(Some(&f), "X_", env(&[("OTHER", "1")])).unwrap();
+        assert_eq!((c.port, c.inner.n), (1, 2));
+        // Over the file, nested with `__`; a value read as TOML.
+        let c: C = load_with_env(
+            Some(&f),
+            "X_",
+            env(&[("X_PORT", "8081"), ("X_INNER__N", "7")]),
+        )
+        .unwrap();
+        assert_eq!((c.port, c.inner.n), (8081, 7));
+        // Without a file.
+        let c: C = load_with_env(None, "X_", env(&[("X_PORT", "9")])).unwrap();
+        assert_eq!(c.port, 9);
+        // A variable naming no key: an error naming the variable.
+        let e = load_with_env::<C>(Some(&f), "X_", env(&[("X_PORTT", "9")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("X_PORTT: names no configuration key"), "{e}");
+        // A wrong type: the field and where the value came from.
+        let e = load_with_env::<C>(Some(&f), "X_", env(&[("X_PORT", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("X_PORT from the environment") && e.contains("port"),
+            "{e}"
+        );
+        // Range checks still apply.
+        let e = load_with_env::<C>(None, "X_", env(&[("X_PORT", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must not be 0"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

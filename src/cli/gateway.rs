@@ -169,10 +169,7 @@ fn first_line(p: &PathBuf, what: &str) -> Result<String, String> {
 
 /// The config file with the flags applied, checked.
 fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
-    let mut c = match &a.config {
-        Some(p) => GatewayConfig::from_file(p).map_err(|e| e.to_string())?,
-        None => GatewayConfig::default(),
-    };
+    let mut c = GatewayConfig::from_file_and_env(a.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(h) = a.host {
         c.host = h;
     }

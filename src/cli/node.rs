@@ -136,10 +136,8 @@ pub fn config(
     default_model: bool,
 ) -> Result<realizar_node::service::config::NodeConfig, String> {
     use realizar_node::service::config::{ModelEntry, NodeConfig};
-    let mut cfg = match &args.config {
-        Some(p) => NodeConfig::from_file(p).map_err(|e| e.to_string())?,
-        None => NodeConfig::default(),
-    };
+    let mut cfg =
+        NodeConfig::from_file_and_env(args.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(h) = args.host {
         cfg.host = h;
     }

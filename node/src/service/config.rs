@@ -127,6 +127,9 @@ pub struct ModelEntry {
     pub options: Option<ModelOptions>,
 }
 
+/// Environment variables that set configuration keys start with this.
+pub const ENV_PREFIX: &str = "REALIZAR_NODE_";
+
 impl NodeConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         toml_config::load(path)
@@ -134,6 +137,12 @@ impl NodeConfig {
 
     pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
         toml_config::from_toml(text, file)
+    }
+
+    /// The file (if any) with `REALIZAR_NODE_<KEY>` environment variables over
+    /// it (`toml_config::load_with_env`): how containers configure it.
+    pub fn from_file_and_env(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        toml_config::load_with_env(path, ENV_PREFIX, std::env::vars())
     }
 
     /// The limits that need checking beyond their types.
@@ -283,5 +292,14 @@ mod example_file {
         assert_eq!(c.models.len(), 2);
         assert!(c.models[0].pinned);
         assert_eq!(c.models[1].options.as_ref().unwrap().n_ctx, 8192);
+    }
+
+    #[test]
+    fn no_file_and_no_variables_is_the_default() {
+        let from_env = super::NodeConfig::from_file_and_env(None).unwrap();
+        assert_eq!(
+            format!("{from_env:?}"),
+            format!("{:?}", super::NodeConfig::default())
+        );
     }
 }
