@@ -19,10 +19,9 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::fleet::{free_port, wait, Gateway};
+use common::fleet::{free_port, load, wait, Gateway};
 use serde_json::json;
 
 fn run(program: &str, args: &[&str]) -> Output {
@@ -236,29 +235,16 @@ print("openai client: models", ids, "| chat:", repr(r.choices[0].message.content
 
     // 200 requests, 8 at a time; an owner of smollm2 killed after 40.
     let victim = gw.ready("smollm2")[0].clone();
-    let done = Mutex::new(Vec::new());
-    let next = Mutex::new(0usize);
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().unwrap();
-                    *n += 1;
-                    *n - 1
-                };
-                if i >= 200 {
-                    return;
-                }
-                let r = completion(gw.addr, i, i % 2 == 1);
-                done.lock().unwrap().push(r);
-            });
-        }
-        assert!(wait(Duration::from_secs(120), || done.lock().unwrap().len()
-            >= 40)
-        .is_some());
-        ok("docker", &["kill", &compose.container(&victim)]);
-    });
-    let done = done.into_inner().unwrap();
+    let done = load(
+        200,
+        8,
+        |i| completion(gw.addr, i, i % 2 == 1),
+        40,
+        Duration::from_secs(120),
+        || {
+            ok("docker", &["kill", &compose.container(&victim)]);
+        },
+    );
     assert_eq!(done.len(), 200);
     common::fleet::assert_all_served(&done);
     println!("200 requests (half streamed) at concurrency 8, {victim} killed after 40: 0 failed");

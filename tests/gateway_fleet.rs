@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::fleet::{free_port, gateway, node, spawn, wait, Gateway, Proc};
+use common::fleet::{free_port, gateway, load, node, spawn, wait, Gateway, Proc};
 use common::raw_http;
 use serde_json::json;
 
@@ -46,38 +46,20 @@ fn a_node_killed_under_load_costs_no_request_and_its_replica_is_placed_again() {
 
     // 200 requests, 8 at a time; the victim is killed (SIGKILL) once a
     // fifth of them are done.
-    let done = Mutex::new(Vec::new());
-    let next = Mutex::new(0usize);
-    let killed_at = Mutex::new(None);
+    let mut killed_at = None;
     let mut down_after = None;
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().unwrap();
-                    *n += 1;
-                    *n - 1
-                };
-                if i >= 200 {
-                    return;
-                }
-                let r = completion(gw.addr, &format!("Request {i}: the weather today is"));
-                done.lock().unwrap().push(
-                    r.map(|r| (r.status, r.header("x-realizar-route").map(str::to_owned)))
-                        .map_err(|e| e.to_string()),
-                );
-            });
-        }
-        assert!(wait(Duration::from_secs(120), || done.lock().unwrap().len()
-            >= 40)
-        .is_some());
+    let request = |i: usize| {
+        let r = completion(gw.addr, &format!("Request {i}: the weather today is"));
+        r.map(|r| (r.status, r.header("x-realizar-route").map(str::to_owned)))
+            .map_err(|e| e.to_string())
+    };
+    let done = load(200, 8, request, 40, Duration::from_secs(120), || {
         let i: usize = victim[1..].parse().unwrap();
         drop(nodes[i].take()); // kill -9
-        *killed_at.lock().unwrap() = Some(Instant::now());
+        killed_at = Some(Instant::now());
         down_after = wait(Duration::from_secs(10), || gw.node_state(&victim) == "down");
     });
-    let killed_at = killed_at.into_inner().unwrap().unwrap();
-    let done = done.into_inner().unwrap();
+    let killed_at = killed_at.unwrap();
     assert_eq!(done.len(), 200);
     let failed: Vec<_> = done.iter().filter(|r| !matches!(r, Ok((200, _)))).collect();
     assert!(failed.is_empty(), "{failed:?}");

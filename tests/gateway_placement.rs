@@ -8,10 +8,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use common::fleet::{assert_all_served, cluster, free_port, gateway, node, wait, Gateway, Proc};
+use common::fleet::{
+    assert_all_served, cluster, free_port, gateway, load, node, wait, Gateway, Proc,
+};
 use common::raw_http;
 use realizar_gateway::placement::{place, ModelSlot, NodeSlot};
 use serde_json::json;
@@ -159,31 +160,26 @@ fn a_node_joining_under_load_takes_replicas_warm_first_as_placement_predicts() {
         "placement differs from place()"
     );
 
-    let next = Mutex::new(0usize);
-    let results = Mutex::new(Vec::new());
     let mut joiner = None;
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().unwrap();
-                    *n += 1;
-                    *n - 1
-                };
-                if i >= 300 {
-                    return;
-                }
-                let stream = i % 2 == 1;
-                let b = json!({"model": ids[i % ids.len()], "prompt": format!("Request {i}: once upon a time"),
-                               "max_tokens": 8, "stream": stream});
-                let r = raw_http(gw.addr, "POST", "/v1/completions", &[], b.to_string().as_bytes());
-                let ok = r.map_err(|e| e.to_string()).map(|r| {
-                    (r.status, !stream || r.body.trim_end().ends_with("data: [DONE]"))
-                });
-                results.lock().unwrap().push(ok);
-            });
-        }
-        assert!(wait(limit, || results.lock().unwrap().len() >= 50).is_some());
+    let request = |i: usize| {
+        let stream = i % 2 == 1;
+        let b = json!({"model": ids[i % ids.len()], "prompt": format!("Request {i}: once upon a time"),
+                       "max_tokens": 8, "stream": stream});
+        let r = raw_http(
+            gw.addr,
+            "POST",
+            "/v1/completions",
+            &[],
+            b.to_string().as_bytes(),
+        );
+        r.map_err(|e| e.to_string()).map(|r| {
+            (
+                r.status,
+                !stream || r.body.trim_end().ends_with("data: [DONE]"),
+            )
+        })
+    };
+    let results = load(300, 8, request, 50, limit, || {
         joiner = Some(node(
             free_port(),
             "n3",
@@ -195,7 +191,6 @@ fn a_node_joining_under_load_takes_replicas_warm_first_as_placement_predicts() {
             ],
         ));
     });
-    let results = results.into_inner().unwrap();
     assert_all_served(&results);
     // Settled: every replica on its owner, the ones that moved unloaded.
     let settled = wait(limit, || {

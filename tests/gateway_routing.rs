@@ -357,27 +357,13 @@ fn experiment(z: Size, ratio: f64) {
     // Two gateways, the same 1,000 keys (as `user`), 4 at a time: the same
     // node for (almost) every key, with nothing shared between them.
     let route_all = |gw: SocketAddr| -> Vec<String> {
-        let out = Mutex::new(vec![String::new(); 1000]);
-        let next = Mutex::new(0usize);
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| loop {
-                    let i = {
-                        let mut n = next.lock().unwrap();
-                        *n += 1;
-                        *n - 1
-                    };
-                    if i >= 1000 {
-                        return;
-                    }
-                    let body = json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 1, "user": format!("user-{i}")});
-                    let r = common::http(gw, "POST", "/v1/completions", Some(&body));
-                    assert_eq!(r.status, 200, "{}", r.body);
-                    out.lock().unwrap()[i] = r.header("x-realizar-node").unwrap().to_owned();
-                });
-            }
-        });
-        out.into_inner().unwrap()
+        let route = |i: usize| {
+            let body = json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 1, "user": format!("user-{i}")});
+            let r = common::http(gw, "POST", "/v1/completions", Some(&body));
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.header("x-realizar-node").unwrap().to_owned()
+        };
+        common::fleet::load(1000, 4, route, 0, Duration::from_secs(1), || {})
     };
     let t0 = Instant::now();
     let a = route_all(af);

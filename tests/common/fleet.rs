@@ -241,3 +241,42 @@ pub fn gateway(nodes: &[u16], model: &str, admin_key: Option<&std::path::Path>) 
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     (spawn(&args), Gateway { addr, admin })
 }
+
+/// `n` calls of `f(i)`, `workers` at a time. Once `after` of them have
+/// finished (within `limit`), `meanwhile` runs (a kill, a join) while the
+/// rest go on. The results, by `i`.
+pub fn load<T: Send>(
+    n: usize,
+    workers: usize,
+    f: impl Fn(usize) -> T + Sync,
+    after: usize,
+    limit: Duration,
+    meanwhile: impl FnOnce(),
+) -> Vec<T> {
+    let next = std::sync::Mutex::new(0usize);
+    let done = std::sync::Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = {
+                    let mut k = next.lock().unwrap();
+                    *k += 1;
+                    *k - 1
+                };
+                if i >= n {
+                    return;
+                }
+                let r = f(i);
+                done.lock().unwrap().push((i, r));
+            });
+        }
+        assert!(
+            wait(limit, || done.lock().unwrap().len() >= after).is_some(),
+            "fewer than {after} of {n} requests done in {limit:?}"
+        );
+        meanwhile();
+    });
+    let mut done = done.into_inner().unwrap();
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
