@@ -281,11 +281,13 @@ async fn route_and_send(
         )
     })?;
     let mut table = gw.shared.table.load_full();
-    let model = match env.model {
-        Some(m) => m,
-        None if table.models.len() == 1 => table.models.keys().next().cloned().expect("one"),
-        None => return Err(ApiError::invalid_param("model", "`model` is required")),
-    };
+    let only = (table.models.len() == 1)
+        .then(|| table.models.keys().next().cloned())
+        .flatten();
+    let model = env
+        .model
+        .or(only)
+        .ok_or_else(|| ApiError::invalid_param("model", "`model` is required"))?;
     if table.models.get(&model).is_none_or(|o| o.is_empty()) {
         table = wait_for_replica(gw, &model).await?;
     }

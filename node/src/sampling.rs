@@ -140,36 +140,7 @@ pub struct Sampled {
 }
 
 /// SplitMix64: small, fast, and fixed for a given seed.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// The generator for one position of a sequence: draws depend on
-    /// (seed, position) only, so a sequence resumed elsewhere from its
-    /// tokens so far draws what the first run would have drawn.
-    pub fn at(seed: u64, position: u64) -> Self {
-        let mut r = Rng(seed ^ position.wrapping_mul(0xd1b5_4a32_d192_ed03));
-        r.next_u64();
-        r
-    }
-}
+pub use realizar_shared::hash::SplitMix as Rng;
 
 /// Per-sequence sampler state: the parameters, the RNG and the history the
 /// penalties look at.

@@ -123,7 +123,9 @@ pub fn load_with_env<T: DeserializeOwned + Checked>(
         message: e.message().trim_end().to_owned() + &span_note(&text, e.span()),
     })?;
     for (var, path, value) in &set {
-        let (last, tables) = path.split_last().expect("split gives one");
+        let Some((last, tables)) = path.split_last() else {
+            continue; // `split` yields at least one piece
+        };
         let mut t = &mut table;
         for k in tables {
             let entry = t

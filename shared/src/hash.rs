@@ -30,6 +30,36 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// SplitMix64: a small generator whose draws are fixed for a given seed
+/// (the sampler's, the cluster simulator's traces).
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix(self.0)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The generator for one position of a sequence: draws depend on
+    /// (seed, position) only, so a sequence resumed elsewhere from its
+    /// tokens so far draws what the first run would have drawn.
+    pub fn at(seed: u64, position: u64) -> Self {
+        let mut r = SplitMix(seed ^ position.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        r.next_u64();
+        r
+    }
+}
+
 /// A string's hash.
 pub fn of(s: &str) -> u64 {
     mix(fnv1a(s.as_bytes()))

@@ -10,22 +10,21 @@ use crate::hash;
 /// Tokens per KV block.
 pub const BLOCK: u32 = 16;
 
-/// A small, seedable generator (splitmix64): the trace is a pure function
+/// A small, seedable generator (SplitMix64): the trace is a pure function
 /// of its seed.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(hash::SplitMix);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(hash::SplitMix::new(seed))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        hash::mix(self.0)
+        self.0.next_u64()
     }
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
     /// Uniform in [lo, hi].
     pub fn range(&mut self, lo: u32, hi: u32) -> u32 {

@@ -153,8 +153,10 @@ impl Node {
                 .get(id)
                 .cloned()
                 .ok_or_else(|| ApiError::model_not_found(id))?,
-            None if models.len() == 1 => models.values().next().cloned().expect("one model"),
-            None => return Err(ApiError::invalid_param("model", "`model` is required")),
+            None => (models.len() == 1)
+                .then(|| models.values().next().cloned())
+                .flatten()
+                .ok_or_else(|| ApiError::invalid_param("model", "`model` is required"))?,
         };
         touch(&h, self.started);
         Ok(h)
