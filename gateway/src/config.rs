@@ -27,6 +27,8 @@ pub struct GatewayConfig {
     pub spill_floor: u64,
     pub cached_epsilon: f64,
     pub drain_timeout_secs: f64,
+    /// A node silent (no poll answered, no heartbeat) this long is down.
+    pub down_after_secs: f64,
     /// Replica loads under way at once across the cluster.
     pub max_loads: usize,
     pub api_keys_file: Option<PathBuf>,
@@ -48,6 +50,7 @@ impl Default for GatewayConfig {
             spill_floor: 4,
             cached_epsilon: 1.0,
             drain_timeout_secs: 300.0,
+            down_after_secs: crate::membership::DOWN_AFTER.as_secs_f64(),
             max_loads: crate::coordinator::MAX_LOADS,
             api_keys_file: None,
             admin_key_file: None,
@@ -90,6 +93,12 @@ impl Checked for GatewayConfig {
         }
         if !(self.dns_every_secs.is_finite() && self.dns_every_secs >= 0.1) {
             return bad("dns_every_secs".into(), "must be at least 0.1");
+        }
+        if !(self.down_after_secs.is_finite() && self.down_after_secs >= 1.0) {
+            return bad(
+                "down_after_secs".into(),
+                "must be at least 1 (two polls of 0.5 s)",
+            );
         }
         if self.max_loads == 0 {
             return bad("max_loads".into(), "must be at least 1");

@@ -1,5 +1,5 @@
 //! The control loop: poll every node for its load report, keep membership
-//! (up/down after 3 s of silence), recompute placement, rebuild the
+//! (up; down after `down_after` of silence, 2 s by default), recompute placement, rebuild the
 //! routing snapshot, and carry out the coordinator's plan (coordinator.rs:
 //! loads, warm-first unloads, drains) through the nodes' admin API.
 //! Requests are routed only to nodes that report a model ready, so a
@@ -35,6 +35,15 @@ pub const EVICTED_FOR: Duration = Duration::from_secs(120);
 /// A request waiting for a replica of a model asks for it this long.
 pub const WANTED_FOR: Duration = Duration::from_secs(2);
 
+/// One poll's answer: the node, what this gateway had in flight there when
+/// it asked, and when the answer came.
+struct Polled {
+    url: String,
+    inflight: u64,
+    result: Result<realizar_shared::control::LoadReport, String>,
+    at: Instant,
+}
+
 pub async fn run(shared: Arc<Shared>, client: NodeClient) {
     let mut per_node: BTreeMap<String, PerNode> = BTreeMap::new();
     let mut version = 0u64;
@@ -43,10 +52,19 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
     // Model id → bytes on a node, as last reported.
     let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
     let started = Instant::now();
+    // Polls run as tasks of their own: one that hangs (a node cut off
+    // answers nothing until the 1 s poll timeout) holds up neither the
+    // others nor the round, so membership is checked every POLL and a
+    // silent node is down within `down_after` + POLL.
+    let mut polls: tokio::task::JoinSet<Polled> = tokio::task::JoinSet::new();
+    let mut asking: BTreeSet<String> = BTreeSet::new();
+    // What this gateway had in flight on each node when it asked for the
+    // report it holds now: the reports include it (table.rs subtracts it).
+    let mut at_poll: BTreeMap<String, u64> = BTreeMap::new();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let round = tick.tick().await;
         let urls: Vec<String> = shared
             .membership
             .read()
@@ -54,41 +72,54 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
             .members()
             .map(|m| m.url.clone())
             .collect();
-        // What this gateway has in flight on each node as it asks: the
-        // reports include it (table.rs subtracts it).
-        let at_poll: BTreeMap<String, u64> = per_node
-            .iter()
-            .map(|(u, n)| {
-                (
-                    u.clone(),
-                    n.inflight.load(std::sync::atomic::Ordering::Relaxed),
-                )
-            })
-            .collect();
-        let polls = urls.iter().map(|u| {
-            let c = client.clone();
-            let u = u.clone();
-            async move {
-                let r = c.report(&u).await;
-                (u, r)
+        for u in urls {
+            if asking.contains(&u) {
+                continue;
             }
-        });
-        let results = futures_util::future::join_all(polls).await;
+            let inflight = per_node
+                .get(&u)
+                .map_or(0, |n| n.inflight.load(std::sync::atomic::Ordering::Relaxed));
+            let c = client.clone();
+            asking.insert(u.clone());
+            polls.spawn(async move {
+                let result = c.report(&u).await;
+                Polled {
+                    url: u,
+                    inflight,
+                    result,
+                    at: Instant::now(),
+                }
+            });
+        }
+        // Answers that come within most of the round count in it; the rest
+        // in a later one.
+        let mut results = Vec::new();
+        let deadline = round + POLL * 4 / 5;
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, polls.join_next()).await {
+            if let Ok(p) = done {
+                asking.remove(&p.url);
+                results.push(p);
+            }
+        }
         let now = Instant::now();
         version += 1;
         let plan = {
             let mut m = shared.membership.write().unwrap_or_else(|e| e.into_inner());
             let mut changes = Vec::new();
-            for (u, r) in results {
-                match r {
-                    Ok(report) => changes.extend(m.on_report(&u, report, now)),
+            for p in results {
+                match p.result {
+                    Ok(report) => {
+                        at_poll.insert(p.url.clone(), p.inflight);
+                        changes.extend(m.on_report(&p.url, report, p.at));
+                    }
                     Err(e) => {
-                        tracing::debug!(node = %u, error = %e, "poll failed");
-                        changes.extend(m.on_failure(&u, now));
+                        tracing::debug!(node = %p.url, error = %e, "poll failed");
+                        changes.extend(m.on_failure(&p.url, p.at));
                     }
                 }
             }
             changes.extend(m.tick(now));
+            at_poll.retain(|u, _| m.get(u).is_some());
             let mut drains = shared.drains.write().unwrap_or_else(|e| e.into_inner());
             for c in &changes {
                 let (kind, url) = match c {

@@ -110,6 +110,8 @@ pub struct GatewayOptions {
     pub policy: Policy,
     pub bound: routing::Bound,
     pub drain_timeout: Duration,
+    /// Silence after which a node is down (membership.rs).
+    pub down_after: Duration,
     pub max_loads: usize,
     pub api_keys: Vec<String>,
     pub admin_key: Option<String>,
@@ -125,7 +127,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let now = Instant::now();
-    let mut m = Membership::new(Duration::from_secs(3));
+    let mut m = Membership::new(o.down_after);
     for u in &o.nodes {
         m.add(u.trim_end_matches('/'), Source::Static, now);
     }

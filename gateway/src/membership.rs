@@ -1,8 +1,9 @@
 //! Who is in the cluster and who is up. Nodes enter from a static list,
 //! from DNS (a name re-resolved periodically: docker-compose services and
 //! Kubernetes headless services), or by joining; each is polled for its
-//! load report, and one that has not answered for `down_after` (3 s) is
-//! down until it answers again. This is the state and its rules, apart
+//! load report, and one that has not answered for `down_after` (2 s by
+//! default: four polls and two heartbeats missed) is down until it answers
+//! again. This is the state and its rules, apart
 //! from the tasks that poll and resolve (which feed it events), so the
 //! rules are tested with a made-up clock.
 
@@ -10,6 +11,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use realizar_shared::control::LoadReport;
+
+/// The default silence after which a node is down: short enough that a
+/// node cut off is down (and its requests routed elsewhere) within 3 s of
+/// the cut, long enough that a node busy on every core still answers one
+/// of four polls.
+pub const DOWN_AFTER: Duration = Duration::from_secs(2);
 
 /// How a node came to be known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,7 +148,8 @@ impl Membership {
     pub fn on_report(&mut self, url: &str, report: LoadReport, now: Instant) -> Option<Change> {
         let m = self.members.get_mut(url)?;
         m.report = Some(report);
-        m.last_ok = Some(now);
+        // A poll's answer may be stamped before a heartbeat already seen.
+        m.last_ok = Some(m.last_ok.map_or(now, |t| t.max(now)));
         m.consecutive_failures = 0;
         let was = std::mem::replace(&mut m.health, Health::Up);
         (was != Health::Up).then(|| Change::Up(url.to_owned()))

@@ -162,6 +162,7 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         policy: a.policy,
         bound,
         drain_timeout: Duration::from_secs(300),
+        down_after: realizar_gateway::membership::DOWN_AFTER,
         max_loads: realizar_gateway::coordinator::MAX_LOADS,
         api_keys,
         admin_key,

@@ -47,6 +47,10 @@ pub struct GatewayArgs {
     /// elsewhere before unloading the node's replicas anyway.
     #[arg(long)]
     drain_timeout_secs: Option<f64>,
+    /// Seconds without an answer (poll or heartbeat) after which a node
+    /// is down and its requests go to other owners.
+    #[arg(long)]
+    down_after_secs: Option<f64>,
     /// Replica loads under way at once across the cluster (each node
     /// takes one at a time).
     #[arg(long)]
@@ -188,6 +192,9 @@ fn options(a: GatewayArgs) -> Result<GatewayOptions, String> {
     if let Some(v) = a.drain_timeout_secs {
         c.drain_timeout_secs = v;
     }
+    if let Some(v) = a.down_after_secs {
+        c.down_after_secs = v;
+    }
     if let Some(v) = a.max_loads {
         c.max_loads = v;
     }
@@ -226,6 +233,7 @@ pub fn with_secrets(c: GatewayConfig, secrets: Secrets) -> GatewayOptions {
         policy: c.policy,
         bound,
         drain_timeout: Duration::from_secs_f64(c.drain_timeout_secs),
+        down_after: Duration::from_secs_f64(c.down_after_secs),
         max_loads: c.max_loads,
         api_keys,
         admin_key,
