@@ -31,7 +31,15 @@ pub struct ModelOptions {
     pub max_batch: usize,
     /// Most tokens one step computes (decodes plus prefill chunks).
     pub max_step_tokens: usize,
+    /// Most prompt-lookup draft tokens a decoding sequence verifies per
+    /// step (speculative decoding); 0: none.
+    pub draft_max: usize,
 }
+
+/// Draft tokens per step by default: enough that a passage quoted back is
+/// produced several tokens a step, few enough that a wrong guess costs
+/// little.
+pub const DRAFT_MAX: usize = 8;
 
 impl Default for ModelOptions {
     fn default() -> Self {
@@ -42,6 +50,7 @@ impl Default for ModelOptions {
             kv_type: KvType::F16,
             max_batch: 16,
             max_step_tokens: 256,
+            draft_max: DRAFT_MAX,
         }
     }
 }
@@ -61,6 +70,9 @@ impl ModelOptions {
         }
         if self.max_step_tokens == 0 {
             return bad("max_step_tokens", "must be at least 1");
+        }
+        if self.draft_max > 64 {
+            return bad("draft_max", "must be at most 64");
         }
         if self.kv_memory_mib == 0 {
             return bad("kv_memory_mib", "must be at least 1");

@@ -20,6 +20,11 @@ pub const BATCH_SIZE: &str = "realizar_batch_size";
 pub const MODEL_LOAD_SECONDS: &str = "realizar_model_load_seconds";
 pub const PROMPT_TOKENS: &str = "realizar_prompt_tokens_total";
 pub const GENERATION_TOKENS: &str = "realizar_generation_tokens_total";
+/// Speculative decoding: draft tokens verified, those accepted, and tokens
+/// a verifying step produced (accepted plus the one sampled after them).
+pub const SPEC_DRAFT_TOKENS: &str = "realizar_spec_draft_tokens_total";
+pub const SPEC_ACCEPTED_TOKENS: &str = "realizar_spec_accepted_tokens_total";
+pub const SPEC_TOKENS_PER_STEP: &str = "realizar_spec_tokens_per_step";
 pub const RUNNING_SEQUENCES: &str = "realizar_running_sequences";
 pub const WAITING_SEQUENCES: &str = "realizar_waiting_sequences";
 pub const KV_BLOCKS_USED: &str = "realizar_kv_blocks_used";
@@ -86,6 +91,12 @@ pub fn recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, Strin
                 .set_buckets(LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(SPEC_TOKENS_PER_STEP.into()),
+                        BATCH_BUCKETS,
+                    )
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(

@@ -42,6 +42,10 @@ pub struct NodeArgs {
     /// Memory for each model's KV pool.
     #[arg(long)]
     kv_memory_mib: Option<usize>,
+    /// Most prompt-lookup draft tokens verified per decoding step
+    /// (speculative decoding; 0: off).
+    #[arg(long)]
+    draft_max: Option<usize>,
     /// Memory for all loaded models; loading past it evicts the least recently used.
     #[arg(long)]
     memory_budget_mib: Option<u64>,
@@ -210,6 +214,9 @@ pub fn config(
     }
     if let Some(m) = args.kv_memory_mib {
         o.kv_memory_mib = m;
+    }
+    if let Some(d) = args.draft_max {
+        o.draft_max = d;
     }
     o.check("command line", "flags")
         .map_err(|e| e.to_string())?;

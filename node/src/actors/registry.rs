@@ -416,6 +416,7 @@ fn exec_config(
             n_ctx,
             stream_buffer: args.stream_buffer,
             stall: args.stall,
+            draft_max: o.draft_max,
         },
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use realizar_shared::metrics as names;
 
 use super::request::{Event, GenRequest, LogprobEntry, TokenOut};
-use super::scheduler::{Finished, Sampled, SchedConfig, Schedule, Scheduler, StopKind};
+use super::scheduler::{Finished, Sampled, SchedConfig, Schedule, Scheduler, Seq, StopKind};
 use crate::kv::affinity::AffinityKeys;
 use crate::kv::{KvPool, KvType};
 use crate::model::{Model, Workspace};
@@ -351,64 +351,51 @@ impl Executor {
 
     /// Sample each sequence that computed its last token from its row of
     /// logits, and send the token (its text, once a stop string can no
-    /// longer swallow it) to the request.
+    /// longer swallow it) to the request. A sequence that verified a draft
+    /// has a row for each of its positions: it samples them in order, as
+    /// plain decoding would one step at a time, and goes on to the next
+    /// row only while what it chose is the draft's next token. Every row
+    /// it samples saw the context plain decoding gives it, and sampling
+    /// (its penalties' history, its random draws, keyed by position)
+    /// advances once per token chosen: each token comes from the model's
+    /// distribution as in plain decoding. The logits of a step of several
+    /// positions differ from a one-position step's in the last bits (as a
+    /// batch's do), so greedy output is plain decoding's but for exact
+    /// near-ties, and a sampled token can differ where the draw falls
+    /// within that difference of a boundary.
     fn sample(&mut self, plan: &Schedule) -> Vec<Sampled> {
         let n_vocab = self.model.n_vocab();
         let tok = &self.tok;
         let mut out = Vec::new();
-        for (row, p) in plan.steps.iter().filter(|p| p.samples).enumerate() {
+        let mut row = 0;
+        for p in plan.steps.iter().filter(|p| p.samples) {
             let s = self.sched.seq_mut(p.seq);
-            let logits = &mut self.ws.logits[row * n_vocab..(row + 1) * n_vocab];
-            if s.req.ignore_eos {
-                for &e in tok.vocab.special_ids().iter() {
-                    if tok.vocab.is_end_of_generation(e) {
-                        logits[e as usize] = f32::NEG_INFINITY;
-                    }
+            let rows = 1 + s.draft.len();
+            let mut chosen = None;
+            for j in 0..rows {
+                let logits = &mut self.ws.logits[(row + j) * n_vocab..(row + j + 1) * n_vocab];
+                let (id, stop) = emit(s, tok, &self.name, logits);
+                if stop.is_some() || j + 1 == rows || s.draft[j] != id {
+                    chosen = Some(Sampled {
+                        accepted: j,
+                        token: id,
+                        stop,
+                    });
+                    break;
                 }
             }
-            let sampled = s.sampler.sample(logits);
-            let id = sampled.token.id;
-            let now = Instant::now();
-            match s.last_token {
-                None => {
-                    metrics::histogram!(names::TIME_TO_FIRST_TOKEN, names::MODEL => self.name.clone())
-                        .record((now - s.req.arrived).as_secs_f64());
-                }
-                Some(t) => {
-                    metrics::histogram!(names::INTER_TOKEN_LATENCY, names::MODEL => self.name.clone())
-                        .record((now - t).as_secs_f64());
-                }
+            if rows > 1 {
+                let m = || self.name.clone();
+                let accepted = chosen.map_or(0, |c| c.accepted);
+                metrics::counter!(names::SPEC_DRAFT_TOKENS, names::MODEL => m())
+                    .increment(s.draft.len() as u64);
+                metrics::counter!(names::SPEC_ACCEPTED_TOKENS, names::MODEL => m())
+                    .increment(accepted as u64);
+                metrics::histogram!(names::SPEC_TOKENS_PER_STEP, names::MODEL => m())
+                    .record((accepted + 1) as f64);
             }
-            s.last_token = Some(now);
-            let mut stop = None;
-            let mut text = String::new();
-            if !s.req.ignore_eos && tok.vocab.is_end_of_generation(id) {
-                stop = Some(StopKind::EndOfGeneration);
-            } else {
-                match s.stop.push(&s.dec.push(tok, id)) {
-                    StopOutcome::Continue(t) => text = t,
-                    StopOutcome::Stop(t) => {
-                        text = t;
-                        stop = Some(StopKind::StopString);
-                    }
-                }
-            }
-            let entry = |t: &TokenLogprob| {
-                let mut bytes = Vec::new();
-                tok.token_bytes(t.id, true, &mut bytes);
-                LogprobEntry {
-                    token: String::from_utf8_lossy(&bytes).into_owned(),
-                    bytes,
-                    logprob: t.logprob,
-                }
-            };
-            let _ = s.req.events.send(Event::Token(TokenOut {
-                id,
-                text,
-                logprob: entry(&sampled.token),
-                top: sampled.top.iter().map(entry).collect(),
-            }));
-            out.push(Sampled { token: id, stop });
+            row += rows;
+            out.push(chosen.expect("at least one row per sequence that samples"));
         }
         out
     }
@@ -440,4 +427,59 @@ impl Executor {
             usage,
         });
     }
+}
+
+/// Sample one token for `s` from `logits` and send it to the request;
+/// returns it and whether it ends the sequence.
+fn emit(s: &mut Seq, tok: &Tokenizer, model: &str, logits: &mut [f32]) -> (u32, Option<StopKind>) {
+    if s.req.ignore_eos {
+        for &e in tok.vocab.special_ids().iter() {
+            if tok.vocab.is_end_of_generation(e) {
+                logits[e as usize] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let sampled = s.sampler.sample(logits);
+    let id = sampled.token.id;
+    let now = Instant::now();
+    match s.last_token {
+        None => {
+            metrics::histogram!(names::TIME_TO_FIRST_TOKEN, names::MODEL => model.to_owned())
+                .record((now - s.req.arrived).as_secs_f64());
+        }
+        Some(t) => {
+            metrics::histogram!(names::INTER_TOKEN_LATENCY, names::MODEL => model.to_owned())
+                .record((now - t).as_secs_f64());
+        }
+    }
+    s.last_token = Some(now);
+    let mut stop = None;
+    let mut text = String::new();
+    if !s.req.ignore_eos && tok.vocab.is_end_of_generation(id) {
+        stop = Some(StopKind::EndOfGeneration);
+    } else {
+        match s.stop.push(&s.dec.push(tok, id)) {
+            StopOutcome::Continue(t) => text = t,
+            StopOutcome::Stop(t) => {
+                text = t;
+                stop = Some(StopKind::StopString);
+            }
+        }
+    }
+    let entry = |t: &TokenLogprob| {
+        let mut bytes = Vec::new();
+        tok.token_bytes(t.id, true, &mut bytes);
+        LogprobEntry {
+            token: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            logprob: t.logprob,
+        }
+    };
+    let _ = s.req.events.send(Event::Token(TokenOut {
+        id,
+        text,
+        logprob: entry(&sampled.token),
+        top: sampled.top.iter().map(entry).collect(),
+    }));
+    (id, stop)
 }

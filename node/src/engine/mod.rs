@@ -1,7 +1,9 @@
 //! The engine around the model: a request and its events, the
-//! continuous-batching scheduler, and the executor thread that runs
+//! continuous-batching scheduler, prompt-lookup drafts for speculative
+//! decoding, and the executor thread that runs
 //! schedule → forward → sample → update.
 
+pub mod draft;
 pub mod executor;
 pub mod request;
 pub mod scheduler;

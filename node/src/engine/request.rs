@@ -94,6 +94,9 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// Verify prompt-lookup drafts (engine/draft.rs) while decoding. The
+    /// output is the same either way; it is a question of speed.
+    pub speculative: bool,
     /// Seed used when `params.seed` is None.
     pub fallback_seed: u64,
     pub events: EventTx,

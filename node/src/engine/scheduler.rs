@@ -33,7 +33,15 @@ pub struct SchedConfig {
     pub stream_buffer: usize,
     /// A sequence paused this long is cancelled.
     pub stall: Duration,
+    /// Most draft tokens verified per step for a decoding sequence that
+    /// speculates (draft.rs); 0: no speculation.
+    pub draft_max: usize,
 }
+
+/// Sequences in the running batch above which none speculates: a step of
+/// many sequences already reads each weight once for all of them, and the
+/// draft positions would add compute that then goes mostly unused.
+pub const SPECULATE_MAX_BATCH: usize = 4;
 
 /// A sequence: its request, its tokens, its place in the KV pool, and the
 /// per-sequence state of sampling and text output.
@@ -57,6 +65,13 @@ pub struct Seq {
     admitted: bool,
     /// Since when its reader has left `stream_buffer` events untaken.
     paused_since: Option<Instant>,
+    /// Tokens guessed to follow (draft.rs), verified in this step.
+    pub draft: Vec<u32>,
+    /// The step's input when it carries a draft: the last token, then it.
+    step_tokens: Vec<u32>,
+    /// How many to guess next: grows while guesses hold, shrinks to what
+    /// held when one fails.
+    draft_len: usize,
 }
 
 impl Seq {
@@ -76,6 +91,9 @@ impl Seq {
             last_token: None,
             admitted: false,
             paused_since: None,
+            draft: Vec::new(),
+            step_tokens: Vec::new(),
+            draft_len: usize::MAX,
             req,
         }
     }
@@ -92,6 +110,7 @@ impl Seq {
         self.table.clear();
         self.hashes.clear();
         self.n_computed = 0;
+        self.draft.clear();
     }
 }
 
@@ -120,9 +139,12 @@ pub struct Schedule {
     pub stalled: Vec<Seq>,
 }
 
-/// What sampling gave a sequence that `samples` in this step.
+/// What sampling gave a sequence that `samples` in this step: the first
+/// `accepted` tokens of its draft (sampling chose each of them), then
+/// `token`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sampled {
+    pub accepted: usize,
     pub token: u32,
     /// Set when the token ends the sequence (end of generation, stop
     /// string); `release` says whether held-back text is released.
@@ -244,6 +266,29 @@ impl Scheduler {
         out.cancelled += before - self.waiting.len();
     }
 
+    /// Guess the draft a decoding sequence verifies in this step (none
+    /// when it is not decoding, does not speculate, or nothing matches),
+    /// within the step's budget, its `max_tokens` and the context.
+    fn propose(&mut self, i: usize, budget: usize, speculate: bool) {
+        let (draft_max, n_ctx) = (self.cfg.draft_max, self.cfg.n_ctx);
+        let s = &mut self.running[i];
+        s.draft.clear();
+        if !speculate || !s.req.speculative || s.tokens.len() - s.n_computed != 1 {
+            return;
+        }
+        let k = draft_max
+            .min(s.draft_len)
+            .min(budget.saturating_sub(1))
+            .min(s.req.max_tokens.saturating_sub(s.generated + 1))
+            .min(n_ctx.saturating_sub(s.tokens.len() + 1));
+        super::draft::prompt_lookup(&s.tokens, k, &mut s.draft);
+        if !s.draft.is_empty() {
+            s.step_tokens.clear();
+            s.step_tokens.push(s.tokens[s.tokens.len() - 1]);
+            s.step_tokens.extend_from_slice(&s.draft);
+        }
+    }
+
     /// Plan the next step: drop cancelled sequences; give every running
     /// sequence blocks for its next chunk under the step's token budget,
     /// preempting the newest sequences when the pool runs out; then admit
@@ -264,7 +309,10 @@ impl Scheduler {
                 continue;
             }
             self.running[i].paused_since = None;
-            let n = (self.running[i].tokens.len() - self.running[i].n_computed).min(budget);
+            let speculate = self.running.len() <= SPECULATE_MAX_BATCH;
+            self.propose(i, budget, speculate);
+            let s = &self.running[i];
+            let n = (s.tokens.len() - s.n_computed + s.draft.len()).min(budget);
             let need = self.blocks_for(self.running[i].n_computed + n);
             let mut ok = true;
             while self.running[i].table.len() < need {
@@ -289,7 +337,7 @@ impl Scheduler {
             out.steps.push(Scheduled {
                 seq: i,
                 n_tokens: n,
-                samples: s.n_computed + n == s.tokens.len(),
+                samples: s.n_computed + n >= s.tokens.len(),
             });
             budget -= n;
             i += 1;
@@ -342,14 +390,21 @@ impl Scheduler {
             .iter()
             .map(|p| {
                 let s = &self.running[p.seq];
+                let drafted = !s.draft.is_empty();
                 SeqStep {
-                    tokens: &s.tokens[s.n_computed..s.n_computed + p.n_tokens],
+                    tokens: if drafted {
+                        &s.step_tokens
+                    } else {
+                        &s.tokens[s.n_computed..s.n_computed + p.n_tokens]
+                    },
                     pos0: s.n_computed,
                     table: &s.table,
-                    logits: if p.samples {
-                        Logits::Last
-                    } else {
-                        Logits::None
+                    // A draft's every position is checked against the
+                    // token sampling chooses there.
+                    logits: match (p.samples, drafted) {
+                        (true, true) => Logits::All,
+                        (true, false) => Logits::Last,
+                        (false, _) => Logits::None,
                     },
                 }
             })
@@ -367,7 +422,33 @@ impl Scheduler {
         let mut ended = Vec::new();
         for p in &plan.steps {
             let s = &mut self.running[p.seq];
-            s.n_computed += p.n_tokens;
+            let o = if p.samples {
+                Some(
+                    *next
+                        .next()
+                        .expect("one sampled token per sequence that samples"),
+                )
+            } else {
+                None
+            };
+            match o {
+                Some(o) if !s.draft.is_empty() => {
+                    // The last token and the accepted drafts have their
+                    // keys and values in the pool; the rest of the draft's
+                    // positions are written over by later steps.
+                    let accepted = o.accepted.min(s.draft.len());
+                    s.tokens.extend_from_slice(&s.draft[..accepted]);
+                    s.generated += accepted;
+                    s.n_computed += 1 + accepted;
+                    s.draft_len = if accepted == s.draft.len() {
+                        s.draft.len().saturating_mul(2)
+                    } else {
+                        accepted + 1
+                    };
+                    s.draft.clear();
+                }
+                _ => s.n_computed += p.n_tokens,
+            }
             while (s.hashes.len() + 1) * bs <= s.n_computed {
                 let j = s.hashes.len();
                 let h = block_hash(
@@ -377,12 +458,9 @@ impl Scheduler {
                 self.blocks.register(s.table[j], h);
                 s.hashes.push(h);
             }
-            if !p.samples {
+            let Some(o) = o else {
                 continue;
-            }
-            let o = next
-                .next()
-                .expect("one sampled token per sequence that samples");
+            };
             s.tokens.push(o.token);
             s.generated += 1;
             let end = match o.stop {

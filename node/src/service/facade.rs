@@ -80,6 +80,8 @@ pub struct GenSpec {
     pub include_usage: bool,
     pub logprobs: bool,
     pub ignore_eos: bool,
+    /// Verify prompt-lookup drafts (default: for greedy requests).
+    pub speculative: bool,
     /// The gateway's affinity keys (`x-realizar-affinity`,
     /// `x-realizar-conversation`), if it sent any.
     pub affinity: Option<realizar_shared::control::Affinity>,
@@ -264,6 +266,7 @@ impl Node {
         (s.logprobs, s.top_logprobs) = logprobs;
         s.validate(h.n_vocab)
             .map_err(|e| ApiError::invalid_param(e.param, e.to_string()))?;
+        let speculative = g.speculative.unwrap_or(s.temperature == 0.0);
         Ok(GenSpec {
             params: s,
             max_tokens: g
@@ -275,6 +278,7 @@ impl Node {
             include_usage: g.include_usage(),
             logprobs: logprobs.0,
             ignore_eos: g.ignore_eos,
+            speculative,
             affinity: None,
         })
     }
@@ -333,6 +337,7 @@ impl Node {
                     max_tokens: spec.max_tokens.unwrap_or(usize::MAX).min(h.n_ctx - p.len()),
                     stop: spec.stop.clone(),
                     ignore_eos: spec.ignore_eos,
+                    speculative: spec.speculative,
                     fallback_seed: self.next_id.fetch_add(1, Ordering::Relaxed)
                         ^ (self.started.elapsed().as_nanos() as u64).rotate_left(32),
                     events: tx,

@@ -60,6 +60,21 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         "Generated tokens of finished requests",
     ),
     (
+        m::SPEC_DRAFT_TOKENS,
+        Kind::Counter,
+        "Prompt-lookup draft tokens verified (speculative decoding)",
+    ),
+    (
+        m::SPEC_ACCEPTED_TOKENS,
+        Kind::Counter,
+        "Draft tokens that sampling chose (accepted / draft: the acceptance rate)",
+    ),
+    (
+        m::SPEC_TOKENS_PER_STEP,
+        Kind::Histogram,
+        "Tokens a step that verified a draft produced for its sequence",
+    ),
+    (
         m::RUNNING_SEQUENCES,
         Kind::Gauge,
         "Sequences in the running batch",

@@ -73,6 +73,11 @@ pub struct GenParams {
     /// Keep generating past end-of-generation tokens (vLLM's, llama.cpp's).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Prompt-lookup speculative decoding: on by default for greedy
+    /// requests (temperature 0), `false` turns it off, `true` turns it on
+    /// for sampled ones. The output is the same either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }
@@ -426,6 +431,7 @@ impl GenParams {
             }
         };
         g.ignore_eos = p.bool("ignore_eos")?.unwrap_or(false);
+        g.speculative = p.bool("speculative")?;
         g.user = p.str("user")?.map(str::to_owned);
         Ok(g)
     }

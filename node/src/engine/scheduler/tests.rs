@@ -17,6 +17,7 @@ fn cfg(kv_blocks: usize) -> SchedConfig {
         n_ctx: 1024,
         stream_buffer: 1024,
         stall: Duration::from_secs(30),
+        draft_max: 0,
     }
 }
 
@@ -29,6 +30,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, EventRx) {
             max_tokens,
             stop: Vec::new(),
             ignore_eos: false,
+            speculative: false,
             fallback_seed: 0,
             events,
             arrived: Instant::now(),
@@ -40,14 +42,31 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenRequest, EventRx) {
 
 /// The fake model: the next token is the last one plus one.
 fn fake_step(s: &mut Scheduler) -> (Schedule, Vec<Finished>) {
+    fake_step_with(s, |t| t + 1)
+}
+
+/// A fake model whose next token is `next(previous token)`. A sequence
+/// that verifies a draft samples its rows in order while they agree with
+/// the draft, as the executor does.
+fn fake_step_with(s: &mut Scheduler, next: impl Fn(u32) -> u32) -> (Schedule, Vec<Finished>) {
     let plan = s.schedule();
     let sampled: Vec<Sampled> = plan
         .steps
         .iter()
         .filter(|p| p.samples)
-        .map(|p| Sampled {
-            token: s.running[p.seq].tokens.last().copied().unwrap_or(0) + 1,
-            stop: None,
+        .map(|p| {
+            let q = &s.running[p.seq];
+            let mut prev = q.tokens.last().copied().unwrap_or(0);
+            let mut accepted = 0;
+            while accepted < q.draft.len() && next(prev) == q.draft[accepted] {
+                prev = q.draft[accepted];
+                accepted += 1;
+            }
+            Sampled {
+                accepted,
+                token: next(prev),
+                stop: None,
+            }
         })
         .collect();
     let done = s.update_from_output(&plan, &sampled);
@@ -259,7 +278,11 @@ fn sequences_end_at_max_tokens_at_the_context_and_on_a_stop() {
             .map(|p| {
                 let q = &s.running[p.seq];
                 let stop = (q.tokens[0] == 9 && step == 1).then_some(StopKind::StopString);
-                Sampled { token: 50, stop }
+                Sampled {
+                    accepted: 0,
+                    token: 50,
+                    stop,
+                }
             })
             .collect();
         for f in s.update_from_output(&plan, &sampled) {
@@ -276,4 +299,159 @@ fn sequences_end_at_max_tokens_at_the_context_and_on_a_stop() {
         ]
     );
     assert!(s.is_idle());
+}
+
+/// Run `prompt` to its end with speculation on or off; the tokens it
+/// generated and the tokens each step computed for it.
+fn run_speculating(
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    draft_max: usize,
+    next: impl Fn(u32) -> u32 + Copy,
+) -> (Vec<u32>, Vec<usize>) {
+    let mut s = Scheduler::new(SchedConfig {
+        draft_max,
+        ..cfg(64)
+    });
+    let (mut r, _rx) = request(prompt, max_tokens);
+    r.speculative = true;
+    s.add(r);
+    let mut steps = Vec::new();
+    for _ in 0..100 {
+        let (plan, done) = fake_step_with(&mut s, next);
+        steps.extend(tokens_per_step(&plan));
+        if let Some(f) = done.into_iter().next() {
+            assert_eq!(f.seq.generated, max_tokens);
+            return (f.seq.tokens[f.seq.n_prompt..].to_vec(), steps);
+        }
+        let q = &s.running[0];
+        // Every position but the last token's has its keys and values.
+        assert_eq!(q.n_computed + 1, q.tokens.len());
+        assert_eq!(q.hashes.len(), q.n_computed / 4);
+    }
+    panic!("did not finish");
+}
+
+#[test]
+fn a_sequence_that_repeats_itself_takes_several_tokens_a_step_and_the_same_ones() {
+    // A cycle of five: once the prompt holds it, every draft is right.
+    let cycle = |t: u32| t % 5 + 1;
+    let prompt = vec![1, 2, 3, 4, 5, 1, 2];
+    let (plain, plain_steps) = run_speculating(prompt.clone(), 20, 0, cycle);
+    let (fast, fast_steps) = run_speculating(prompt, 20, 8, cycle);
+    assert_eq!(fast, plain);
+    assert_eq!(plain_steps.len(), 20, "one token a step");
+    // The prompt, then drafts as long as there is text to copy from
+    // (5, then 8 and 8 a step at most), within `max_tokens`.
+    assert!(fast_steps.len() <= 6, "{fast_steps:?}");
+    assert!(fast_steps[1..].iter().any(|&n| n > 5), "{fast_steps:?}");
+}
+
+#[test]
+fn a_wrong_guess_keeps_what_held_and_recomputes_the_rest() {
+    // The text counts up; the prompt once went 1 2 3 4 9, so once 1 2 3
+    // is out the guess is 4 9 10 1 (four: `max_tokens` leaves room for
+    // five more): 4 holds, 9 does not (5 comes).
+    let up = |t: u32| t + 1;
+    let prompt = vec![1, 2, 3, 4, 9, 10, 1, 2];
+    let (plain, _) = run_speculating(prompt.clone(), 6, 0, up);
+    let (fast, steps) = run_speculating(prompt, 6, 8, up);
+    assert_eq!(fast, plain);
+    assert_eq!(fast, [3, 4, 5, 6, 7, 8]);
+    // The prompt (3 comes out); 3 and the draft (4 and 5 come out, and
+    // the positions of 3 and 4 are kept); then plain steps, as nothing
+    // more matches.
+    assert_eq!(steps, [8, 5, 1, 1, 1]);
+}
+
+#[test]
+fn no_drafts_when_off_for_the_request_or_the_batch_is_large() {
+    let cycle = |t: u32| t % 5 + 1;
+    let mut s = Scheduler::new(SchedConfig {
+        draft_max: 8,
+        ..cfg(64)
+    });
+    let mut rxs = Vec::new();
+    for i in 0..=SPECULATE_MAX_BATCH {
+        let (mut r, rx) = request(vec![1, 2, 3, 4, 5, 1, 2], 10);
+        r.speculative = i != 0;
+        s.add(r);
+        rxs.push(rx);
+    }
+    fake_step_with(&mut s, cycle);
+    // Five running: nobody speculates.
+    let (plan, _) = fake_step_with(&mut s, cycle);
+    assert!(plan.steps.iter().all(|p| p.n_tokens == 1));
+    drop(rxs.pop());
+    drop(rxs.pop());
+    // Three running: the two that asked for it do, the first does not.
+    let (plan, _) = fake_step_with(&mut s, cycle);
+    assert_eq!(plan.steps.len(), 3);
+    assert_eq!(plan.steps[0].n_tokens, 1);
+    assert!(plan.steps[1..].iter().all(|p| p.n_tokens > 1));
+}
+
+#[test]
+fn drafts_on_a_model_that_reads_its_whole_context_change_nothing() {
+    // The fake model's next token depends on every position's token as
+    // the "pool" holds it (written by each step at its positions), over a
+    // vocabulary of three, so guesses are often made and often wrong.
+    fn next(ctx: &[u32]) -> u32 {
+        let h = ctx.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| {
+            (h ^ t as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        (h >> 33) as u32 % 3 + 1
+    }
+    let run = |draft_max: usize, seed: u32| {
+        let mut s = Scheduler::new(SchedConfig {
+            draft_max,
+            ..cfg(64)
+        });
+        let (mut r, _rx) = request(vec![1, 2, 3, 1, 2, seed], 60);
+        r.speculative = true;
+        s.add(r);
+        let mut kv: Vec<u32> = Vec::new();
+        for _ in 0..200 {
+            let plan = s.schedule();
+            let sampled: Vec<Sampled> = {
+                let inputs = s.inputs(&plan);
+                let step = &inputs[0];
+                kv.resize(step.pos0, 0);
+                kv.extend_from_slice(step.tokens);
+                let q = &s.running[0];
+                if !plan.steps[0].samples {
+                    Vec::new()
+                } else {
+                    // Row j is the position pos0 + j.
+                    let first = step.pos0 + step.tokens.len() - 1 - q.draft.len();
+                    let mut accepted = 0;
+                    loop {
+                        let id = next(&kv[..=first + accepted]);
+                        if accepted == q.draft.len() || q.draft[accepted] != id {
+                            break vec![Sampled {
+                                accepted,
+                                token: id,
+                                stop: None,
+                            }];
+                        }
+                        accepted += 1;
+                    }
+                }
+            };
+            let done = s.update_from_output(&plan, &sampled);
+            if let Some(f) = done.into_iter().next() {
+                return f.seq.tokens;
+            }
+            let q = &s.running[0];
+            assert_eq!(kv[..q.n_computed], q.tokens[..q.n_computed]);
+        }
+        panic!("did not finish");
+    };
+    let mut drafted = 0;
+    for seed in 1..=3 {
+        let plain = run(0, seed);
+        assert_eq!(run(8, seed), plain, "seed {seed}");
+        drafted += plain.len();
+    }
+    assert!(drafted > 0);
 }
