@@ -391,3 +391,44 @@ fn ggml_avx2_numerics_refuse_an_f32_model_by_name() {
         "{e}"
     );
 }
+
+/// `perplexity --kl-divergence-base`: a model against itself diverges by
+/// nothing and always agrees; Q8_0 against the F32 file it was made from
+/// diverges a little, mostly agrees, and each side's perplexity is what
+/// `perplexity` gives for that file alone; a base of another vocabulary
+/// is refused.
+#[test]
+fn kl_divergence_against_the_base_model() {
+    use realizar_node::eval::{kl_divergence, perplexity, PerplexityError};
+    let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3")
+        .expect("GPL-3 text (Debian base-files)");
+    let text: String = text.chars().take(6000).collect();
+    let (q8, tok) = load(&derived(GgmlType::Q8_0));
+    let (f32m, _) = load(&derived(GgmlType::F32));
+    let pool = ThreadPool::new(2);
+    let simd = Simd::detect();
+    let ctx = 128;
+    let same = kl_divergence(&q8, &q8, &tok, &pool, simd, &text, ctx, |_, _, _| {}).unwrap();
+    assert!(same.scored_tokens > 300, "{same:?}");
+    assert_eq!((same.mean, same.max, same.top1_agreement), (0.0, 0.0, 1.0));
+    assert_eq!(same.ppl, same.base_ppl);
+    let k = kl_divergence(&q8, &f32m, &tok, &pool, simd, &text, ctx, |_, _, _| {}).unwrap();
+    eprintln!("Q8_0 vs F32 (ctx {ctx}): {k:?}");
+    assert_eq!(k.scored_tokens, same.scored_tokens);
+    assert!(k.mean > 0.0 && k.mean < 0.05, "{k:?}");
+    assert!(k.median <= k.p99 && k.p99 <= k.max, "{k:?}");
+    assert!(k.top1_agreement > 0.85 && k.top1_agreement < 1.0, "{k:?}");
+    let alone = |m: &dyn Model| {
+        perplexity(m, &tok, &pool, simd, &text, ctx, |_, _, _| {})
+            .unwrap()
+            .ppl
+    };
+    assert!((k.ppl - alone(&q8)).abs() < 1e-9 * k.ppl, "{k:?}");
+    assert!((k.base_ppl - alone(&f32m)).abs() < 1e-9 * k.ppl, "{k:?}");
+    let gemma = common::root().join("models/gemma-3-270m-q4_k_m.gguf");
+    let gf = Arc::new(GgufFile::open(&gemma).unwrap());
+    let g = realizar_node::model::load(gf).unwrap();
+    let e =
+        kl_divergence(&q8, g.as_ref(), &tok, &pool, simd, &text, ctx, |_, _, _| {}).unwrap_err();
+    assert!(matches!(e, PerplexityError::VocabMismatch { .. }), "{e}");
+}

@@ -2,6 +2,9 @@
 //! once, cut into non-overlapping chunks of `n_ctx` tokens, each chunk run
 //! from an empty cache (its first token replaced by BOS when the model adds
 //! one), and only the second half of each chunk's predictions scored.
+//! [`kl_divergence`] runs a second model (the base a quantized one was made
+//! from) over the same chunks and compares their distributions at every
+//! scored position, as llama-perplexity's `--kl-divergence` does.
 
 use crate::model::{Logits, Model, Workspace};
 use crate::sampling::log_softmax;
@@ -23,6 +26,135 @@ pub enum PerplexityError {
     TooShort { tokens: usize, ctx: usize },
     #[error("ctx must be at least 4 (got {0})")]
     BadCtx(usize),
+    #[error("the base model has a vocabulary of {base}, the model {model}: not the same model")]
+    VocabMismatch { model: usize, base: usize },
+}
+
+/// How far a model's next-token distributions are from its base's over
+/// the same text: KL(base ‖ model) per scored position, and how often the
+/// two agree on the most likely token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KlDivergence {
+    pub mean: f64,
+    /// Standard error of the mean.
+    pub stderr: f64,
+    pub median: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// Positions where both put the same token first.
+    pub top1_agreement: f64,
+    pub ppl: f64,
+    pub base_ppl: f64,
+    pub scored_tokens: usize,
+}
+
+/// The chunks llama-perplexity scores: `n_ctx` tokens each, the first
+/// replaced by BOS when the model adds one.
+fn chunks(tok: &Tokenizer, text: &str, n_ctx: usize) -> Result<Vec<Vec<u32>>, PerplexityError> {
+    if n_ctx < 4 {
+        return Err(PerplexityError::BadCtx(n_ctx));
+    }
+    let tokens = tok.encode(text, true, false);
+    if tokens.len() < 2 * n_ctx {
+        return Err(PerplexityError::TooShort {
+            tokens: tokens.len(),
+            ctx: n_ctx,
+        });
+    }
+    Ok(tokens
+        .chunks_exact(n_ctx)
+        .map(|c| {
+            let mut c = c.to_vec();
+            if tok.vocab.add_bos {
+                if let Some(bos) = tok.vocab.bos {
+                    c[0] = bos;
+                }
+            }
+            c
+        })
+        .collect())
+}
+
+/// KL(base ‖ model) at every position `perplexity` scores, both models
+/// run over the same chunks. `progress(done, total, running_mean_kl)`.
+#[allow(clippy::too_many_arguments)]
+pub fn kl_divergence(
+    model: &dyn Model,
+    base: &dyn Model,
+    tok: &Tokenizer,
+    pool: &ThreadPool,
+    simd: Simd,
+    text: &str,
+    n_ctx: usize,
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<KlDivergence, PerplexityError> {
+    let n_vocab = model.n_vocab();
+    if base.n_vocab() != n_vocab {
+        return Err(PerplexityError::VocabMismatch {
+            model: n_vocab,
+            base: base.n_vocab(),
+        });
+    }
+    let chunks = chunks(tok, text, n_ctx)?;
+    let first = n_ctx / 2;
+    let (mut cache, mut base_cache) = (model.new_cache(n_ctx), base.new_cache(n_ctx));
+    let (mut ws, mut base_ws) = (Workspace::default(), Workspace::default());
+    let mut kls = Vec::new();
+    let (mut agree, mut nll, mut base_nll) = (0usize, 0f64, 0f64);
+    for (c, chunk) in chunks.iter().enumerate() {
+        cache.clear();
+        base_cache.clear();
+        model.forward(pool, simd, chunk, &mut cache, &mut ws, Logits::All);
+        base.forward(
+            pool,
+            simd,
+            chunk,
+            &mut base_cache,
+            &mut base_ws,
+            Logits::All,
+        );
+        for j in first..n_ctx - 1 {
+            let row = j * n_vocab..(j + 1) * n_vocab;
+            let q = log_softmax(&ws.logits[row.clone()]);
+            let p = log_softmax(&base_ws.logits[row]);
+            let kl: f64 = p
+                .iter()
+                .zip(&q)
+                .filter(|(lp, _)| lp.is_finite())
+                .map(|(&lp, &lq)| (lp as f64).exp() * (lp as f64 - lq as f64))
+                .sum();
+            kls.push(kl.max(0.0));
+            if crate::sampling::argmax(&p) == crate::sampling::argmax(&q) {
+                agree += 1;
+            }
+            // Position j + 1 ≥ 1 holds the text's own token (only 0 may be BOS).
+            let t = chunk[j + 1] as usize;
+            nll -= q[t] as f64;
+            base_nll -= p[t] as f64;
+        }
+        progress(
+            c + 1,
+            chunks.len(),
+            kls.iter().sum::<f64>() / kls.len() as f64,
+        );
+    }
+    let n = kls.len();
+    let mean = kls.iter().sum::<f64>() / n as f64;
+    let var = kls.iter().map(|k| (k - mean) * (k - mean)).sum::<f64>() / (n as f64 - 1.0).max(1.0);
+    let mut sorted = kls;
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted[((n - 1) as f64 * q).round() as usize];
+    Ok(KlDivergence {
+        mean,
+        stderr: (var / n as f64).sqrt(),
+        median: at(0.5),
+        p99: at(0.99),
+        max: sorted[n - 1],
+        top1_agreement: agree as f64 / n as f64,
+        ppl: (nll / n as f64).exp(),
+        base_ppl: (base_nll / n as f64).exp(),
+        scored_tokens: n,
+    })
 }
 
 /// `progress(done, total, running_ppl)` is called after each chunk.
@@ -35,34 +167,19 @@ pub fn perplexity(
     n_ctx: usize,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<Perplexity, PerplexityError> {
-    if n_ctx < 4 {
-        return Err(PerplexityError::BadCtx(n_ctx));
-    }
-    let tokens = tok.encode(text, true, false);
-    let n_chunks = tokens.len() / n_ctx;
-    if n_chunks < 1 || tokens.len() < 2 * n_ctx {
-        return Err(PerplexityError::TooShort {
-            tokens: tokens.len(),
-            ctx: n_ctx,
-        });
-    }
+    let chunks = chunks(tok, text, n_ctx)?;
+    let n_chunks = chunks.len();
     let first = n_ctx / 2;
     let mut cache = model.new_cache(n_ctx);
     let mut ws = Workspace::default();
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let n_vocab = model.n_vocab();
-    for c in 0..n_chunks {
-        let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
-        if tok.vocab.add_bos {
-            if let Some(bos) = tok.vocab.bos {
-                chunk[0] = bos;
-            }
-        }
+    for (c, chunk) in chunks.iter().enumerate() {
         cache.clear();
-        model.forward(pool, simd, &chunk, &mut cache, &mut ws, Logits::All);
+        model.forward(pool, simd, chunk, &mut cache, &mut ws, Logits::All);
         for j in first..n_ctx - 1 {
             let lp = log_softmax(&ws.logits[j * n_vocab..(j + 1) * n_vocab]);
-            let v = -(lp[tokens[c * n_ctx + j + 1] as usize] as f64);
+            let v = -(lp[chunk[j + 1] as usize] as f64);
             nll += v;
             nll2 += v * v;
             count += 1;

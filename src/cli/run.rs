@@ -88,6 +88,12 @@ pub struct PerplexityArgs {
     pub threads: Option<usize>,
     #[arg(long, value_enum, default_value = "native")]
     pub numerics: NumericsArg,
+    /// The model `--model` was quantized from (F32 or F16): report the KL
+    /// divergence of `--model`'s next-token distributions from it (mean,
+    /// median, 99th percentile, maximum) and how often both rank the same
+    /// token first, as llama-perplexity's --kl-divergence does.
+    #[arg(long)]
+    pub kl_divergence_base: Option<PathBuf>,
 }
 
 pub fn run_cmd(a: RunArgs) -> ExitCode {
@@ -112,6 +118,16 @@ pub fn run_cmd(a: RunArgs) -> ExitCode {
 }
 
 pub fn perplexity_cmd(a: PerplexityArgs) -> ExitCode {
+    if let Some(base) = &a.kl_divergence_base {
+        return kl_divergence(
+            &a.model,
+            base,
+            &a.file,
+            a.ctx,
+            threads(a.threads),
+            a.numerics.numerics(),
+        );
+    }
     perplexity(
         &a.model,
         &a.file,
@@ -279,5 +295,65 @@ fn perplexity(
             ExitCode::SUCCESS
         }
         Err(e) => fail("perplexity", e),
+    }
+}
+
+fn kl_divergence(
+    model: &Path,
+    base: &Path,
+    file: &Path,
+    ctx: usize,
+    n_threads: usize,
+    numerics: realizar_node::model::Numerics,
+) -> ExitCode {
+    let what = "perplexity --kl-divergence-base";
+    let loaded = match load_model(model, numerics) {
+        Ok(x) => x,
+        Err(e) => return fail(what, e),
+    };
+    let base_loaded = match load_model(base, numerics) {
+        Ok(x) => x,
+        Err(e) => return fail(what, e),
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(what, format!("{}: {e}", file.display())),
+    };
+    let pool = realizar_node::tensor::ThreadPool::new(n_threads);
+    let t0 = std::time::Instant::now();
+    let r = realizar_node::eval::kl_divergence(
+        loaded.model.as_ref(),
+        base_loaded.model.as_ref(),
+        &loaded.tok,
+        &pool,
+        realizar_node::tensor::Simd::detect(),
+        &text,
+        ctx,
+        |i, n, kl| {
+            eprint!("[{i}]{kl:.6},");
+            if i == n {
+                eprintln!();
+            }
+        },
+    );
+    match r {
+        Ok(k) => {
+            println!(
+                "Mean PPL(Q): {:.4}   Mean PPL(base): {:.4}",
+                k.ppl, k.base_ppl
+            );
+            println!("Mean    KLD: {:.6} ± {:.6}", k.mean, k.stderr);
+            println!("Maximum KLD: {:.6}", k.max);
+            println!("99.0%   KLD: {:.6}", k.p99);
+            println!("Median  KLD: {:.6}", k.median);
+            println!(
+                "Same top p: {:.3} %   ({} tokens scored, {:.1} s)",
+                100.0 * k.top1_agreement,
+                k.scored_tokens,
+                t0.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(what, e),
     }
 }
