@@ -74,6 +74,10 @@ pub struct RunArgs {
     pub kv_type: KvTypeArg,
     #[arg(long, value_enum, default_value = "native")]
     pub numerics: NumericsArg,
+    /// Prompt-lookup speculative decoding when greedy: verify up to this
+    /// many guessed tokens per step (0: off). The output is the same.
+    #[arg(long, default_value_t = realizar_shared::control::DRAFT_MAX)]
+    pub draft_max: usize,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +109,13 @@ pub fn run_cmd(a: RunArgs) -> ExitCode {
         seed: a.seed,
         ..Default::default()
     };
+    // Speculation pays for greedy decoding (sampling would reject most
+    // guesses), as in the node's default.
+    let draft_max = if params.temperature == 0.0 {
+        a.draft_max
+    } else {
+        0
+    };
     run(
         &a.model,
         &a.prompt,
@@ -114,6 +125,7 @@ pub fn run_cmd(a: RunArgs) -> ExitCode {
         threads(a.threads),
         a.kv_type.kv(),
         a.numerics.numerics(),
+        draft_max,
     )
 }
 
@@ -160,6 +172,7 @@ fn run(
     n_threads: usize,
     kv: realizar_node::model::KvType,
     numerics: realizar_node::model::Numerics,
+    draft_max: usize,
 ) -> ExitCode {
     use realizar_node::model::{Logits, Workspace};
     use realizar_node::sampling::Sampler;
@@ -219,18 +232,49 @@ fn run(
     let t1 = std::time::Instant::now();
     let mut out = std::io::stdout().lock();
     let mut generated = 0;
-    while generated < ctx - ids.len() {
-        let next = sampler.sample(&mut ws.logits).token.id;
-        generated += 1;
-        if tok.vocab.is_end_of_generation(next) {
-            break;
+    let limit = ctx - ids.len();
+    let n_vocab = m.n_vocab();
+    let mut tokens = ids.clone();
+    // Each step leaves a row of logits per position it ran: the last token
+    // and the guess verified with it (engine/draft.rs); rows are sampled
+    // in order while each choice is the guess's next token.
+    let (mut draft, mut input) = (Vec::new(), Vec::new());
+    let (mut rows, mut drafted, mut accepted_total) = (1, 0, 0);
+    'decode: while generated < limit {
+        let mut accepted = 0;
+        for j in 0..rows {
+            let next = sampler
+                .sample(&mut ws.logits[j * n_vocab..(j + 1) * n_vocab])
+                .token
+                .id;
+            generated += 1;
+            if tok.vocab.is_end_of_generation(next) {
+                break 'decode;
+            }
+            let _ = out.write_all(dec.push(tok, next).as_bytes());
+            tokens.push(next);
+            if generated == limit {
+                break 'decode;
+            }
+            // Past the guess's end (the last row) there is nothing to match.
+            if draft.get(j) != Some(&next) {
+                break;
+            }
+            accepted += 1;
         }
-        let _ = out.write_all(dec.push(tok, next).as_bytes());
         let _ = out.flush();
-        if generated == ctx - ids.len() {
-            break;
-        }
-        m.forward(&pool, simd, &[next], &mut cache, &mut ws, Logits::Last);
+        accepted_total += accepted;
+        // The positions of the guess that did not hold are written over.
+        cache.len -= rows - 1 - accepted;
+        let k = draft_max.min(limit - generated - 1);
+        realizar_node::engine::draft::prompt_lookup(&tokens, k, &mut draft);
+        drafted += draft.len();
+        input.clear();
+        input.push(tokens[tokens.len() - 1]);
+        input.extend_from_slice(&draft);
+        rows = input.len();
+        let which = if rows > 1 { Logits::All } else { Logits::Last };
+        m.forward(&pool, simd, &input, &mut cache, &mut ws, which);
     }
     let _ = writeln!(out, "{}", dec.finish());
     let decode = t1.elapsed();
@@ -248,6 +292,9 @@ fn run(
             realizar_node::model::Numerics::GgmlAvx2 => "ggml-avx2 numerics",
         }
     );
+    if drafted > 0 {
+        eprintln!("speculative: {accepted_total} of {drafted} draft tokens accepted");
+    }
     ExitCode::SUCCESS
 }
 
