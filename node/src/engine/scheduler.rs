@@ -40,7 +40,8 @@ pub struct SchedConfig {
 
 /// Sequences in the running batch above which none speculates: a step of
 /// many sequences already reads each weight once for all of them, and the
-/// draft positions would add compute that then goes mostly unused.
+/// draft positions would add compute that then goes mostly unused
+/// (`schedule()` also leaves guesses out while anyone waits or prefills).
 pub const SPECULATE_MAX_BATCH: usize = 4;
 
 /// A sequence: its request, its tokens, its place in the KV pool, and the
@@ -299,6 +300,16 @@ impl Scheduler {
         self.drop_cancelled(&mut out);
         let bs = self.cfg.block_size;
         let mut budget = self.cfg.max_step_tokens;
+        // Guesses only in a step of decodes that nobody waits behind: a
+        // step that also prefills, or a queue, would wait for the extra
+        // positions (time to first token), and a large batch already
+        // reads each weight once for all its sequences.
+        let speculate = self.running.len() <= SPECULATE_MAX_BATCH
+            && self.waiting.is_empty()
+            && self
+                .running
+                .iter()
+                .all(|s| s.tokens.len() - s.n_computed <= 1);
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             if self.running[i].req.events.unsent() >= self.cfg.stream_buffer {
@@ -309,7 +320,6 @@ impl Scheduler {
                 continue;
             }
             self.running[i].paused_since = None;
-            let speculate = self.running.len() <= SPECULATE_MAX_BATCH;
             self.propose(i, budget, speculate);
             let s = &self.running[i];
             let n = (s.tokens.len() - s.n_computed + s.draft.len()).min(budget);

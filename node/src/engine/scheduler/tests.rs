@@ -378,7 +378,9 @@ fn no_drafts_when_off_for_the_request_or_the_batch_is_large() {
         s.add(r);
         rxs.push(rx);
     }
-    fake_step_with(&mut s, cycle);
+    // Prompts being prefilled: nobody speculates in that step.
+    let (plan, _) = fake_step_with(&mut s, cycle);
+    assert!(plan.steps.iter().all(|p| p.n_tokens == 7));
     // Five running: nobody speculates.
     let (plan, _) = fake_step_with(&mut s, cycle);
     assert!(plan.steps.iter().all(|p| p.n_tokens == 1));
@@ -454,4 +456,34 @@ fn drafts_on_a_model_that_reads_its_whole_context_change_nothing() {
         drafted += plain.len();
     }
     assert!(drafted > 0);
+}
+
+#[test]
+fn no_drafts_while_a_request_waits_or_a_prompt_is_prefilled() {
+    let cycle = |t: u32| t % 5 + 1;
+    let mut s = Scheduler::new(SchedConfig {
+        draft_max: 8,
+        max_step_tokens: 12,
+        ..cfg(64)
+    });
+    let (mut r, _ra) = request(vec![1, 2, 3, 4, 5, 1, 2], 30);
+    r.speculative = true;
+    s.add(r);
+    fake_step_with(&mut s, cycle);
+    // A long prompt arrives: while it is prefilled in chunks, the decode
+    // beside it takes one token a step.
+    let (long, _rb) = request((100..130).collect(), 4);
+    s.add(long);
+    let mut steps = Vec::new();
+    loop {
+        let (plan, _) = fake_step_with(&mut s, cycle);
+        steps.push(tokens_per_step(&plan));
+        if plan.steps.len() == 2 && plan.steps[1].samples {
+            break;
+        }
+    }
+    assert!(steps.iter().all(|p| p[0] == 1), "{steps:?}");
+    // Then both decode, and the first guesses again.
+    let (plan, _) = fake_step_with(&mut s, cycle);
+    assert!(plan.steps[0].n_tokens > 1, "{:?}", tokens_per_step(&plan));
 }
