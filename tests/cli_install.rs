@@ -4,10 +4,13 @@
 //! directory (from PyPI, with the fetch script built into the binary) and
 //! answer.
 //!
-//! The install builds into its own target directory (`target/install-test`,
-//! kept between runs so only the first run pays for the build), in the
-//! `dev` profile: dependencies are optimised there (see Cargo.toml) and the
-//! test needs only eight tokens.
+//! The install builds in the `dev` profile (dependencies are optimised
+//! there, see Cargo.toml, and the test needs only eight tokens), with the
+//! suite's own build directory (`target/`) for its intermediate artifacts —
+//! the dependencies `cargo test` compiled are reused, so the install
+//! compiles only the workspace's crates — and its binary put in
+//! `target/install-test`, away from the `target/debug/realizar` the other
+//! tests run.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,6 +22,7 @@ fn an_installed_binary_fetches_its_model_and_answers_from_an_empty_directory() {
     let root = scratch.path().join("root");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(&cargo)
+        .env("CARGO_BUILD_BUILD_DIR", checkout.join("target"))
         .args([
             "install",
             "--locked",
