@@ -3,12 +3,12 @@
 in one run (BENCHMARKS.md, "Gateway overhead").
 
   python3 scripts/bench_gateway.py [--bin target/release/realizar] [--rounds 5] [--workers 1]
-                                  [--serve] [--latency-only]
+                                  [--serve] [--latency-only] [--cpu-only] [--floor]
 
 1. TTFT p50 at concurrency 1 and output tokens/s at concurrency 8, direct
    and through the gateway, interleaved round by round (`realizar bench`);
    with --serve, `realizar serve` too (the gateway over a node in one
-   process); --latency-only stops there.
+   process); --latency-only stops there, --cpu-only skips it.
 2. The gateway process's own CPU time (utime + stime from /proc/PID/stat)
    per proxied request over 10,000 `/tokenize` requests, 4 keep-alive
    clients.
@@ -17,8 +17,14 @@ in one run (BENCHMARKS.md, "Gateway overhead").
    gateway does per request does not depend on who computes the tokens: a
    replay node (this script) answers the gateway's polls with the real
    node's load report and every completion with the real node's recorded
-   64-token stream, event by event. A few hundred streamed requests through
-   the real node check that the per-request cost agrees.
+   64-token stream (with the token-id comments the gateway asks for, for
+   failover), event by event. A few hundred streamed requests through the
+   real node check that the per-request cost agrees (not with --cpu-only).
+4. With --floor, 2. and 3. again through `relay_floor` (gateway/examples:
+   a TCP relay on the same runtime with no HTTP at all,
+   `cargo build --release --example relay_floor -p realizar-gateway`),
+   alternating with the gateway: what moving the same bytes costs on this
+   machine before the gateway does anything.
 
 Needs the models (scripts/fetch-models.sh) and a release build.
 """
@@ -124,6 +130,7 @@ class Replay(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     report = b""
     events = []
+    pace = 0.0
 
     def log_message(self, *a):
         pass
@@ -146,6 +153,8 @@ class Replay(http.server.BaseHTTPRequestHandler):
         for e in self.events:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(e), e))
             self.wfile.flush()
+            if self.pace:
+                time.sleep(self.pace)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
@@ -158,12 +167,16 @@ def main():
     ap.add_argument("--workers", type=int, default=1, help="the gateway's --workers")
     ap.add_argument("--serve", action="store_true", help="measure `realizar serve` in the same rounds")
     ap.add_argument("--latency-only", action="store_true", help="only the interleaved TTFT and tokens/s")
+    ap.add_argument("--cpu-only", action="store_true", help="only the gateway's CPU per request (replay node)")
+    ap.add_argument("--pace-ms", type=float, default=0.0,
+                    help="the replay node's pause between events (0: back to back)")
+    ap.add_argument("--floor", action="store_true", help="the same loads through a bare TCP relay, alternating")
     a = ap.parse_args()
     env = dict(os.environ, REALIZAR_MODELS=os.environ.get("REALIZAR_MODELS", os.path.join(ROOT, "models")))
     procs = []
 
-    def start(args):
-        p = subprocess.Popen([a.bin] + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(args, exe=a.bin):
+        p = subprocess.Popen([exe] + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(p)
         return p
 
@@ -186,7 +199,7 @@ def main():
         for _, port in targets:
             bench(a.bin, f"http://127.0.0.1:{port}", 1, 4, 16)
         rows = {name: [] for name, _ in targets}
-        for r in range(a.rounds):
+        for r in range(0 if a.cpu_only else a.rounds):
             # Each target first in turn.
             order = targets[r % len(targets):] + targets[:r % len(targets)]
             for name, port in order:
@@ -197,6 +210,8 @@ def main():
                 print(f"round {r} {name:8}: TTFT p50 {c1['ttft_ms'][0]:.2f} ms (c=1), "
                       f"{c8['output_tokens_per_s']:.1f} output tokens/s (c=8)")
         med = lambda xs: sorted(xs)[len(xs) // 2]
+        if a.cpu_only:
+            rows = {name: [(0.0, 1.0, 0)] for name, _ in targets}
         d_ttft, g_ttft = med([x[0] for x in rows["direct"]]), med([x[0] for x in rows["gateway"]])
         d_tps, g_tps = med([x[1] for x in rows["direct"]]), med([x[1] for x in rows["gateway"]])
         print(f"median over rounds: TTFT p50 direct {d_ttft:.2f} ms, gateway {g_ttft:.2f} ms "
@@ -211,27 +226,45 @@ def main():
 
         # 2. /tokenize through the gateway: its CPU per request.
         body = json.dumps({"model": "smollm2", "content": "The capital of France is Paris, and the capital of Italy is Rome."}).encode()
-        c0, n0 = cpu_seconds(gw.pid), cpu_seconds(procs[0].pid)
-        wall, errs = load(gw_port, "/tokenize", [body] * a.requests, 4)
-        c1, n1 = cpu_seconds(gw.pid), cpu_seconds(procs[0].pid)
-        print(f"/tokenize x{a.requests} through the gateway: {a.requests / wall:.0f} requests/s, "
-              f"gateway CPU {per_request(c0, c1, a.requests)}; "
-              f"the node's {per_request(n0, n1, a.requests)}; errors {len(errs)}")
+        floor = os.path.join(os.path.dirname(a.bin), "examples", "relay_floor")
+
+        def relay_to(port):
+            fp = free_port()
+            f = start([str(fp), f"127.0.0.1:{port}"], exe=floor)
+            wait_for(lambda: socket.create_connection(("127.0.0.1", fp)).close() is None)
+            return f, fp
+
+        for turn in range(2 if a.floor else 1):
+            c0, n0 = cpu_seconds(gw.pid), cpu_seconds(procs[0].pid)
+            wall, errs = load(gw_port, "/tokenize", [body] * a.requests, 4)
+            c1, n1 = cpu_seconds(gw.pid), cpu_seconds(procs[0].pid)
+            print(f"/tokenize x{a.requests} through the gateway: {a.requests / wall:.0f} requests/s, "
+                  f"gateway CPU {per_request(c0, c1, a.requests)}; "
+                  f"the node's {per_request(n0, n1, a.requests)}; errors {len(errs)}")
+            if a.floor:
+                f, fp = relay_to(node_port)
+                c0 = cpu_seconds(f.pid)
+                wall, errs = load(fp, "/tokenize", [body] * a.requests, 4)
+                print(f"/tokenize x{a.requests} through relay_floor: {a.requests / wall:.0f} requests/s, "
+                      f"relay CPU {per_request(c0, cpu_seconds(f.pid), a.requests)}; errors {len(errs)}")
+                f.terminate()
 
         # 3. Streamed 64-token completions: record the real stream once...
         req = json.dumps({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 64,
                           "ignore_eos": True, "stream": True}).encode()
         c = http.client.HTTPConnection("127.0.0.1", node_port, timeout=120)
-        c.request("POST", "/v1/completions", body=req, headers={"Content-Type": "application/json"})
+        c.request("POST", "/v1/completions", body=req,
+                  headers={"Content-Type": "application/json", "x-realizar-token-ids": "1"})
         raw = c.getresponse().read()
         events = [e + b"\n\n" for e in raw.split(b"\n\n") if e.strip()]
         tokens = sum(1 for e in events if b'"text"' in e)
         # ...then a few hundred through the real node...
-        real_n = 256
+        real_n = 0 if a.cpu_only else 256
         c0 = cpu_seconds(gw.pid)
         wall, errs = load(gw_port, "/v1/completions", [req] * real_n, 8, stream=True)
-        print(f"streamed {tokens}-token completions x{real_n} through the gateway to the real node: "
-              f"gateway CPU {per_request(c0, cpu_seconds(gw.pid), real_n)}, errors {len(errs)} ({wall:.0f} s)")
+        if real_n:
+            print(f"streamed {tokens}-token completions x{real_n} through the gateway to the real node: "
+                  f"gateway CPU {per_request(c0, cpu_seconds(gw.pid), real_n)}, errors {len(errs)} ({wall:.0f} s)")
         # ...and 10,000 through a gateway to the replay node.
         _, report = get(node_port, "/admin/report")
         rep = json.loads(report)
@@ -239,16 +272,26 @@ def main():
         rep["node_id"], rep["url"] = "replay", f"http://127.0.0.1:{replay_port}"
         Replay.report = json.dumps(rep).encode()
         Replay.events = events
+        Replay.pace = a.pace_ms / 1000
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", replay_port), Replay)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         gw2 = start(["gateway", "--port", str(gw2_port), "--node", f"http://127.0.0.1:{replay_port}",
                      "--model", "smollm2@1", "--workers", str(a.workers)])
         wait_for(lambda: json.loads(get(gw2_port, "/admin/cluster")[1])["models"][0]["ready"] == ["replay"])
-        c0 = cpu_seconds(gw2.pid)
-        wall, errs = load(gw2_port, "/v1/completions", [req] * a.requests, 8, stream=True)
-        print(f"streamed {tokens}-token completions x{a.requests} through the gateway to the replay node "
-              f"({len(events)} events each): {a.requests / wall:.0f} requests/s, gateway CPU "
-              f"{per_request(c0, cpu_seconds(gw2.pid), a.requests)}, errors {len(errs)}")
+        for turn in range(2 if a.floor else 1):
+            c0 = cpu_seconds(gw2.pid)
+            wall, errs = load(gw2_port, "/v1/completions", [req] * a.requests, 8, stream=True)
+            print(f"streamed {tokens}-token completions x{a.requests} through the gateway to the replay node "
+                  f"({len(events)} events each): {a.requests / wall:.0f} requests/s, gateway CPU "
+                  f"{per_request(c0, cpu_seconds(gw2.pid), a.requests)}, errors {len(errs)}")
+            if a.floor:
+                f, fp = relay_to(replay_port)
+                c0 = cpu_seconds(f.pid)
+                wall, errs = load(fp, "/v1/completions", [req] * a.requests, 8, stream=True)
+                print(f"streamed completions x{a.requests} through relay_floor to the replay node: "
+                      f"{a.requests / wall:.0f} requests/s, relay CPU "
+                      f"{per_request(c0, cpu_seconds(f.pid), a.requests)}, errors {len(errs)}")
+                f.terminate()
         srv.shutdown()
     finally:
         for p in procs:
