@@ -228,11 +228,16 @@ def main():
         body = json.dumps({"model": "smollm2", "content": "The capital of France is Paris, and the capital of Italy is Rome."}).encode()
         floor = os.path.join(os.path.dirname(a.bin), "examples", "relay_floor")
 
-        def relay_to(port):
+        def through_floor(port, path, body, clients, stream=False):
+            """The same load through relay_floor in front of `port`: its CPU per request."""
             fp = free_port()
             f = start([str(fp), f"127.0.0.1:{port}"], exe=floor)
             wait_for(lambda: socket.create_connection(("127.0.0.1", fp)).close() is None)
-            return f, fp
+            c0 = cpu_seconds(f.pid)
+            wall, errs = load(fp, path, [body] * a.requests, clients, stream=stream)
+            print(f"{path} x{a.requests} through relay_floor: {a.requests / wall:.0f} requests/s, "
+                  f"relay CPU {per_request(c0, cpu_seconds(f.pid), a.requests)}; errors {len(errs)}")
+            f.terminate()
 
         for turn in range(2 if a.floor else 1):
             c0, n0 = cpu_seconds(gw.pid), cpu_seconds(procs[0].pid)
@@ -242,12 +247,7 @@ def main():
                   f"gateway CPU {per_request(c0, c1, a.requests)}; "
                   f"the node's {per_request(n0, n1, a.requests)}; errors {len(errs)}")
             if a.floor:
-                f, fp = relay_to(node_port)
-                c0 = cpu_seconds(f.pid)
-                wall, errs = load(fp, "/tokenize", [body] * a.requests, 4)
-                print(f"/tokenize x{a.requests} through relay_floor: {a.requests / wall:.0f} requests/s, "
-                      f"relay CPU {per_request(c0, cpu_seconds(f.pid), a.requests)}; errors {len(errs)}")
-                f.terminate()
+                through_floor(node_port, "/tokenize", body, 4)
 
         # 3. Streamed 64-token completions: record the real stream once...
         req = json.dumps({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 64,
@@ -285,13 +285,7 @@ def main():
                   f"({len(events)} events each): {a.requests / wall:.0f} requests/s, gateway CPU "
                   f"{per_request(c0, cpu_seconds(gw2.pid), a.requests)}, errors {len(errs)}")
             if a.floor:
-                f, fp = relay_to(replay_port)
-                c0 = cpu_seconds(f.pid)
-                wall, errs = load(fp, "/v1/completions", [req] * a.requests, 8, stream=True)
-                print(f"streamed completions x{a.requests} through relay_floor to the replay node: "
-                      f"{a.requests / wall:.0f} requests/s, relay CPU "
-                      f"{per_request(c0, cpu_seconds(f.pid), a.requests)}, errors {len(errs)}")
-                f.terminate()
+                through_floor(replay_port, "/v1/completions", req, 8, stream=True)
         srv.shutdown()
     finally:
         for p in procs:
