@@ -325,6 +325,7 @@ pub async fn join(State(gw): State<Gw>, headers: HeaderMap, body: Bytes) -> Resp
     m.add(&url, crate::membership::Source::Joined, now);
     if let Some(c) = m.on_report(&url, report, now) {
         tracing::info!(?c, "joined");
+        gw.shared.wake.notify_one();
     }
     Json(json!({"joined": url})).into_response()
 }

@@ -64,7 +64,10 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let round = tick.tick().await;
+        let round = tokio::select! {
+            r = tick.tick() => r,
+            () = shared.wake.notified() => tokio::time::Instant::now(),
+        };
         let urls: Vec<String> = shared
             .membership
             .read()

@@ -73,6 +73,10 @@ pub struct Shared {
     pub wanted: Mutex<BTreeMap<String, Instant>>,
     /// Requests waiting for a replica (bounded).
     pub waiters: std::sync::atomic::AtomicUsize,
+    /// A node came up between rounds (a heartbeat): the control loop runs
+    /// a round now instead of at its next tick, so a restarted gateway
+    /// routes as soon as it has heard from the nodes.
+    pub wake: tokio::sync::Notify,
     pub policy: Policy,
     /// Requests routed (round-robin's turn).
     pub turn: AtomicU64,
@@ -143,6 +147,7 @@ pub async fn run(
         replicas: RwLock::new(BTreeMap::new()),
         wanted: Mutex::new(BTreeMap::new()),
         waiters: std::sync::atomic::AtomicUsize::new(0),
+        wake: tokio::sync::Notify::new(),
         policy: o.policy,
         turn: AtomicU64::new(0),
         bound: o.bound,
