@@ -20,6 +20,14 @@ GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 want="${1:-all}" # all | smollm2 | gemma3
 
+# Several processes may fetch into one directory at once (`realizar
+# cluster` starts its nodes together, each fetching what it is asked to
+# load): one at a time, and each after the first finds the file present.
+if command -v flock >/dev/null; then
+  exec 9>"$models/.fetch.lock"
+  flock 9
+fi
+
 sha_ok() { # file expected
   [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
 }
@@ -46,7 +54,9 @@ if not members:
     sys.exit(f"fetch-models: no member matching {pat.pattern} in {wheels}")
 total = sum(m[2].file_size for m in members)
 done = 0
-with open(out + ".partial", "wb") as f:
+import os
+partial = f"{out}.partial.{os.getpid()}"
+with open(partial, "wb") as f:
     for name, w, info in members:
         with zipfile.ZipFile(w).open(info) as src:
             while True:
@@ -57,8 +67,7 @@ with open(out + ".partial", "wb") as f:
                 done += len(buf)
                 print(f"\r  extracting {name}: {done * 100 // total:3d}% of {total >> 20} MiB", end="", file=sys.stderr)
 print(file=sys.stderr)
-import os
-os.replace(out + ".partial", out)
+os.replace(partial, out)
 PYEOF
 }
 

@@ -61,6 +61,8 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
     // What this gateway had in flight on each node when it asked for the
     // report it holds now: the reports include it (table.rs subtracts it).
     let mut at_poll: BTreeMap<String, u64> = BTreeMap::new();
+    // Loads the nodes refused, back from `act` to the coordinator.
+    let (refused_tx, mut refused_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -211,6 +213,9 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
                     .get(url)
                     .is_none_or(|n| n.inflight.load(std::sync::atomic::Ordering::Relaxed) == 0)
             };
+            while let Ok((url, model)) = refused_rx.try_recv() {
+                coordinator.load_failed(&url, &model, now);
+            }
             let plan = coordinator.step(&m, &placement, &catalog, &drains, idle, now);
             for id in &plan.drained {
                 if let Some(d) = drains.get_mut(id) {
@@ -235,8 +240,12 @@ pub async fn run(shared: Arc<Shared>, client: NodeClient) {
                 .collect::<Vec<_>>()
         };
         for (node, url, action) in plan {
-            let (c, sh) = (client.clone(), shared.clone());
-            tokio::spawn(async move { act(&sh, &c, &node, &url, action).await });
+            let (c, sh, tx) = (client.clone(), shared.clone(), refused_tx.clone());
+            tokio::spawn(async move {
+                if let Some(model) = act(&sh, &c, &node, &url, action).await {
+                    let _ = tx.send((url, model));
+                }
+            });
         }
     }
 }
@@ -246,8 +255,15 @@ enum Action {
     Unload(String),
 }
 
-/// Carry out one load or unload, logging it.
-async fn act(shared: &Shared, client: &NodeClient, node: &str, url: &str, a: Action) {
+/// Carry out one load or unload, logging it; the model of a load that
+/// failed.
+async fn act(
+    shared: &Shared,
+    client: &NodeClient,
+    node: &str,
+    url: &str,
+    a: Action,
+) -> Option<String> {
     match a {
         Action::Load(req) => {
             let model = req.id.clone().unwrap_or_default();
@@ -269,6 +285,7 @@ async fn act(shared: &Shared, client: &NodeClient, node: &str, url: &str, a: Act
                 Err(e) => {
                     tracing::warn!(node, model = %model, error = %e, "load failed");
                     shared.event("load-failed", node, &model, e);
+                    return Some(model);
                 }
             }
         }
@@ -286,6 +303,7 @@ async fn act(shared: &Shared, client: &NodeClient, node: &str, url: &str, a: Act
             }
         }
     }
+    None
 }
 
 /// What the reports say of each catalog model's demand.

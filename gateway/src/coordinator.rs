@@ -35,6 +35,13 @@ pub const RETIRE_GRACE: Duration = Duration::from_millis(1200);
 pub const MAX_LOADS: usize = 4;
 /// A load unanswered this long is given up (and may be asked again).
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// After a load the node refused, the same load waits this long before it
+/// is asked again, doubling with each refusal in a row up to
+/// [`RETRY_MAX`]: a transient failure (a fetch that lost a race, a node
+/// short of memory for a moment) heals in seconds, a permanent one (a path
+/// that does not exist) costs the node one refused request a minute.
+pub const RETRY_FIRST: Duration = Duration::from_secs(2);
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// A node being drained (keyed by node id in `Shared::drains`).
 #[derive(Debug, Clone)]
@@ -69,6 +76,9 @@ pub struct Coordinator {
     pending_unloads: BTreeMap<(String, String), Instant>,
     /// (node URL, model) → since when it has been out of routing.
     retiring: BTreeMap<(String, String), Instant>,
+    /// (node URL, model) → (not before, the wait after the next refusal):
+    /// loads the node refused.
+    refused: BTreeMap<(String, String), (Instant, Duration)>,
 }
 
 impl Default for Coordinator {
@@ -84,7 +94,20 @@ impl Coordinator {
             pending_loads: BTreeMap::new(),
             pending_unloads: BTreeMap::new(),
             retiring: BTreeMap::new(),
+            refused: BTreeMap::new(),
         }
+    }
+
+    /// The node at `url` refused (or could not be asked) to load `model`:
+    /// the load is no longer under way, and is asked again after a backoff.
+    pub fn load_failed(&mut self, url: &str, model: &str, now: Instant) {
+        if self.pending_loads.get(url).is_some_and(|(m, _)| m == model) {
+            self.pending_loads.remove(url);
+        }
+        let key = (url.to_owned(), model.to_owned());
+        let wait = self.refused.get(&key).map_or(RETRY_FIRST, |(_, w)| *w);
+        self.refused
+            .insert(key, (now + wait, (wait * 2).min(RETRY_MAX)));
     }
 
     /// One step. `gateway_idle(url)`: nothing this gateway sent the node is
@@ -126,10 +149,16 @@ impl Coordinator {
                     continue;
                 };
                 let busy = report.models.iter().any(|x| x.state == ModelState::Loading);
-                if report.model(&e.id).is_some()
-                    || busy
-                    || self.pending_loads.contains_key(&mem.url)
-                {
+                if report.model(&e.id).is_some() {
+                    // Loaded (or loading): its refusals are history.
+                    self.refused.remove(&(mem.url.clone(), e.id.clone()));
+                    continue;
+                }
+                let backing_off = self
+                    .refused
+                    .get(&(mem.url.clone(), e.id.clone()))
+                    .is_some_and(|(after, _)| now < *after);
+                if busy || backing_off || self.pending_loads.contains_key(&mem.url) {
                     continue;
                 }
                 if self.pending_loads.len() >= self.max_loads {
@@ -188,6 +217,8 @@ impl Coordinator {
             }
         }
         self.retiring.retain(|k, _| still_retiring.contains(k));
+        self.refused
+            .retain(|(url, _), _| live.iter().any(|(mem, _)| mem.url == *url));
 
         // Drains that are done: nothing of the catalog's left on the node
         // and nothing in flight there from this gateway.
@@ -311,6 +342,43 @@ mod tests {
             w.t0 + LOAD_TIMEOUT,
         );
         assert_eq!(late.loads.len(), 1);
+    }
+
+    #[test]
+    fn a_refused_load_is_asked_again_after_a_backoff_that_doubles() {
+        let mut w = World::new(&[("a", vec![])]);
+        let p = placement(&[("x", &["a"])]);
+        let c = catalog(&["x"]);
+        let mut co = Coordinator::default();
+        let none = BTreeMap::new();
+        let t0 = w.t0;
+        let at = move |ms: u64| t0 + Duration::from_millis(ms);
+        let asks = |co: &mut Coordinator, w: &World, t: Instant| {
+            co.step(&w.m, &p, &c, &none, |_| true, t).loads.len()
+        };
+        assert_eq!(asks(&mut co, &w, at(0)), 1);
+        co.load_failed("http://a", "x", at(100));
+        // Not at once, and not for RETRY_FIRST; then once.
+        assert_eq!(asks(&mut co, &w, at(200)), 0);
+        assert_eq!(asks(&mut co, &w, at(2000)), 0);
+        assert_eq!(asks(&mut co, &w, at(2100)), 1);
+        assert_eq!(asks(&mut co, &w, at(2200)), 0);
+        // A second refusal in a row waits twice as long.
+        co.load_failed("http://a", "x", at(2300));
+        assert_eq!(asks(&mut co, &w, at(6200)), 0);
+        assert_eq!(asks(&mut co, &w, at(6300)), 1);
+        // Once the node holds the model, the refusals are forgotten: a later
+        // refusal waits RETRY_FIRST again.
+        w.set("a", vec![info("x", Ready, 0)], Duration::from_millis(6400));
+        assert_eq!(asks(&mut co, &w, at(6400)), 0);
+        w.set("a", vec![], Duration::from_millis(6500));
+        assert_eq!(asks(&mut co, &w, at(6500)), 1);
+        co.load_failed("http://a", "x", at(6600));
+        assert_eq!(asks(&mut co, &w, at(8500)), 0);
+        assert_eq!(asks(&mut co, &w, at(8600)), 1);
+        // A failure of some other load does not clear this one's ask.
+        co.load_failed("http://a", "y", at(8700));
+        assert_eq!(asks(&mut co, &w, at(8800)), 0);
     }
 
     #[test]

@@ -70,10 +70,8 @@ impl Seen {
     /// comments taken out and noted, ready for the client.
     fn feed(&mut self, data: &[u8]) -> Vec<u8> {
         // The usual case, a chunk of whole events, is read where it lies.
-        let whole;
         let input: &[u8] = if self.buf.is_empty() {
-            whole = data;
-            whole
+            data
         } else {
             self.buf.extend_from_slice(data);
             &self.buf
