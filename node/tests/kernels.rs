@@ -413,3 +413,58 @@ fn shape_errors_are_reported() {
     )
     .is_err());
 }
+
+/// The packed prefill path (AVX-512 VNNI where the CPU has it, and its
+/// scalar twin everywhere) against an f64 product of the dequantized
+/// weights and the activations as it quantizes them (32-element blocks for
+/// every format), on panels cut short and column tiles cut short.
+#[test]
+fn packed_weights_agree_with_an_f64_product() {
+    use realizar_node::tensor::pack::{matmul_packed, PackKind};
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(77);
+    let mut checked = 0;
+    for t in KERNEL_TYPES {
+        if PackKind::of(t).is_none() {
+            continue;
+        }
+        let cols = if t.layout().unwrap().block_elems == 256 { 512 } else { 96 };
+        for (rows, n) in [(16, 16), (40, 23), (64, 7)] {
+            let w = weights(t, rows, cols, &mut rng);
+            let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
+            let packed = realizar_node::tensor::pack(&Matrix::new(t, rows, cols, &w).unwrap())
+                .expect("a packed form");
+            let m = Matrix::new(t, rows, cols, &w).unwrap().with_packed(Some(&packed));
+            let wf = dequantize_to_vec(t, &w).unwrap();
+            let mut levels = vec![Simd::SCALAR];
+            if Simd::detect().is_avx512() {
+                levels.push(Simd::detect());
+            }
+            for simd in levels {
+                let mut y = vec![0f32; rows * n];
+                matmul_packed(&pool, simd, &m, &x, n, &mut y, &mut Scratch::default()).unwrap();
+                for v in 0..n {
+                    let mut q = vec![Q8Block::default(); cols / 32];
+                    quantize_q8(&x[v * cols..(v + 1) * cols], &mut q);
+                    let xa: Vec<f64> = q
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&s| s as f64 * b.d as f64))
+                        .collect();
+                    for r in 0..rows {
+                        let row = &wf[r * cols..(r + 1) * cols];
+                        let exact: f64 = row.iter().zip(&xa).map(|(a, b)| *a as f64 * b).sum();
+                        let norm: f64 = row.iter().zip(&xa).map(|(a, b)| (*a as f64 * b).abs()).sum();
+                        let got = y[v * rows + r] as f64;
+                        assert!(
+                            (got - exact).abs() <= 1e-5 * norm.max(1e-30),
+                            "{t} {} rows {rows} n {n}: ({r}, {v}): {got} vs {exact} (scale {norm:e})",
+                            simd.name()
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 9 * 3, "packed formats checked: {checked}");
+}

@@ -101,6 +101,30 @@ impl Gemma3 {
         }
     }
 
+    /// The model with its block weights repacked for prefill, where
+    /// [`super::packing_enabled`].
+    pub fn packed(mut self) -> Self {
+        if super::packing_enabled() {
+            let ws = self
+                .layers
+                .iter_mut()
+                .flat_map(|l| {
+                    [
+                        &mut l.wq,
+                        &mut l.wk,
+                        &mut l.wv,
+                        &mut l.wo,
+                        &mut l.w_gate,
+                        &mut l.w_up,
+                        &mut l.w_down,
+                    ]
+                })
+                .collect();
+            super::pack_weights(&self.file, ws);
+        }
+        self
+    }
+
     pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
         let l = Loader { file: &file };
         let n_embd = l.u64("gemma3.embedding_length")? as usize;

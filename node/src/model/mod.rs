@@ -16,7 +16,9 @@ pub use loaded::{LoadError, LoadedModel};
 use std::sync::Arc;
 
 use crate::format::{FormatError, GgufFile};
-use crate::tensor::{dequantize, GgmlType, KernelError, Matrix, Scratch, Simd, ThreadPool};
+use crate::tensor::{
+    dequantize, pack, GgmlType, KernelError, Matrix, Packed, Scratch, Simd, ThreadPool,
+};
 
 /// Which positions' logits a forward call produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,9 +245,9 @@ pub trait Model: Send + Sync {
 /// Load the model in `file`, choosing the implementation by `general.architecture`.
 pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>, ModelError> {
     match file.metadata().architecture().unwrap_or("") {
-        "llama" => Ok(Box::new(llama::Llama::load(file)?)),
-        "qwen2" => Ok(Box::new(qwen2::load(file)?)),
-        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(file)?)),
+        "llama" => Ok(Box::new(llama::Llama::load(file)?.packed())),
+        "qwen2" => Ok(Box::new(qwen2::load(file)?.packed())),
+        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(file)?.packed())),
         other => Err(ModelError::UnsupportedArchitecture(other.to_owned())),
     }
 }
@@ -335,10 +337,12 @@ pub struct Weight {
     pub cols: usize,
     offset: usize,
     len: usize,
+    /// The weights repacked for prefill (see [`crate::tensor::pack`]).
+    packed: Option<Arc<Packed>>,
 }
 
 impl Weight {
-    pub fn matrix<'a>(&self, file: &'a GgufFile) -> Matrix<'a> {
+    pub fn matrix<'a>(&'a self, file: &'a GgufFile) -> Matrix<'a> {
         Matrix::new(
             self.dtype,
             self.rows,
@@ -346,6 +350,12 @@ impl Weight {
             &file.bytes()[self.offset..self.offset + self.len],
         )
         .expect("shape checked when the model was loaded")
+        .with_packed(self.packed.as_deref())
+    }
+
+    /// Heap bytes of the packed copy, if any.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, |p| p.size())
     }
 
     /// Dequantize row `r` into `out` (embedding lookup).
@@ -355,6 +365,30 @@ impl Weight {
         dequantize(self.dtype, &file.bytes()[start..start + row_bytes], out)
             .expect("row of a checked matrix");
     }
+}
+
+/// Whether the native models repack their block weights for prefill: on
+/// CPUs with the AVX-512 VNNI kernels that use them, unless
+/// `REALIZAR_PREFILL_PACK=off` (to compare, or to save the memory).
+pub fn packing_enabled() -> bool {
+    Simd::detect().is_avx512() && std::env::var("REALIZAR_PREFILL_PACK").as_deref() != Ok("off")
+}
+
+/// Repack `ws` (the formats that have a packed form) across the machine's
+/// cores; they all live in `file`.
+pub fn pack_weights(file: &GgufFile, ws: Vec<&mut Weight>) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = ws.len().div_ceil(threads).max(1);
+    let mut ws = ws;
+    std::thread::scope(|s| {
+        for chunk in ws.chunks_mut(per) {
+            s.spawn(move || {
+                for w in chunk.iter_mut() {
+                    w.packed = pack(&w.matrix(file)).map(Arc::new);
+                }
+            });
+        }
+    });
 }
 
 /// Looks tensors up by name with shape checks, for model constructors.
@@ -399,6 +433,7 @@ impl Loader<'_> {
             cols,
             offset,
             len: info.n_bytes as usize,
+            packed: None,
         };
         // Validate once: block geometry and a kernel for the type.
         Matrix::new(

@@ -7,6 +7,7 @@ use super::act::{
     Q8Pair, Q8Quad,
 };
 use super::dequant::KernelError;
+use super::pack::{gemm_many, use_packed, GemmAct, Packed};
 use super::pool::ThreadPool;
 use super::{dot_scalar as sc, GgmlType};
 
@@ -201,6 +202,8 @@ pub struct Matrix<'a> {
     pub cols: usize,
     pub data: &'a [u8],
     row_bytes: usize,
+    /// The same weights repacked for prefill, where the model made them.
+    pub packed: Option<&'a Packed>,
 }
 
 impl<'a> Matrix<'a> {
@@ -232,7 +235,13 @@ impl<'a> Matrix<'a> {
             cols,
             data,
             row_bytes,
+            packed: None,
         })
+    }
+
+    /// The same matrix with its packed copy (see [`super::pack`]).
+    pub fn with_packed(self, packed: Option<&'a Packed>) -> Self {
+        Matrix { packed, ..self }
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -248,16 +257,17 @@ impl<'a> Matrix<'a> {
 /// batch seen and is then reused, so steady-state calls do not allocate.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    q8: Vec<Q8Block>,
+    pub(super) q8: Vec<Q8Block>,
     q8p: Vec<Q8Pair>,
     q8q: Vec<Q8Quad>,
     q8k: Vec<Q8KBlock>,
     grp: Vec<Q8Group>,
+    pub(super) gemm: Vec<GemmAct>,
 }
 
 /// Output pointer shared by tasks that write disjoint rows.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: each task writes only the rows of its own range (see `matmul`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -265,8 +275,14 @@ unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// # Safety
     /// `i` must be inside the output and written by no other task.
-    unsafe fn write(self, i: usize, v: f32) {
+    pub(super) unsafe fn write(self, i: usize, v: f32) {
         *self.0.add(i) = v;
+    }
+
+    /// # Safety
+    /// `i..i + v.len()` must be inside the output and written by no other task.
+    pub(super) unsafe fn write_all(self, i: usize, v: &[f32]) {
+        std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(i), v.len());
     }
 }
 
@@ -360,6 +376,10 @@ pub fn matmul_many(
                 got: y.len(),
             });
         }
+    }
+    if use_packed(simd, ws, n_vecs) {
+        gemm_many(pool, simd, ws, x, n_vecs, ys, scratch);
+        return Ok(());
     }
     let mut k = kernel(w.dtype, simd).ok_or(KernelError::Unsupported(w.dtype))?;
     let nb = w.cols / w.dtype.layout().map_or(1, |l| l.block_elems);

@@ -6,9 +6,12 @@ pub mod dequant;
 mod dot_avx2;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx512;
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx512;
 pub mod dot_scalar;
 pub mod dtype;
 pub mod matmul;
+pub mod pack;
 pub mod pool;
 pub mod quantize;
 
@@ -17,5 +20,6 @@ pub use dtype::{BlockLayout, GgmlType};
 pub use matmul::{
     has_simd_kernel, kernel, matmul, matmul_many, matvec, Kernel, Matrix, Scratch, Simd,
 };
+pub use pack::{pack, Packed};
 pub use pool::ThreadPool;
 pub use quantize::{quantize, quantize_to_vec};

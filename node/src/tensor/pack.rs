@@ -1,0 +1,464 @@
+//! Weights repacked for prefill: a matrix product over many activation
+//! columns at once (a GEMM) instead of one weight row against a few columns.
+//!
+//! At load, every 32-element block of a weight row becomes unsigned bytes
+//! `u` with a row-block scale `dw` (and, for formats with a minimum, an
+//! offset `mw`) such that `w = dw · u + mw`, or `w = dw · (u − z)` for the
+//! symmetric formats. Sixteen rows form a *panel*: for each block the panel
+//! holds its 16 × 32 bytes as eight 64-byte vectors, vector `d` holding
+//! elements `4d … 4d + 3` of each row in row order, then the 16 scales
+//! (and 16 offsets). One `vpdpbusd` of such a vector against the four
+//! activation bytes `4d … 4d + 3` of one column broadcast to every lane
+//! adds those four products into each of the 16 rows' sums: the weights are
+//! loaded once per block for all the columns of a tile, the activations
+//! once per block for all 16 (or 32) rows, and the float work is a few
+//! operations per 16 rows × column × block. The integer parts are exact;
+//! the activations are quantized in 32-element blocks (Q8_0's rule) for
+//! every weight format, so K-quant results differ in the last bits from the
+//! row kernels, which quantize them per 256.
+//!
+//! The mmap'd layout stays for decode, where one column cannot amortise the
+//! larger repacked rows (1.125–1.25 bytes a weight against 0.56 for Q4_K).
+
+// Block formats are index arithmetic; explicit index loops read closest to the layouts.
+#![allow(clippy::needless_range_loop)]
+
+use super::act::{quantize_q8, Q8Block};
+use super::dequant::{f16_at, k_scales_mins, IQ4NL_VALUES, QK};
+use super::matmul::{Matrix, OutPtr, Scratch, Simd};
+use super::pool::ThreadPool;
+use super::GgmlType;
+
+/// Rows in a panel (one 512-bit vector of i32 sums).
+pub const PANEL: usize = 16;
+
+/// Columns of one kernel call (per panel pair); a tile is 2 panels × 6 columns.
+pub const TILE_COLS: usize = 6;
+
+/// How a format's bytes relate to its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackKind {
+    /// `w = dw · (u − z)`.
+    Sym(i32),
+    /// `w = dw · u + mw`.
+    Asym,
+}
+
+impl PackKind {
+    pub fn of(dtype: GgmlType) -> Option<PackKind> {
+        use GgmlType::*;
+        Some(match dtype {
+            Q4_0 => PackKind::Sym(8),
+            Q5_0 => PackKind::Sym(16),
+            Q8_0 | IQ4_NL | IQ4_XS => PackKind::Sym(128),
+            Q4_1 | Q5_1 | Q4_K | Q5_K => PackKind::Asym,
+            _ => return None,
+        })
+    }
+
+    /// Bytes of one panel's block: weights, scales, offsets.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            PackKind::Sym(_) => QK * PANEL + 4 * PANEL,
+            PackKind::Asym => QK * PANEL + 8 * PANEL,
+        }
+    }
+}
+
+/// One cache line, so the packed bytes are 64-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A matrix in the panel layout (see the module's note).
+pub struct Packed {
+    pub kind: PackKind,
+    pub rows: usize,
+    pub cols: usize,
+    lines: Vec<Line>,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packed")
+            .field("kind", &self.kind)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+impl Packed {
+    /// Blocks per row.
+    pub fn nb(&self) -> usize {
+        self.cols / QK
+    }
+
+    pub fn panels(&self) -> usize {
+        self.rows.div_ceil(PANEL)
+    }
+
+    /// Bytes of one panel (all its blocks).
+    pub fn panel_bytes(&self) -> usize {
+        self.nb() * self.kind.block_bytes()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's elements.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, uniquely borrowed.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u8, self.lines.len() * 64)
+        }
+    }
+
+    /// Heap bytes the packed copy takes.
+    pub fn size(&self) -> usize {
+        self.lines.len() * 64
+    }
+}
+
+/// Repack `w` into panels, if its format has a packed form.
+pub fn pack(w: &Matrix) -> Option<Packed> {
+    let kind = PackKind::of(w.dtype)?;
+    if !w.cols.is_multiple_of(QK) || w.cols == 0 {
+        return None;
+    }
+    let nb = w.cols / QK;
+    let panels = w.rows.div_ceil(PANEL);
+    let total = panels * nb * kind.block_bytes();
+    let mut p = Packed {
+        kind,
+        rows: w.rows,
+        cols: w.cols,
+        lines: vec![Line([0; 64]); total / 64],
+    };
+    let bb = kind.block_bytes();
+    let panel_bytes = p.panel_bytes();
+    let bytes = p.bytes_mut();
+    let mut u = vec![0u8; w.cols];
+    let mut dw = vec![0f32; nb];
+    let mut mw = vec![0f32; nb];
+    for r in 0..w.rows {
+        int_row(w.dtype, w.row(r), &mut u, &mut dw, &mut mw);
+        let (pi, lane) = (r / PANEL, r % PANEL);
+        let panel = &mut bytes[pi * panel_bytes..(pi + 1) * panel_bytes];
+        for b in 0..nb {
+            let blk = &mut panel[b * bb..(b + 1) * bb];
+            for d in 0..QK / 4 {
+                let at = d * 64 + lane * 4;
+                blk[at..at + 4].copy_from_slice(&u[b * QK + 4 * d..b * QK + 4 * d + 4]);
+            }
+            let s = QK * PANEL + 4 * lane;
+            blk[s..s + 4].copy_from_slice(&dw[b].to_le_bytes());
+            if kind == PackKind::Asym {
+                let m = QK * PANEL + 4 * PANEL + 4 * lane;
+                blk[m..m + 4].copy_from_slice(&mw[b].to_le_bytes());
+            }
+        }
+    }
+    Some(p)
+}
+
+/// One row of `dtype` as unsigned bytes with a scale (and offset) per
+/// 32-element block (see [`PackKind`]).
+fn int_row(dtype: GgmlType, row: &[u8], u: &mut [u8], dw: &mut [f32], mw: &mut [f32]) {
+    use GgmlType::*;
+    let nb = u.len() / QK;
+    let iq4 = |q: u8| (IQ4NL_VALUES[q as usize] as i32 + 128) as u8;
+    match dtype {
+        Q4_0 | Q4_1 | IQ4_NL => {
+            let bs = match dtype {
+                Q4_1 => 20,
+                _ => 18,
+            };
+            let qs0 = if dtype == Q4_1 { 4 } else { 2 };
+            for b in 0..nb {
+                let blk = &row[b * bs..(b + 1) * bs];
+                dw[b] = f16_at(blk, 0);
+                mw[b] = if dtype == Q4_1 { f16_at(blk, 2) } else { 0.0 };
+                for j in 0..16 {
+                    let q = blk[qs0 + j];
+                    let (lo, hi) = (q & 0x0f, q >> 4);
+                    let (lo, hi) = if dtype == IQ4_NL { (iq4(lo), iq4(hi)) } else { (lo, hi) };
+                    u[b * QK + j] = lo;
+                    u[b * QK + j + 16] = hi;
+                }
+            }
+        }
+        Q5_0 | Q5_1 => {
+            let (bs, qh0) = if dtype == Q5_1 { (24, 4) } else { (22, 2) };
+            for b in 0..nb {
+                let blk = &row[b * bs..(b + 1) * bs];
+                dw[b] = f16_at(blk, 0);
+                mw[b] = if dtype == Q5_1 { f16_at(blk, 2) } else { 0.0 };
+                let qh = u32::from_le_bytes([blk[qh0], blk[qh0 + 1], blk[qh0 + 2], blk[qh0 + 3]]);
+                for j in 0..16 {
+                    let q = blk[qh0 + 4 + j];
+                    u[b * QK + j] = (q & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
+                    u[b * QK + j + 16] = (q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+                }
+            }
+        }
+        Q8_0 => {
+            for b in 0..nb {
+                let blk = &row[b * 34..(b + 1) * 34];
+                dw[b] = f16_at(blk, 0);
+                for j in 0..QK {
+                    u[b * QK + j] = (blk[2 + j] as i8 as i32 + 128) as u8;
+                }
+            }
+        }
+        Q4_K | Q5_K => {
+            let bs = if dtype == Q5_K { 176 } else { 144 };
+            for sb in 0..nb / 8 {
+                let blk = &row[sb * bs..(sb + 1) * bs];
+                let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+                let (sc, mn) = k_scales_mins(&blk[4..16]);
+                let (qh, qs) = if dtype == Q5_K {
+                    (&blk[16..48], &blk[48..176])
+                } else {
+                    (&blk[0..0], &blk[16..144])
+                };
+                for sub in 0..8 {
+                    let b = sb * 8 + sub;
+                    dw[b] = d * sc[sub] as f32;
+                    mw[b] = -(dmin * mn[sub] as f32);
+                    let (j, s) = (sub / 2, sub % 2);
+                    for l in 0..QK {
+                        let mut q = (qs[j * 32 + l] >> (4 * s)) & 0x0f;
+                        if dtype == Q5_K {
+                            q |= ((qh[l] >> sub) & 1) << 4;
+                        }
+                        u[b * QK + l] = q;
+                    }
+                }
+            }
+        }
+        IQ4_XS => {
+            for sb in 0..nb / 8 {
+                let blk = &row[sb * 136..(sb + 1) * 136];
+                let d = f16_at(blk, 0);
+                let sh = u16::from_le_bytes([blk[2], blk[3]]);
+                let (sl, qs) = (&blk[4..8], &blk[8..136]);
+                for ib in 0..8 {
+                    let low = (sl[ib / 2] >> (4 * (ib % 2))) & 0x0f;
+                    let high = ((sh >> (2 * ib)) & 3) as u8;
+                    let ls = ((low | (high << 4)) as i8).wrapping_sub(32);
+                    let b = sb * 8 + ib;
+                    dw[b] = d * ls as f32;
+                    for l in 0..16 {
+                        let q = qs[ib * 16 + l];
+                        u[b * QK + l] = iq4(q & 0x0f);
+                        u[b * QK + l + 16] = iq4(q >> 4);
+                    }
+                }
+            }
+        }
+        _ => unreachable!("PackKind::of admits only the formats above"),
+    }
+}
+
+/// One 32-element block of one activation column, as the packed kernels
+/// read it.
+#[repr(C, align(16))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GemmAct {
+    pub qs: [i8; QK],
+    /// The block's scale.
+    pub d: f32,
+    /// `−z · Σ qs` (the starting sum of a symmetric format's block).
+    pub zi: i32,
+    /// `d · Σ qs` (what an asymmetric format's offsets multiply).
+    pub sx: f32,
+    _pad: f32,
+}
+
+/// A packed kernel: `P` panels (consecutive in `w`, `panel_bytes` apart) ×
+/// `N` columns over all `nb` blocks; `out[p * N + c]` receives panel `p`'s
+/// 16 sums for column `c`.
+pub type GemmFn = unsafe fn(w: &[u8], panel_bytes: usize, nb: usize, a: &[&[GemmAct]], out: &mut [[f32; PANEL]]);
+
+/// The scalar twin of the AVX-512 kernels (the reference they are tested
+/// against, and what a CPU without VNNI would run).
+pub fn gemm_scalar(
+    kind: PackKind,
+    w: &[u8],
+    panel_bytes: usize,
+    nb: usize,
+    a: &[&[GemmAct]],
+    out: &mut [[f32; PANEL]],
+) {
+    let bb = kind.block_bytes();
+    let n = a.len();
+    let np = out.len() / n.max(1);
+    for p in 0..np {
+        for c in 0..n {
+            let mut acc = [0f32; PANEL];
+            for b in 0..nb {
+                let blk = &w[p * panel_bytes + b * bb..p * panel_bytes + (b + 1) * bb];
+                let x = &a[c][b];
+                for r in 0..PANEL {
+                    let mut s = match kind {
+                        PackKind::Sym(_) => x.zi,
+                        PackKind::Asym => 0,
+                    };
+                    for k in 0..QK {
+                        s += blk[(k / 4) * 64 + r * 4 + k % 4] as i32 * x.qs[k] as i32;
+                    }
+                    let dw = f32::from_le_bytes(blk[QK * PANEL + 4 * r..QK * PANEL + 4 * r + 4].try_into().unwrap());
+                    acc[r] += (s as f32 * x.d) * dw;
+                    if kind == PackKind::Asym {
+                        let m = QK * PANEL + 4 * PANEL + 4 * r;
+                        let mw = f32::from_le_bytes(blk[m..m + 4].try_into().unwrap());
+                        acc[r] += mw * x.sx;
+                    }
+                }
+            }
+            out[p * n + c] = acc;
+        }
+    }
+}
+
+/// Whether [`gemm_many`] should take a product of `n_vecs` columns.
+pub fn use_packed(simd: Simd, ws: &[&Matrix], n_vecs: usize) -> bool {
+    n_vecs >= GEMM_MIN_COLS
+        && simd.is_avx512()
+        && ws.iter().all(|w| w.packed.is_some())
+        && ws.iter().all(|w| w.packed.map(|p| p.kind) == ws[0].packed.map(|p| p.kind))
+}
+
+/// Below this many columns the row kernels over the mmap'd weights win
+/// (they read fewer bytes per weight, and a decode batch is bound by them).
+pub const GEMM_MIN_COLS: usize = 16;
+
+/// `ys[m] = ws[m] · X` over the packed weights (every `ws[m].packed` is
+/// set, all of one kind and width; shapes are checked by the caller).
+pub(super) fn gemm_many(
+    pool: &ThreadPool,
+    simd: Simd,
+    ws: &[&Matrix],
+    x: &[f32],
+    n_vecs: usize,
+    ys: &mut [&mut [f32]],
+    scratch: &mut Scratch,
+) {
+    let cols = ws[0].cols;
+    let nb = cols / QK;
+    let kind = ws[0].packed.expect("checked by use_packed").kind;
+    let z = match kind {
+        PackKind::Sym(z) => z,
+        PackKind::Asym => 0,
+    };
+    scratch.q8.resize(nb, Q8Block::default());
+    scratch.gemm.resize(n_vecs * nb, GemmAct::default());
+    for (xv, av) in x.chunks_exact(cols).zip(scratch.gemm.chunks_exact_mut(nb)) {
+        quantize_q8(xv, &mut scratch.q8[..nb]);
+        for (q, g) in scratch.q8[..nb].iter().zip(av.iter_mut()) {
+            *g = GemmAct {
+                qs: q.qs,
+                d: q.d,
+                zi: -z * q.isum,
+                sx: q.d * q.isum as f32,
+                _pad: 0.0,
+            };
+        }
+    }
+    let acts = &scratch.gemm[..n_vecs * nb];
+    // Tasks are runs of panel pairs of one matrix.
+    let pairs: Vec<usize> = ws.iter().map(|w| w.rows.div_ceil(2 * PANEL)).collect();
+    let total: usize = pairs.iter().sum();
+    let per = total.div_ceil(pool.n_threads() * 4).max(1);
+    let mut first = Vec::with_capacity(ws.len() + 1);
+    first.push(0usize);
+    for &p in &pairs {
+        first.push(first.last().unwrap() + p.div_ceil(per));
+    }
+    let outs: Vec<OutPtr> = ys.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
+    let n_tasks = *first.last().unwrap();
+    pool.run(n_tasks, &|t| {
+        let m = (0..ws.len()).rfind(|&m| first[m] <= t).expect("task in range");
+        let w = ws[m];
+        let pk = w.packed.expect("checked by use_packed");
+        let pair0 = (t - first[m]) * per;
+        let pair1 = (pair0 + per).min(pairs[m]);
+        let panel_bytes = pk.panel_bytes();
+        let mut res = [[0f32; PANEL]; 2 * TILE_COLS];
+        for pair in pair0..pair1 {
+            let p0 = 2 * pair;
+            let np = (pk.panels() - p0).min(2);
+            let wb = &pk.bytes()[p0 * panel_bytes..(p0 + np) * panel_bytes];
+            for v0 in (0..n_vecs).step_by(TILE_COLS) {
+                let nv = (n_vecs - v0).min(TILE_COLS);
+                let a: [&[GemmAct]; TILE_COLS] = std::array::from_fn(|i| {
+                    if i < nv {
+                        &acts[(v0 + i) * nb..(v0 + i + 1) * nb]
+                    } else {
+                        &[]
+                    }
+                });
+                let out = &mut res[..np * nv];
+                run_tile(simd, kind, wb, panel_bytes, nb, &a[..nv], out);
+                for p in 0..np {
+                    let r0 = (p0 + p) * PANEL;
+                    let valid = (w.rows - r0).min(PANEL);
+                    for c in 0..nv {
+                        // SAFETY: rows r0 .. r0 + valid belong to this task's
+                        // panels of matrix m and v0 + c < n_vecs: inside ys[m],
+                        // written by no other task.
+                        unsafe { outs[m].write_all((v0 + c) * w.rows + r0, &out[p * nv + c][..valid]) };
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn run_tile(
+    simd: Simd,
+    kind: PackKind,
+    w: &[u8],
+    panel_bytes: usize,
+    nb: usize,
+    a: &[&[GemmAct]],
+    out: &mut [[f32; PANEL]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd.is_avx512() {
+        let f = super::gemm_avx512::kernel(kind == PackKind::Asym, out.len() / a.len(), a.len());
+        // SAFETY: `is_avx512` is only set after checking the CPU for
+        // AVX-512 F/BW/VL/VNNI; `w` holds `out.len() / a.len()` panels of
+        // `nb` blocks and every column has `nb` blocks (built by `gemm_many`).
+        return unsafe { f(w, panel_bytes, nb, a, out) };
+    }
+    let _ = simd;
+    gemm_scalar(kind, w, panel_bytes, nb, a, out)
+}
+
+/// `y = W · X` over `w`'s packed copy whatever the batch (the scalar twin
+/// where `simd` has no AVX-512 VNNI): for tests and benchmarks.
+pub fn matmul_packed(
+    pool: &ThreadPool,
+    simd: Simd,
+    w: &Matrix,
+    x: &[f32],
+    n_vecs: usize,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<(), super::KernelError> {
+    let Some(p) = w.packed else {
+        return Err(super::KernelError::Unsupported(w.dtype));
+    };
+    if x.len() != n_vecs * p.cols || y.len() != n_vecs * p.rows {
+        return Err(super::KernelError::Length {
+            what: "input and output elements (n_vecs × cols, n_vecs × rows)",
+            expected: n_vecs * p.cols,
+            got: x.len(),
+        });
+    }
+    gemm_many(pool, simd, &[w], x, n_vecs, &mut [y], scratch);
+    Ok(())
+}
