@@ -428,13 +428,19 @@ fn packed_weights_agree_with_an_f64_product() {
         if PackKind::of(t).is_none() {
             continue;
         }
-        let cols = if t.layout().unwrap().block_elems == 256 { 512 } else { 96 };
+        let cols = if t.layout().unwrap().block_elems == 256 {
+            512
+        } else {
+            96
+        };
         for (rows, n) in [(16, 16), (40, 23), (64, 7)] {
             let w = weights(t, rows, cols, &mut rng);
             let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
             let packed = realizar_node::tensor::pack(&Matrix::new(t, rows, cols, &w).unwrap())
                 .expect("a packed form");
-            let m = Matrix::new(t, rows, cols, &w).unwrap().with_packed(Some(&packed));
+            let m = Matrix::new(t, rows, cols, &w)
+                .unwrap()
+                .with_packed(Some(&packed));
             let wf = dequantize_to_vec(t, &w).unwrap();
             let mut levels = vec![Simd::SCALAR];
             if Simd::detect().is_avx512() {
@@ -453,7 +459,11 @@ fn packed_weights_agree_with_an_f64_product() {
                     for r in 0..rows {
                         let row = &wf[r * cols..(r + 1) * cols];
                         let exact: f64 = row.iter().zip(&xa).map(|(a, b)| *a as f64 * b).sum();
-                        let norm: f64 = row.iter().zip(&xa).map(|(a, b)| (*a as f64 * b).abs()).sum();
+                        let norm: f64 = row
+                            .iter()
+                            .zip(&xa)
+                            .map(|(a, b)| (*a as f64 * b).abs())
+                            .sum();
                         let got = y[v * rows + r] as f64;
                         assert!(
                             (got - exact).abs() <= 1e-5 * norm.max(1e-30),

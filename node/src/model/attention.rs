@@ -5,6 +5,9 @@
 //! use the matmul kernels of the cache's element type, so f16 keys are
 //! converted in registers (F16C) rather than copied.
 
+#[cfg(target_arch = "x86_64")]
+use super::attend_avx512::attend_tile_avx512;
+use super::ops::exp_approx;
 use super::SeqStep;
 use crate::kv::KvPool;
 use crate::tensor::{dequantize, Simd, ThreadPool};
@@ -34,9 +37,11 @@ pub struct AttentionShape {
 }
 
 /// Largest head the row buffers take.
-const MAX_HEAD_DIM: usize = 512;
+pub(super) const MAX_HEAD_DIM: usize = 512;
 /// Fewest positions per chunk when a span is split across tasks.
 const MIN_CHUNK: usize = 64;
+/// Most rows (token × query head) of an AVX-512 attention tile: its lanes.
+pub(super) const LANES: usize = 16;
 /// Most tokens of one sequence per task when there are many tokens.
 const QUERY_TILE: usize = 4;
 
@@ -161,12 +166,18 @@ pub fn attention(
     if pairs >= 4 * threads {
         // Tiles of up to QUERY_TILE consecutive tokens of one sequence: each
         // task reads a key or value row once for the tile's tokens and the
-        // group's heads.
+        // group's heads. With AVX-512 a tile fills the 16 lanes of the
+        // row-parallel kernel instead.
+        #[cfg(target_arch = "x86_64")]
+        let lanes = simd.is_avx512() && group <= LANES;
+        #[cfg(not(target_arch = "x86_64"))]
+        let lanes = false;
+        let tile_tokens = if lanes { LANES / group } else { QUERY_TILE };
         let mut tiles: Vec<(usize, usize)> = Vec::new();
         for i in 0..t {
             match tiles.last_mut() {
                 Some((i0, n))
-                    if *n < QUERY_TILE
+                    if *n < tile_tokens
                         && tok_seq[*i0] == tok_seq[i]
                         && tok_pos[*i0 + *n - 1] + 1 == tok_pos[i] =>
                 {
@@ -178,7 +189,7 @@ pub fn attention(
         pool.run(tiles.len() * s.n_head_kv, &|task| {
             let ((i0, nt), g) = (tiles[task / s.n_head_kv], task % s.n_head_kv);
             let h0 = g * group;
-            let mut toks = [(0, 0, &q[..0]); QUERY_TILE];
+            let mut toks = [(0, 0, &q[..0]); LANES];
             for (ti, tk) in toks.iter_mut().enumerate().take(nt) {
                 let i = i0 + ti;
                 let (first, pos) = span(i);
@@ -202,6 +213,13 @@ pub fn attention(
             let mut ml = vec![0f32; 2 * nt * group];
             SCORES.with(|buf| {
                 let mut buf = buf.borrow_mut();
+                #[cfg(target_arch = "x86_64")]
+                if lanes {
+                    // SAFETY: `simd.is_avx512()` means detect() saw AVX-512 F
+                    // (and AVX2, FMA, F16C); the tile has at most LANES rows.
+                    unsafe { attend_tile_avx512(&job, &mut buf, &mut acc, &mut ml) };
+                    return;
+                }
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
                     // SAFETY: `simd.is_avx2()` means detect() saw AVX2, FMA and F16C.
@@ -251,15 +269,24 @@ pub fn attention(
 
 /// Consecutive tokens of one sequence (`toks`: first and last position
 /// attended, and the group's queries) against KV head `g`.
-struct TileJob<'a> {
-    kv: &'a KvPool,
-    table: &'a [u32],
-    layer: usize,
-    g: usize,
-    toks: &'a [(usize, usize, &'a [f32])],
-    n_heads: usize,
-    hd: usize,
-    scale: f32,
+pub(super) struct TileJob<'a> {
+    pub kv: &'a KvPool,
+    pub table: &'a [u32],
+    pub layer: usize,
+    pub g: usize,
+    pub toks: &'a [(usize, usize, &'a [f32])],
+    pub n_heads: usize,
+    pub hd: usize,
+    pub scale: f32,
+}
+
+/// Row `j` of a tile's keys or values (`data`), as f32.
+#[inline(always)]
+pub(super) fn load_row_into(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
+    let kv = job.kv;
+    let at = kv.at(job.table, job.layer, j, job.g * job.hd);
+    let n = job.hd * kv.ty.bytes();
+    dequantize(kv.ty.ggml(), &data[at..at + n], row).expect("whole rows");
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -409,32 +436,6 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// e^x for x ≤ 0 without a libm call, so softmax loops vectorise: 2^n by
-/// exponent bits times a degree-5 polynomial on the remainder (the
-/// Arm optimized-routines scheme ggml also uses; within 2 ulp). Inputs below
-/// −87 give e^−87 instead of a denormal or zero.
-#[inline(always)]
-fn exp_nonpositive<const F: bool>(x: f32) -> f32 {
-    let c = f32::from_bits;
-    let shift = c(0x4b40_0000); // 1.5 · 2^23
-    let x = x.max(-87.0);
-    let z = madd::<F>(x, c(0x3fb8_aa3b), shift); // x·log2(e) + shift
-    let n = z - shift;
-    let b = madd::<F>(-n, c(0x35bf_be8e), madd::<F>(-n, c(0x3f31_7200), x));
-    let k = f32::from_bits((z.to_bits() << 23).wrapping_add(1f32.to_bits()));
-    let u = b * b;
-    let j = madd::<F>(
-        madd::<F>(
-            madd::<F>(c(0x3c07_2010), b, c(0x3d2b_9f17)),
-            u,
-            madd::<F>(c(0x3e2a_af33), b, c(0x3eff_fedb)),
-        ),
-        u,
-        c(0x3f7f_fff6) * b,
-    );
-    madd::<F>(j, k, k)
-}
-
 /// Scores to `e^(s − m)` in place; returns `m` (the largest score) and the
 /// sum of the exponentials (eight partial sums, so the loop vectorises).
 #[inline(always)]
@@ -443,7 +444,7 @@ fn softmax_partial<const F: bool>(sc: &mut [f32]) -> (f32, f32) {
     let mut l8 = [0f32; 8];
     for chunk in sc.chunks_mut(8) {
         for (v, l) in chunk.iter_mut().zip(l8.iter_mut()) {
-            *v = exp_nonpositive::<F>(*v - m);
+            *v = exp_approx::<F>(*v - m);
             *l += *v;
         }
     }
@@ -518,107 +519,84 @@ mod tests {
     }
 
     /// Decode-shaped steps (one or two tokens, long spans) take the split
-    /// path, prompt-shaped ones the per-head path; with and without a window,
+    /// path, prompt-shaped ones the tile path (rows in lanes with AVX-512); with and without a window,
     /// both equal an f64 softmax over the same f32 cache.
     #[test]
     fn split_and_whole_spans_equal_a_plain_softmax() {
-        let (n_head, n_head_kv, hd, n_pos) = (9usize, 3usize, 64usize, 700usize);
-        let kv_dim = n_head_kv * hd;
-        let mut pool = KvPool::new(1, kv_dim, 16, n_pos.div_ceil(16), KvType::F32);
-        let table: Vec<u32> = (0..n_pos.div_ceil(16) as u32).collect();
-        let mut seed = 7u64;
-        let mut rnd = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
-        let (mut keys, mut vals) = (vec![vec![]; n_head_kv], vec![vec![]; n_head_kv]);
-        for p in 0..n_pos {
-            let k: Vec<f32> = (0..kv_dim).map(|_| rnd() * 3.0).collect();
-            let v: Vec<f32> = (0..kv_dim).map(|_| rnd()).collect();
-            pool.store(&table, 0, p, &k, &v);
-            for g in 0..n_head_kv {
-                keys[g].push(k[g * hd..(g + 1) * hd].to_vec());
-                vals[g].push(v[g * hd..(g + 1) * hd].to_vec());
+        // SmolLM2's shape (groups of 3 heads of 64) and Gemma 3 270M's (one
+        // group of 4 heads of 256).
+        for (n_head, n_head_kv, hd) in [(9usize, 3usize, 64usize), (4, 1, 256)] {
+            let n_pos = 700usize;
+            let kv_dim = n_head_kv * hd;
+            let mut pool = KvPool::new(1, kv_dim, 16, n_pos.div_ceil(16), KvType::F32);
+            let table: Vec<u32> = (0..n_pos.div_ceil(16) as u32).collect();
+            let mut seed = 7u64;
+            let mut rnd = || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            };
+            let (mut keys, mut vals) = (vec![vec![]; n_head_kv], vec![vec![]; n_head_kv]);
+            for p in 0..n_pos {
+                let k: Vec<f32> = (0..kv_dim).map(|_| rnd() * 3.0).collect();
+                let v: Vec<f32> = (0..kv_dim).map(|_| rnd()).collect();
+                pool.store(&table, 0, p, &k, &v);
+                for g in 0..n_head_kv {
+                    keys[g].push(k[g * hd..(g + 1) * hd].to_vec());
+                    vals[g].push(v[g * hd..(g + 1) * hd].to_vec());
+                }
             }
-        }
-        let threads = ThreadPool::new(2);
-        for window in [None, Some(300)] {
-            for positions in [
-                vec![699u32],
-                vec![150, 699],
-                (600..620).collect::<Vec<u32>>(),
-                vec![5],
-            ] {
-                let t = positions.len();
-                let q: Vec<f32> = (0..t * n_head * hd).map(|_| rnd()).collect();
-                let tokens = vec![0u32; t];
-                let seqs = [SeqStep {
-                    tokens: &tokens,
-                    pos0: 0,
-                    table: &table,
-                    logits: Logits::None,
-                }];
-                let tok_seq = vec![0u32; t];
-                let shape = AttentionShape {
-                    n_head,
-                    n_head_kv,
-                    head_dim: hd,
-                    scale: 0.125,
-                    window,
-                };
-                let mut out = vec![0f32; t * n_head * hd];
-                for simd in [Simd::detect(), Simd::SCALAR] {
-                    attention(
-                        &threads, simd, &pool, 0, &seqs, &tok_seq, &positions, &q, &shape, &mut out,
-                    );
-                    for (i, &pos) in positions.iter().enumerate() {
-                        let pos = pos as usize;
-                        let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                        for h in 0..n_head {
-                            let g = h / (n_head / n_head_kv);
-                            let qh = &q[(i * n_head + h) * hd..][..hd];
-                            let want = reference(qh, &keys[g], &vals[g], first, pos, 0.125);
-                            let got = &out[(i * n_head + h) * hd..][..hd];
-                            for (a, b) in got.iter().zip(&want) {
-                                assert!(
-                                    (*a as f64 - b).abs() < 2e-5,
-                                    "{window:?} {positions:?} token {i} head {h}: {a} vs {b}"
-                                );
+            let threads = ThreadPool::new(2);
+            for window in [None, Some(300)] {
+                for positions in [
+                    vec![699u32],
+                    vec![150, 699],
+                    (600..620).collect::<Vec<u32>>(),
+                    vec![5],
+                ] {
+                    let t = positions.len();
+                    let q: Vec<f32> = (0..t * n_head * hd).map(|_| rnd()).collect();
+                    let tokens = vec![0u32; t];
+                    let seqs = [SeqStep {
+                        tokens: &tokens,
+                        pos0: 0,
+                        table: &table,
+                        logits: Logits::None,
+                    }];
+                    let tok_seq = vec![0u32; t];
+                    let shape = AttentionShape {
+                        n_head,
+                        n_head_kv,
+                        head_dim: hd,
+                        scale: 0.125,
+                        window,
+                    };
+                    let mut out = vec![0f32; t * n_head * hd];
+                    for simd in [Simd::detect(), Simd::SCALAR] {
+                        attention(
+                            &threads, simd, &pool, 0, &seqs, &tok_seq, &positions, &q, &shape,
+                            &mut out,
+                        );
+                        for (i, &pos) in positions.iter().enumerate() {
+                            let pos = pos as usize;
+                            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                            for h in 0..n_head {
+                                let g = h / (n_head / n_head_kv);
+                                let qh = &q[(i * n_head + h) * hd..][..hd];
+                                let want = reference(qh, &keys[g], &vals[g], first, pos, 0.125);
+                                let got = &out[(i * n_head + h) * hd..][..hd];
+                                for (a, b) in got.iter().zip(&want) {
+                                    assert!(
+                                        (*a as f64 - b).abs() < 2e-5,
+                                        "{window:?} {positions:?} token {i} head {h}: {a} vs {b}"
+                                    );
+                                }
                             }
                         }
                     }
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod exp_tests {
-    use super::exp_nonpositive;
-
-    /// Within 3 ulp of e^x on [−87, 0], both builds of the polynomial;
-    /// below −87 it holds e^−87.
-    #[test]
-    fn polynomial_exp_is_within_three_ulp() {
-        let mut x = -87.0f32;
-        while x <= 0.0 {
-            let want = (x as f64).exp();
-            for got in [exp_nonpositive::<true>(x), exp_nonpositive::<false>(x)] {
-                let ulp = f32::EPSILON as f64 * want;
-                assert!(
-                    (got as f64 - want).abs() <= 3.0 * ulp,
-                    "e^{x}: {got} vs {want}"
-                );
-            }
-            x += 0.0137;
-        }
-        assert_eq!(
-            exp_nonpositive::<false>(-200.0),
-            exp_nonpositive::<false>(-87.0)
-        );
-        assert_eq!(exp_nonpositive::<true>(0.0), 1.0);
     }
 }

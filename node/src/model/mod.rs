@@ -1,5 +1,7 @@
 //! Transformer architectures behind one trait. One file per family.
 
+#[cfg(target_arch = "x86_64")]
+mod attend_avx512;
 pub mod attention;
 pub mod block;
 pub mod gemma3;

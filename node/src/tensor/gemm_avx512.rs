@@ -47,7 +47,11 @@ unsafe fn tile<const P: usize, const N: usize, const ASYM: bool>(
     out: &mut [[f32; PANEL]],
 ) {
     debug_assert!(a.len() == N && out.len() == P * N && w.len() >= P * panel_bytes);
-    let bb = if ASYM { QK * PANEL + 8 * PANEL } else { QK * PANEL + 4 * PANEL };
+    let bb = if ASYM {
+        QK * PANEL + 8 * PANEL
+    } else {
+        QK * PANEL + 4 * PANEL
+    };
     let mut acc = [[_mm512_setzero_ps(); N]; P];
     let cols: [*const GemmAct; N] = std::array::from_fn(|c| a[c].as_ptr());
     let wp = w.as_ptr();

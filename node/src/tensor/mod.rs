@@ -6,10 +6,10 @@ pub mod dequant;
 mod dot_avx2;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx512;
-#[cfg(target_arch = "x86_64")]
-mod gemm_avx512;
 pub mod dot_scalar;
 pub mod dtype;
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx512;
 pub mod matmul;
 pub mod pack;
 pub mod pool;

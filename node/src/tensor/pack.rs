@@ -105,13 +105,18 @@ impl Packed {
 
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's elements.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64) }
+        unsafe {
+            std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64)
+        }
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `bytes`, uniquely borrowed.
         unsafe {
-            std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u8, self.lines.len() * 64)
+            std::slice::from_raw_parts_mut(
+                self.lines.as_mut_ptr() as *mut u8,
+                self.lines.len() * 64,
+            )
         }
     }
 
@@ -183,7 +188,11 @@ fn int_row(dtype: GgmlType, row: &[u8], u: &mut [u8], dw: &mut [f32], mw: &mut [
                 for j in 0..16 {
                     let q = blk[qs0 + j];
                     let (lo, hi) = (q & 0x0f, q >> 4);
-                    let (lo, hi) = if dtype == IQ4_NL { (iq4(lo), iq4(hi)) } else { (lo, hi) };
+                    let (lo, hi) = if dtype == IQ4_NL {
+                        (iq4(lo), iq4(hi))
+                    } else {
+                        (lo, hi)
+                    };
                     u[b * QK + j] = lo;
                     u[b * QK + j + 16] = hi;
                 }
@@ -280,7 +289,8 @@ pub struct GemmAct {
 /// A packed kernel: `P` panels (consecutive in `w`, `panel_bytes` apart) ×
 /// `N` columns over all `nb` blocks; `out[p * N + c]` receives panel `p`'s
 /// 16 sums for column `c`.
-pub type GemmFn = unsafe fn(w: &[u8], panel_bytes: usize, nb: usize, a: &[&[GemmAct]], out: &mut [[f32; PANEL]]);
+pub type GemmFn =
+    unsafe fn(w: &[u8], panel_bytes: usize, nb: usize, a: &[&[GemmAct]], out: &mut [[f32; PANEL]]);
 
 /// The scalar twin of the AVX-512 kernels (the reference they are tested
 /// against, and what a CPU without VNNI would run).
@@ -309,7 +319,11 @@ pub fn gemm_scalar(
                     for k in 0..QK {
                         s += blk[(k / 4) * 64 + r * 4 + k % 4] as i32 * x.qs[k] as i32;
                     }
-                    let dw = f32::from_le_bytes(blk[QK * PANEL + 4 * r..QK * PANEL + 4 * r + 4].try_into().unwrap());
+                    let dw = f32::from_le_bytes(
+                        blk[QK * PANEL + 4 * r..QK * PANEL + 4 * r + 4]
+                            .try_into()
+                            .unwrap(),
+                    );
                     acc[r] += (s as f32 * x.d) * dw;
                     if kind == PackKind::Asym {
                         let m = QK * PANEL + 4 * PANEL + 4 * r;
@@ -328,7 +342,9 @@ pub fn use_packed(simd: Simd, ws: &[&Matrix], n_vecs: usize) -> bool {
     n_vecs >= GEMM_MIN_COLS
         && simd.is_avx512()
         && ws.iter().all(|w| w.packed.is_some())
-        && ws.iter().all(|w| w.packed.map(|p| p.kind) == ws[0].packed.map(|p| p.kind))
+        && ws
+            .iter()
+            .all(|w| w.packed.map(|p| p.kind) == ws[0].packed.map(|p| p.kind))
 }
 
 /// Below this many columns the row kernels over the mmap'd weights win
@@ -380,7 +396,9 @@ pub(super) fn gemm_many(
     let outs: Vec<OutPtr> = ys.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
     let n_tasks = *first.last().unwrap();
     pool.run(n_tasks, &|t| {
-        let m = (0..ws.len()).rfind(|&m| first[m] <= t).expect("task in range");
+        let m = (0..ws.len())
+            .rfind(|&m| first[m] <= t)
+            .expect("task in range");
         let w = ws[m];
         let pk = w.packed.expect("checked by use_packed");
         let pair0 = (t - first[m]) * per;
@@ -409,7 +427,9 @@ pub(super) fn gemm_many(
                         // SAFETY: rows r0 .. r0 + valid belong to this task's
                         // panels of matrix m and v0 + c < n_vecs: inside ys[m],
                         // written by no other task.
-                        unsafe { outs[m].write_all((v0 + c) * w.rows + r0, &out[p * nv + c][..valid]) };
+                        unsafe {
+                            outs[m].write_all((v0 + c) * w.rows + r0, &out[p * nv + c][..valid])
+                        };
                     }
                 }
             }

@@ -1,0 +1,158 @@
+//! Prefill attention with the query rows in vector lanes (AVX-512): a tile
+//! of up to 16 (token, query head) rows that share a KV head is held
+//! transposed, one 16-lane vector per head dimension, so a score step is
+//! one multiply-add of that vector by a key element broadcast from memory —
+//! no horizontal sums — and the softmax and the value sums run 16 rows per
+//! instruction. Scores are kept position-major (`scores[j]` holds the 16
+//! rows' scores of position `j`); positions outside a row's span (causal
+//! mask, sliding window) are −∞ and then exactly 0.
+
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::attention::{load_row_into, TileJob, LANES, MAX_HEAD_DIM};
+
+/// Key or value rows converted to f32 per step.
+const STEP: usize = 8;
+
+/// Softmax partials of a tile's rows (row `l` = token `l / n_heads`, head
+/// `l % n_heads`): `Σ e^(s − m) · v` in `acc` (rows of `hd`), `(m, l)` in
+/// `ml` — what [`super::attention`]'s other tile paths leave.
+///
+/// # Safety
+/// AVX-512 F (and FMA); `job.toks.len() * job.n_heads <= LANES`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn attend_tile_avx512(
+    job: &TileJob,
+    scores: &mut Vec<f32>,
+    acc: &mut [f32],
+    ml: &mut [f32],
+) {
+    let (hd, nh) = (job.hd, job.n_heads);
+    let rows = job.toks.len() * nh;
+    debug_assert!(rows <= LANES && hd <= MAX_HEAD_DIM);
+    let lo = job.toks.iter().map(|t| t.0).min().unwrap_or(0);
+    let hi = job.toks.iter().map(|t| t.1).max().unwrap_or(0);
+    let n = hi + 1 - lo;
+    // Each lane's span; unused lanes get an empty one.
+    let mut first = [i32::MAX; LANES];
+    let mut last = [i32::MIN; LANES];
+    // Queries transposed and scaled: qt[d][l].
+    let mut qt = [[0f32; LANES]; MAX_HEAD_DIM];
+    for (ti, &(f, p, q)) in job.toks.iter().enumerate() {
+        for h in 0..nh {
+            let l = ti * nh + h;
+            first[l] = (f - lo) as i32;
+            last[l] = (p - lo) as i32;
+            for d in 0..hd {
+                qt[d][l] = q[h * hd + d] * job.scale;
+            }
+        }
+    }
+    let firstv = _mm512_loadu_si512(first.as_ptr() as *const _);
+    let lastv = _mm512_loadu_si512(last.as_ptr() as *const _);
+    let in_span = |j: usize| {
+        let jv = _mm512_set1_epi32(j as i32);
+        _mm512_cmple_epi32_mask(firstv, jv) & _mm512_cmpge_epi32_mask(lastv, jv)
+    };
+    scores.clear();
+    scores.resize(n * LANES, 0.0);
+    let sp = scores.as_mut_ptr();
+    let mut buf = [[0f32; MAX_HEAD_DIM]; STEP];
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut mx = neg_inf;
+    for j0 in (0..n).step_by(STEP) {
+        let m = (n - j0).min(STEP);
+        for jj in 0..m {
+            load_row_into(job, &job.kv.k, lo + j0 + jj, &mut buf[jj][..hd]);
+        }
+        let mut s = [_mm512_setzero_ps(); STEP];
+        for d in 0..hd {
+            let q = _mm512_loadu_ps(qt[d].as_ptr());
+            for jj in 0..STEP {
+                s[jj] = _mm512_fmadd_ps(q, _mm512_set1_ps(buf[jj][d]), s[jj]);
+            }
+        }
+        for jj in 0..m {
+            let v = _mm512_mask_mov_ps(neg_inf, in_span(j0 + jj), s[jj]);
+            mx = _mm512_max_ps(mx, v);
+            _mm512_storeu_ps(sp.add((j0 + jj) * LANES), v);
+        }
+    }
+    // e^(s − m), 0 outside the spans; a lane with no positions keeps m = −∞.
+    let mut sum = _mm512_setzero_ps();
+    for j in 0..n {
+        let v = _mm512_loadu_ps(sp.add(j * LANES));
+        let e = _mm512_maskz_mov_ps(in_span(j), exp_nonpositive(_mm512_sub_ps(v, mx)));
+        sum = _mm512_add_ps(sum, e);
+        _mm512_storeu_ps(sp.add(j * LANES), e);
+    }
+    // Σ_j p_j · v_j, transposed: out[d][l].
+    let mut out = [[0f32; LANES]; MAX_HEAD_DIM];
+    for j0 in (0..n).step_by(STEP) {
+        let m = (n - j0).min(STEP);
+        for jj in 0..m {
+            load_row_into(job, &job.kv.v, lo + j0 + jj, &mut buf[jj][..hd]);
+        }
+        let p: [__m512; STEP] = std::array::from_fn(|jj| {
+            if jj < m {
+                _mm512_loadu_ps(sp.add((j0 + jj) * LANES))
+            } else {
+                _mm512_setzero_ps()
+            }
+        });
+        for d0 in (0..hd).step_by(16) {
+            let dn = (hd - d0).min(16);
+            let mut a = [_mm512_setzero_ps(); 16];
+            for dd in 0..dn {
+                a[dd] = _mm512_loadu_ps(out[d0 + dd].as_ptr());
+            }
+            for jj in 0..m {
+                for dd in 0..dn {
+                    a[dd] = _mm512_fmadd_ps(p[jj], _mm512_set1_ps(buf[jj][d0 + dd]), a[dd]);
+                }
+            }
+            for dd in 0..dn {
+                _mm512_storeu_ps(out[d0 + dd].as_mut_ptr(), a[dd]);
+            }
+        }
+    }
+    let mut m_l = [0f32; LANES];
+    let mut l_l = [0f32; LANES];
+    _mm512_storeu_ps(m_l.as_mut_ptr(), mx);
+    _mm512_storeu_ps(l_l.as_mut_ptr(), sum);
+    for l in 0..rows {
+        ml[2 * l] = m_l[l];
+        ml[2 * l + 1] = l_l[l];
+        for d in 0..hd {
+            acc[l * hd + d] = out[d][l];
+        }
+    }
+}
+
+/// [`super::ops::exp_approx`] on 16 lanes (for x ≤ 0: no upper clamp).
+#[inline(always)]
+unsafe fn exp_nonpositive(x: __m512) -> __m512 {
+    let c = |b: u32| _mm512_set1_ps(f32::from_bits(b));
+    let shift = c(0x4b40_0000);
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let z = _mm512_fmadd_ps(x, c(0x3fb8_aa3b), shift);
+    let n = _mm512_sub_ps(z, shift);
+    let b = _mm512_fnmadd_ps(n, c(0x35bf_be8e), _mm512_fnmadd_ps(n, c(0x3f31_7200), x));
+    let k = _mm512_castsi512_ps(_mm512_add_epi32(
+        _mm512_slli_epi32::<23>(_mm512_castps_si512(z)),
+        _mm512_set1_epi32(1f32.to_bits() as i32),
+    ));
+    let u = _mm512_mul_ps(b, b);
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm512_mul_ps(c(0x3f7f_fff6), b),
+    );
+    _mm512_fmadd_ps(j, k, k)
+}
