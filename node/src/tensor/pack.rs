@@ -42,6 +42,8 @@ pub enum PackKind {
     Sym(i32),
     /// `w = dw · u + mw`.
     Asym,
+    /// `w = dw_h · (u − z)` with a scale per 16-element half block (Q6_K).
+    Half(i32),
 }
 
 impl PackKind {
@@ -52,15 +54,25 @@ impl PackKind {
             Q5_0 => PackKind::Sym(16),
             Q8_0 | IQ4_NL | IQ4_XS => PackKind::Sym(128),
             Q4_1 | Q5_1 | Q4_K | Q5_K => PackKind::Asym,
+            Q6_K => PackKind::Half(32),
             _ => return None,
         })
     }
 
-    /// Bytes of one panel's block: weights, scales, offsets.
+    /// Bytes of one panel's block: weights, then scales (one vector, or one
+    /// per half), then offsets.
     pub fn block_bytes(self) -> usize {
         match self {
             PackKind::Sym(_) => QK * PANEL + 4 * PANEL,
-            PackKind::Asym => QK * PANEL + 8 * PANEL,
+            PackKind::Asym | PackKind::Half(_) => QK * PANEL + 8 * PANEL,
+        }
+    }
+
+    /// The `z` of the symmetric kinds (0 for [`PackKind::Asym`]).
+    pub fn zero_point(self) -> i32 {
+        match self {
+            PackKind::Sym(z) | PackKind::Half(z) => z,
+            PackKind::Asym => 0,
         }
     }
 }
@@ -145,7 +157,7 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
     let panel_bytes = p.panel_bytes();
     let bytes = p.bytes_mut();
     let mut u = vec![0u8; w.cols];
-    let mut dw = vec![0f32; nb];
+    let mut dw = vec![0f32; 2 * nb];
     let mut mw = vec![0f32; nb];
     for r in 0..w.rows {
         int_row(w.dtype, w.row(r), &mut u, &mut dw, &mut mw);
@@ -158,19 +170,53 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
                 blk[at..at + 4].copy_from_slice(&u[b * QK + 4 * d..b * QK + 4 * d + 4]);
             }
             let s = QK * PANEL + 4 * lane;
-            blk[s..s + 4].copy_from_slice(&dw[b].to_le_bytes());
-            if kind == PackKind::Asym {
-                let m = QK * PANEL + 4 * PANEL + 4 * lane;
-                blk[m..m + 4].copy_from_slice(&mw[b].to_le_bytes());
+            blk[s..s + 4].copy_from_slice(&dw[2 * b].to_le_bytes());
+            let second = QK * PANEL + 4 * PANEL + 4 * lane;
+            match kind {
+                PackKind::Asym => blk[second..second + 4].copy_from_slice(&mw[b].to_le_bytes()),
+                PackKind::Half(_) => {
+                    blk[second..second + 4].copy_from_slice(&dw[2 * b + 1].to_le_bytes())
+                }
+                PackKind::Sym(_) => {}
             }
         }
     }
     Some(p)
 }
 
-/// One row of `dtype` as unsigned bytes with a scale (and offset) per
-/// 32-element block (see [`PackKind`]).
+/// One row of `dtype` as unsigned bytes with a scale per 16-element half
+/// block (`dw[2b]`, `dw[2b + 1]`; the same for all but Q6_K) and an offset
+/// per 32-element block (see [`PackKind`]).
 fn int_row(dtype: GgmlType, row: &[u8], u: &mut [u8], dw: &mut [f32], mw: &mut [f32]) {
+    use GgmlType::*;
+    let nb = u.len() / QK;
+    if dtype == Q6_K {
+        for sb in 0..nb / 8 {
+            let blk = &row[sb * 210..(sb + 1) * 210];
+            let (ql, qh, sc) = (&blk[0..128], &blk[128..192], &blk[192..208]);
+            let d = f16_at(blk, 208);
+            for i in 0..256 {
+                let (h, rest) = (i / 128, i % 128);
+                let low = (ql[h * 64 + rest % 64] >> (4 * (rest / 64))) & 0x0f;
+                let high = (qh[h * 32 + rest % 32] >> (2 * (rest / 32))) & 3;
+                u[sb * 256 + i] = low | (high << 4);
+            }
+            for j in 0..16 {
+                dw[sb * 16 + j] = d * (sc[j] as i8) as f32;
+            }
+        }
+        return;
+    }
+    let mut dw1 = vec![0f32; nb];
+    int_row_blocks(dtype, row, u, &mut dw1, mw);
+    for (b, &v) in dw1.iter().enumerate() {
+        dw[2 * b] = v;
+        dw[2 * b + 1] = v;
+    }
+}
+
+/// [`int_row`] for the formats with one scale per 32-element block.
+fn int_row_blocks(dtype: GgmlType, row: &[u8], u: &mut [u8], dw: &mut [f32], mw: &mut [f32]) {
     use GgmlType::*;
     let nb = u.len() / QK;
     let iq4 = |q: u8| (IQ4NL_VALUES[q as usize] as i32 + 128) as u8;
@@ -283,7 +329,8 @@ pub struct GemmAct {
     pub zi: i32,
     /// `d · Σ qs` (what an asymmetric format's offsets multiply).
     pub sx: f32,
-    _pad: f32,
+    /// `−z · Σ qs[..16]` (the first half's starting sum, [`PackKind::Half`]).
+    pub zh: i32,
 }
 
 /// A packed kernel: `P` panels (consecutive in `w`, `panel_bytes` apart) ×
@@ -311,24 +358,26 @@ pub fn gemm_scalar(
             for b in 0..nb {
                 let blk = &w[p * panel_bytes + b * bb..p * panel_bytes + (b + 1) * bb];
                 let x = &a[c][b];
+                let f = |at: usize| f32::from_le_bytes(blk[at..at + 4].try_into().unwrap());
+                let dot = |r: usize, ks: std::ops::Range<usize>| -> i32 {
+                    ks.map(|k| blk[(k / 4) * 64 + r * 4 + k % 4] as i32 * x.qs[k] as i32)
+                        .sum()
+                };
                 for r in 0..PANEL {
-                    let mut s = match kind {
-                        PackKind::Sym(_) => x.zi,
-                        PackKind::Asym => 0,
-                    };
-                    for k in 0..QK {
-                        s += blk[(k / 4) * 64 + r * 4 + k % 4] as i32 * x.qs[k] as i32;
-                    }
-                    let dw = f32::from_le_bytes(
-                        blk[QK * PANEL + 4 * r..QK * PANEL + 4 * r + 4]
-                            .try_into()
-                            .unwrap(),
-                    );
-                    acc[r] += (s as f32 * x.d) * dw;
-                    if kind == PackKind::Asym {
-                        let m = QK * PANEL + 4 * PANEL + 4 * r;
-                        let mw = f32::from_le_bytes(blk[m..m + 4].try_into().unwrap());
-                        acc[r] += mw * x.sx;
+                    // The vector after the scales: offsets or second-half scales.
+                    let (dw, second) = (f(QK * PANEL + 4 * r), || f(QK * PANEL + 4 * PANEL + 4 * r));
+                    match kind {
+                        PackKind::Sym(_) => acc[r] += ((x.zi + dot(r, 0..QK)) as f32 * x.d) * dw,
+                        PackKind::Asym => {
+                            acc[r] += (dot(r, 0..QK) as f32 * x.d) * dw;
+                            acc[r] += second() * x.sx;
+                        }
+                        PackKind::Half(_) => {
+                            let lo = x.zh + dot(r, 0..QK / 2);
+                            let hi = x.zi - x.zh + dot(r, QK / 2..QK);
+                            acc[r] += (lo as f32 * x.d) * dw;
+                            acc[r] += (hi as f32 * x.d) * second();
+                        }
                     }
                 }
             }
@@ -365,10 +414,7 @@ pub(super) fn gemm_many(
     let cols = ws[0].cols;
     let nb = cols / QK;
     let kind = ws[0].packed.expect("checked by use_packed").kind;
-    let z = match kind {
-        PackKind::Sym(z) => z,
-        PackKind::Asym => 0,
-    };
+    let z = kind.zero_point();
     scratch.q8.resize(nb, Q8Block::default());
     scratch.gemm.resize(n_vecs * nb, GemmAct::default());
     for (xv, av) in x.chunks_exact(cols).zip(scratch.gemm.chunks_exact_mut(nb)) {
@@ -379,7 +425,7 @@ pub(super) fn gemm_many(
                 d: q.d,
                 zi: -z * q.isum,
                 sx: q.d * q.isum as f32,
-                _pad: 0.0,
+                zh: -z * q.qs[..QK / 2].iter().map(|&v| v as i32).sum::<i32>(),
             };
         }
     }
@@ -448,7 +494,7 @@ fn run_tile(
 ) {
     #[cfg(target_arch = "x86_64")]
     if simd.is_avx512() {
-        let f = super::gemm_avx512::kernel(kind == PackKind::Asym, out.len() / a.len(), a.len());
+        let f = super::gemm_avx512::kernel(kind, out.len() / a.len(), a.len());
         // SAFETY: `is_avx512` is only set after checking the CPU for
         // AVX-512 F/BW/VL/VNNI; `w` holds `out.len() / a.len()` panels of
         // `nb` blocks and every column has `nb` blocks (built by `gemm_many`).
