@@ -351,7 +351,8 @@ pub fn openai_client_setup() -> (String, tempfile::TempDir, std::path::PathBuf) 
         probe.is_ok_and(|s| s.success()),
         "{py} cannot import openai: run scripts/test.sh (it makes target/pyenv) or set REALIZAR_TEST_PYTHON"
     );
-    let question = "What is the capital of France?";
+    // tests/openai_client.py's QUESTION.
+    let question = "Write a short story about a dragon who learns to fly.";
     let out = realizar()
         .args(["run", "--model", "smollm2", "--chat", "--prompt", question])
         .args([

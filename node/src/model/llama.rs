@@ -141,7 +141,7 @@ impl Llama {
         }
     }
 
-    /// The model with its block weights repacked for prefill, where
+    /// The model with its block weights repacked for the AVX-512 VNNI products, where
     /// [`super::packing_enabled`].
     pub fn packed(mut self) -> Self {
         if super::packing_enabled() {

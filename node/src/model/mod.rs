@@ -339,7 +339,7 @@ pub struct Weight {
     pub cols: usize,
     offset: usize,
     len: usize,
-    /// The weights repacked for prefill (see [`crate::tensor::pack`]).
+    /// The weights repacked (see [`crate::tensor::pack`]).
     packed: Option<Arc<Packed>>,
 }
 
@@ -369,11 +369,11 @@ impl Weight {
     }
 }
 
-/// Whether the native models repack their block weights for prefill: on
+/// Whether the native models repack their block weights: on
 /// CPUs with the AVX-512 VNNI kernels that use them, unless
-/// `REALIZAR_PREFILL_PACK=off` (to compare, or to save the memory).
+/// `REALIZAR_PACK_WEIGHTS=off` (to compare, or to save the memory).
 pub fn packing_enabled() -> bool {
-    Simd::detect().is_avx512() && std::env::var("REALIZAR_PREFILL_PACK").as_deref() != Ok("off")
+    Simd::detect().is_avx512() && std::env::var("REALIZAR_PACK_WEIGHTS").as_deref() != Ok("off")
 }
 
 /// Repack `ws` (the formats that have a packed form) across the machine's

@@ -202,7 +202,7 @@ pub struct Matrix<'a> {
     pub cols: usize,
     pub data: &'a [u8],
     row_bytes: usize,
-    /// The same weights repacked for prefill, where the model made them.
+    /// The same weights repacked (see [`super::pack`]), where the model made them.
     pub packed: Option<&'a Packed>,
 }
 
@@ -260,7 +260,7 @@ pub struct Scratch {
     pub(super) q8: Vec<Q8Block>,
     q8p: Vec<Q8Pair>,
     q8q: Vec<Q8Quad>,
-    q8k: Vec<Q8KBlock>,
+    pub(super) q8k: Vec<Q8KBlock>,
     grp: Vec<Q8Group>,
     pub(super) gemm: Vec<GemmAct>,
 }

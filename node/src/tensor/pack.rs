@@ -1,5 +1,6 @@
-//! Weights repacked for prefill: a matrix product over many activation
-//! columns at once (a GEMM) instead of one weight row against a few columns.
+//! Weights repacked at load for a matrix product over many activation
+//! columns at once (a GEMM: prefill, batched decode) instead of one weight
+//! row against a few columns.
 //!
 //! At load, every 32-element block of a weight row becomes unsigned bytes
 //! `u` with a row-block scale `dw` (and, for formats with a minimum, an
@@ -12,19 +13,23 @@
 //! adds those four products into each of the 16 rows' sums: the weights are
 //! loaded once per block for all the columns of a tile, the activations
 //! once per block for all 16 (or 32) rows, and the float work is a few
-//! operations per 16 rows × column × block. The integer parts are exact;
-//! the activations are quantized in 32-element blocks (Q8_0's rule) for
-//! every weight format, so K-quant results differ in the last bits from the
-//! row kernels, which quantize them per 256.
+//! operations per 16 rows × column × block. The integer parts are exact
+//! and the activations are quantized as the row kernels quantize them
+//! (Q8_0's rule with ggml's f16-rounded Q8_1 sums for the 32-element
+//! formats, Q8_K for the K-quants), so the two paths differ only in the
+//! order of float additions (the last bits, as a batch's columns and a
+//! single column's already did): a prompt prefilled in one batch and the
+//! same prompt resumed from the prefix cache agree but for exact near-ties.
 //!
-//! The mmap'd layout stays for decode, where one column cannot amortise the
-//! larger repacked rows (1.125–1.25 bytes a weight against 0.56 for Q4_K).
+//! Once packed, a matrix runs only this way on such CPUs, decode included:
+//! the row kernels lose to it even for one column on the models measured,
+//! though it reads more bytes a weight (1.125–1.25 against 0.56–1.06).
 
 // Block formats are index arithmetic; explicit index loops read closest to the layouts.
 #![allow(clippy::needless_range_loop)]
 
-use super::act::{quantize_q8, Q8Block};
-use super::dequant::{f16_at, k_scales_mins, IQ4NL_VALUES, QK};
+use super::act::{quantize_q8, quantize_q8k, Q8Block, Q8KBlock};
+use super::dequant::{f16_at, k_scales_mins, IQ4NL_VALUES, QK, QK_K};
 use super::matmul::{Matrix, OutPtr, Scratch, Simd};
 use super::pool::ThreadPool;
 use super::GgmlType;
@@ -365,7 +370,8 @@ pub fn gemm_scalar(
                 };
                 for r in 0..PANEL {
                     // The vector after the scales: offsets or second-half scales.
-                    let (dw, second) = (f(QK * PANEL + 4 * r), || f(QK * PANEL + 4 * PANEL + 4 * r));
+                    let (dw, second) =
+                        (f(QK * PANEL + 4 * r), || f(QK * PANEL + 4 * PANEL + 4 * r));
                     match kind {
                         PackKind::Sym(_) => acc[r] += ((x.zi + dot(r, 0..QK)) as f32 * x.d) * dw,
                         PackKind::Asym => {
@@ -386,19 +392,22 @@ pub fn gemm_scalar(
     }
 }
 
-/// Whether [`gemm_many`] should take a product of `n_vecs` columns.
+/// Whether [`gemm_many`] should take a product of `n_vecs` columns: every
+/// product of packed weights on AVX-512 VNNI, a single decode column too.
+/// Measured against the row and group kernels over the mmap'd bytes
+/// (BENCHMARKS.md): faster at every batch on this project's models (single
+/// stream SmolLM2 Q8_0 87 → 158 tokens/s, Q4_1 level, concurrency 8 +15–35%),
+/// and one path for every batch means a column's result does not depend on
+/// the batch it ran in — prefix-cache hits, chunked prefill and speculative
+/// verification give the bits a plain one-sequence run gives.
 pub fn use_packed(simd: Simd, ws: &[&Matrix], n_vecs: usize) -> bool {
-    n_vecs >= GEMM_MIN_COLS
+    n_vecs >= 1
         && simd.is_avx512()
         && ws.iter().all(|w| w.packed.is_some())
         && ws
             .iter()
             .all(|w| w.packed.map(|p| p.kind) == ws[0].packed.map(|p| p.kind))
 }
-
-/// Below this many columns the row kernels over the mmap'd weights win
-/// (they read fewer bytes per weight, and a decode batch is bound by them).
-pub const GEMM_MIN_COLS: usize = 16;
 
 /// `ys[m] = ws[m] · X` over the packed weights (every `ws[m].packed` is
 /// set, all of one kind and width; shapes are checked by the caller).
@@ -415,18 +424,38 @@ pub(super) fn gemm_many(
     let nb = cols / QK;
     let kind = ws[0].packed.expect("checked by use_packed").kind;
     let z = kind.zero_point();
-    scratch.q8.resize(nb, Q8Block::default());
+    let act = |qs: &[i8], d: f32, s: f32| {
+        let isum: i32 = qs.iter().map(|&v| v as i32).sum();
+        GemmAct {
+            qs: qs.try_into().expect("a 32-element block"),
+            d,
+            zi: -z * isum,
+            sx: s,
+            zh: -z * qs[..QK / 2].iter().map(|&v| v as i32).sum::<i32>(),
+        }
+    };
     scratch.gemm.resize(n_vecs * nb, GemmAct::default());
-    for (xv, av) in x.chunks_exact(cols).zip(scratch.gemm.chunks_exact_mut(nb)) {
-        quantize_q8(xv, &mut scratch.q8[..nb]);
-        for (q, g) in scratch.q8[..nb].iter().zip(av.iter_mut()) {
-            *g = GemmAct {
-                qs: q.qs,
-                d: q.d,
-                zi: -z * q.isum,
-                sx: q.d * q.isum as f32,
-                zh: -z * q.qs[..QK / 2].iter().map(|&v| v as i32).sum::<i32>(),
-            };
+    if ws[0].dtype.layout().is_some_and(|l| l.block_elems == QK_K) {
+        // K-quants: Q8_K's 256-element blocks, as their row kernels take them.
+        scratch.q8k.resize(nb / 8, Q8KBlock::default());
+        for (xv, av) in x.chunks_exact(cols).zip(scratch.gemm.chunks_exact_mut(nb)) {
+            quantize_q8k(xv, &mut scratch.q8k[..nb / 8]);
+            for (sb, g8) in scratch.q8k[..nb / 8].iter().zip(av.chunks_exact_mut(8)) {
+                for (j, g) in g8.iter_mut().enumerate() {
+                    let qs = &sb.qs[j * QK..(j + 1) * QK];
+                    let isum: i32 = qs.iter().map(|&v| v as i32).sum();
+                    *g = act(qs, sb.d, sb.d * isum as f32);
+                }
+            }
+        }
+    } else {
+        // Q8_0's rule, with ggml's Q8_1 sum (rounded to f16) for the offsets.
+        scratch.q8.resize(nb, Q8Block::default());
+        for (xv, av) in x.chunks_exact(cols).zip(scratch.gemm.chunks_exact_mut(nb)) {
+            quantize_q8(xv, &mut scratch.q8[..nb]);
+            for (q, g) in scratch.q8[..nb].iter().zip(av.iter_mut()) {
+                *g = act(&q.qs, q.d, q.s);
+            }
         }
     }
     let acts = &scratch.gemm[..n_vecs * nb];
