@@ -279,6 +279,16 @@ fn batched_paged_forward_equals_one_sequence_at_a_time() {
     check_batched(&m, &tok, 1e-4);
 }
 
+/// The same with the weights repacked as `model::load` does on AVX-512
+/// VNNI CPUs (the packed products and the row-parallel attention serve
+/// every batch, so here too a sequence's logits do not depend on its
+/// companions or its chunks).
+#[test]
+fn packed_batched_paged_forward_equals_one_sequence_at_a_time() {
+    let (m, tok) = load(&q4_1_path());
+    check_batched(&m.packed(), &tok, 1e-4);
+}
+
 /// The same in ggml-avx2 numerics: Q4_1 and Q8_0 rows are summed the same
 /// way whatever the batch, so batched steps (prefill chunks with no logits,
 /// several sequences, interleaved block tables) give one-at-a-time's logits

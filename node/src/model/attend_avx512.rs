@@ -38,8 +38,52 @@ pub unsafe fn attend_tile_avx512(
     // Each lane's span; unused lanes get an empty one.
     let mut first = [i32::MAX; LANES];
     let mut last = [i32::MIN; LANES];
-    // Queries transposed and scaled: qt[d][l].
-    let mut qt = [[0f32; LANES]; MAX_HEAD_DIM];
+    TILE.with(|t| {
+        let mut t = t.borrow_mut();
+        let Tile { qt, out, buf } = &mut *t;
+        tile(
+            job, scores, acc, ml, lo, n, &mut first, &mut last, qt, out, buf,
+        )
+    })
+}
+
+/// Per-thread buffers of [`attend_tile_avx512`]: the transposed queries,
+/// the transposed value sums and the converted key or value rows, sized
+/// for the largest head once rather than set to zero on every call (a
+/// decode step calls it per layer and KV head).
+struct Tile {
+    qt: Vec<[f32; LANES]>,
+    out: Vec<[f32; LANES]>,
+    buf: Vec<[f32; MAX_HEAD_DIM]>,
+}
+
+thread_local! {
+    static TILE: std::cell::RefCell<Tile> = std::cell::RefCell::new(Tile {
+        qt: vec![[0.0; LANES]; MAX_HEAD_DIM],
+        out: vec![[0.0; LANES]; MAX_HEAD_DIM],
+        buf: vec![[0.0; MAX_HEAD_DIM]; STEP],
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn tile(
+    job: &TileJob,
+    scores: &mut Vec<f32>,
+    acc: &mut [f32],
+    ml: &mut [f32],
+    lo: usize,
+    n: usize,
+    first: &mut [i32; LANES],
+    last: &mut [i32; LANES],
+    qt: &mut [[f32; LANES]],
+    out: &mut [[f32; LANES]],
+    buf: &mut [[f32; MAX_HEAD_DIM]],
+) {
+    let (hd, nh) = (job.hd, job.n_heads);
+    let rows = job.toks.len() * nh;
+    // Queries transposed and scaled: qt[d][l] (unused lanes 0).
+    qt[..hd].fill([0.0; LANES]);
     for (ti, &(f, p, q)) in job.toks.iter().enumerate() {
         for h in 0..nh {
             let l = ti * nh + h;
@@ -56,10 +100,11 @@ pub unsafe fn attend_tile_avx512(
         let jv = _mm512_set1_epi32(j as i32);
         _mm512_cmple_epi32_mask(firstv, jv) & _mm512_cmpge_epi32_mask(lastv, jv)
     };
-    scores.clear();
-    scores.resize(n * LANES, 0.0);
+    // Every score is written before it is read: grow, never clear.
+    if scores.len() < n * LANES {
+        scores.resize(n * LANES, 0.0);
+    }
     let sp = scores.as_mut_ptr();
-    let mut buf = [[0f32; MAX_HEAD_DIM]; STEP];
     let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut mx = neg_inf;
     for j0 in (0..n).step_by(STEP) {
@@ -89,7 +134,7 @@ pub unsafe fn attend_tile_avx512(
         _mm512_storeu_ps(sp.add(j * LANES), e);
     }
     // Σ_j p_j · v_j, transposed: out[d][l].
-    let mut out = [[0f32; LANES]; MAX_HEAD_DIM];
+    out[..hd].fill([0.0; LANES]);
     for j0 in (0..n).step_by(STEP) {
         let m = (n - j0).min(STEP);
         for jj in 0..m {

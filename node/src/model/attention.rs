@@ -88,6 +88,55 @@ pub fn attention(
         (first, pos)
     };
     let avx2 = simd.is_avx2();
+    // The row-parallel AVX-512 kernel serves every path when it can, so a
+    // row's result does not depend on which path or tile it ran in (its
+    // lanes are independent and positions outside a row's span add exact
+    // zeros): a prompt prefilled in one batch, resumed from the prefix
+    // cache or decoded beside others gives the same bits.
+    #[cfg(target_arch = "x86_64")]
+    let lanes = simd.is_avx512() && group <= LANES;
+    #[cfg(not(target_arch = "x86_64"))]
+    let lanes = false;
+    // Token i's queries of KV head g's group against positions
+    // `first..=last` into (`acc`, `ml`), on the detected path.
+    let attend_group =
+        |i: usize, g: usize, first: usize, last: usize, acc: &mut [f32], ml: &mut [f32]| {
+            let h0 = g * group;
+            let qg = &q[i * q_dim + h0 * hd..i * q_dim + (h0 + group) * hd];
+            #[cfg(target_arch = "x86_64")]
+            if lanes {
+                let toks = [(first, last, qg)];
+                let job = TileJob {
+                    kv,
+                    table: seqs[tok_seq[i] as usize].table,
+                    layer,
+                    g,
+                    toks: &toks,
+                    n_heads: group,
+                    hd,
+                    scale: s.scale,
+                };
+                // SAFETY: `lanes` means detect() saw AVX-512 F (and AVX2, FMA,
+                // F16C); one token's group is at most LANES rows.
+                SCORES.with(|buf| unsafe {
+                    attend_tile_avx512(&job, &mut buf.borrow_mut(), acc, ml)
+                });
+                return;
+            }
+            let job = HeadJob {
+                kv,
+                table: seqs[tok_seq[i] as usize].table,
+                layer,
+                g,
+                first,
+                pos: last,
+                q: qg,
+                n_heads: group,
+                hd,
+                scale: s.scale,
+            };
+            run_attend(&job, avx2, acc, ml);
+        };
     let o = Out(out.as_mut_ptr());
     // Few (token, KV head) pairs — decode — and long enough spans: split
     // each span into chunks, every task one chunk for the whole group, so a
@@ -120,21 +169,8 @@ pub fn attention(
                     .for_each(|m| *m = f32::NEG_INFINITY);
                 return;
             }
-            let h0 = g * group;
-            let job = HeadJob {
-                kv,
-                table: seqs[tok_seq[i] as usize].table,
-                layer,
-                g,
-                first: c0,
-                pos: c1 - 1,
-                q: &q[i * q_dim + h0 * hd..i * q_dim + (h0 + group) * hd],
-                n_heads: group,
-                hd,
-                scale: s.scale,
-            };
             let (acc, ml) = part.split_at_mut(group * hd);
-            run_attend(&job, avx2, acc, ml);
+            attend_group(i, g, c0, c1 - 1, acc, ml);
         });
         // Merge: out = Σ_c e^(m_c − M) acc_c / Σ_c e^(m_c − M) l_c.
         for pair in 0..pairs {
@@ -168,10 +204,6 @@ pub fn attention(
         // task reads a key or value row once for the tile's tokens and the
         // group's heads. With AVX-512 a tile fills the 16 lanes of the
         // row-parallel kernel instead.
-        #[cfg(target_arch = "x86_64")]
-        let lanes = simd.is_avx512() && group <= LANES;
-        #[cfg(not(target_arch = "x86_64"))]
-        let lanes = false;
         let tile_tokens = if lanes { LANES / group } else { QUERY_TILE };
         let mut tiles: Vec<(usize, usize)> = Vec::new();
         for i in 0..t {
@@ -242,7 +274,26 @@ pub fn attention(
         });
         return;
     }
-    // Short decode spans: one task per (token, query head).
+    // Short decode spans: one task per (token, KV head) on the lanes,
+    // else per (token, query head).
+    if lanes {
+        pool.run(t * s.n_head_kv, &|task| {
+            let (i, g) = (task / s.n_head_kv, task % s.n_head_kv);
+            let (first, pos) = span(i);
+            let mut acc = vec![0f32; group * hd];
+            let mut ml = [0f32; 2 * LANES];
+            attend_group(i, g, first, pos, &mut acc, &mut ml[..2 * group]);
+            // SAFETY: task (i, g) owns heads g·group .. (g + 1)·group of token i.
+            let dst = unsafe { o.slice(i * q_dim + g * group * hd, group * hd) };
+            for (h, d) in dst.chunks_exact_mut(hd).enumerate() {
+                let inv = 1.0 / ml[2 * h + 1];
+                for (o, &a) in d.iter_mut().zip(&acc[h * hd..(h + 1) * hd]) {
+                    *o = a * inv;
+                }
+            }
+        });
+        return;
+    }
     pool.run(t * s.n_head, &|task| {
         let (i, h0) = (task / s.n_head, task % s.n_head);
         let (first, pos) = span(i);
@@ -553,6 +604,8 @@ mod tests {
                     vec![699u32],
                     vec![150, 699],
                     (600..620).collect::<Vec<u32>>(),
+                    // Scattered positions: tiles of one token each.
+                    vec![699, 300, 40, 650],
                     vec![5],
                 ] {
                     let t = positions.len();
