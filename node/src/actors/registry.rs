@@ -483,7 +483,8 @@ async fn load(
         * cfg.sched.block_size
         * opened.model.dims().kv_dim
         * cfg.kv_type.bytes_per_elem()) as u64;
-    let need = opened.file_bytes() + kv_bytes;
+    // The mapped file, the weights repacked beside it, the KV pool.
+    let need = opened.file_bytes() + opened.model.packed_bytes() + kv_bytes;
     let (pinned, _) = held(state);
     if pinned + need > budget {
         drop(opened);

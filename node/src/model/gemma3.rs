@@ -210,6 +210,12 @@ impl Gemma3 {
 }
 
 impl Model for Gemma3 {
+    fn packed_bytes(&self) -> u64 {
+        let l = self.layers.iter();
+        l.flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .map(|w| w.packed_bytes() as u64)
+            .sum()
+    }
     fn architecture(&self) -> &'static str {
         "gemma3"
     }

@@ -14,6 +14,12 @@ pub use crate::kv::{KvCache, KvPool, KvType};
 use crate::tensor::{Simd, ThreadPool};
 
 impl Model for Llama {
+    fn packed_bytes(&self) -> u64 {
+        let l = self.layers.iter();
+        l.flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .map(|w| w.packed_bytes() as u64)
+            .sum()
+    }
     fn architecture(&self) -> &'static str {
         self.variant.arch()
     }

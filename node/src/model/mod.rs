@@ -197,6 +197,10 @@ pub trait Model: Send + Sync {
     fn n_ctx_train(&self) -> usize {
         self.dims().n_ctx_train
     }
+    /// Heap bytes of the weights repacked at load (beside the mapped file).
+    fn packed_bytes(&self) -> u64 {
+        0
+    }
     /// An empty cache for `capacity` positions with elements of `ty`.
     fn new_cache_typed(&self, capacity: usize, ty: KvType) -> KvCache {
         let d = self.dims();
