@@ -46,10 +46,16 @@ if [ ! -x "$LS" ]; then
         --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$OUT/src"
     tar xzf "$OUT/src/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$OUT/src"
     SRC=$OUT/src/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp
+    # Native, but without AMX: a VM can report AMX in cpuid without enabling
+    # its register state, and ggml's AMX kernels then die with SIGILL on the
+    # first quantized product (this Xeon VM, 2026-12-06). GCC's explicit
+    # -mno-* wins over -march=native whatever the order.
+    NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     PATH=$OUT/venv/bin:$PATH cmake -S "$SRC" -B "$OUT/llama-build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON >/dev/null
-    PATH=$OUT/venv/bin:$PATH cmake --build "$OUT/llama-build" --target llama-server -j"$(nproc)"
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
+        "-DCMAKE_C_FLAGS=$NO_AMX" "-DCMAKE_CXX_FLAGS=$NO_AMX" >/dev/null
+    PATH=$OUT/venv/bin:$PATH cmake --build "$OUT/llama-build" --target llama-server llama-perplexity -j"$(nproc)"
     cp "$OUT/llama-build/bin/llama-server" "$LS"
     for lib in "$OUT"/llama-build/bin/*.so*; do [ -e "$lib" ] && cp -P "$lib" "$OUT/"; done
 fi

@@ -7,7 +7,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::attend_avx512::attend_tile_avx512;
-use super::ops::exp_approx;
+use super::ops::{exp_approx, madd};
 use super::SeqStep;
 use crate::kv::KvPool;
 use crate::tensor::{dequantize, Simd, ThreadPool};
@@ -456,17 +456,6 @@ fn load_row(job: &HeadJob, data: &[u8], j: usize, row: &mut [f32]) {
     let at = kv.at(job.table, job.layer, j, job.g * job.hd);
     let n = job.hd * kv.ty.bytes();
     dequantize(kv.ty.ggml(), &data[at..at + n], row).expect("whole rows");
-}
-
-/// `a·b + c`: one fused instruction where the caller enabled FMA (`F`),
-/// a multiply and an add on the portable path.
-#[inline(always)]
-fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if F {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
 }
 
 #[inline(always)]

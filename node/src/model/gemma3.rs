@@ -70,6 +70,32 @@ pub struct Gemma3Weights<'a> {
 }
 
 impl Layer {
+    /// The block's seven matrices (what [`super::pack_weights`] repacks).
+    fn matrices(&self) -> [&Weight; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+
+    fn matrices_mut(&mut self) -> [&mut Weight; 7] {
+        let l = self;
+        [
+            &mut l.wq,
+            &mut l.wk,
+            &mut l.wv,
+            &mut l.wo,
+            &mut l.w_gate,
+            &mut l.w_up,
+            &mut l.w_down,
+        ]
+    }
+
     /// The layer as the shared block skeleton runs it.
     pub fn block(&self) -> Block<'_> {
         Block {
@@ -105,22 +131,8 @@ impl Gemma3 {
     /// [`super::packing_enabled`].
     pub fn packed(mut self) -> Self {
         if super::packing_enabled() {
-            let ws = self
-                .layers
-                .iter_mut()
-                .flat_map(|l| {
-                    [
-                        &mut l.wq,
-                        &mut l.wk,
-                        &mut l.wv,
-                        &mut l.wo,
-                        &mut l.w_gate,
-                        &mut l.w_up,
-                        &mut l.w_down,
-                    ]
-                })
-                .collect();
-            super::pack_weights(&self.file, ws);
+            let ws = self.layers.iter_mut().flat_map(Layer::matrices_mut);
+            super::pack_weights(&self.file, ws.collect());
         }
         self
     }
@@ -211,10 +223,8 @@ impl Gemma3 {
 
 impl Model for Gemma3 {
     fn packed_bytes(&self) -> u64 {
-        let l = self.layers.iter();
-        l.flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
-            .map(|w| w.packed_bytes() as u64)
-            .sum()
+        let ws = self.layers.iter().flat_map(Layer::matrices);
+        ws.map(|w| w.packed_bytes() as u64).sum()
     }
     fn architecture(&self) -> &'static str {
         "gemma3"

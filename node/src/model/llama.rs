@@ -15,10 +15,8 @@ use crate::tensor::{Simd, ThreadPool};
 
 impl Model for Llama {
     fn packed_bytes(&self) -> u64 {
-        let l = self.layers.iter();
-        l.flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
-            .map(|w| w.packed_bytes() as u64)
-            .sum()
+        let ws = self.layers.iter().flat_map(Layer::matrices);
+        ws.map(|w| w.packed_bytes() as u64).sum()
     }
     fn architecture(&self) -> &'static str {
         self.variant.arch()
@@ -115,6 +113,32 @@ pub struct LlamaWeights<'a> {
 }
 
 impl Layer {
+    /// The block's seven matrices (what [`super::pack_weights`] repacks).
+    fn matrices(&self) -> [&Weight; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+
+    fn matrices_mut(&mut self) -> [&mut Weight; 7] {
+        let l = self;
+        [
+            &mut l.wq,
+            &mut l.wk,
+            &mut l.wv,
+            &mut l.wo,
+            &mut l.w_gate,
+            &mut l.w_up,
+            &mut l.w_down,
+        ]
+    }
+
     /// The layer as the shared block skeleton runs it.
     pub fn block(&self) -> Block<'_> {
         Block {
@@ -151,22 +175,8 @@ impl Llama {
     /// [`super::packing_enabled`].
     pub fn packed(mut self) -> Self {
         if super::packing_enabled() {
-            let ws = self
-                .layers
-                .iter_mut()
-                .flat_map(|l| {
-                    [
-                        &mut l.wq,
-                        &mut l.wk,
-                        &mut l.wv,
-                        &mut l.wo,
-                        &mut l.w_gate,
-                        &mut l.w_up,
-                        &mut l.w_down,
-                    ]
-                })
-                .collect();
-            super::pack_weights(&self.file, ws);
+            let ws = self.layers.iter_mut().flat_map(Layer::matrices_mut);
+            super::pack_weights(&self.file, ws.collect());
         }
         self
     }

@@ -78,7 +78,7 @@ fn fma() -> bool {
 /// `a·b + c`: one fused instruction where the caller enabled FMA (`F`),
 /// a multiply and an add on the portable path.
 #[inline(always)]
-fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(super) fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F {
         a.mul_add(b, c)
     } else {
