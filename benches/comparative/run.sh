@@ -19,6 +19,10 @@ THREADS=${THREADS:-2}
 CTX=${CTX:-1024}          # per sequence, both servers
 SLOTS=${SLOTS:-8}
 ROUNDS=${ROUNDS:-2}
+# The bench's requests are greedy, which realizar speculates on by default
+# (prompt lookup); the table compares plain decoding unless DRAFT_MAX says
+# otherwise (benches/speculative/ measures speculation on its own task).
+DRAFT_MAX=${DRAFT_MAX:-0}
 LLAMA_CPP_PYTHON=${LLAMA_CPP_PYTHON:-0.3.36}
 MODELS=${MODELS:-"smollm2-q4_1 smollm2-q8_0 smollm2-q4_k_m gemma3-q4_k_m"}
 
@@ -75,7 +79,7 @@ start_server() { # which file -> sets PID, START_NS
     START_NS=$(date +%s%N)
     if [ "$1" = realizar ]; then
         "$RZ" node --model "m=$2" --threads "$THREADS" --ctx "$CTX" --max-batch "$SLOTS" \
-            --kv-memory-mib 256 --port "$PORT" >"$OUT/server.log" 2>&1 &
+            --kv-memory-mib 256 --draft-max "$DRAFT_MAX" --port "$PORT" >"$OUT/server.log" 2>&1 &
     else
         "$LS" -m "$2" -t "$THREADS" -tb "$THREADS" -c $((CTX * SLOTS)) --parallel "$SLOTS" -cb \
             --host 127.0.0.1 --port "$PORT" >"$OUT/server.log" 2>&1 &
