@@ -393,3 +393,17 @@ pub fn promtool_check(file: &std::path::Path, text: &str) {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// What a node counts against its memory budget for catalog model `id`
+/// with a `kv_mib` KV pool (its file, the weights repacked on this CPU, the
+/// pool), in MiB: for tests whose budgets must hold one model and not two
+/// whether or not this CPU repacks.
+pub fn model_need_mib(id: &str, kv_mib: u64) -> u64 {
+    let s = Server::start(&["node", "--memory-budget-mib", "100000", "--threads", "1"]);
+    let r = s.post(
+        "/admin/models",
+        &serde_json::json!({"id": id, "path": id, "options": {"kv_memory_mib": kv_mib, "n_ctx": 512}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["bytes"].as_u64().expect("bytes") >> 20
+}
