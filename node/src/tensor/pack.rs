@@ -344,8 +344,9 @@ pub struct GemmAct {
 pub type GemmFn =
     unsafe fn(w: &[u8], panel_bytes: usize, nb: usize, a: &[&[GemmAct]], out: &mut [[f32; PANEL]]);
 
-/// The scalar twin of the AVX-512 kernels (the reference they are tested
-/// against, and what a CPU without VNNI would run).
+/// The scalar twin of the AVX-512 kernels: the reference they are tested
+/// against (models pack only where those kernels run; `matmul_packed`
+/// takes this one on other CPUs, for tests).
 pub fn gemm_scalar(
     kind: PackKind,
     w: &[u8],
