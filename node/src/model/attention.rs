@@ -334,9 +334,22 @@ pub(super) struct TileJob<'a> {
 /// Row `j` of a tile's keys or values (`data`), as f32.
 #[inline(always)]
 pub(super) fn load_row_into(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
-    let kv = job.kv;
-    let at = kv.at(job.table, job.layer, j, job.g * job.hd);
-    let n = job.hd * kv.ty.bytes();
+    kv_row(job.kv, job.table, job.layer, job.g, data, j, row)
+}
+
+/// Row `j` of KV head `g`'s keys or values (`data`) in `layer`, as f32.
+#[inline(always)]
+fn kv_row(
+    kv: &KvPool,
+    table: &[u32],
+    layer: usize,
+    g: usize,
+    data: &[u8],
+    j: usize,
+    row: &mut [f32],
+) {
+    let at = kv.at(table, layer, j, g * row.len());
+    let n = row.len() * kv.ty.bytes();
     dequantize(kv.ty.ggml(), &data[at..at + n], row).expect("whole rows");
 }
 
@@ -452,10 +465,7 @@ unsafe fn attend_avx2(job: &HeadJob, scores: &mut Vec<f32>, acc: &mut [f32], ml:
 /// Row `j` of the keys or values of `job`, as f32.
 #[inline(always)]
 fn load_row(job: &HeadJob, data: &[u8], j: usize, row: &mut [f32]) {
-    let kv = job.kv;
-    let at = kv.at(job.table, job.layer, j, job.g * job.hd);
-    let n = job.hd * kv.ty.bytes();
-    dequantize(kv.ty.ggml(), &data[at..at + n], row).expect("whole rows");
+    kv_row(job.kv, job.table, job.layer, job.g, data, j, row)
 }
 
 #[inline(always)]

@@ -308,7 +308,7 @@ fn prefer_row_kernel(k: &Kernel, nb: usize, n_vecs: usize) -> bool {
 }
 
 /// Most matrices one [`matmul_many`] dispatch takes.
-const MAX_MANY: usize = 8;
+pub(super) const MAX_MANY: usize = 8;
 
 /// Weight rows processed together before moving to the next group of
 /// columns: keeps a tile of weights in L2 while 4 activation columns stream.

@@ -30,7 +30,7 @@
 
 use super::act::{quantize_q8, quantize_q8k, Q8Block, Q8KBlock};
 use super::dequant::{f16_at, k_scales_mins, IQ4NL_VALUES, QK, QK_K};
-use super::matmul::{Matrix, OutPtr, Scratch, Simd};
+use super::matmul::{Matrix, OutPtr, Scratch, Simd, MAX_MANY};
 use super::pool::ThreadPool;
 use super::GgmlType;
 
@@ -461,16 +461,20 @@ pub(super) fn gemm_many(
     }
     let acts = &scratch.gemm[..n_vecs * nb];
     // Tasks are runs of panel pairs of one matrix.
-    let pairs: Vec<usize> = ws.iter().map(|w| w.rows.div_ceil(2 * PANEL)).collect();
+    // Fixed arrays, not vectors: this runs for every product of a decode step.
+    let mut pairs = [0usize; MAX_MANY];
+    let mut outs = [OutPtr(std::ptr::null_mut()); MAX_MANY];
+    for (m, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
+        pairs[m] = w.rows.div_ceil(2 * PANEL);
+        outs[m] = OutPtr(y.as_mut_ptr());
+    }
     let total: usize = pairs.iter().sum();
     let per = total.div_ceil(pool.n_threads() * 4).max(1);
-    let mut first = Vec::with_capacity(ws.len() + 1);
-    first.push(0usize);
-    for &p in &pairs {
-        first.push(first.last().unwrap() + p.div_ceil(per));
+    let mut first = [0usize; MAX_MANY + 1];
+    for m in 0..ws.len() {
+        first[m + 1] = first[m] + pairs[m].div_ceil(per);
     }
-    let outs: Vec<OutPtr> = ys.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
-    let n_tasks = *first.last().unwrap();
+    let n_tasks = first[ws.len()];
     pool.run(n_tasks, &|t| {
         let m = (0..ws.len())
             .rfind(|&m| first[m] <= t)
