@@ -10,12 +10,23 @@ mod common;
 use common::Server;
 use serde_json::{json, Value};
 
+/// ~300 tokens: with the prompt and the quote, spans cross several of
+/// attention's 64-position blocks, which decode splits across tasks and a
+/// verification step does not.
 const PASSAGE: &str = "The old lighthouse stood at the edge of the cliff, its white paint \
 peeling in long strips. Every evening the keeper climbed the spiral stairs, one hundred and \
 twelve of them, to light the lamp. Ships passing in the night saw its beam sweep across the \
 water and knew the rocks were near. In winter the wind howled through the cracks in the \
 windows, and the keeper wrapped himself in wool blankets. He kept a logbook of every ship he \
-saw, their names written in careful handwriting, page after page.";
+saw, their names written in careful handwriting, page after page. On Sundays his daughter \
+rowed out from the village with bread, apples and a jar of honey from her garden. She told him \
+about the harbour, the new school, and the fishermen who argued about the weather every \
+morning. He listened, nodding, and asked about the boats by name, because he knew them all by \
+the shape of their lights. One spring a storm broke the great lens, and for three nights the \
+coast was dark while he waited for the glass. The villagers lit fires along the headland \
+instead, and no ship was lost, and the keeper never forgot it. When the new lens arrived on a \
+cart pulled by two grey horses, he polished it for a whole day before he lit it. Years later, \
+when the light was automated and he moved to a cottage in the village, he still woke at dusk.";
 
 /// The chat completion's text and its tokens (from `logprobs`), asked to
 /// repeat the passage (or to answer `extra`'s own messages).
@@ -24,7 +35,7 @@ fn complete(s: &Server, model: &str, extra: Value) -> (String, Vec<String>) {
     let mut b = json!({
         "model": model,
         "messages": [{"role": "user", "content": ask}],
-        "max_tokens": 96,
+        "max_tokens": 320,
         "logprobs": true,
     });
     for (k, v) in extra.as_object().unwrap() {
@@ -74,7 +85,7 @@ fn quoting_a_passage_verifies_drafts_and_changes_no_token() {
             "{model}: greedy, {} tokens; {drafted} drafted, {accepted} accepted",
             plain.1.len()
         );
-        assert!(plain.1.len() > 40, "{model}: {:?}", plain.0);
+        assert!(plain.1.len() > 200, "{model}: {:?}", plain.0);
         assert_eq!(
             fast, plain,
             "{model}: speculation changed the greedy output"

@@ -11,48 +11,42 @@
 
 use std::arch::x86_64::*;
 
-use super::attention::{load_row_into, TileJob, LANES, MAX_HEAD_DIM};
+use std::ops::Range;
+
+use super::attention::{load_row_into, merge_weights, TileJob, BLOCK, LANES, MAX_HEAD_DIM};
 
 /// Key or value rows converted to f32 per step.
 const STEP: usize = 8;
 
 /// Softmax partials of a tile's rows (row `l` = token `l / n_heads`, head
-/// `l % n_heads`): `Σ e^(s − m) · v` in `acc` (rows of `hd`), `(m, l)` in
-/// `ml` — what [`super::attention`]'s other tile paths leave.
+/// `l % n_heads`) over the blocks `run`, merged block by block as
+/// [`merge_weights`] says: `Σ e^(s − m) · v` in `acc` (rows of `hd`),
+/// `(m, l)` in `ml` — what [`super::attention`]'s other kernels leave.
 ///
 /// # Safety
 /// AVX-512 F (and FMA); `job.toks.len() * job.n_heads <= LANES`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn attend_tile_avx512(
     job: &TileJob,
+    run: Range<usize>,
     scores: &mut Vec<f32>,
     acc: &mut [f32],
     ml: &mut [f32],
 ) {
-    let (hd, nh) = (job.hd, job.n_heads);
-    let rows = job.toks.len() * nh;
-    debug_assert!(rows <= LANES && hd <= MAX_HEAD_DIM);
-    let lo = job.toks.iter().map(|t| t.0).min().unwrap_or(0);
-    let hi = job.toks.iter().map(|t| t.1).max().unwrap_or(0);
-    let n = hi + 1 - lo;
-    // Each lane's span; unused lanes get an empty one.
-    let mut first = [i32::MAX; LANES];
-    let mut last = [i32::MIN; LANES];
+    debug_assert!(job.toks.len() * job.n_heads <= LANES && job.hd <= MAX_HEAD_DIM);
     TILE.with(|t| {
         let mut t = t.borrow_mut();
-        let Tile { qt, out, buf } = &mut *t;
-        tile(
-            job, scores, acc, ml, lo, n, &mut first, &mut last, qt, out, buf,
-        )
+        tile(job, run, scores, acc, ml, &mut t)
     })
 }
 
 /// Per-thread buffers of [`attend_tile_avx512`]: the transposed queries,
-/// the transposed value sums and the converted key or value rows, sized
-/// for the largest head once rather than set to zero on every call (a
-/// decode step calls it per layer and KV head).
+/// the transposed value sums (the block's and the merged ones) and the
+/// converted key or value rows, sized for the largest head once rather than
+/// set to zero on every call (a decode step calls it per layer and KV head).
 struct Tile {
     qt: Vec<[f32; LANES]>,
+    blk: Vec<[f32; LANES]>,
     out: Vec<[f32; LANES]>,
     buf: Vec<[f32; MAX_HEAD_DIM]>,
 }
@@ -60,116 +54,150 @@ struct Tile {
 thread_local! {
     static TILE: std::cell::RefCell<Tile> = std::cell::RefCell::new(Tile {
         qt: vec![[0.0; LANES]; MAX_HEAD_DIM],
+        blk: vec![[0.0; LANES]; MAX_HEAD_DIM],
         out: vec![[0.0; LANES]; MAX_HEAD_DIM],
         buf: vec![[0.0; MAX_HEAD_DIM]; STEP],
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn tile(
     job: &TileJob,
+    run: Range<usize>,
     scores: &mut Vec<f32>,
     acc: &mut [f32],
     ml: &mut [f32],
-    lo: usize,
-    n: usize,
-    first: &mut [i32; LANES],
-    last: &mut [i32; LANES],
-    qt: &mut [[f32; LANES]],
-    out: &mut [[f32; LANES]],
-    buf: &mut [[f32; MAX_HEAD_DIM]],
+    t: &mut Tile,
 ) {
     let (hd, nh) = (job.hd, job.n_heads);
     let rows = job.toks.len() * nh;
+    let Tile { qt, blk, out, buf } = t;
+    // Each lane's span; unused lanes get an empty one.
+    let mut first = [i32::MAX; LANES];
+    let mut last = [i32::MIN; LANES];
     // Queries transposed and scaled: qt[d][l] (unused lanes 0).
     qt[..hd].fill([0.0; LANES]);
     for (ti, &(f, p, q)) in job.toks.iter().enumerate() {
         for h in 0..nh {
             let l = ti * nh + h;
-            first[l] = (f - lo) as i32;
-            last[l] = (p - lo) as i32;
+            first[l] = f as i32;
+            last[l] = p as i32;
             for d in 0..hd {
                 qt[d][l] = q[h * hd + d] * job.scale;
             }
         }
     }
+    let lo = job.toks.iter().map(|t| t.0).min().unwrap_or(0);
+    let hi = job.toks.iter().map(|t| t.1).max().unwrap_or(0);
     let firstv = _mm512_loadu_si512(first.as_ptr() as *const _);
     let lastv = _mm512_loadu_si512(last.as_ptr() as *const _);
     let in_span = |j: usize| {
         let jv = _mm512_set1_epi32(j as i32);
         _mm512_cmple_epi32_mask(firstv, jv) & _mm512_cmpge_epi32_mask(lastv, jv)
     };
-    // Every score is written before it is read: grow, never clear.
-    if scores.len() < n * LANES {
-        scores.resize(n * LANES, 0.0);
-    }
-    let sp = scores.as_mut_ptr();
     let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut mx = neg_inf;
-    for j0 in (0..n).step_by(STEP) {
-        let m = (n - j0).min(STEP);
-        for jj in 0..m {
-            load_row_into(job, &job.kv.k, lo + j0 + jj, &mut buf[jj][..hd]);
-        }
-        let mut s = [_mm512_setzero_ps(); STEP];
-        for d in 0..hd {
-            let q = _mm512_loadu_ps(qt[d].as_ptr());
-            for jj in 0..STEP {
-                s[jj] = _mm512_fmadd_ps(q, _mm512_set1_ps(buf[jj][d]), s[jj]);
-            }
-        }
-        for jj in 0..m {
-            let v = _mm512_mask_mov_ps(neg_inf, in_span(j0 + jj), s[jj]);
-            mx = _mm512_max_ps(mx, v);
-            _mm512_storeu_ps(sp.add((j0 + jj) * LANES), v);
-        }
-    }
-    // e^(s − m), 0 outside the spans; a lane with no positions keeps m = −∞.
-    let mut sum = _mm512_setzero_ps();
-    for j in 0..n {
-        let v = _mm512_loadu_ps(sp.add(j * LANES));
-        let e = _mm512_maskz_mov_ps(in_span(j), exp_nonpositive(_mm512_sub_ps(v, mx)));
-        sum = _mm512_add_ps(sum, e);
-        _mm512_storeu_ps(sp.add(j * LANES), e);
-    }
-    // Σ_j p_j · v_j, transposed: out[d][l].
+    // Merged partials: m, l per lane, value sums transposed in `out`.
+    let mut m_run = [f32::NEG_INFINITY; LANES];
+    let mut l_run = [0f32; LANES];
     out[..hd].fill([0.0; LANES]);
-    for j0 in (0..n).step_by(STEP) {
-        let m = (n - j0).min(STEP);
-        for jj in 0..m {
-            load_row_into(job, &job.kv.v, lo + j0 + jj, &mut buf[jj][..hd]);
+    for b in run {
+        let j0 = lo.max(b * BLOCK);
+        let j1 = hi.min(b * BLOCK + BLOCK - 1);
+        if j0 > j1 {
+            continue;
         }
-        let p: [__m512; STEP] = std::array::from_fn(|jj| {
-            if jj < m {
-                _mm512_loadu_ps(sp.add((j0 + jj) * LANES))
-            } else {
-                _mm512_setzero_ps()
-            }
-        });
-        for d0 in (0..hd).step_by(16) {
-            let dn = (hd - d0).min(16);
-            let mut a = [_mm512_setzero_ps(); 16];
-            for dd in 0..dn {
-                a[dd] = _mm512_loadu_ps(out[d0 + dd].as_ptr());
-            }
+        let n = j1 + 1 - j0;
+        // Every score is written before it is read: grow, never clear.
+        if scores.len() < n * LANES {
+            scores.resize(n * LANES, 0.0);
+        }
+        let sp = scores.as_mut_ptr();
+        let mut mx = neg_inf;
+        for s0 in (0..n).step_by(STEP) {
+            let m = (n - s0).min(STEP);
             for jj in 0..m {
-                for dd in 0..dn {
-                    a[dd] = _mm512_fmadd_ps(p[jj], _mm512_set1_ps(buf[jj][d0 + dd]), a[dd]);
+                load_row_into(job, &job.kv.k, j0 + s0 + jj, &mut buf[jj][..hd]);
+            }
+            let mut s = [_mm512_setzero_ps(); STEP];
+            for d in 0..hd {
+                let q = _mm512_loadu_ps(qt[d].as_ptr());
+                for jj in 0..STEP {
+                    s[jj] = _mm512_fmadd_ps(q, _mm512_set1_ps(buf[jj][d]), s[jj]);
                 }
             }
-            for dd in 0..dn {
-                _mm512_storeu_ps(out[d0 + dd].as_mut_ptr(), a[dd]);
+            for jj in 0..m {
+                let v = _mm512_mask_mov_ps(neg_inf, in_span(j0 + s0 + jj), s[jj]);
+                mx = _mm512_max_ps(mx, v);
+                _mm512_storeu_ps(sp.add((s0 + jj) * LANES), v);
             }
         }
+        // e^(s − m), 0 outside the spans; a lane with no positions in the
+        // block keeps m = −∞ and is left as it was by the merge.
+        let mut sum = _mm512_setzero_ps();
+        for j in 0..n {
+            let v = _mm512_loadu_ps(sp.add(j * LANES));
+            let e = _mm512_maskz_mov_ps(in_span(j0 + j), exp_nonpositive(_mm512_sub_ps(v, mx)));
+            sum = _mm512_add_ps(sum, e);
+            _mm512_storeu_ps(sp.add(j * LANES), e);
+        }
+        // Σ_j p_j · v_j, transposed: blk[d][l].
+        blk[..hd].fill([0.0; LANES]);
+        for s0 in (0..n).step_by(STEP) {
+            let m = (n - s0).min(STEP);
+            for jj in 0..m {
+                load_row_into(job, &job.kv.v, j0 + s0 + jj, &mut buf[jj][..hd]);
+            }
+            let p: [__m512; STEP] = std::array::from_fn(|jj| {
+                if jj < m {
+                    _mm512_loadu_ps(sp.add((s0 + jj) * LANES))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            for d0 in (0..hd).step_by(16) {
+                let dn = (hd - d0).min(16);
+                let mut a = [_mm512_setzero_ps(); 16];
+                for dd in 0..dn {
+                    a[dd] = _mm512_loadu_ps(blk[d0 + dd].as_ptr());
+                }
+                for jj in 0..m {
+                    for dd in 0..dn {
+                        a[dd] = _mm512_fmadd_ps(p[jj], _mm512_set1_ps(buf[jj][d0 + dd]), a[dd]);
+                    }
+                }
+                for dd in 0..dn {
+                    _mm512_storeu_ps(blk[d0 + dd].as_mut_ptr(), a[dd]);
+                }
+            }
+        }
+        // Merge into the running partials, lane by lane as fold() does row
+        // by row: `a·wa + x·wb`, a lane without positions kept as it was.
+        let mut mb = [0f32; LANES];
+        let mut lb = [0f32; LANES];
+        _mm512_storeu_ps(mb.as_mut_ptr(), mx);
+        _mm512_storeu_ps(lb.as_mut_ptr(), sum);
+        let mut wa = [1f32; LANES];
+        let mut wb = [0f32; LANES];
+        let mut keep: __mmask16 = 0;
+        for l in 0..rows {
+            match merge_weights(m_run[l], l_run[l], mb[l], lb[l]) {
+                Some([m, s, a, b]) => {
+                    (m_run[l], l_run[l], wa[l], wb[l]) = (m, s, a, b);
+                }
+                None => keep |= 1 << l,
+            }
+        }
+        let (wa, wb) = (_mm512_loadu_ps(wa.as_ptr()), _mm512_loadu_ps(wb.as_ptr()));
+        for d in 0..hd {
+            let a = _mm512_loadu_ps(out[d].as_ptr());
+            let x = _mm512_loadu_ps(blk[d].as_ptr());
+            let merged = _mm512_add_ps(_mm512_mul_ps(a, wa), _mm512_mul_ps(x, wb));
+            _mm512_storeu_ps(out[d].as_mut_ptr(), _mm512_mask_blend_ps(keep, merged, a));
+        }
     }
-    let mut m_l = [0f32; LANES];
-    let mut l_l = [0f32; LANES];
-    _mm512_storeu_ps(m_l.as_mut_ptr(), mx);
-    _mm512_storeu_ps(l_l.as_mut_ptr(), sum);
     for l in 0..rows {
-        ml[2 * l] = m_l[l];
-        ml[2 * l + 1] = l_l[l];
+        ml[2 * l] = m_run[l];
+        ml[2 * l + 1] = l_run[l];
         for d in 0..hd {
             acc[l * hd + d] = out[d][l];
         }

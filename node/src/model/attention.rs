@@ -1,9 +1,20 @@
 //! Causal grouped-query attention over the paged KV pool (f32 or f16) for a
 //! batch of sequences, optionally limited to a sliding window; pool tasks
 //! per (tile of tokens, KV head), per (token, query head), or per chunk of
-//! positions at decode (see [`attention`]). Key dots
-//! use the matmul kernels of the cache's element type, so f16 keys are
-//! converted in registers (F16C) rather than copied.
+//! a span at decode (see [`attention`]). Key dots use the matmul kernels of
+//! the cache's element type, so f16 keys are converted in registers (F16C)
+//! rather than copied.
+//!
+//! Every path cuts a row's span at the same absolute positions (multiples
+//! of [`BLOCK`]) and merges the blocks' softmax partials in position order
+//! with one function ([`fold`]), and the kernels compute a row's partials
+//! independently of the other rows of their tile. So a row's bits depend
+//! only on its query and its span — not on the batch, the tile, the path or
+//! how many tasks its span was split over: a prompt prefilled in one batch,
+//! resumed from the prefix cache, decoded beside others or verified as a
+//! speculative draft gives what plain decoding gives.
+
+use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 use super::attend_avx512::attend_tile_avx512;
@@ -38,8 +49,9 @@ pub struct AttentionShape {
 
 /// Largest head the row buffers take.
 pub(super) const MAX_HEAD_DIM: usize = 512;
-/// Fewest positions per chunk when a span is split across tasks.
-const MIN_CHUNK: usize = 64;
+/// Positions per softmax block: block `b` holds positions `b·BLOCK ..
+/// (b + 1)·BLOCK`, whatever the span, tile or task.
+pub(super) const BLOCK: usize = 64;
 /// Most rows (token × query head) of an AVX-512 attention tile: its lanes.
 pub(super) const LANES: usize = 16;
 /// Most tokens of one sequence per task when there are many tokens.
@@ -50,19 +62,79 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The tile kernel of the detected SIMD level.
+#[derive(Clone, Copy, PartialEq)]
+enum Kernel {
+    /// Rows in the 16 lanes of AVX-512 ([`attend_tile_avx512`]).
+    Lanes,
+    Avx2,
+    Scalar,
+}
+
+impl Kernel {
+    fn pick(simd: Simd, group: usize) -> Kernel {
+        if cfg!(target_arch = "x86_64") && simd.is_avx512() && group <= LANES {
+            Kernel::Lanes
+        } else if simd.is_avx2() {
+            Kernel::Avx2
+        } else {
+            Kernel::Scalar
+        }
+    }
+
+    /// Softmax partials of `job`'s rows over the blocks `run` (each
+    /// token's span cut to them), merged block by block in position order
+    /// with [`merge_weights`]: `Σ e^(s − m)·v` into `acc` (rows of `hd`),
+    /// `(m, l)` pairs into `ml`. Every row is written.
+    fn run(self, job: &TileJob, run: Range<usize>, acc: &mut [f32], ml: &mut [f32]) {
+        SCORES.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            #[cfg(target_arch = "x86_64")]
+            if self == Kernel::Lanes {
+                // SAFETY: `Lanes` means detect() saw AVX-512 F (and AVX2, FMA,
+                // F16C) and a group of at most LANES heads; callers tile at most
+                // LANES rows for it.
+                return unsafe { attend_tile_avx512(job, run, &mut buf, acc, ml) };
+            }
+            let rows = job.toks.len() * job.n_heads;
+            acc[..rows * job.hd].fill(0.0);
+            for p in ml[..2 * rows].chunks_exact_mut(2) {
+                (p[0], p[1]) = (f32::NEG_INFINITY, 0.0);
+            }
+            each_block(job, run, |b, row0, ab, mlb| {
+                #[cfg(target_arch = "x86_64")]
+                if self == Kernel::Avx2 {
+                    // SAFETY: `Avx2` means detect() saw AVX2, FMA and F16C.
+                    unsafe { attend_tile_avx2(b, &mut buf, ab, mlb) };
+                } else {
+                    attend_tile::<false>(b, &mut buf, ab, mlb);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                attend_tile::<false>(b, &mut buf, ab, mlb);
+                fold(
+                    &mut acc[row0 * job.hd..],
+                    &mut ml[2 * row0..],
+                    ab,
+                    mlb,
+                    job.hd,
+                );
+            });
+        })
+    }
+}
+
 /// `q` holds the queries of every token of the step (`tok_seq[i]` is token
 /// i's sequence in `seqs`, `tok_pos[i]` its position); the pool already holds
 /// their keys and values. Writes `T × n_head × head_dim` values to `out`.
 ///
-/// One task per (tile of up to four consecutive tokens of a sequence, KV
-/// head) when there are enough (token, KV head) pairs: each key and value
-/// row is converted to f32 once and used by every query head of the group
-/// for every token of the tile. With few tokens (decode) and spans of 128 positions or more, each
-/// (token, KV head) span is split into chunks of at least 64 positions, one
-/// task per chunk for the whole group, and the chunks' softmax partials
-/// (max, sum, unnormalised value sum) are merged afterwards, so both threads
-/// have work and each row is still read once per group. Short decode spans
-/// take one task per (token, query head).
+/// One task per (tile of consecutive tokens of a sequence, KV head) when
+/// there are enough (token, KV head) pairs: each key and value row is
+/// converted to f32 once and used by every query head of the group for
+/// every token of the tile. With few pairs (decode) and spans of two blocks
+/// or more, each (token, KV head) span is split into runs of blocks, one
+/// task per run for the whole group, so both threads have work and each row
+/// is still read once per group. Short decode spans take one task per
+/// (token, KV head) on the lanes kernel, else per (token, query head).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
@@ -87,239 +159,208 @@ pub fn attention(
         let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         (first, pos)
     };
-    let avx2 = simd.is_avx2();
-    // The row-parallel AVX-512 kernel serves every path when it can, so a
-    // row's result does not depend on which path or tile it ran in (its
-    // lanes are independent and positions outside a row's span add exact
-    // zeros): a prompt prefilled in one batch, resumed from the prefix
-    // cache or decoded beside others gives the same bits.
-    #[cfg(target_arch = "x86_64")]
-    let lanes = simd.is_avx512() && group <= LANES;
-    #[cfg(not(target_arch = "x86_64"))]
-    let lanes = false;
-    // Token i's queries of KV head g's group against positions
-    // `first..=last` into (`acc`, `ml`), on the detected path.
-    let attend_group =
-        |i: usize, g: usize, first: usize, last: usize, acc: &mut [f32], ml: &mut [f32]| {
-            let h0 = g * group;
-            let qg = &q[i * q_dim + h0 * hd..i * q_dim + (h0 + group) * hd];
-            #[cfg(target_arch = "x86_64")]
-            if lanes {
-                let toks = [(first, last, qg)];
-                let job = TileJob {
-                    kv,
-                    table: seqs[tok_seq[i] as usize].table,
-                    layer,
-                    g,
-                    toks: &toks,
-                    n_heads: group,
-                    hd,
-                    scale: s.scale,
-                };
-                // SAFETY: `lanes` means detect() saw AVX-512 F (and AVX2, FMA,
-                // F16C); one token's group is at most LANES rows.
-                SCORES.with(|buf| unsafe {
-                    attend_tile_avx512(&job, &mut buf.borrow_mut(), acc, ml)
-                });
-                return;
-            }
-            let job = HeadJob {
-                kv,
-                table: seqs[tok_seq[i] as usize].table,
-                layer,
-                g,
-                first,
-                pos: last,
-                q: qg,
-                n_heads: group,
-                hd,
-                scale: s.scale,
-            };
-            run_attend(&job, avx2, acc, ml);
-        };
+    let blocks = |i: usize| {
+        let (first, pos) = span(i);
+        first / BLOCK..pos / BLOCK + 1
+    };
+    let kernel = Kernel::pick(simd, group);
+    let base = TileJob {
+        kv,
+        table: &[],
+        layer,
+        g: 0,
+        toks: &[],
+        n_heads: group,
+        hd,
+        scale: s.scale,
+    };
     let o = Out(out.as_mut_ptr());
-    // Few (token, KV head) pairs — decode — and long enough spans: split
-    // each span into chunks, every task one chunk for the whole group, so a
-    // key or value row is read once per group instead of once per query
-    // head; the chunks' softmax partials are merged afterwards.
     let pairs = t * s.n_head_kv;
-    let longest = (0..t).map(|i| span(i).1 + 1 - span(i).0).max().unwrap_or(0);
+    let most = (0..t).map(|i| blocks(i).len()).max().unwrap_or(0);
     let chunks = if pairs >= 4 * threads || group == 1 {
         1
     } else {
-        (4 * threads).div_ceil(pairs).min(longest / MIN_CHUNK)
+        (4 * threads).div_ceil(pairs).min(most)
     };
     if chunks >= 2 {
+        // Decode: each (token, KV head) span in `chunks` runs of blocks, a
+        // task per run; every block's partials kept apart, then folded in
+        // position order as a single task would have.
         let stride = group * (hd + 2);
-        let mut partial = vec![0f32; pairs * chunks * stride];
+        let mut partial = vec![0f32; pairs * most * stride];
         let p = Out(partial.as_mut_ptr());
         pool.run(pairs * chunks, &|task| {
             let (pair, c) = (task / chunks, task % chunks);
             let (i, g) = (pair / s.n_head_kv, pair % s.n_head_kv);
+            let b = blocks(i);
+            let n = b.len();
+            let run = b.start + n * c / chunks..b.start + n * (c + 1) / chunks;
             let (first, pos) = span(i);
-            let n = pos + 1 - first;
-            let (c0, c1) = (first + n * c / chunks, first + n * (c + 1) / chunks);
-            // SAFETY: task (pair, c) owns its stride of `partial`.
-            let part = unsafe { p.slice(task * stride, stride) };
-            if c0 == c1 {
-                part.iter_mut().for_each(|v| *v = 0.0);
-                part[group * hd..]
-                    .iter_mut()
-                    .step_by(2)
-                    .for_each(|m| *m = f32::NEG_INFINITY);
-                return;
+            let toks = [(first, pos, &q[i * q_dim + g * group * hd..][..group * hd])];
+            let job = TileJob {
+                table: seqs[tok_seq[i] as usize].table,
+                g,
+                toks: &toks,
+                ..base
+            };
+            for blk in run {
+                // SAFETY: task (pair, c) alone computes the blocks of its run.
+                let slot = unsafe { p.slice((pair * most + blk - b.start) * stride, stride) };
+                let (acc, ml) = slot.split_at_mut(group * hd);
+                kernel.run(&job, blk..blk + 1, acc, ml);
             }
-            let (acc, ml) = part.split_at_mut(group * hd);
-            attend_group(i, g, c0, c1 - 1, acc, ml);
         });
-        // Merge: out = Σ_c e^(m_c − M) acc_c / Σ_c e^(m_c − M) l_c.
         for pair in 0..pairs {
             let (i, g) = (pair / s.n_head_kv, pair % s.n_head_kv);
-            for hh in 0..group {
-                let h = g * group + hh;
-                let part = |c: usize| &partial[(pair * chunks + c) * stride..][..stride];
-                let m = (0..chunks)
-                    .map(|c| part(c)[group * hd + 2 * hh])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                // SAFETY: the tasks are done; each (token, head) slice is written once here.
-                let dst = unsafe { o.slice(i * q_dim + h * hd, hd) };
-                dst.iter_mut().for_each(|v| *v = 0.0);
-                let mut l = 0f32;
-                for c in 0..chunks {
-                    let pc = part(c);
-                    let w = (pc[group * hd + 2 * hh] - m).exp();
-                    l += w * pc[group * hd + 2 * hh + 1];
-                    for (d, &a) in dst.iter_mut().zip(&pc[hh * hd..(hh + 1) * hd]) {
-                        *d += w * a;
-                    }
-                }
-                let inv = 1.0 / l;
-                dst.iter_mut().for_each(|v| *v *= inv);
-            }
-        }
-        return;
-    }
-    if pairs >= 4 * threads {
-        // Tiles of up to QUERY_TILE consecutive tokens of one sequence: each
-        // task reads a key or value row once for the tile's tokens and the
-        // group's heads. With AVX-512 a tile fills the 16 lanes of the
-        // row-parallel kernel instead.
-        let tile_tokens = if lanes { LANES / group } else { QUERY_TILE };
-        let mut tiles: Vec<(usize, usize)> = Vec::new();
-        for i in 0..t {
-            match tiles.last_mut() {
-                Some((i0, n))
-                    if *n < tile_tokens
-                        && tok_seq[*i0] == tok_seq[i]
-                        && tok_pos[*i0 + *n - 1] + 1 == tok_pos[i] =>
-                {
-                    *n += 1
-                }
-                _ => tiles.push((i, 1)),
-            }
-        }
-        pool.run(tiles.len() * s.n_head_kv, &|task| {
-            let ((i0, nt), g) = (tiles[task / s.n_head_kv], task % s.n_head_kv);
-            let h0 = g * group;
-            let mut toks = [(0, 0, &q[..0]); LANES];
-            for (ti, tk) in toks.iter_mut().enumerate().take(nt) {
-                let i = i0 + ti;
-                let (first, pos) = span(i);
-                *tk = (
-                    first,
-                    pos,
-                    &q[i * q_dim + h0 * hd..i * q_dim + (h0 + group) * hd],
-                );
-            }
-            let job = TileJob {
-                kv,
-                table: seqs[tok_seq[i0] as usize].table,
-                layer,
-                g,
-                toks: &toks[..nt],
-                n_heads: group,
-                hd,
-                scale: s.scale,
-            };
-            let mut acc = vec![0f32; nt * group * hd];
-            let mut ml = vec![0f32; 2 * nt * group];
-            SCORES.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                #[cfg(target_arch = "x86_64")]
-                if lanes {
-                    // SAFETY: `simd.is_avx512()` means detect() saw AVX-512 F
-                    // (and AVX2, FMA, F16C); the tile has at most LANES rows.
-                    unsafe { attend_tile_avx512(&job, &mut buf, &mut acc, &mut ml) };
-                    return;
-                }
-                #[cfg(target_arch = "x86_64")]
-                if avx2 {
-                    // SAFETY: `simd.is_avx2()` means detect() saw AVX2, FMA and F16C.
-                    unsafe { attend_tile_avx2(&job, &mut buf, &mut acc, &mut ml) };
-                    return;
-                }
-                attend_tile::<false>(&job, &mut buf, &mut acc, &mut ml);
-            });
-            for ti in 0..nt {
-                // SAFETY: task (tile, g) owns heads h0..h0 + group of its tokens in `out`.
-                let dst = unsafe { o.slice((i0 + ti) * q_dim + h0 * hd, group * hd) };
-                for (h, d) in dst.chunks_exact_mut(hd).enumerate() {
-                    let k = ti * group + h;
-                    let inv = 1.0 / ml[2 * k + 1];
-                    for (o, &a) in d.iter_mut().zip(&acc[k * hd..(k + 1) * hd]) {
-                        *o = a * inv;
-                    }
-                }
-            }
-        });
-        return;
-    }
-    // Short decode spans: one task per (token, KV head) on the lanes,
-    // else per (token, query head).
-    if lanes {
-        pool.run(t * s.n_head_kv, &|task| {
-            let (i, g) = (task / s.n_head_kv, task % s.n_head_kv);
-            let (first, pos) = span(i);
-            let mut acc = vec![0f32; group * hd];
-            let mut ml = [0f32; 2 * LANES];
-            attend_group(i, g, first, pos, &mut acc, &mut ml[..2 * group]);
-            // SAFETY: task (i, g) owns heads g·group .. (g + 1)·group of token i.
+            // SAFETY: the tasks are done; each (token, group) slice is written once here.
             let dst = unsafe { o.slice(i * q_dim + g * group * hd, group * hd) };
-            for (h, d) in dst.chunks_exact_mut(hd).enumerate() {
-                let inv = 1.0 / ml[2 * h + 1];
-                for (o, &a) in d.iter_mut().zip(&acc[h * hd..(h + 1) * hd]) {
-                    *o = a * inv;
-                }
+            dst.fill(0.0);
+            let mut ml = vec![f32::NEG_INFINITY; 2 * group];
+            for blk in 0..blocks(i).len() {
+                let slot = &partial[(pair * most + blk) * stride..][..stride];
+                fold(dst, &mut ml, &slot[..group * hd], &slot[group * hd..], hd);
             }
-        });
+            normalise(dst, &ml, hd);
+        }
         return;
     }
-    pool.run(t * s.n_head, &|task| {
-        let (i, h0) = (task / s.n_head, task % s.n_head);
-        let (first, pos) = span(i);
-        let job = HeadJob {
-            kv,
-            table: seqs[tok_seq[i] as usize].table,
-            layer,
+    // Tiles of consecutive tokens of one sequence: up to QUERY_TILE (or a
+    // lanes kernel's worth) when there are many tokens, one each at decode.
+    // Each task reads a key or value row once for its tile's rows.
+    let many = pairs >= 4 * threads;
+    let per_head = !many && kernel != Kernel::Lanes;
+    let tile_tokens = match (many, kernel) {
+        (true, Kernel::Lanes) => LANES / group,
+        (true, _) => QUERY_TILE,
+        (false, _) => 1,
+    };
+    let mut tiles: Vec<(usize, usize)> = Vec::new();
+    for i in 0..t {
+        match tiles.last_mut() {
+            Some((i0, n))
+                if *n < tile_tokens
+                    && tok_seq[*i0] == tok_seq[i]
+                    && tok_pos[*i0 + *n - 1] + 1 == tok_pos[i] =>
+            {
+                *n += 1
+            }
+            _ => tiles.push((i, 1)),
+        }
+    }
+    // Per task: a KV head's group of query heads, or (short decode spans
+    // off the lanes kernel) one query head, so the threads have work.
+    let (units, nh) = if per_head {
+        (s.n_head, 1)
+    } else {
+        (s.n_head_kv, group)
+    };
+    pool.run(tiles.len() * units, &|task| {
+        let ((i0, nt), u) = (tiles[task / units], task % units);
+        let h0 = u * nh;
+        let mut toks = [(0, 0, &q[..0]); LANES];
+        for (ti, tk) in toks.iter_mut().enumerate().take(nt) {
+            let (first, pos) = span(i0 + ti);
+            *tk = (first, pos, &q[(i0 + ti) * q_dim + h0 * hd..][..nh * hd]);
+        }
+        let job = TileJob {
+            table: seqs[tok_seq[i0] as usize].table,
             g: h0 / group,
-            first,
-            pos,
-            q: &q[i * q_dim + h0 * hd..i * q_dim + (h0 + 1) * hd],
-            n_heads: 1,
-            hd,
-            scale: s.scale,
+            toks: &toks[..nt],
+            n_heads: nh,
+            ..base
         };
-        // SAFETY: task (i, h0) owns head h0 of token i in `out`.
-        let dst = unsafe { o.slice(i * q_dim + h0 * hd, hd) };
-        let mut ml = [0f32; 2];
-        run_attend(&job, avx2, dst, &mut ml);
-        let inv = 1.0 / ml[1];
-        dst.iter_mut().for_each(|v| *v *= inv);
+        let rows = nt * nh;
+        let mut acc = vec![0f32; rows * hd];
+        let mut ml = vec![0f32; 2 * rows];
+        let run = toks[0].0 / BLOCK..toks[nt - 1].1 / BLOCK + 1;
+        kernel.run(&job, run, &mut acc, &mut ml);
+        for ti in 0..nt {
+            // SAFETY: task (tile, unit) owns heads h0..h0 + nh of its tokens in `out`.
+            let dst = unsafe { o.slice((i0 + ti) * q_dim + h0 * hd, nh * hd) };
+            dst.copy_from_slice(&acc[ti * nh * hd..(ti + 1) * nh * hd]);
+            normalise(dst, &ml[2 * ti * nh..2 * (ti + 1) * nh], hd);
+        }
     });
+}
+
+/// `job` cut to each block of `run` in turn (each token's span cut to the
+/// block, tokens that miss it left out): `block(cut job, first row, acc,
+/// ml)` with buffers sized for the cut job's rows.
+fn each_block(
+    job: &TileJob,
+    run: Range<usize>,
+    mut block: impl FnMut(&TileJob, usize, &mut [f32], &mut [f32]),
+) {
+    let (hd, nh) = (job.hd, job.n_heads);
+    let nt = job.toks.len();
+    let mut acc = vec![0f32; nt * nh * hd];
+    let mut ml = vec![0f32; 2 * nt * nh];
+    for b in run {
+        let (lo, hi) = (b * BLOCK, b * BLOCK + BLOCK - 1);
+        // The tokens of a tile have rising spans: those that meet the block
+        // are consecutive.
+        let Some(a) = job.toks.iter().position(|t| t.0 <= hi && t.1 >= lo) else {
+            continue;
+        };
+        let mut cut = [(0, 0, &[][..]); QUERY_TILE];
+        let mut n = 0;
+        for &(first, pos, q) in job.toks[a..].iter().take_while(|t| t.0 <= hi && t.1 >= lo) {
+            cut[n] = (first.max(lo), pos.min(hi), q);
+            n += 1;
+        }
+        let rows = n * nh;
+        let job = TileJob {
+            toks: &cut[..n],
+            ..*job
+        };
+        block(&job, a * nh, &mut acc[..rows * hd], &mut ml[..2 * rows]);
+    }
+}
+
+/// How a block's softmax partials `(mb, lb)` of a row merge into its
+/// running `(m, l)` (`m` = −∞ before the first): the merged `(m, l)` and the
+/// weights of the running and the block's value sums, each sum becoming
+/// `a·wa + x·wb` (a product each, then a sum: no fused step). None where the
+/// block holds no position of the row. Every path merges with this, in
+/// position order: its rounding is part of a row's result.
+#[inline(always)]
+pub(super) fn merge_weights(m: f32, l: f32, mb: f32, lb: f32) -> Option<[f32; 4]> {
+    if mb == f32::NEG_INFINITY {
+        return None;
+    }
+    if m == f32::NEG_INFINITY {
+        return Some([mb, lb, 0.0, 1.0]);
+    }
+    let mx = m.max(mb);
+    let (wa, wb) = ((m - mx).exp(), (mb - mx).exp());
+    Some([mx, l * wa + lb * wb, wa, wb])
+}
+
+/// Merges a block's partials (`ab`: rows of `hd`; `mlb`: `(m, l)` pairs)
+/// into the running ones of the same rows.
+fn fold(acc: &mut [f32], ml: &mut [f32], ab: &[f32], mlb: &[f32], hd: usize) {
+    for (r, p) in mlb.chunks_exact(2).enumerate() {
+        let Some([m, l, wa, wb]) = merge_weights(ml[2 * r], ml[2 * r + 1], p[0], p[1]) else {
+            continue;
+        };
+        (ml[2 * r], ml[2 * r + 1]) = (m, l);
+        for (a, &x) in acc[r * hd..(r + 1) * hd].iter_mut().zip(&ab[r * hd..]) {
+            *a = *a * wa + x * wb;
+        }
+    }
+}
+
+/// Rows of unnormalised value sums divided by their `l`.
+fn normalise(rows: &mut [f32], ml: &[f32], hd: usize) {
+    for (row, p) in rows.chunks_exact_mut(hd).zip(ml.chunks_exact(2)) {
+        let inv = 1.0 / p[1];
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
 }
 
 /// Consecutive tokens of one sequence (`toks`: first and last position
 /// attended, and the group's queries) against KV head `g`.
+#[derive(Clone, Copy)]
 pub(super) struct TileJob<'a> {
     pub kv: &'a KvPool,
     pub table: &'a [u32],
@@ -359,7 +400,7 @@ unsafe fn attend_tile_avx2(job: &TileJob, scores: &mut Vec<f32>, acc: &mut [f32]
     attend_tile::<true>(job, scores, acc, ml)
 }
 
-/// [`attend`] for a tile of tokens: every key and value row of the tiles'
+/// Softmax partials of a tile of tokens: every key and value row of the tiles'
 /// spans is loaded once; (token `ti`, head `h`) is entry `ti · n_heads + h`
 /// of `acc` (rows of `hd`) and of `ml` (pairs).
 #[inline(always)]
@@ -376,22 +417,10 @@ fn attend_tile<const F: bool>(
     let rows = job.toks.len() * nh;
     scores.clear();
     scores.resize(rows * n, 0.0);
-    let head = HeadJob {
-        kv: job.kv,
-        table: job.table,
-        layer: job.layer,
-        g: job.g,
-        first: lo,
-        pos: hi,
-        q: &[],
-        n_heads: nh,
-        hd,
-        scale: job.scale,
-    };
     let mut row = [0f32; MAX_HEAD_DIM];
     let row = &mut row[..hd];
     for j in lo..=hi {
-        load_row(&head, &job.kv.k, j, row);
+        load_row_into(job, &job.kv.k, j, row);
         for (ti, &(first, pos, q)) in job.toks.iter().enumerate() {
             if j < first || j > pos {
                 continue;
@@ -411,7 +440,7 @@ fn attend_tile<const F: bool>(
     }
     acc[..rows * hd].iter_mut().for_each(|v| *v = 0.0);
     for j in lo..=hi {
-        load_row(&head, &job.kv.v, j, row);
+        load_row_into(job, &job.kv.v, j, row);
         for (ti, &(first, pos, _)) in job.toks.iter().enumerate() {
             if j < first || j > pos {
                 continue;
@@ -425,47 +454,6 @@ fn attend_tile<const F: bool>(
             }
         }
     }
-}
-
-/// [`attend`] on the detected SIMD level with this thread's scores buffer.
-fn run_attend(job: &HeadJob, avx2: bool, acc: &mut [f32], ml: &mut [f32]) {
-    SCORES.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: `simd.is_avx2()` means detect() saw AVX2, FMA and F16C.
-            unsafe { attend_avx2(job, &mut buf, acc, ml) };
-            return;
-        }
-        let _ = avx2;
-        attend::<false>(job, &mut buf, acc, ml);
-    });
-}
-
-/// Consecutive query heads of one token that share KV head `g`.
-struct HeadJob<'a> {
-    kv: &'a KvPool,
-    table: &'a [u32],
-    layer: usize,
-    g: usize,
-    first: usize,
-    pos: usize,
-    q: &'a [f32],
-    n_heads: usize,
-    hd: usize,
-    scale: f32,
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2(job: &HeadJob, scores: &mut Vec<f32>, acc: &mut [f32], ml: &mut [f32]) {
-    attend::<true>(job, scores, acc, ml)
-}
-
-/// Row `j` of the keys or values of `job`, as f32.
-#[inline(always)]
-fn load_row(job: &HeadJob, data: &[u8], j: usize, row: &mut [f32]) {
-    kv_row(job.kv, job.table, job.layer, job.g, data, j, row)
 }
 
 #[inline(always)]
@@ -499,38 +487,6 @@ fn softmax_partial<const F: bool>(sc: &mut [f32]) -> (f32, f32) {
         }
     }
     (m, l8.iter().sum())
-}
-
-/// Softmax partials of `job`'s heads over positions `first..=pos`: per head
-/// the largest score `m` and `l = Σ e^(s − m)` in `ml` (pairs), and
-/// `Σ e^(s − m) · v` in `acc` (unnormalised).
-#[inline(always)]
-fn attend<const F: bool>(job: &HeadJob, scores: &mut Vec<f32>, acc: &mut [f32], ml: &mut [f32]) {
-    let (hd, nh) = (job.hd, job.n_heads);
-    let n = job.pos + 1 - job.first;
-    scores.clear();
-    scores.resize(nh * n, 0.0);
-    let mut row = [0f32; MAX_HEAD_DIM];
-    let row = &mut row[..hd];
-    for (jj, j) in (job.first..=job.pos).enumerate() {
-        load_row(job, &job.kv.k, j, row);
-        for h in 0..nh {
-            scores[h * n + jj] = dot8(&job.q[h * hd..(h + 1) * hd], row) * job.scale;
-        }
-    }
-    for h in 0..nh {
-        (ml[2 * h], ml[2 * h + 1]) = softmax_partial::<F>(&mut scores[h * n..(h + 1) * n]);
-    }
-    acc[..nh * hd].iter_mut().for_each(|v| *v = 0.0);
-    for (jj, j) in (job.first..=job.pos).enumerate() {
-        load_row(job, &job.kv.v, j, row);
-        for h in 0..nh {
-            let p = scores[h * n + jj];
-            for (d, &v) in acc[h * hd..(h + 1) * hd].iter_mut().zip(row.iter()) {
-                *d = madd::<F>(p, v, *d);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -646,6 +602,58 @@ mod tests {
                                 }
                             }
                         }
+                    }
+                }
+                // A row's bits do not depend on its batch: each token of a
+                // 20-token step (tiles) against itself alone (a decode step,
+                // split across tasks) and in a pair (short tiles).
+                let positions: Vec<u32> = (640..660).collect();
+                let t = positions.len();
+                let q: Vec<f32> = (0..t * n_head * hd).map(|_| rnd()).collect();
+                let tokens = vec![0u32; t];
+                let seqs = [SeqStep {
+                    tokens: &tokens,
+                    pos0: 0,
+                    table: &table,
+                    logits: Logits::None,
+                }];
+                let shape = AttentionShape {
+                    n_head,
+                    n_head_kv,
+                    head_dim: hd,
+                    scale: 0.125,
+                    window,
+                };
+                let row = n_head * hd;
+                for simd in [Simd::detect(), Simd::SCALAR] {
+                    let run = |first: usize, n: usize| {
+                        let mut out = vec![0f32; n * row];
+                        attention(
+                            &threads,
+                            simd,
+                            &pool,
+                            0,
+                            &seqs,
+                            &vec![0u32; n],
+                            &positions[first..first + n],
+                            &q[first * row..(first + n) * row],
+                            &shape,
+                            &mut out,
+                        );
+                        out
+                    };
+                    let all = run(0, t);
+                    for i in 0..t {
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        let want = bits(&all[i * row..(i + 1) * row]);
+                        assert_eq!(bits(&run(i, 1)), want, "{window:?} token {i} alone");
+                        let pair = run(i.min(t - 2), 2);
+                        let k = i - i.min(t - 2);
+                        assert_eq!(
+                            bits(&pair[k * row..(k + 1) * row]),
+                            want,
+                            "{window:?} token {i} in a pair"
+                        );
                     }
                 }
             }
