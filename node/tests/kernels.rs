@@ -463,3 +463,91 @@ fn packed_weights_agree_with_the_row_kernels() {
         "packed formats × shapes × SIMD levels"
     );
 }
+
+/// Packed matrices of different formats whose activations are quantized
+/// alike (Q5_0 query beside a Q8_0 value, as in Q4_K_M files whose widths
+/// rule out K-quants; Q4_K beside Q6_K) go out in one dispatch, each
+/// product bit for bit what it is alone.
+#[test]
+fn mixed_packed_formats_share_one_dispatch_and_change_no_bit() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(91);
+    let simd = Simd::detect();
+    for (types, cols) in [
+        (
+            vec![
+                GgmlType::Q5_0,
+                GgmlType::Q8_0,
+                GgmlType::Q4_1,
+                GgmlType::IQ4_NL,
+            ],
+            96,
+        ),
+        (vec![GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_K], 512),
+    ] {
+        let n = 3;
+        let rows = [48, 16, 40, 32];
+        let ws: Vec<Vec<u8>> = types
+            .iter()
+            .zip(rows)
+            .map(|(&t, r)| weights(t, r, cols, &mut rng))
+            .collect();
+        let packed: Vec<_> = types
+            .iter()
+            .zip(rows)
+            .zip(&ws)
+            .map(|((&t, r), w)| realizar_node::tensor::pack(&Matrix::new(t, r, cols, w).unwrap()))
+            .collect();
+        let ms: Vec<Matrix> = types
+            .iter()
+            .zip(rows)
+            .zip(&ws)
+            .zip(&packed)
+            .map(|(((&t, r), w), p)| Matrix::new(t, r, cols, w).unwrap().with_packed(p.as_ref()))
+            .collect();
+        let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
+        let alone: Vec<Vec<f32>> = ms
+            .iter()
+            .map(|m| {
+                let mut y = vec![0f32; m.rows * n];
+                realizar_node::tensor::matmul(
+                    &pool,
+                    simd,
+                    m,
+                    &x,
+                    n,
+                    &mut y,
+                    &mut Scratch::default(),
+                )
+                .unwrap();
+                y
+            })
+            .collect();
+        let mut ys: Vec<Vec<f32>> = ms.iter().map(|m| vec![0f32; m.rows * n]).collect();
+        let before = pool.stats().dispatches;
+        let refs: Vec<&Matrix> = ms.iter().collect();
+        let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+        realizar_node::tensor::matmul_many(
+            &pool,
+            simd,
+            &refs,
+            &x,
+            n,
+            &mut outs,
+            &mut Scratch::default(),
+        )
+        .unwrap();
+        let dispatches = pool.stats().dispatches - before;
+        // Without AVX-512 VNNI nothing is packed: one dispatch per format.
+        let want = if simd.is_avx512() {
+            1
+        } else {
+            types.len() as u64
+        };
+        assert_eq!(dispatches, want, "{types:?}");
+        for ((t, y), a) in types.iter().zip(&ys).zip(&alone) {
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(y), bits(a), "{t:?} beside {types:?}");
+        }
+    }
+}

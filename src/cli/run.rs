@@ -240,6 +240,9 @@ fn run(
     // in order while each choice is the guess's next token.
     let (mut draft, mut input) = (Vec::new(), Vec::new());
     let (mut rows, mut drafted, mut accepted_total) = (1, 0, 0);
+    // Synchronisation per decode step: the pool's counters over the steps
+    // and the steps' own time (what is not in a parallel job is serial).
+    let (sync0, mut steps, mut fwd) = (pool.stats(), 0u32, std::time::Duration::ZERO);
     'decode: while generated < limit {
         let mut accepted = 0;
         for j in 0..rows {
@@ -274,8 +277,12 @@ fn run(
         input.extend_from_slice(&draft);
         rows = input.len();
         let which = if rows > 1 { Logits::All } else { Logits::Last };
+        let t = std::time::Instant::now();
         m.forward(&pool, simd, &input, &mut cache, &mut ws, which);
+        fwd += t.elapsed();
+        steps += 1;
     }
+    let sync = pool.stats() - sync0;
     let _ = writeln!(out, "{}", dec.finish());
     let decode = t1.elapsed();
     eprintln!(
@@ -294,6 +301,17 @@ fn run(
     );
     if drafted > 0 {
         eprintln!("speculative: {accepted_total} of {drafted} draft tokens accepted");
+    }
+    if steps > 0 && n_threads > 1 {
+        let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / steps as f64;
+        eprintln!(
+            "decode sync per step ({steps} steps): {:.0} dispatches, {:.0} µs forward = {:.0} µs in parallel jobs (of which {:.0} µs waiting at their barriers) + {:.0} µs serial",
+            sync.dispatches as f64 / steps as f64,
+            us(fwd),
+            us(sync.busy),
+            us(sync.barrier_wait),
+            us(fwd.saturating_sub(sync.busy)),
+        );
     }
     ExitCode::SUCCESS
 }

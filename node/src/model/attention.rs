@@ -15,6 +15,7 @@
 //! speculative draft gives what plain decoding gives.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[cfg(target_arch = "x86_64")]
 use super::attend_avx512::attend_tile_avx512;
@@ -176,25 +177,26 @@ pub fn attention(
     };
     let o = Out(out.as_mut_ptr());
     let pairs = t * s.n_head_kv;
+    let many = pairs >= 4 * threads;
     let most = (0..t).map(|i| blocks(i).len()).max().unwrap_or(0);
-    let chunks = if pairs >= 4 * threads || group == 1 {
-        1
-    } else {
-        (4 * threads).div_ceil(pairs).min(most)
-    };
-    if chunks >= 2 {
-        // Decode: each (token, KV head) span in `chunks` runs of blocks, a
-        // task per run; every block's partials kept apart, then folded in
-        // position order as a single task would have.
+    if !many && group > 1 && most >= 2 {
+        // Decode: a task per block of each (token, KV head) span, its
+        // partials kept apart; the task that finishes a span's last block
+        // folds them in position order, as a single task would have.
         let stride = group * (hd + 2);
         let mut partial = vec![0f32; pairs * most * stride];
         let p = Out(partial.as_mut_ptr());
-        pool.run(pairs * chunks, &|task| {
-            let (pair, c) = (task / chunks, task % chunks);
+        let mut first_task = Vec::with_capacity(pairs + 1);
+        first_task.push(0);
+        for pair in 0..pairs {
+            first_task.push(first_task[pair] + blocks(pair / s.n_head_kv).len());
+        }
+        let done: Vec<AtomicUsize> = (0..pairs).map(|_| AtomicUsize::new(0)).collect();
+        pool.run(first_task[pairs], &|task| {
+            let pair = first_task.partition_point(|&f| f <= task) - 1;
             let (i, g) = (pair / s.n_head_kv, pair % s.n_head_kv);
             let b = blocks(i);
-            let n = b.len();
-            let run = b.start + n * c / chunks..b.start + n * (c + 1) / chunks;
+            let blk = b.start + task - first_task[pair];
             let (first, pos) = span(i);
             let toks = [(first, pos, &q[i * q_dim + g * group * hd..][..group * hd])];
             let job = TileJob {
@@ -203,31 +205,33 @@ pub fn attention(
                 toks: &toks,
                 ..base
             };
-            for blk in run {
-                // SAFETY: task (pair, c) alone computes the blocks of its run.
+            {
+                // SAFETY: this task alone writes block `blk`'s slot of `pair`.
                 let slot = unsafe { p.slice((pair * most + blk - b.start) * stride, stride) };
                 let (acc, ml) = slot.split_at_mut(group * hd);
                 kernel.run(&job, blk..blk + 1, acc, ml);
             }
-        });
-        for pair in 0..pairs {
-            let (i, g) = (pair / s.n_head_kv, pair % s.n_head_kv);
-            // SAFETY: the tasks are done; each (token, group) slice is written once here.
+            // The last of the span's blocks to finish folds them all: the
+            // AcqRel count orders every other block's slot writes before it.
+            if done[pair].fetch_add(1, Ordering::AcqRel) + 1 < b.len() {
+                return;
+            }
+            // SAFETY: every block of `pair` is done and no other task reads or
+            // writes its slots or its (token, group) slice of `out` now.
+            let slots = unsafe { p.slice(pair * most * stride, b.len() * stride) };
             let dst = unsafe { o.slice(i * q_dim + g * group * hd, group * hd) };
             dst.fill(0.0);
             let mut ml = vec![f32::NEG_INFINITY; 2 * group];
-            for blk in 0..blocks(i).len() {
-                let slot = &partial[(pair * most + blk) * stride..][..stride];
+            for slot in slots.chunks_exact(stride) {
                 fold(dst, &mut ml, &slot[..group * hd], &slot[group * hd..], hd);
             }
             normalise(dst, &ml, hd);
-        }
+        });
         return;
     }
     // Tiles of consecutive tokens of one sequence: up to QUERY_TILE (or a
     // lanes kernel's worth) when there are many tokens, one each at decode.
     // Each task reads a key or value row once for its tile's rows.
-    let many = pairs >= 4 * threads;
     let per_head = !many && kernel != Kernel::Lanes;
     let tile_tokens = match (many, kernel) {
         (true, Kernel::Lanes) => LANES / group,

@@ -50,6 +50,7 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8>(
     w: &[u8],
     panel_bytes: usize,
     nb: usize,
+    z: i32,
     a: &[&[GemmAct]],
     out: &mut [[f32; PANEL]],
 ) {
@@ -72,11 +73,12 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8>(
             if K != ASYM {
                 for c in 0..N {
                     let x = &*cols[c].add(b);
-                    let start = match (K, half) {
-                        (HALF, 0) => x.zh,
-                        (HALF, _) => x.zi - x.zh,
-                        _ => x.zi,
-                    };
+                    let start = -z
+                        * match (K, half) {
+                            (HALF, 0) => x.ihalf,
+                            (HALF, _) => x.isum - x.ihalf,
+                            _ => x.isum,
+                        };
                     let zi = _mm512_set1_epi32(start);
                     for p in 0..P {
                         isum[p][c] = zi;

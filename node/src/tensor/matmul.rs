@@ -350,10 +350,11 @@ pub fn matmul_many(
             got: ys.len(),
         });
     }
+    // Packed matrices of different formats share a dispatch when their
+    // activations are quantized alike (a Q4_K query beside a Q6_K value).
     if ws.len() > MAX_MANY
-        || ws
-            .iter()
-            .any(|w| w.dtype != first.dtype || w.cols != first.cols)
+        || ws.iter().any(|w| w.cols != first.cols)
+        || (ws.iter().any(|w| w.dtype != first.dtype) && !use_packed(simd, ws, n_vecs))
     {
         for (w, y) in ws.iter().zip(ys.iter_mut()) {
             matmul_many(pool, simd, &[w], x, n_vecs, &mut [&mut **y], scratch)?;

@@ -21,5 +21,5 @@ pub use matmul::{
     has_simd_kernel, kernel, matmul, matmul_many, matvec, Kernel, Matrix, Scratch, Simd,
 };
 pub use pack::{pack, Packed};
-pub use pool::ThreadPool;
+pub use pool::{PoolStats, ThreadPool};
 pub use quantize::{quantize, quantize_to_vec};

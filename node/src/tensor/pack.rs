@@ -40,6 +40,9 @@ pub const PANEL: usize = 16;
 /// Columns of one kernel call (per panel pair); a tile is 2 panels × 6 columns.
 pub const TILE_COLS: usize = 6;
 
+/// Most tasks of one packed product.
+const MAX_TASKS: usize = 128;
+
 /// How a format's bytes relate to its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackKind {
@@ -330,19 +333,25 @@ pub struct GemmAct {
     pub qs: [i8; QK],
     /// The block's scale.
     pub d: f32,
-    /// `−z · Σ qs` (the starting sum of a symmetric format's block).
-    pub zi: i32,
+    /// `Σ qs`: a symmetric format's block starts at `−z · Σ qs`.
+    pub isum: i32,
     /// `d · Σ qs` (what an asymmetric format's offsets multiply).
     pub sx: f32,
-    /// `−z · Σ qs[..16]` (the first half's starting sum, [`PackKind::Half`]).
-    pub zh: i32,
+    /// `Σ qs[..16]`: the first half's (Q6_K, [`PackKind::Half`]).
+    pub ihalf: i32,
 }
 
 /// A packed kernel: `P` panels (consecutive in `w`, `panel_bytes` apart) ×
-/// `N` columns over all `nb` blocks; `out[p * N + c]` receives panel `p`'s
-/// 16 sums for column `c`.
-pub type GemmFn =
-    unsafe fn(w: &[u8], panel_bytes: usize, nb: usize, a: &[&[GemmAct]], out: &mut [[f32; PANEL]]);
+/// `N` columns over all `nb` blocks, `z` the format's zero point;
+/// `out[p * N + c]` receives panel `p`'s 16 sums for column `c`.
+pub type GemmFn = unsafe fn(
+    w: &[u8],
+    panel_bytes: usize,
+    nb: usize,
+    z: i32,
+    a: &[&[GemmAct]],
+    out: &mut [[f32; PANEL]],
+);
 
 /// The scalar twin of the AVX-512 kernels: the reference they are tested
 /// against (models pack only where those kernels run; `matmul_packed`
@@ -356,6 +365,7 @@ pub fn gemm_scalar(
     out: &mut [[f32; PANEL]],
 ) {
     let bb = kind.block_bytes();
+    let z = kind.zero_point();
     let n = a.len();
     let np = out.len() / n.max(1);
     for p in 0..np {
@@ -374,14 +384,16 @@ pub fn gemm_scalar(
                     let (dw, second) =
                         (f(QK * PANEL + 4 * r), || f(QK * PANEL + 4 * PANEL + 4 * r));
                     match kind {
-                        PackKind::Sym(_) => acc[r] += ((x.zi + dot(r, 0..QK)) as f32 * x.d) * dw,
+                        PackKind::Sym(_) => {
+                            acc[r] += ((-z * x.isum + dot(r, 0..QK)) as f32 * x.d) * dw
+                        }
                         PackKind::Asym => {
                             acc[r] += (dot(r, 0..QK) as f32 * x.d) * dw;
                             acc[r] += second() * x.sx;
                         }
                         PackKind::Half(_) => {
-                            let lo = x.zh + dot(r, 0..QK / 2);
-                            let hi = x.zi - x.zh + dot(r, QK / 2..QK);
+                            let lo = -z * x.ihalf + dot(r, 0..QK / 2);
+                            let hi = -z * (x.isum - x.ihalf) + dot(r, QK / 2..QK);
                             acc[r] += (lo as f32 * x.d) * dw;
                             acc[r] += (hi as f32 * x.d) * second();
                         }
@@ -405,13 +417,18 @@ pub fn use_packed(simd: Simd, ws: &[&Matrix], n_vecs: usize) -> bool {
     n_vecs >= 1
         && simd.is_avx512()
         && ws.iter().all(|w| w.packed.is_some())
-        && ws
-            .iter()
-            .all(|w| w.packed.map(|p| p.kind) == ws[0].packed.map(|p| p.kind))
+        && ws.iter().all(|w| k_quant(w) == k_quant(ws[0]))
+}
+
+/// K-quants take Q8_K activations (256-element blocks), the others Q8_0's:
+/// matrices of one kind or the other share one set.
+fn k_quant(w: &Matrix) -> bool {
+    w.dtype.layout().is_some_and(|l| l.block_elems == QK_K)
 }
 
 /// `ys[m] = ws[m] · X` over the packed weights (every `ws[m].packed` is
-/// set, all of one kind and width; shapes are checked by the caller).
+/// set, all of one width and all K-quants or none: [`use_packed`];
+/// shapes are checked by the caller).
 pub(super) fn gemm_many(
     pool: &ThreadPool,
     simd: Simd,
@@ -423,20 +440,18 @@ pub(super) fn gemm_many(
 ) {
     let cols = ws[0].cols;
     let nb = cols / QK;
-    let kind = ws[0].packed.expect("checked by use_packed").kind;
-    let z = kind.zero_point();
     let act = |qs: &[i8], d: f32, s: f32| {
         let isum: i32 = qs.iter().map(|&v| v as i32).sum();
         GemmAct {
             qs: qs.try_into().expect("a 32-element block"),
             d,
-            zi: -z * isum,
+            isum,
             sx: s,
-            zh: -z * qs[..QK / 2].iter().map(|&v| v as i32).sum::<i32>(),
+            ihalf: qs[..QK / 2].iter().map(|&v| v as i32).sum::<i32>(),
         }
     };
     scratch.gemm.resize(n_vecs * nb, GemmAct::default());
-    if ws[0].dtype.layout().is_some_and(|l| l.block_elems == QK_K) {
+    if k_quant(ws[0]) {
         // K-quants: Q8_K's 256-element blocks, as their row kernels take them.
         scratch.q8k.resize(nb / 8, Q8KBlock::default());
         for (xv, av) in x.chunks_exact(cols).zip(scratch.gemm.chunks_exact_mut(nb)) {
@@ -460,29 +475,41 @@ pub(super) fn gemm_many(
         }
     }
     let acts = &scratch.gemm[..n_vecs * nb];
-    // Tasks are runs of panel pairs of one matrix.
-    // Fixed arrays, not vectors: this runs for every product of a decode step.
+    // Tasks are runs of panel pairs of one matrix, claimed in order, long
+    // ones first and shorter towards the end (guided self-scheduling: each
+    // a quarter of what is left per thread), so the threads reach the
+    // barrier close together. Fixed arrays, not vectors: this runs for every
+    // product of a decode step.
     let mut pairs = [0usize; MAX_MANY];
     let mut outs = [OutPtr(std::ptr::null_mut()); MAX_MANY];
     for (m, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
         pairs[m] = w.rows.div_ceil(2 * PANEL);
         outs[m] = OutPtr(y.as_mut_ptr());
     }
-    let total: usize = pairs.iter().sum();
-    let per = total.div_ceil(pool.n_threads() * 4).max(1);
-    let mut first = [0usize; MAX_MANY + 1];
+    let mut left: usize = pairs.iter().sum();
+    let mut tasks = [(0u32, 0u32, 0u32); MAX_TASKS];
+    let mut n_tasks = 0;
     for m in 0..ws.len() {
-        first[m + 1] = first[m] + pairs[m].div_ceil(per);
+        let mut p0 = 0;
+        while p0 < pairs[m] {
+            let guided = left.div_ceil(4 * pool.n_threads());
+            let n = if n_tasks + 1 + (ws.len() - m) >= MAX_TASKS {
+                pairs[m] - p0
+            } else {
+                guided.clamp(1, pairs[m] - p0)
+            };
+            tasks[n_tasks] = (m as u32, p0 as u32, (p0 + n) as u32);
+            n_tasks += 1;
+            p0 += n;
+            left -= n;
+        }
     }
-    let n_tasks = first[ws.len()];
     pool.run(n_tasks, &|t| {
-        let m = (0..ws.len())
-            .rfind(|&m| first[m] <= t)
-            .expect("task in range");
+        let (m, pair0, pair1) = tasks[t];
+        let (m, pair0, pair1) = (m as usize, pair0 as usize, pair1 as usize);
         let w = ws[m];
         let pk = w.packed.expect("checked by use_packed");
-        let pair0 = (t - first[m]) * per;
-        let pair1 = (pair0 + per).min(pairs[m]);
+        let kind = pk.kind;
         let panel_bytes = pk.panel_bytes();
         let mut res = [[0f32; PANEL]; 2 * TILE_COLS];
         for pair in pair0..pair1 {
@@ -532,7 +559,7 @@ fn run_tile(
         // SAFETY: `is_avx512` is only set after checking the CPU for
         // AVX-512 F/BW/VL/VNNI; `w` holds `out.len() / a.len()` panels of
         // `nb` blocks and every column has `nb` blocks (built by `gemm_many`).
-        return unsafe { f(w, panel_bytes, nb, a, out) };
+        return unsafe { f(w, panel_bytes, nb, kind.zero_point(), a, out) };
     }
     let _ = simd;
     gemm_scalar(kind, w, panel_bytes, nb, a, out)

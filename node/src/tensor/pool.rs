@@ -9,9 +9,10 @@
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 type Job = *const (dyn Fn(usize) + Sync);
 
@@ -44,6 +45,37 @@ pub struct ThreadPool {
     workers: Vec<JoinHandle<()>>,
     /// Serialises callers: one job at a time.
     caller: Mutex<()>,
+    /// Jobs spread over the threads, their wall time and the caller's wait
+    /// at their barriers, in nanoseconds ([`PoolStats`]).
+    dispatches: AtomicU64,
+    busy_ns: AtomicU64,
+    wait_ns: AtomicU64,
+}
+
+/// What a pool's jobs have cost since it was made: the synchronisation
+/// figures `realizar run` prints per decode step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PoolStats {
+    /// Jobs spread over the threads, each ending in a barrier (jobs of one
+    /// task run inline and are not counted).
+    pub dispatches: u64,
+    /// Wall time inside those jobs; a forward step's time outside them is
+    /// serial work, with the workers idle.
+    pub busy: Duration,
+    /// Of `busy`, the caller's wait at the barriers once its own share of
+    /// the tasks ran out.
+    pub barrier_wait: Duration,
+}
+
+impl std::ops::Sub for PoolStats {
+    type Output = PoolStats;
+    fn sub(self, o: PoolStats) -> PoolStats {
+        PoolStats {
+            dispatches: self.dispatches - o.dispatches,
+            busy: self.busy.saturating_sub(o.busy),
+            barrier_wait: self.barrier_wait.saturating_sub(o.barrier_wait),
+        }
+    }
 }
 
 const SPIN_ROUNDS: usize = 20_000;
@@ -77,6 +109,18 @@ impl ThreadPool {
             shared,
             workers,
             caller: Mutex::new(()),
+            dispatches: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            wait_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed)),
+            barrier_wait: Duration::from_nanos(self.wait_ns.load(Ordering::Relaxed)),
         }
     }
 
@@ -96,6 +140,7 @@ impl ThreadPool {
             return;
         }
         let _serial = self.caller.lock().unwrap_or_else(|e| e.into_inner());
+        let t0 = Instant::now();
         let s = &*self.shared;
         // SAFETY: erase the closure's lifetime; see `Shared`'s safety note:
         // this function waits for `pending == 0` before returning.
@@ -116,9 +161,15 @@ impl ThreadPool {
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| drain(s, f)));
+        let t1 = Instant::now();
         while s.pending.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
         }
+        let t2 = Instant::now();
+        self.dispatches.fetch_add(1, Ordering::Relaxed);
+        let ns = |d: Duration| d.as_nanos() as u64;
+        self.busy_ns.fetch_add(ns(t2 - t0), Ordering::Relaxed);
+        self.wait_ns.fetch_add(ns(t2 - t1), Ordering::Relaxed);
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
         }
