@@ -551,3 +551,43 @@ fn mixed_packed_formats_share_one_dispatch_and_change_no_bit() {
         }
     }
 }
+
+/// The KV pool's f32 → f16 store gives `half`'s bytes (round to nearest
+/// even) on the F16C path and its scalar tail alike: ties, subnormals,
+/// overflow to infinity, signed zeros.
+#[test]
+fn f16_store_conversion_rounds_as_half_does() {
+    let mut rng = Rng(5);
+    let mut xs: Vec<f32> = (0..1000).map(|_| rng.f32() * 70000.0).collect();
+    xs.extend((0..1000).map(|_| rng.f32() * 1e-5));
+    // Exact ties between two f16 values: 1 + 2^-11 (rounds to even, 1.0),
+    // 1 + 3·2^-11 (to 1 + 2^-9), and around the largest finite f16.
+    xs.extend([
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        65504.0,
+        65520.0,
+        65519.0,
+    ]);
+    xs.extend([
+        0.0,
+        -0.0,
+        6e-8,
+        -6e-8,
+        3e-8,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e30,
+        -1e30,
+    ]);
+    for n in [xs.len(), 7, 9, 1] {
+        let src = &xs[xs.len() - n..];
+        let mut got = vec![0u8; 2 * n];
+        realizar_node::tensor::f32_to_f16_bytes(src, &mut got);
+        let want: Vec<u8> = src
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes())
+            .collect();
+        assert_eq!(got, want, "{n} values");
+    }
+}

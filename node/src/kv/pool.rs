@@ -174,9 +174,7 @@ impl KvPool {
                     .chunks_exact_mut(4)
                     .zip(src)
                     .for_each(|(o, x)| o.copy_from_slice(&x.to_le_bytes())),
-                KvType::F16 => out.chunks_exact_mut(2).zip(src).for_each(|(o, x)| {
-                    o.copy_from_slice(&half::f16::from_f32(*x).to_bits().to_le_bytes())
-                }),
+                KvType::F16 => crate::tensor::f32_to_f16_bytes(src, out),
             }
         }
     }

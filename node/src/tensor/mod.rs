@@ -15,7 +15,7 @@ pub mod pack;
 pub mod pool;
 pub mod quantize;
 
-pub use dequant::{dequantize, dequantize_to_vec, KernelError};
+pub use dequant::{dequantize, dequantize_to_vec, f32_to_f16_bytes, KernelError};
 pub use dtype::{BlockLayout, GgmlType};
 pub use matmul::{
     has_simd_kernel, kernel, matmul, matmul_many, matvec, Kernel, Matrix, Scratch, Simd,
