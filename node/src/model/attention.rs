@@ -559,6 +559,13 @@ mod tests {
             }
             let threads = ThreadPool::new(2);
             for window in [None, Some(300)] {
+                let shape = AttentionShape {
+                    n_head,
+                    n_head_kv,
+                    head_dim: hd,
+                    scale: 0.125,
+                    window,
+                };
                 for positions in [
                     vec![699u32],
                     vec![150, 699],
@@ -577,13 +584,6 @@ mod tests {
                         logits: Logits::None,
                     }];
                     let tok_seq = vec![0u32; t];
-                    let shape = AttentionShape {
-                        n_head,
-                        n_head_kv,
-                        head_dim: hd,
-                        scale: 0.125,
-                        window,
-                    };
                     let mut out = vec![0f32; t * n_head * hd];
                     for simd in [Simd::detect(), Simd::SCALAR] {
                         attention(
@@ -621,13 +621,6 @@ mod tests {
                     table: &table,
                     logits: Logits::None,
                 }];
-                let shape = AttentionShape {
-                    n_head,
-                    n_head_kv,
-                    head_dim: hd,
-                    scale: 0.125,
-                    window,
-                };
                 let row = n_head * hd;
                 for simd in [Simd::detect(), Simd::SCALAR] {
                     let run = |first: usize, n: usize| {
