@@ -591,3 +591,68 @@ fn f16_store_conversion_rounds_as_half_does() {
         assert_eq!(got, want, "{n} values");
     }
 }
+
+/// The gated feed-forward's products with the activation in their tasks
+/// (packed weights) give the bits of the products followed by the
+/// activation, in one dispatch.
+#[test]
+fn gated_products_run_the_activation_in_their_tasks_and_change_no_bit() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(13);
+    let simd = Simd::detect();
+    // An elementwise activation whose result depends on both inputs.
+    let act = |g: &mut [f32], u: &[f32]| {
+        for (g, &u) in g.iter_mut().zip(u) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    };
+    for (t, cols, rows, n) in [
+        (GgmlType::Q8_0, 96, 200, 1),
+        (GgmlType::Q5_0, 96, 64, 7),
+        (GgmlType::Q4_K, 512, 72, 13),
+    ] {
+        let (wg, wu) = (
+            weights(t, rows, cols, &mut rng),
+            weights(t, rows, cols, &mut rng),
+        );
+        let pg = realizar_node::tensor::pack(&Matrix::new(t, rows, cols, &wg).unwrap());
+        let pu = realizar_node::tensor::pack(&Matrix::new(t, rows, cols, &wu).unwrap());
+        let mg = Matrix::new(t, rows, cols, &wg)
+            .unwrap()
+            .with_packed(pg.as_ref());
+        let mu = Matrix::new(t, rows, cols, &wu)
+            .unwrap()
+            .with_packed(pu.as_ref());
+        let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
+        let (mut g0, mut u0) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+        realizar_node::tensor::matmul_many(
+            &pool,
+            simd,
+            &[&mg, &mu],
+            &x,
+            n,
+            &mut [&mut g0, &mut u0],
+            &mut Scratch::default(),
+        )
+        .unwrap();
+        act(&mut g0, &u0);
+        let (mut g1, mut u1) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+        let before = pool.stats().dispatches;
+        realizar_node::tensor::matmul_gated(
+            &pool,
+            simd,
+            &mg,
+            &mu,
+            &x,
+            n,
+            &mut g1,
+            &mut u1,
+            &mut Scratch::default(),
+            &act,
+        )
+        .unwrap();
+        assert_eq!(pool.stats().dispatches - before, 1, "{t:?}");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&g1), bits(&g0), "{t:?} rows {rows} n {n}");
+    }
+}

@@ -10,7 +10,7 @@ use super::ops::{add_in_place, geglu, rms_norm, rms_norm_rows, rope_adjacent, ro
 use super::{SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::kv::KvPool;
-use crate::tensor::{matmul, matmul_many, Simd, ThreadPool};
+use crate::tensor::{matmul, matmul_gated, matmul_many, Simd, ThreadPool};
 
 /// Which elements of a head RoPE rotates together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,20 +181,24 @@ pub fn run_block(
             &mut ws.h[i * d..(i + 1) * d],
         );
     }
-    matmul_many(
+    // The activation runs in the product's tasks where it can (matmul_gated).
+    let act: &(dyn Fn(&mut [f32], &[f32]) + Sync) = match r.gate {
+        Gate::SiLU => &swiglu,
+        Gate::GeLU => &geglu,
+    };
+    matmul_gated(
         cx.pool,
         cx.simd,
-        &[&b.w_gate.matrix(f), &b.w_up.matrix(f)],
+        &b.w_gate.matrix(f),
+        &b.w_up.matrix(f),
         &ws.h,
         t,
-        &mut [&mut ws.gate, &mut ws.up],
+        &mut ws.gate,
+        &mut ws.up,
         &mut ws.scratch,
+        act,
     )
     .expect("shapes checked at load");
-    match r.gate {
-        Gate::SiLU => swiglu(&mut ws.gate, &ws.up),
-        Gate::GeLU => geglu(&mut ws.gate, &ws.up),
-    }
     cx.matmul(b.w_down, &ws.gate, &mut ws.ffn, &mut ws.scratch);
     if let Some(n) = b.post_ffn_norm {
         rms_norm_rows(&mut ws.ffn, n, r.rms_eps, tmp);

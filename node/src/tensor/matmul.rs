@@ -7,7 +7,7 @@ use super::act::{
     Q8Pair, Q8Quad,
 };
 use super::dequant::KernelError;
-use super::pack::{gemm_many, use_packed, GemmAct, Packed};
+use super::pack::{gemm_many, use_packed, Gated, GemmAct, Packed};
 use super::pool::ThreadPool;
 use super::{dot_scalar as sc, GgmlType};
 
@@ -284,6 +284,12 @@ impl OutPtr {
     pub(super) unsafe fn write_all(self, i: usize, v: &[f32]) {
         std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(i), v.len());
     }
+
+    /// # Safety
+    /// `i..i + n` must be inside the output, written, and used by no other task.
+    pub(super) unsafe fn slice_mut<'a>(self, i: usize, n: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(i), n)
+    }
 }
 
 /// Rows per task: enough tasks to balance the threads, each large enough to
@@ -379,7 +385,7 @@ pub fn matmul_many(
         }
     }
     if use_packed(simd, ws, n_vecs) {
-        gemm_many(pool, simd, ws, x, n_vecs, ys, scratch);
+        gemm_many(pool, simd, ws, x, n_vecs, ys, scratch, None);
         return Ok(());
     }
     let mut k = kernel(w.dtype, simd).ok_or(KernelError::Unsupported(w.dtype))?;
@@ -446,6 +452,56 @@ pub fn matmul_many(
         }
         Kernel::F32(f) => run_columns(pool, ws, n_vecs, per_call, ys, x, w.cols, f),
     }
+    Ok(())
+}
+
+/// The gated feed-forward's first half: `gate = W_gate · X`, `up = W_up ·
+/// X`, then `act(gate, up)` (`gate ← f(gate) · up`). Over packed weights the
+/// activation runs in the product's tasks, on the rows each just computed,
+/// rather than on one thread after the barrier; the bits are the same.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gated(
+    pool: &ThreadPool,
+    simd: Simd,
+    w_gate: &Matrix,
+    w_up: &Matrix,
+    x: &[f32],
+    n_vecs: usize,
+    gate: &mut [f32],
+    up: &mut [f32],
+    scratch: &mut Scratch,
+    act: Gated,
+) -> Result<(), KernelError> {
+    let ws = [w_gate, w_up];
+    let fused = use_packed(simd, &ws, n_vecs)
+        && w_gate.rows == w_up.rows
+        && w_gate.cols == w_up.cols
+        && x.len() == n_vecs * w_gate.cols
+        && gate.len() == n_vecs * w_gate.rows
+        && up.len() == gate.len();
+    if fused {
+        gemm_many(
+            pool,
+            simd,
+            &ws,
+            x,
+            n_vecs,
+            &mut [gate, up],
+            scratch,
+            Some(act),
+        );
+        return Ok(());
+    }
+    matmul_many(
+        pool,
+        simd,
+        &ws,
+        x,
+        n_vecs,
+        &mut [&mut *gate, &mut *up],
+        scratch,
+    )?;
+    act(gate, up);
     Ok(())
 }
 

@@ -18,7 +18,8 @@ pub mod quantize;
 pub use dequant::{dequantize, dequantize_to_vec, f32_to_f16_bytes, KernelError};
 pub use dtype::{BlockLayout, GgmlType};
 pub use matmul::{
-    has_simd_kernel, kernel, matmul, matmul_many, matvec, Kernel, Matrix, Scratch, Simd,
+    has_simd_kernel, kernel, matmul, matmul_gated, matmul_many, matvec, Kernel, Matrix, Scratch,
+    Simd,
 };
 pub use pack::{pack, Packed};
 pub use pool::{PoolStats, ThreadPool};

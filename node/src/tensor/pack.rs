@@ -429,6 +429,7 @@ fn k_quant(w: &Matrix) -> bool {
 /// `ys[m] = ws[m] · X` over the packed weights (every `ws[m].packed` is
 /// set, all of one width and all K-quants or none: [`use_packed`];
 /// shapes are checked by the caller).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_many(
     pool: &ThreadPool,
     simd: Simd,
@@ -437,6 +438,7 @@ pub(super) fn gemm_many(
     n_vecs: usize,
     ys: &mut [&mut [f32]],
     scratch: &mut Scratch,
+    gated: Option<Gated>,
 ) {
     let cols = ws[0].cols;
     let nb = cols / QK;
@@ -486,14 +488,17 @@ pub(super) fn gemm_many(
         pairs[m] = w.rows.div_ceil(2 * PANEL);
         outs[m] = OutPtr(y.as_mut_ptr());
     }
-    let mut left: usize = pairs.iter().sum();
+    // Gated (a gate and an up projection of the same rows): a task takes
+    // the same rows of both and applies the activation to them.
+    let scheduled = if gated.is_some() { 1 } else { ws.len() };
+    let mut left: usize = pairs[..scheduled].iter().sum();
     let mut tasks = [(0u32, 0u32, 0u32); MAX_TASKS];
     let mut n_tasks = 0;
-    for m in 0..ws.len() {
+    for m in 0..scheduled {
         let mut p0 = 0;
         while p0 < pairs[m] {
             let guided = left.div_ceil(4 * pool.n_threads());
-            let n = if n_tasks + 1 + (ws.len() - m) >= MAX_TASKS {
+            let n = if n_tasks + 1 + (scheduled - m) >= MAX_TASKS {
                 pairs[m] - p0
             } else {
                 guided.clamp(1, pairs[m] - p0)
@@ -504,9 +509,8 @@ pub(super) fn gemm_many(
             left -= n;
         }
     }
-    pool.run(n_tasks, &|t| {
-        let (m, pair0, pair1) = tasks[t];
-        let (m, pair0, pair1) = (m as usize, pair0 as usize, pair1 as usize);
+    // Panel pairs `pair0..pair1` of matrix `m` against every column.
+    let run_pairs = |m: usize, pair0: usize, pair1: usize| {
         let w = ws[m];
         let pk = w.packed.expect("checked by use_packed");
         let kind = pk.kind;
@@ -541,8 +545,34 @@ pub(super) fn gemm_many(
                 }
             }
         }
+    };
+    pool.run(n_tasks, &|t| {
+        let (m, pair0, pair1) = tasks[t];
+        let (m, pair0, pair1) = (m as usize, pair0 as usize, pair1 as usize);
+        run_pairs(m, pair0, pair1);
+        let Some(act) = gated else {
+            return;
+        };
+        run_pairs(1, pair0, pair1);
+        let rows = ws[0].rows;
+        let (r0, r1) = (pair0 * 2 * PANEL, (pair1 * 2 * PANEL).min(rows));
+        for v in 0..n_vecs {
+            // SAFETY: this task wrote rows r0..r1 of both outputs for every
+            // column just now, and no other task touches them.
+            let (g, u) = unsafe {
+                (
+                    outs[0].slice_mut(v * rows + r0, r1 - r0),
+                    outs[1].slice_mut(v * rows + r0, r1 - r0),
+                )
+            };
+            act(g, u);
+        }
     });
 }
+
+/// An activation of the gate by the up projection, in place:
+/// `gate ← f(gate) · up` (SwiGLU, GeGLU).
+pub type Gated<'a> = &'a (dyn Fn(&mut [f32], &[f32]) + Sync);
 
 fn run_tile(
     simd: Simd,
@@ -586,6 +616,6 @@ pub fn matmul_packed(
             got: x.len(),
         });
     }
-    gemm_many(pool, simd, &[w], x, n_vecs, &mut [y], scratch);
+    gemm_many(pool, simd, &[w], x, n_vecs, &mut [y], scratch, None);
     Ok(())
 }
