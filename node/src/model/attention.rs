@@ -498,6 +498,16 @@ mod tests {
     use super::*;
     use crate::model::{KvType, Logits};
 
+    /// One sequence of `tokens` over the block table `table`.
+    fn one_seq<'a>(tokens: &'a [u32], table: &'a [u32]) -> [SeqStep<'a>; 1] {
+        [SeqStep {
+            tokens,
+            pos0: 0,
+            table,
+            logits: Logits::None,
+        }]
+    }
+
     /// Plain f64 softmax attention for one query head over positions first..=pos.
     fn reference(
         q: &[f32],
@@ -577,12 +587,7 @@ mod tests {
                     let t = positions.len();
                     let q: Vec<f32> = (0..t * n_head * hd).map(|_| rnd()).collect();
                     let tokens = vec![0u32; t];
-                    let seqs = [SeqStep {
-                        tokens: &tokens,
-                        pos0: 0,
-                        table: &table,
-                        logits: Logits::None,
-                    }];
+                    let seqs = one_seq(&tokens, &table);
                     let tok_seq = vec![0u32; t];
                     let mut out = vec![0f32; t * n_head * hd];
                     for simd in [Simd::detect(), Simd::SCALAR] {
@@ -615,12 +620,7 @@ mod tests {
                 let t = positions.len();
                 let q: Vec<f32> = (0..t * n_head * hd).map(|_| rnd()).collect();
                 let tokens = vec![0u32; t];
-                let seqs = [SeqStep {
-                    tokens: &tokens,
-                    pos0: 0,
-                    table: &table,
-                    logits: Logits::None,
-                }];
+                let seqs = one_seq(&tokens, &table);
                 let row = n_head * hd;
                 for simd in [Simd::detect(), Simd::SCALAR] {
                     let run = |first: usize, n: usize| {
