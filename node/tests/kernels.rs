@@ -438,6 +438,20 @@ fn packed_weights_agree_with_the_row_kernels() {
             let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
             let packed = realizar_node::tensor::pack(&Matrix::new(t, rows, cols, &w).unwrap())
                 .expect("a packed form");
+            // 4- and 5-bit formats keep their weights as nibbles (and a
+            // plane of fifth bits): with the scales (and offsets) at most
+            // 0.75 and 0.875 bytes a weight, not 1.125–1.25.
+            let per_weight = packed.size() as f64 / (rows.next_multiple_of(16) * cols) as f64;
+            use GgmlType::*;
+            let most = match t {
+                Q4_0 | Q4_1 | Q4_K => 0.75,
+                Q5_0 | Q5_1 | Q5_K => 0.875,
+                _ => 1.25,
+            };
+            assert!(
+                per_weight <= most && (most == 1.25) == (per_weight > 0.875),
+                "{t:?}: {per_weight} bytes a packed weight"
+            );
             let m = Matrix::new(t, rows, cols, &w)
                 .unwrap()
                 .with_packed(Some(&packed));

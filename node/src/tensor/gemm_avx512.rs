@@ -5,40 +5,51 @@
 //! both panels. Per block and tile: 8 × P × N `vpdpbusd`, and per panel and
 //! column a convert, a multiply by the column's scale and a multiply-add by
 //! the rows' scales (one more for the offsets of asymmetric formats; Q6_K's
-//! 16-element scales take the block as two halves).
+//! 16-element scales take the block as two halves). The 4- and 5-bit formats'
+//! weights come as nibbles, split with two ANDs and a shift, and fifth bits
+//! added under a mask (see [`super::pack::PackForm`]).
 
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
 use super::dequant::QK;
-use super::pack::{GemmAct, GemmFn, PackKind, PANEL};
+use super::pack::{GemmAct, GemmFn, PackForm, PackKind, PANEL};
 
 const SYM: u8 = 0;
 const ASYM: u8 = 1;
 const HALF: u8 = 2;
 
 /// The kernel for `p` panels (1 or 2) × `n` columns (1..=6).
-pub(super) fn kernel(kind: PackKind, p: usize, n: usize) -> GemmFn {
+pub(super) fn kernel(form: PackForm, p: usize, n: usize) -> GemmFn {
     macro_rules! by_n {
-        ($p:literal, $a:expr) => {
+        ($p:literal, $a:expr, $bits:literal) => {
             match n {
-                1 => tile::<$p, 1, $a>,
-                2 => tile::<$p, 2, $a>,
-                3 => tile::<$p, 3, $a>,
-                4 => tile::<$p, 4, $a>,
-                5 => tile::<$p, 5, $a>,
-                _ => tile::<$p, 6, $a>,
+                1 => tile::<$p, 1, $a, $bits>,
+                2 => tile::<$p, 2, $a, $bits>,
+                3 => tile::<$p, 3, $a, $bits>,
+                4 => tile::<$p, 4, $a, $bits>,
+                5 => tile::<$p, 5, $a, $bits>,
+                _ => tile::<$p, 6, $a, $bits>,
             }
         };
     }
-    match (p, kind) {
-        (1, PackKind::Sym(_)) => by_n!(1, SYM),
-        (1, PackKind::Asym) => by_n!(1, ASYM),
-        (1, PackKind::Half(_)) => by_n!(1, HALF),
-        (_, PackKind::Sym(_)) => by_n!(2, SYM),
-        (_, PackKind::Asym) => by_n!(2, ASYM),
-        (_, PackKind::Half(_)) => by_n!(2, HALF),
+    macro_rules! by_bits {
+        ($p:literal, $a:expr) => {
+            match form.bits {
+                4 => by_n!($p, $a, 4),
+                5 => by_n!($p, $a, 5),
+                _ => by_n!($p, $a, 8),
+            }
+        };
+    }
+    match (p, form.kind) {
+        (1, PackKind::Sym(_)) => by_bits!(1, SYM),
+        (1, PackKind::Asym) => by_bits!(1, ASYM),
+        (1, PackKind::Half(_)) => by_n!(1, HALF, 8),
+        (_, PackKind::Sym(_)) => by_bits!(2, SYM),
+        (_, PackKind::Asym) => by_bits!(2, ASYM),
+        (_, PackKind::Half(_)) => by_n!(2, HALF, 8),
     }
 }
 
@@ -46,7 +57,7 @@ pub(super) fn kernel(kind: PackKind, p: usize, n: usize) -> GemmFn {
 /// AVX-512 F/BW/VL/VNNI; `w` holds `P` panels of `nb` blocks, `panel_bytes`
 /// apart; `a` has `N` columns of at least `nb` blocks; `out` has `P × N` entries.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn tile<const P: usize, const N: usize, const K: u8>(
+unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8>(
     w: &[u8],
     panel_bytes: usize,
     nb: usize,
@@ -55,11 +66,21 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8>(
     out: &mut [[f32; PANEL]],
 ) {
     debug_assert!(a.len() == N && out.len() == P * N && w.len() >= P * panel_bytes);
-    let bb = if K == SYM {
-        QK * PANEL + 4 * PANEL
-    } else {
-        QK * PANEL + 8 * PANEL
+    // Nibbles (PackForm): four vectors of weights a block, not eight, then
+    // for 5-bit formats eight masks of fifth bits.
+    let wbytes = match BITS {
+        4 => QK * PANEL / 2,
+        5 => QK * PANEL / 2 + QK * PANEL / 8,
+        _ => QK * PANEL,
     };
+    let nib = BITS != 8;
+    let bb = if K == SYM {
+        wbytes + 4 * PANEL
+    } else {
+        wbytes + 8 * PANEL
+    };
+    let low = _mm512_set1_epi8(0x0f);
+    let sixteen = _mm512_set1_epi8(0x10);
     let mut acc = [[_mm512_setzero_ps(); N]; P];
     let cols: [*const GemmAct; N] = std::array::from_fn(|c| a[c].as_ptr());
     let wp = w.as_ptr();
@@ -85,7 +106,36 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8>(
                     }
                 }
             }
-            let steps = QK / 4 / halves;
+            if nib {
+                // Vector k's low nibbles are elements 4k..4k+4 of each row,
+                // its high nibbles elements 4(k+4)..4(k+4)+4.
+                for k in 0..QK / 8 {
+                    let v: [__m512i; P] =
+                        std::array::from_fn(|p| _mm512_load_si512(blk[p].add(64 * k) as *const _));
+                    let mut lo: [__m512i; P] = std::array::from_fn(|p| _mm512_and_si512(v[p], low));
+                    let mut hi: [__m512i; P] = std::array::from_fn(|p| {
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(v[p]), low)
+                    });
+                    if BITS == 5 {
+                        for p in 0..P {
+                            let plane = blk[p].add(QK * PANEL / 2) as *const u64;
+                            let (ml, mh) = (plane.add(k).read(), plane.add(k + 4).read());
+                            lo[p] = _mm512_mask_add_epi8(lo[p], ml, lo[p], sixteen);
+                            hi[p] = _mm512_mask_add_epi8(hi[p], mh, hi[p], sixteen);
+                        }
+                    }
+                    for c in 0..N {
+                        let xq = (*cols[c].add(b)).qs.as_ptr() as *const i32;
+                        let xl = _mm512_set1_epi32(xq.add(k).read_unaligned());
+                        let xh = _mm512_set1_epi32(xq.add(k + 4).read_unaligned());
+                        for p in 0..P {
+                            isum[p][c] = _mm512_dpbusd_epi32(isum[p][c], lo[p], xl);
+                            isum[p][c] = _mm512_dpbusd_epi32(isum[p][c], hi[p], xh);
+                        }
+                    }
+                }
+            }
+            let steps = if nib { 0 } else { QK / 4 / halves };
             for d in half * steps..(half + 1) * steps {
                 let wv: [__m512i; P] =
                     std::array::from_fn(|p| _mm512_load_si512(blk[p].add(64 * d) as *const _));
@@ -98,7 +148,7 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8>(
                 }
             }
             let dw: [__m512; P] = std::array::from_fn(|p| {
-                _mm512_load_ps(blk[p].add(QK * PANEL + 4 * PANEL * half) as *const f32)
+                _mm512_load_ps(blk[p].add(wbytes + 4 * PANEL * half) as *const f32)
             });
             for c in 0..N {
                 let dx = _mm512_set1_ps((*cols[c].add(b)).d);
@@ -110,7 +160,7 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8>(
         }
         if K == ASYM {
             let mw: [__m512; P] = std::array::from_fn(|p| {
-                _mm512_load_ps(blk[p].add(QK * PANEL + 4 * PANEL) as *const f32)
+                _mm512_load_ps(blk[p].add(wbytes + 4 * PANEL) as *const f32)
             });
             for c in 0..N {
                 let sx = _mm512_set1_ps((*cols[c].add(b)).sx);

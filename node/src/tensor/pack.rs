@@ -8,7 +8,8 @@
 //! symmetric formats. Sixteen rows form a *panel*: for each block the panel
 //! holds its 16 × 32 bytes as eight 64-byte vectors, vector `d` holding
 //! elements `4d … 4d + 3` of each row in row order, then the 16 scales
-//! (and 16 offsets). One `vpdpbusd` of such a vector against the four
+//! (and 16 offsets); formats of 4-bit values keep their weights two to a
+//! byte, in four vectors ([`PackForm`]). One `vpdpbusd` of such a vector against the four
 //! activation bytes `4d … 4d + 3` of one column broadcast to every lane
 //! adds those four products into each of the 16 rows' sums: the weights are
 //! loaded once per block for all the columns of a tile, the activations
@@ -23,7 +24,8 @@
 //!
 //! Once packed, a matrix runs only this way on such CPUs, decode included:
 //! the row kernels lose to it even for one column on the models measured,
-//! though it reads more bytes a weight (1.125–1.25 against 0.56–1.06).
+//! though it reads as many or more bytes a weight (0.625–0.75 for the 4-bit
+//! formats, 1.125–1.25 for the others, against 0.56–1.06 in the file).
 
 // Block formats are index arithmetic; explicit index loops read closest to the layouts.
 #![allow(clippy::needless_range_loop)]
@@ -67,15 +69,6 @@ impl PackKind {
         })
     }
 
-    /// Bytes of one panel's block: weights, then scales (one vector, or one
-    /// per half), then offsets.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            PackKind::Sym(_) => QK * PANEL + 4 * PANEL,
-            PackKind::Asym | PackKind::Half(_) => QK * PANEL + 8 * PANEL,
-        }
-    }
-
     /// The `z` of the symmetric kinds (0 for [`PackKind::Asym`]).
     pub fn zero_point(self) -> i32 {
         match self {
@@ -85,23 +78,89 @@ impl PackKind {
     }
 }
 
-/// One cache line, so the packed bytes are 64-byte aligned.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
+/// How a packed matrix stores a block: its arithmetic, and how many bits a
+/// weight takes. Formats of 4- and 5-bit values keep them as nibbles: a
+/// panel block's 512 weights in four vectors, vector `k` holding vector
+/// `k`'s weights of the byte form in its low nibbles and vector `k + 4`'s
+/// in its high ones; the 5-bit formats (Q5_0, Q5_1, Q5_K) follow them with
+/// the fifth bits, one 64-bit mask per byte-form vector (bit `4r + j` for
+/// element `4d + j` of row `r`). Decode reads each weight once per token,
+/// and on the machines measured its speed follows the bytes it reads
+/// (BENCHMARKS.md): 0.625–0.75 bytes a weight (4 bits), 0.75–0.875 (5)
+/// against 1.125–1.25 as bytes. A kernel pays two ANDs and a shift per
+/// vector for the nibbles, a mask load and a masked add for a fifth bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackForm {
+    pub kind: PackKind,
+    /// 4, 5 or 8.
+    pub bits: u8,
+}
+
+impl PackForm {
+    pub fn of(dtype: GgmlType) -> Option<PackForm> {
+        use GgmlType::*;
+        Some(PackForm {
+            kind: PackKind::of(dtype)?,
+            bits: match dtype {
+                Q4_0 | Q4_1 | Q4_K => 4,
+                Q5_0 | Q5_1 | Q5_K => 5,
+                _ => 8,
+            },
+        })
+    }
+
+    /// Bytes of one panel block's weights: where its scales start.
+    pub fn weight_bytes(self) -> usize {
+        match self.bits {
+            4 => QK * PANEL / 2,
+            5 => QK * PANEL / 2 + QK * PANEL / 8,
+            _ => QK * PANEL,
+        }
+    }
+
+    /// Bytes of one panel's block: weights, then scales (one vector, or one
+    /// per half), then offsets.
+    pub fn block_bytes(self) -> usize {
+        self.weight_bytes()
+            + match self.kind {
+                PackKind::Sym(_) => 4 * PANEL,
+                PackKind::Asym | PackKind::Half(_) => 8 * PANEL,
+            }
+    }
+
+    /// Weight `k` (0..32) of row `r` of a panel block, as the kernels read it.
+    pub fn weight(self, blk: &[u8], r: usize, k: usize) -> u8 {
+        let (d, j) = (k / 4, k % 4);
+        if self.bits == 8 {
+            return blk[d * 64 + r * 4 + j];
+        }
+        let byte = blk[(d % 4) * 64 + r * 4 + j];
+        let nibble = if d < 4 { byte & 0x0f } else { byte >> 4 };
+        if self.bits == 4 {
+            return nibble;
+        }
+        let bit = (blk[QK * PANEL / 2 + 8 * d + r / 2] >> (4 * (r % 2) + j)) & 1;
+        nibble | bit << 4
+    }
+}
 
 /// A matrix in the panel layout (see the module's note).
 pub struct Packed {
-    pub kind: PackKind,
+    pub form: PackForm,
     pub rows: usize,
     pub cols: usize,
-    lines: Vec<Line>,
+    /// Anonymous memory: page-aligned, so every vector is 64-byte aligned,
+    /// and zero until written, so packing writes each byte once (a zeroed
+    /// vector would write it twice: Gemma 3's start −40 ms). Advising huge
+    /// pages made no decode step measurably faster and, with this kernel's
+    /// direct compaction, some starts 0.3 s slower.
+    buf: memmap2::MmapMut,
 }
 
 impl std::fmt::Debug for Packed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Packed")
-            .field("kind", &self.kind)
+            .field("form", &self.form)
             .field("rows", &self.rows)
             .field("cols", &self.cols)
             .finish()
@@ -120,50 +179,33 @@ impl Packed {
 
     /// Bytes of one panel (all its blocks).
     pub fn panel_bytes(&self) -> usize {
-        self.nb() * self.kind.block_bytes()
+        self.nb() * self.form.block_bytes()
     }
 
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's elements.
-        unsafe {
-            std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64)
-        }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`, uniquely borrowed.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.lines.as_mut_ptr() as *mut u8,
-                self.lines.len() * 64,
-            )
-        }
+        &self.buf
     }
 
     /// Heap bytes the packed copy takes.
     pub fn size(&self) -> usize {
-        self.lines.len() * 64
+        self.buf.len()
     }
 }
 
 /// Repack `w` into panels, if its format has a packed form.
 pub fn pack(w: &Matrix) -> Option<Packed> {
-    let kind = PackKind::of(w.dtype)?;
+    let form = PackForm::of(w.dtype)?;
     if !w.cols.is_multiple_of(QK) || w.cols == 0 {
         return None;
     }
     let nb = w.cols / QK;
     let panels = w.rows.div_ceil(PANEL);
-    let total = panels * nb * kind.block_bytes();
-    let mut p = Packed {
-        kind,
-        rows: w.rows,
-        cols: w.cols,
-        lines: vec![Line([0; 64]); total / 64],
-    };
-    let bb = kind.block_bytes();
-    let panel_bytes = p.panel_bytes();
-    let bytes = p.bytes_mut();
+    let total = panels * nb * form.block_bytes();
+    // Zero pages, mapped as they are first written below.
+    let mut buf = memmap2::MmapMut::map_anon(total).ok()?;
+    let (bb, wb) = (form.block_bytes(), form.weight_bytes());
+    let panel_bytes = nb * bb;
+    let bytes = &mut buf[..];
     let mut u = vec![0u8; w.cols];
     let mut dw = vec![0f32; 2 * nb];
     let mut mw = vec![0f32; nb];
@@ -173,14 +215,34 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
         let panel = &mut bytes[pi * panel_bytes..(pi + 1) * panel_bytes];
         for b in 0..nb {
             let blk = &mut panel[b * bb..(b + 1) * bb];
-            for d in 0..QK / 4 {
-                let at = d * 64 + lane * 4;
-                blk[at..at + 4].copy_from_slice(&u[b * QK + 4 * d..b * QK + 4 * d + 4]);
+            let ub = &u[b * QK..(b + 1) * QK];
+            if form.bits == 8 {
+                for d in 0..QK / 4 {
+                    let at = d * 64 + lane * 4;
+                    blk[at..at + 4].copy_from_slice(&ub[4 * d..4 * d + 4]);
+                }
+            } else {
+                let word = |d: usize| u32::from_le_bytes(ub[4 * d..4 * d + 4].try_into().unwrap());
+                for k in 0..QK / 8 {
+                    let (lo, hi) = (word(k), word(k + 4));
+                    let nibbles = (lo & 0x0f0f_0f0f) | (hi & 0x0f0f_0f0f) << 4;
+                    blk[k * 64 + lane * 4..k * 64 + lane * 4 + 4]
+                        .copy_from_slice(&nibbles.to_le_bytes());
+                    if form.bits == 5 {
+                        // Each byte's fifth bit to bit j of a nibble (the
+                        // multiplier's shifts land them on bits 24..28 apart).
+                        for (d, w) in [(k, lo), (k + 4, hi)] {
+                            let fifth =
+                                (((w >> 4) & 0x0101_0101).wrapping_mul(0x0102_0408) >> 24) as u8;
+                            blk[QK * PANEL / 2 + 8 * d + lane / 2] |= fifth << (4 * (lane % 2));
+                        }
+                    }
+                }
             }
-            let s = QK * PANEL + 4 * lane;
+            let s = wb + 4 * lane;
             blk[s..s + 4].copy_from_slice(&dw[2 * b].to_le_bytes());
-            let second = QK * PANEL + 4 * PANEL + 4 * lane;
-            match kind {
+            let second = wb + 4 * PANEL + 4 * lane;
+            match form.kind {
                 PackKind::Asym => blk[second..second + 4].copy_from_slice(&mw[b].to_le_bytes()),
                 PackKind::Half(_) => {
                     blk[second..second + 4].copy_from_slice(&dw[2 * b + 1].to_le_bytes())
@@ -189,7 +251,13 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
             }
         }
     }
-    Some(p)
+    debug_assert!(form.bits == 8 || u.iter().all(|&v| v < 1 << form.bits));
+    Some(Packed {
+        form,
+        rows: w.rows,
+        cols: w.cols,
+        buf,
+    })
 }
 
 /// One row of `dtype` as unsigned bytes with a scale per 16-element half
@@ -357,14 +425,14 @@ pub type GemmFn = unsafe fn(
 /// against (models pack only where those kernels run; `matmul_packed`
 /// takes this one on other CPUs, for tests).
 pub fn gemm_scalar(
-    kind: PackKind,
+    form: PackForm,
     w: &[u8],
     panel_bytes: usize,
     nb: usize,
     a: &[&[GemmAct]],
     out: &mut [[f32; PANEL]],
 ) {
-    let bb = kind.block_bytes();
+    let (bb, wb, kind) = (form.block_bytes(), form.weight_bytes(), form.kind);
     let z = kind.zero_point();
     let n = a.len();
     let np = out.len() / n.max(1);
@@ -376,13 +444,12 @@ pub fn gemm_scalar(
                 let x = &a[c][b];
                 let f = |at: usize| f32::from_le_bytes(blk[at..at + 4].try_into().unwrap());
                 let dot = |r: usize, ks: std::ops::Range<usize>| -> i32 {
-                    ks.map(|k| blk[(k / 4) * 64 + r * 4 + k % 4] as i32 * x.qs[k] as i32)
+                    ks.map(|k| form.weight(blk, r, k) as i32 * x.qs[k] as i32)
                         .sum()
                 };
                 for r in 0..PANEL {
                     // The vector after the scales: offsets or second-half scales.
-                    let (dw, second) =
-                        (f(QK * PANEL + 4 * r), || f(QK * PANEL + 4 * PANEL + 4 * r));
+                    let (dw, second) = (f(wb + 4 * r), || f(wb + 4 * PANEL + 4 * r));
                     match kind {
                         PackKind::Sym(_) => {
                             acc[r] += ((-z * x.isum + dot(r, 0..QK)) as f32 * x.d) * dw
@@ -513,7 +580,7 @@ pub(super) fn gemm_many(
     let run_pairs = |m: usize, pair0: usize, pair1: usize| {
         let w = ws[m];
         let pk = w.packed.expect("checked by use_packed");
-        let kind = pk.kind;
+        let form = pk.form;
         let panel_bytes = pk.panel_bytes();
         let mut res = [[0f32; PANEL]; 2 * TILE_COLS];
         for pair in pair0..pair1 {
@@ -530,7 +597,7 @@ pub(super) fn gemm_many(
                     }
                 });
                 let out = &mut res[..np * nv];
-                run_tile(simd, kind, wb, panel_bytes, nb, &a[..nv], out);
+                run_tile(simd, form, wb, panel_bytes, nb, &a[..nv], out);
                 for p in 0..np {
                     let r0 = (p0 + p) * PANEL;
                     let valid = (w.rows - r0).min(PANEL);
@@ -576,7 +643,7 @@ pub type Gated<'a> = &'a (dyn Fn(&mut [f32], &[f32]) + Sync);
 
 fn run_tile(
     simd: Simd,
-    kind: PackKind,
+    form: PackForm,
     w: &[u8],
     panel_bytes: usize,
     nb: usize,
@@ -585,14 +652,14 @@ fn run_tile(
 ) {
     #[cfg(target_arch = "x86_64")]
     if simd.is_avx512() {
-        let f = super::gemm_avx512::kernel(kind, out.len() / a.len(), a.len());
+        let f = super::gemm_avx512::kernel(form, out.len() / a.len(), a.len());
         // SAFETY: `is_avx512` is only set after checking the CPU for
         // AVX-512 F/BW/VL/VNNI; `w` holds `out.len() / a.len()` panels of
         // `nb` blocks and every column has `nb` blocks (built by `gemm_many`).
-        return unsafe { f(w, panel_bytes, nb, kind.zero_point(), a, out) };
+        return unsafe { f(w, panel_bytes, nb, form.kind.zero_point(), a, out) };
     }
     let _ = simd;
-    gemm_scalar(kind, w, panel_bytes, nb, a, out)
+    gemm_scalar(form, w, panel_bytes, nb, a, out)
 }
 
 /// `y = W · X` over `w`'s packed copy whatever the batch (the scalar twin
