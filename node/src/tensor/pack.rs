@@ -8,8 +8,9 @@
 //! symmetric formats. Sixteen rows form a *panel*: for each block the panel
 //! holds its 16 × 32 bytes as eight 64-byte vectors, vector `d` holding
 //! elements `4d … 4d + 3` of each row in row order, then the 16 scales
-//! (and 16 offsets); formats of 4-bit values keep their weights two to a
-//! byte, in four vectors ([`PackForm`]). One `vpdpbusd` of such a vector against the four
+//! (and 16 offsets); formats of 4- and 5-bit values keep their weights two
+//! to a byte, in four vectors, the 5-bit ones with a plane of fifth bits
+//! ([`PackForm`]). One `vpdpbusd` of such a vector against the four
 //! activation bytes `4d … 4d + 3` of one column broadcast to every lane
 //! adds those four products into each of the 16 rows' sums: the weights are
 //! loaded once per block for all the columns of a tile, the activations
@@ -25,7 +26,8 @@
 //! Once packed, a matrix runs only this way on such CPUs, decode included:
 //! the row kernels lose to it even for one column on the models measured,
 //! though it reads as many or more bytes a weight (0.625–0.75 for the 4-bit
-//! formats, 1.125–1.25 for the others, against 0.56–1.06 in the file).
+//! formats, 0.75–0.875 for the 5-bit ones, 1.125–1.25 for the others,
+//! against 0.56–1.06 in the file).
 
 // Block formats are index arithmetic; explicit index loops read closest to the layouts.
 #![allow(clippy::needless_range_loop)]
