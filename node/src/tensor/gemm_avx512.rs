@@ -14,7 +14,9 @@
 use std::arch::x86_64::*;
 
 use super::dequant::QK;
-use super::pack::{GemmAct, GemmFn, PackForm, PackKind, PANEL};
+use super::pack::{
+    weight_bytes, GemmAct, GemmFn, PackForm, PackKind, FIFTH_BITS, PANEL, SCALE_VEC,
+};
 
 const SYM: u8 = 0;
 const ASYM: u8 = 1;
@@ -68,17 +70,9 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8>(
     debug_assert!(a.len() == N && out.len() == P * N && w.len() >= P * panel_bytes);
     // Nibbles (PackForm): four vectors of weights a block, not eight, then
     // for 5-bit formats eight masks of fifth bits.
-    let wbytes = match BITS {
-        4 => QK * PANEL / 2,
-        5 => QK * PANEL / 2 + QK * PANEL / 8,
-        _ => QK * PANEL,
-    };
+    let wbytes = weight_bytes(BITS);
     let nib = BITS != 8;
-    let bb = if K == SYM {
-        wbytes + 4 * PANEL
-    } else {
-        wbytes + 8 * PANEL
-    };
+    let bb = wbytes + if K == SYM { SCALE_VEC } else { 2 * SCALE_VEC };
     let low = _mm512_set1_epi8(0x0f);
     let sixteen = _mm512_set1_epi8(0x10);
     let mut acc = [[_mm512_setzero_ps(); N]; P];
@@ -118,7 +112,7 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8>(
                     });
                     if BITS == 5 {
                         for p in 0..P {
-                            let plane = blk[p].add(QK * PANEL / 2) as *const u64;
+                            let plane = blk[p].add(FIFTH_BITS) as *const u64;
                             let (ml, mh) = (plane.add(k).read(), plane.add(k + 4).read());
                             lo[p] = _mm512_mask_add_epi8(lo[p], ml, lo[p], sixteen);
                             hi[p] = _mm512_mask_add_epi8(hi[p], mh, hi[p], sixteen);
@@ -148,7 +142,7 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8>(
                 }
             }
             let dw: [__m512; P] = std::array::from_fn(|p| {
-                _mm512_load_ps(blk[p].add(wbytes + 4 * PANEL * half) as *const f32)
+                _mm512_load_ps(blk[p].add(wbytes + SCALE_VEC * half) as *const f32)
             });
             for c in 0..N {
                 let dx = _mm512_set1_ps((*cols[c].add(b)).d);
@@ -160,7 +154,7 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8>(
         }
         if K == ASYM {
             let mw: [__m512; P] = std::array::from_fn(|p| {
-                _mm512_load_ps(blk[p].add(wbytes + 4 * PANEL) as *const f32)
+                _mm512_load_ps(blk[p].add(wbytes + SCALE_VEC) as *const f32)
             });
             for c in 0..N {
                 let sx = _mm512_set1_ps((*cols[c].add(b)).sx);

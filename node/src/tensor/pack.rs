@@ -80,6 +80,24 @@ impl PackKind {
     }
 }
 
+/// Where a 5-bit block's fifth-bit masks start: after its nibbles.
+pub const FIFTH_BITS: usize = QK * PANEL / 2;
+
+/// Bytes of a panel block's weights at `bits` a weight (4, 5 or 8): the
+/// packer, the scalar twin and the SIMD tiles all place scales after them.
+pub const fn weight_bytes(bits: u8) -> usize {
+    match bits {
+        4 => FIFTH_BITS,
+        5 => FIFTH_BITS + QK * PANEL / 8,
+        _ => QK * PANEL,
+    }
+}
+
+/// Bytes of one f32 per row of a panel: a block's scales after its weights,
+/// then, for the formats that have them, its offsets or its second half's
+/// scales.
+pub const SCALE_VEC: usize = 4 * PANEL;
+
 /// How a packed matrix stores a block: its arithmetic, and how many bits a
 /// weight takes. Formats of 4- and 5-bit values keep them as nibbles: a
 /// panel block's 512 weights in four vectors, vector `k` holding vector
@@ -113,11 +131,7 @@ impl PackForm {
 
     /// Bytes of one panel block's weights: where its scales start.
     pub fn weight_bytes(self) -> usize {
-        match self.bits {
-            4 => QK * PANEL / 2,
-            5 => QK * PANEL / 2 + QK * PANEL / 8,
-            _ => QK * PANEL,
-        }
+        weight_bytes(self.bits)
     }
 
     /// Bytes of one panel's block: weights, then scales (one vector, or one
@@ -125,8 +139,8 @@ impl PackForm {
     pub fn block_bytes(self) -> usize {
         self.weight_bytes()
             + match self.kind {
-                PackKind::Sym(_) => 4 * PANEL,
-                PackKind::Asym | PackKind::Half(_) => 8 * PANEL,
+                PackKind::Sym(_) => SCALE_VEC,
+                PackKind::Asym | PackKind::Half(_) => 2 * SCALE_VEC,
             }
     }
 
@@ -141,7 +155,7 @@ impl PackForm {
         if self.bits == 4 {
             return nibble;
         }
-        let bit = (blk[QK * PANEL / 2 + 8 * d + r / 2] >> (4 * (r % 2) + j)) & 1;
+        let bit = (blk[FIFTH_BITS + 8 * d + r / 2] >> (4 * (r % 2) + j)) & 1;
         nibble | bit << 4
     }
 }
@@ -236,14 +250,14 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
                         for (d, w) in [(k, lo), (k + 4, hi)] {
                             let fifth =
                                 (((w >> 4) & 0x0101_0101).wrapping_mul(0x0102_0408) >> 24) as u8;
-                            blk[QK * PANEL / 2 + 8 * d + lane / 2] |= fifth << (4 * (lane % 2));
+                            blk[FIFTH_BITS + 8 * d + lane / 2] |= fifth << (4 * (lane % 2));
                         }
                     }
                 }
             }
             let s = wb + 4 * lane;
             blk[s..s + 4].copy_from_slice(&dw[2 * b].to_le_bytes());
-            let second = wb + 4 * PANEL + 4 * lane;
+            let second = wb + SCALE_VEC + 4 * lane;
             match form.kind {
                 PackKind::Asym => blk[second..second + 4].copy_from_slice(&mw[b].to_le_bytes()),
                 PackKind::Half(_) => {
@@ -451,7 +465,7 @@ pub fn gemm_scalar(
                 };
                 for r in 0..PANEL {
                     // The vector after the scales: offsets or second-half scales.
-                    let (dw, second) = (f(wb + 4 * r), || f(wb + 4 * PANEL + 4 * r));
+                    let (dw, second) = (f(wb + 4 * r), || f(wb + SCALE_VEC + 4 * r));
                     match kind {
                         PackKind::Sym(_) => {
                             acc[r] += ((-z * x.isum + dot(r, 0..QK)) as f32 * x.d) * dw
