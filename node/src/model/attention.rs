@@ -378,7 +378,7 @@ pub(super) struct TileJob<'a> {
 
 /// Row `j` of a tile's keys or values (`data`), as f32.
 #[inline(always)]
-pub(super) fn load_row_into(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
+fn load_row_into(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
     kv_row(job.kv, job.table, job.layer, job.g, data, j, row)
 }
 
@@ -540,15 +540,24 @@ mod tests {
 
     /// Decode-shaped steps (one or two tokens, long spans) take the split
     /// path, prompt-shaped ones the tile path (rows in lanes with AVX-512); with and without a window,
-    /// both equal an f64 softmax over the same f32 cache.
+    /// both equal an f64 softmax over what the cache holds.
     #[test]
     fn split_and_whole_spans_equal_a_plain_softmax() {
         // SmolLM2's shape (groups of 3 heads of 64) and Gemma 3 270M's (one
-        // group of 4 heads of 256).
-        for (n_head, n_head_kv, hd) in [(9usize, 3usize, 64usize), (4, 1, 256)] {
+        // group of 4 heads of 256), over an f32 and an f16 cache (the
+        // reference reads what the f16 cache holds).
+        let shapes = [(9usize, 3usize, 64usize), (4, 1, 256)];
+        let cases = [KvType::F32, KvType::F16]
+            .into_iter()
+            .flat_map(|ty| shapes.map(|s| (ty, s)));
+        for (ty, (n_head, n_head_kv, hd)) in cases {
+            let held = |x: f32| match ty {
+                KvType::F16 => half::f16::from_f32(x).to_f32(),
+                KvType::F32 => x,
+            };
             let n_pos = 700usize;
             let kv_dim = n_head_kv * hd;
-            let mut pool = KvPool::new(1, kv_dim, 16, n_pos.div_ceil(16), KvType::F32);
+            let mut pool = KvPool::new(1, kv_dim, 16, n_pos.div_ceil(16), ty);
             let table: Vec<u32> = (0..n_pos.div_ceil(16) as u32).collect();
             let mut seed = 7u64;
             let mut rnd = || {
@@ -563,8 +572,8 @@ mod tests {
                 let v: Vec<f32> = (0..kv_dim).map(|_| rnd()).collect();
                 pool.store(&table, 0, p, &k, &v);
                 for g in 0..n_head_kv {
-                    keys[g].push(k[g * hd..(g + 1) * hd].to_vec());
-                    vals[g].push(v[g * hd..(g + 1) * hd].to_vec());
+                    keys[g].push(k[g * hd..(g + 1) * hd].iter().map(|&x| held(x)).collect());
+                    vals[g].push(v[g * hd..(g + 1) * hd].iter().map(|&x| held(x)).collect());
                 }
             }
             let threads = ThreadPool::new(2);
