@@ -13,8 +13,9 @@ use std::arch::x86_64::*;
 
 use std::ops::Range;
 
-use super::attention::{merge_weights, TileJob, BLOCK, LANES, MAX_HEAD_DIM};
-use crate::kv::KvType;
+use super::attention::{
+    load_row_simd as load_row, merge_weights, TileJob, BLOCK, LANES, MAX_HEAD_DIM,
+};
 
 /// Key or value rows converted to f32 per step.
 const STEP: usize = 8;
@@ -202,35 +203,6 @@ unsafe fn tile(
         for d in 0..hd {
             acc[l * hd + d] = out[d][l];
         }
-    }
-}
-
-/// Row `j` of the tile's keys or values as f32. An f16 cache is converted
-/// here, 16 elements an instruction: through the general `dequantize` (its
-/// checks and a call per row of 64) a decode step spent ~10% of its time
-/// converting rows (perf, SmolLM2, positions up to ~150).
-#[inline(always)]
-unsafe fn load_row(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
-    let n = row.len();
-    let at = job.kv.at(job.table, job.layer, j, job.g * n);
-    if job.kv.ty == KvType::F32 {
-        let src = &data[at..at + 4 * n];
-        // SAFETY: `src` holds `4 n` bytes, `row` `n` f32s, byte for byte
-        // (little-endian f32s); they do not overlap.
-        std::ptr::copy_nonoverlapping(src.as_ptr(), row.as_mut_ptr() as *mut u8, 4 * n);
-        return;
-    }
-    debug_assert!(job.kv.ty == KvType::F16);
-    let src = &data[at..at + 2 * n];
-    let (sp, dp) = (src.as_ptr(), row.as_mut_ptr());
-    let mut d = 0;
-    while d + 16 <= n {
-        let h = _mm256_loadu_si256(sp.add(2 * d) as *const __m256i);
-        _mm512_storeu_ps(dp.add(d), _mm512_cvtph_ps(h));
-        d += 16;
-    }
-    for e in d..n {
-        row[e] = half::f16::from_le_bytes([src[2 * e], src[2 * e + 1]]).to_f32();
     }
 }
 
