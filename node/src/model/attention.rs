@@ -392,7 +392,6 @@ fn load_row_into(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) unsafe fn load_row_simd(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
-    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
     let n = row.len();
     let at = job.kv.at(job.table, job.layer, j, job.g * n);
     match job.kv.ty {
@@ -402,19 +401,9 @@ pub(super) unsafe fn load_row_simd(job: &TileJob, data: &[u8], j: usize, row: &m
             // (little-endian f32s); they do not overlap.
             std::ptr::copy_nonoverlapping(src.as_ptr(), row.as_mut_ptr() as *mut u8, 4 * n);
         }
-        KvType::F16 => {
-            let src = &data[at..at + 2 * n];
-            let mut d = 0;
-            while d + 8 <= n {
-                // SAFETY: elements d..d + 8 lie inside `src` and `row`.
-                let h = _mm_loadu_si128(src.as_ptr().add(2 * d) as *const __m128i);
-                _mm256_storeu_ps(row.as_mut_ptr().add(d), _mm256_cvtph_ps(h));
-                d += 8;
-            }
-            for e in d..n {
-                row[e] = half::f16::from_le_bytes([src[2 * e], src[2 * e + 1]]).to_f32();
-            }
-        }
+        // SAFETY: the caller has AVX and F16C; `data[at..]` holds the row's
+        // `2 n` bytes.
+        KvType::F16 => crate::tensor::dequant::f16_to_f32_f16c(&data[at..at + 2 * n], row),
     }
 }
 

@@ -230,9 +230,13 @@ fn iq4_xs(b: &[u8], y: &mut [f32]) {
 }
 
 /// f16 → f32 eight at a time with F16C (exact, like the scalar conversion).
+///
+/// # Safety
+/// AVX and F16C; `src` holds `2 · dst.len()` bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
-unsafe fn f16_to_f32_f16c(src: &[u8], dst: &mut [f32]) {
+#[inline]
+pub(crate) unsafe fn f16_to_f32_f16c(src: &[u8], dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let n = dst.len();
     let mut i = 0;
