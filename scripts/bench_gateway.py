@@ -5,8 +5,10 @@ in one run (BENCHMARKS.md, "Gateway overhead").
   python3 scripts/bench_gateway.py [--bin target/release/realizar] [--rounds 5] [--workers 1]
                                   [--serve] [--latency-only] [--cpu-only] [--floor]
 
-1. TTFT p50 at concurrency 1 and output tokens/s at concurrency 8, direct
-   and through the gateway, interleaved round by round (`realizar bench`);
+1. TTFT p50 at concurrency 1 (one `realizar bench` run per round whose
+   requests alternate between the node and the gateway, every prompt new
+   to the node) and output tokens/s at concurrency 8 (a run per target,
+   each first in turn), direct and through the gateway, round by round;
    with --serve, `realizar serve` too (the gateway over a node in one
    process); --latency-only stops there, --cpu-only skips it.
 2. The gateway process's own CPU time (utime + stime from /proc/PID/stat)
@@ -86,15 +88,19 @@ def wait_for(pred, limit=180):
     sys.exit("timed out waiting")
 
 
-def bench(bin_, url, concurrency, requests, max_tokens):
+def bench(bin_, urls, concurrency, requests, max_tokens):
+    """`realizar bench` at one concurrency: a report per URL (requests
+    alternate between the URLs when there are several)."""
     out = f"/tmp/bench_gateway_{os.getpid()}.json"
+    urls = [urls] if isinstance(urls, str) else urls
     subprocess.run(
-        [bin_, "bench", "--url", url, "--model", "smollm2", "--concurrency", str(concurrency),
+        [bin_, "bench", "--model", "smollm2", "--concurrency", str(concurrency),
          "--requests", str(requests), "--max-tokens", str(max_tokens), "--prompt-tokens", "128",
-         "--json", out, "--quiet"],
+         "--json", out, "--quiet"] + [x for u in urls for x in ("--url", u)],
         check=True, stdout=subprocess.DEVNULL)
     with open(out) as f:
-        return json.load(f)[0]
+        reports = json.load(f)
+    return reports[0] if len(urls) == 1 else {r["url"]: r for r in reports}
 
 
 def load(port, path, bodies, clients, stream=False):
@@ -163,6 +169,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/realizar"))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--ttft-requests", type=int, default=64,
+                    help="requests per target and round for TTFT at c=1, the targets interleaved")
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=1, help="the gateway's --workers")
     ap.add_argument("--serve", action="store_true", help="measure `realizar serve` in the same rounds")
@@ -194,18 +202,20 @@ def main():
             targets.append(("serve", serve_port))
         print(f"machine: {os.cpu_count()} CPUs; {a.bin}")
 
-        # 1. Interleaved: direct and through the gateway, after a warm-up
-        # (the first run fills the prefix cache both then use).
+        # 1. Direct and through the gateway, after a warm-up. TTFT at c=1:
+        # one run whose requests alternate between the targets, so both see
+        # the same machine at the same moments (every prompt is new to the
+        # node: `realizar bench` tags each run's and request's first line).
+        # Tokens/s at c=8: a run per target, each first in turn.
         for _, port in targets:
             bench(a.bin, f"http://127.0.0.1:{port}", 1, 4, 16)
         rows = {name: [] for name, _ in targets}
         for r in range(0 if a.cpu_only else a.rounds):
-            # Each target first in turn.
             order = targets[r % len(targets):] + targets[:r % len(targets)]
-            for name, port in order:
-                url = f"http://127.0.0.1:{port}"
-                c1 = bench(a.bin, url, 1, 32, 16)
-                c8 = bench(a.bin, url, 8, 32, 64)
+            urls = {name: f"http://127.0.0.1:{port}" for name, port in order}
+            c1s = bench(a.bin, list(urls.values()), 1, a.ttft_requests, 16)
+            for name, url in urls.items():
+                c1, c8 = c1s[url], bench(a.bin, url, 8, 32, 64)
                 rows[name].append((c1["ttft_ms"][0], c8["output_tokens_per_s"], c1["errors"] + c8["errors"]))
                 print(f"round {r} {name:8}: TTFT p50 {c1['ttft_ms'][0]:.2f} ms (c=1), "
                       f"{c8['output_tokens_per_s']:.1f} output tokens/s (c=8)")
@@ -214,8 +224,12 @@ def main():
             rows = {name: [(0.0, 1.0, 0)] for name, _ in targets}
         d_ttft, g_ttft = med([x[0] for x in rows["direct"]]), med([x[0] for x in rows["gateway"]])
         d_tps, g_tps = med([x[1] for x in rows["direct"]]), med([x[1] for x in rows["gateway"]])
+        # The c=1 runs interleave the targets, so a round's two p50s were
+        # taken side by side: the median of their differences is the figure.
+        paired = med([g[0] - d[0] for d, g in zip(rows["direct"], rows["gateway"])])
         print(f"median over rounds: TTFT p50 direct {d_ttft:.2f} ms, gateway {g_ttft:.2f} ms "
-              f"(+{g_ttft - d_ttft:.2f} ms); tokens/s direct {d_tps:.1f}, gateway {g_tps:.1f} "
+              f"({paired:+.2f} ms, the median of the rounds' differences); "
+              f"tokens/s direct {d_tps:.1f}, gateway {g_tps:.1f} "
               f"({(g_tps / d_tps - 1) * 100:+.1f}%); errors {sum(x[2] for v in rows.values() for x in v)}")
         if a.serve:
             s_ttft, s_tps = med([x[0] for x in rows["serve"]]), med([x[1] for x in rows["serve"]])

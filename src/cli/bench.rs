@@ -3,7 +3,10 @@
 //! it keeps that many requests in flight until `--requests` have finished,
 //! and reports time to first token, inter-token latency and end-to-end
 //! latency (p50/p90/p99), request and token throughput, and errors, as a
-//! markdown table and optionally JSON.
+//! markdown table and optionally JSON. Given several URLs it sends request
+//! `i` to URL `i mod n`, so the targets are measured interleaved, under the
+//! same conditions, and reported apart (how the gateway's overhead over
+//! its node is measured: BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,7 +27,8 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 
 #[derive(Debug, Clone)]
 pub struct BenchArgs {
-    pub url: String,
+    /// One or more targets; requests alternate between them.
+    pub urls: Vec<String>,
     pub model: String,
     pub concurrency: Vec<usize>,
     pub requests: usize,
@@ -33,6 +37,23 @@ pub struct BenchArgs {
     pub max_tokens: usize,
     pub stream: bool,
     pub progress: bool,
+    /// Part of every prompt's first line, different for every run.
+    pub run_tag: String,
+}
+
+/// A tag unlikely to repeat between runs: the clock's nanoseconds and the
+/// process id, in base 36.
+pub fn run_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 40);
+    let mut s = Vec::new();
+    for _ in 0..6 {
+        s.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(x % 36) as usize]);
+        x /= 36;
+    }
+    String::from_utf8(s).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Default)]
@@ -58,6 +79,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 /// Results of one concurrency level.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LevelReport {
+    /// The target (its base URL).
+    pub url: String,
     pub concurrency: usize,
     pub requests: usize,
     pub errors: usize,
@@ -268,16 +291,17 @@ async fn one_request(client: &HttpClient, base: &str, a: &BenchArgs, prompt: Str
     s
 }
 
+/// One concurrency level: a report per target, in the order of `bases`.
 async fn level(
     client: &HttpClient,
-    base: &str,
+    bases: &[String],
     a: &BenchArgs,
     prompts: &[String],
     conc: usize,
-) -> LevelReport {
+) -> Vec<LevelReport> {
     let next = Arc::new(AtomicUsize::new(0));
     let bar = if a.progress {
-        let b = indicatif::ProgressBar::new(a.requests as u64);
+        let b = indicatif::ProgressBar::new((a.requests * bases.len()) as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
                 "concurrency {msg:>3} [{bar:40}] {pos}/{len} {elapsed_precise}",
@@ -293,9 +317,9 @@ async fn level(
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
-        let (client, base, a, next, bar) = (
+        let (client, bases, a, next, bar) = (
             client.clone(),
-            base.to_owned(),
+            bases.to_vec(),
             a.clone(),
             next.clone(),
             bar.clone(),
@@ -305,13 +329,20 @@ async fn level(
             let mut out = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= a.requests {
+                if i >= a.requests * bases.len() {
                     break;
                 }
-                // A distinct first line per request keeps prefix caches from
-                // turning the benchmark into a cache test.
-                let prompt = format!("Request {i}.\n{}", prompts[i % prompts.len()]);
-                out.push(one_request(&client, &base, &a, prompt).await);
+                // A distinct first line per request, and per run, keeps
+                // prefix caches from turning the benchmark into a cache test
+                // (a second run, or a second target over the same node,
+                // would otherwise find the first one's prompts cached).
+                let k = bases.len();
+                let prompt = format!(
+                    "Request {}-{i}.\n{}",
+                    a.run_tag,
+                    prompts[(i / k) % prompts.len()]
+                );
+                out.push((i % k, one_request(&client, &bases[i % k], &a, prompt).await));
                 bar.inc(1);
             }
             out
@@ -323,6 +354,21 @@ async fn level(
     }
     let wall = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    (0..bases.len())
+        .map(|k| {
+            let mine: Vec<Sample> = samples
+                .iter()
+                .filter(|(t, _)| *t == k)
+                .map(|(_, s)| s.clone())
+                .collect();
+            report(&bases[k], conc, wall, &mine)
+        })
+        .collect()
+}
+
+/// A target's figures from its samples; throughput over `wall`, the whole
+/// level's time (shared with the other targets, if any).
+fn report(url: &str, conc: usize, wall: f64, samples: &[Sample]) -> LevelReport {
     let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
     let mut ttft: Vec<f64> = ok.iter().map(|s| s.ttft * 1e3).collect();
     let mut itl: Vec<f64> = ok
@@ -339,6 +385,7 @@ async fn level(
     };
     let n_ok = ok.len().max(1) as f64;
     LevelReport {
+        url: url.to_owned(),
         concurrency: conc,
         requests: samples.len(),
         errors: samples.len() - ok.len(),
@@ -368,13 +415,23 @@ async fn level(
     }
 }
 
+/// The reports as a markdown table; a target column when there are several.
 pub fn markdown(reports: &[LevelReport]) -> String {
-    let mut s = String::from(
-        "| concurrency | requests | errors | req/s | output tok/s | prompt tok/s | TTFT p50/p90/p99 ms | ITL p50/p90/p99 ms | E2E p50/p90/p99 ms |\n\
-         |---:|---:|---:|---:|---:|---:|---|---|---|\n",
+    let several = reports.iter().any(|r| r.url != reports[0].url);
+    let (head, rule) = if several {
+        ("| target ", "|---")
+    } else {
+        ("", "")
+    };
+    let mut s = format!(
+        "{head}| concurrency | requests | errors | req/s | output tok/s | prompt tok/s | TTFT p50/p90/p99 ms | ITL p50/p90/p99 ms | E2E p50/p90/p99 ms |\n\
+         {rule}|---:|---:|---:|---:|---:|---:|---|---|---|\n",
     );
     for r in reports {
         let f = |v: [f64; 3]| format!("{:.1} / {:.1} / {:.1}", v[0], v[1], v[2]);
+        if several {
+            s.push_str(&format!("| {} ", r.url));
+        }
         s.push_str(&format!(
             "| {} | {} | {} | {:.2} | {:.1} | {:.1} | {} | {} | {} |\n",
             r.concurrency,
@@ -392,18 +449,17 @@ pub fn markdown(reports: &[LevelReport]) -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<Vec<LevelReport>, String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = super::io_runtime(2).map_err(|e| e.to_string())?;
     rt.block_on(async move {
         // A fresh connection per request: some servers (llama-server) close
         // idle keep-alive connections in ways a pooled client trips over.
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build_http();
-        let base = split_url(&a.url);
+        let bases: Vec<String> = a.urls.iter().map(|u| split_url(u)).collect();
+        let Some(first) = bases.first() else {
+            return Err("no --url".into());
+        };
         let prompts = match &a.prompts_file {
             Some(p) => {
                 let text =
@@ -418,12 +474,11 @@ pub fn run(a: BenchArgs) -> Result<Vec<LevelReport>, String> {
                 }
                 v
             }
-            None => vec![synthetic_prompt(&client, &base, &a.model, a.prompt_tokens).await],
+            None => vec![synthetic_prompt(&client, first, &a.model, a.prompt_tokens).await],
         };
         let mut reports = Vec::new();
         for &c in &a.concurrency {
-            let r = level(&client, &base, &a, &prompts, c.max(1)).await;
-            reports.push(r);
+            reports.extend(level(&client, &bases, &a, &prompts, c.max(1)).await);
         }
         Ok(reports)
     })
@@ -440,16 +495,14 @@ pub struct PrefixTrial {
 }
 
 pub fn prefix_reuse(a: BenchArgs, n: usize, trials: usize) -> Result<Vec<PrefixTrial>, String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = super::io_runtime(2).map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build_http();
-        let base = split_url(&a.url);
+        let Some(base) = a.urls.first().map(|u| split_url(u)) else {
+            return Err("no --url".into());
+        };
         let shared = synthetic_prompt(&client, &base, &a.model, n).await;
         let mut out = Vec::new();
         let one = BenchArgs {
@@ -458,7 +511,7 @@ pub fn prefix_reuse(a: BenchArgs, n: usize, trials: usize) -> Result<Vec<PrefixT
             ..a.clone()
         };
         for t in 0..trials {
-            let system = format!("Trial {t} {}.", shared);
+            let system = format!("Trial {}-{t} {}.", a.run_tag, shared);
             let first = one_request(
                 &client,
                 &base,
@@ -489,15 +542,16 @@ pub fn prefix_reuse(a: BenchArgs, n: usize, trials: usize) -> Result<Vec<PrefixT
 /// `realizar bench`'s flags.
 #[derive(clap::Args)]
 pub struct BenchCli {
-    /// Server base URL, e.g. http://127.0.0.1:8080
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Server base URL, e.g. http://127.0.0.1:8080. Repeat it to compare
+    /// servers: requests alternate between them and each gets its own row.
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080")]
+    pub urls: Vec<String>,
     #[arg(long, default_value = "smollm2")]
     pub model: String,
     /// Concurrency levels, run one after the other.
     #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     pub concurrency: Vec<usize>,
-    /// Requests per concurrency level.
+    /// Requests per concurrency level (per target, with several URLs).
     #[arg(long, default_value_t = 16)]
     pub requests: usize,
     /// Length of the synthetic prompt, in tokens.
@@ -528,7 +582,7 @@ pub fn command(a: BenchCli) -> std::process::ExitCode {
     use std::process::ExitCode;
     let fail = super::fail;
     let BenchCli {
-        url,
+        urls,
         model,
         concurrency,
         requests,
@@ -541,7 +595,7 @@ pub fn command(a: BenchCli) -> std::process::ExitCode {
         prefix_reuse: reuse,
     } = a;
     let args = BenchArgs {
-        url,
+        urls,
         model,
         concurrency,
         requests,
@@ -550,6 +604,7 @@ pub fn command(a: BenchCli) -> std::process::ExitCode {
         max_tokens,
         stream,
         progress: !quiet,
+        run_tag: run_tag(),
     };
     if let Some(n) = reuse {
         return match prefix_reuse(args, n, 5) {

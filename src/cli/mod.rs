@@ -9,6 +9,7 @@ pub mod models;
 mod node;
 mod probe;
 mod run;
+mod sched;
 mod serve;
 
 use std::path::PathBuf;
@@ -114,13 +115,27 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         // container's, a service manager's).
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    io_runtime(workers)
+}
+
+/// A runtime with `workers` threads (one: a current-thread runtime on the
+/// calling thread), each asking for the short I/O slice ([`sched`]).
+pub(crate) fn io_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let us = sched::io_slice_us();
+    let slice = move || {
+        if let Err(e) = sched::short_slice(us) {
+            tracing::debug!("no {us} µs scheduler slice for an I/O thread: {e}");
+        }
+    };
     if workers <= 1 {
+        slice();
         return tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .on_thread_start(slice)
         .enable_all()
         .build()
 }
