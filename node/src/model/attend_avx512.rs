@@ -6,6 +6,12 @@
 //! instruction. Scores are kept position-major (`scores[j]` holds the 16
 //! rows' scores of position `j`); positions outside a row's span (causal
 //! mask, sliding window) are −∞ and then exactly 0.
+//!
+//! A tile of a few rows (a decode step: one token, its KV head's group of
+//! query heads) would use only those lanes of each value-sum instruction;
+//! its value sums are kept row-major instead, 16 dimensions per
+//! instruction. Each element still sees the same multiply-adds in the same
+//! order, so the bits do not depend on the layout.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -19,6 +25,8 @@ use super::attention::{
 
 /// Key or value rows converted to f32 per step.
 const STEP: usize = 8;
+/// Most rows whose value sums are kept row-major rather than in lanes.
+const ROW_MAJOR_ROWS: usize = 4;
 
 /// Softmax partials of a tile's rows (row `l` = token `l / n_heads`, head
 /// `l % n_heads`) over the blocks `run`, merged block by block as
@@ -73,6 +81,7 @@ unsafe fn tile(
 ) {
     let (hd, nh) = (job.hd, job.n_heads);
     let rows = job.toks.len() * nh;
+    let row_major = rows <= ROW_MAJOR_ROWS;
     let Tile { qt, blk, out, buf } = t;
     // Each lane's span; unused lanes get an empty one.
     let mut first = [i32::MAX; LANES];
@@ -142,6 +151,20 @@ unsafe fn tile(
             sum = _mm512_add_ps(sum, e);
             _mm512_storeu_ps(sp.add(j * LANES), e);
         }
+        if row_major {
+            value_sums_rows(job, j0, n, sp, buf, blk.as_flattened_mut(), rows);
+            merge_rows(
+                &mut m_run,
+                &mut l_run,
+                mx,
+                sum,
+                blk.as_flattened(),
+                out.as_flattened_mut(),
+                rows,
+                hd,
+            );
+            continue;
+        }
         // Σ_j p_j · v_j, transposed: blk[d][l].
         blk[..hd].fill([0.0; LANES]);
         for s0 in (0..n).step_by(STEP) {
@@ -200,8 +223,110 @@ unsafe fn tile(
     for l in 0..rows {
         ml[2 * l] = m_run[l];
         ml[2 * l + 1] = l_run[l];
+    }
+    if row_major {
+        acc[..rows * hd].copy_from_slice(&out.as_flattened()[..rows * hd]);
+        return;
+    }
+    for l in 0..rows {
         for d in 0..hd {
             acc[l * hd + d] = out[d][l];
+        }
+    }
+}
+
+/// Lanes `0..n` of a mask (all 16 from n = 16 on).
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    ((1u32 << n.min(16)) - 1) as __mmask16
+}
+
+/// The block's value sums row-major: `blk[l·hd + d] = Σ_j p_j[l] · v_j[d]`
+/// over positions `j0 .. j0 + n`, `p` from the position-major scores `sp`;
+/// per element the multiply-adds of the lanes layout, in its order.
+///
+/// # Safety
+/// AVX-512 F, AVX2, FMA and F16C; `sp` holds `n · LANES` scores; `blk` at
+/// least `rows · hd` values, `rows ≤ LANES`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn value_sums_rows(
+    job: &TileJob,
+    j0: usize,
+    n: usize,
+    sp: *const f32,
+    buf: &mut [[f32; MAX_HEAD_DIM]],
+    blk: &mut [f32],
+    rows: usize,
+) {
+    let hd = job.hd;
+    blk[..rows * hd].fill(0.0);
+    for s0 in (0..n).step_by(STEP) {
+        let m = (n - s0).min(STEP);
+        for jj in 0..m {
+            load_row(job, &job.kv.v, j0 + s0 + jj, &mut buf[jj][..hd]);
+        }
+        for l in 0..rows {
+            let row = &mut blk[l * hd..(l + 1) * hd];
+            // Four vectors of the row at a time: four independent chains.
+            for d0 in (0..hd).step_by(64) {
+                let nv = (hd - d0).div_ceil(16).min(4);
+                let mut a = [_mm512_setzero_ps(); 4];
+                let mut k = [0 as __mmask16; 4];
+                for c in 0..nv {
+                    k[c] = lanes(hd - d0 - 16 * c);
+                    a[c] = _mm512_maskz_loadu_ps(k[c], row.as_ptr().add(d0 + 16 * c));
+                }
+                for jj in 0..m {
+                    let p = _mm512_set1_ps(*sp.add((s0 + jj) * LANES + l));
+                    let v = buf[jj].as_ptr().add(d0);
+                    for c in 0..nv {
+                        let x = _mm512_maskz_loadu_ps(k[c], v.add(16 * c));
+                        a[c] = _mm512_fmadd_ps(p, x, a[c]);
+                    }
+                }
+                for c in 0..nv {
+                    _mm512_mask_storeu_ps(row.as_mut_ptr().add(d0 + 16 * c), k[c], a[c]);
+                }
+            }
+        }
+    }
+}
+
+/// The block's partials (`mx`, `sum` per lane; value sums row-major in
+/// `blk`) merged into the running ones (`out`, row-major) as the lanes
+/// layout merges them: `a·wa + x·wb`, a row without positions kept.
+///
+/// # Safety
+/// AVX-512 F; `blk` and `out` hold at least `rows · hd` values.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn merge_rows(
+    m_run: &mut [f32; LANES],
+    l_run: &mut [f32; LANES],
+    mx: __m512,
+    sum: __m512,
+    blk: &[f32],
+    out: &mut [f32],
+    rows: usize,
+    hd: usize,
+) {
+    let mut mb = [0f32; LANES];
+    let mut lb = [0f32; LANES];
+    _mm512_storeu_ps(mb.as_mut_ptr(), mx);
+    _mm512_storeu_ps(lb.as_mut_ptr(), sum);
+    for l in 0..rows {
+        let Some([m, s, wa, wb]) = merge_weights(m_run[l], l_run[l], mb[l], lb[l]) else {
+            continue;
+        };
+        (m_run[l], l_run[l]) = (m, s);
+        let (wa, wb) = (_mm512_set1_ps(wa), _mm512_set1_ps(wb));
+        let (x, o) = (&blk[l * hd..(l + 1) * hd], &mut out[l * hd..(l + 1) * hd]);
+        for d0 in (0..hd).step_by(16) {
+            let k = lanes(hd - d0);
+            let a = _mm512_maskz_loadu_ps(k, o.as_ptr().add(d0));
+            let xb = _mm512_maskz_loadu_ps(k, x.as_ptr().add(d0));
+            let merged = _mm512_add_ps(_mm512_mul_ps(a, wa), _mm512_mul_ps(xb, wb));
+            _mm512_mask_storeu_ps(o.as_mut_ptr().add(d0), k, merged);
         }
     }
 }
