@@ -332,13 +332,14 @@ async fn level(
                 if i >= a.requests * bases.len() {
                     break;
                 }
-                // A distinct first line per request, and per run, keeps
+                // A distinct first line per request, level and run keeps
                 // prefix caches from turning the benchmark into a cache test
-                // (a second run, or a second target over the same node,
-                // would otherwise find the first one's prompts cached).
+                // (a second level or run, or a second target over the same
+                // node, would otherwise find the first one's prompts cached;
+                // llama-server picks the slot whose cached prompt matches).
                 let k = bases.len();
                 let prompt = format!(
-                    "Request {}-{i}.\n{}",
+                    "Request {}-c{conc}-{i}.\n{}",
                     a.run_tag,
                     prompts[(i / k) % prompts.len()]
                 );
