@@ -8,8 +8,10 @@
 //! woken task with a shorter slice than the running one preempts it
 //! (`PREEMPT_SHORT`). Without it a gateway or a node's HTTP thread that
 //! wakes for a token while both cores decode waited up to a tick (~4 ms
-//! here, `perf sched timehist`) — measured in BENCHMARKS.md ("Gateway
-//! overhead"). The request is per thread; `SCHED_FLAG_RESET_ON_FORK` keeps
+//! here, `perf sched timehist`): BENCHMARKS.md, "Prompts new to the node,
+//! targets interleaved, and a short slice for I/O threads", which also
+//! gives its cost in CPU when I/O alone saturates the cores. The request
+//! is per thread; `SCHED_FLAG_RESET_ON_FORK` keeps
 //! it from threads these threads spawn (the compute pool), which keep the
 //! default slice. Older kernels ignore the field; other systems have no
 //! such call and nothing is done.
