@@ -217,8 +217,8 @@ fn a_disconnected_client_cancels_its_sequence() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// The threads that move requests and tokens run with a 100 µs scheduler
-/// slice (src/cli/sched.rs) and the compute threads they start keep the
+/// With `REALIZAR_IO_SLICE_US=100` the threads that move requests and
+/// tokens run with a 100 µs scheduler slice (src/cli/sched.rs) and the compute threads they start keep the
 /// kernel's default: read back from /proc/PID/task/*/sched. Kernels before
 /// 6.12 have no per-task slice; there the test only says so.
 #[test]
@@ -233,7 +233,10 @@ fn io_threads_ask_for_a_short_slice_and_compute_threads_keep_the_default() {
         eprintln!("kernel {release:?} has no per-task scheduler slice: nothing to check");
         return;
     }
-    let server = Server::start(&["serve", "--threads", "2"]);
+    let server = Server::start_with_env(
+        &["serve", "--threads", "2"],
+        &[("REALIZAR_IO_SLICE_US", "100")],
+    );
     server.wait_ready(Duration::from_secs(120));
     let r = server.post(
         "/v1/completions",

@@ -16,13 +16,16 @@
 //! default slice. Older kernels ignore the field; other systems have no
 //! such call and nothing is done.
 
-/// `REALIZAR_IO_SLICE_US`: the slice the I/O threads ask for, in µs
-/// (default 100; 0 leaves the kernel's default).
+/// `REALIZAR_IO_SLICE_US`: the slice the I/O threads ask for, in µs (100
+/// is the measured setting; unset or 0 leaves the kernel's default). Off by
+/// default: with it on, tests/serve_hardening.rs's connection-cap test
+/// fails about one run in six (a past-the-cap connection gets no answer in
+/// 10 s) — a race in the server that the timing exposes, not yet found.
 pub fn io_slice_us() -> u64 {
     std::env::var("REALIZAR_IO_SLICE_US")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(100)
+        .unwrap_or(0)
 }
 
 /// Ask for a `us`-microsecond slice for the calling thread (0: nothing).
