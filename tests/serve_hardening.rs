@@ -593,8 +593,20 @@ fn the_connection_cap_refuses_without_exhausting_descriptors() {
         "30",
     ]);
     server.wait_ready(Duration::from_secs(120));
-    let held = slowloris(&server, 100);
-    std::thread::sleep(Duration::from_millis(300));
+    // Hold all 100 slots. A slot of wait_ready's last connection may not be
+    // free yet when they arrive; the connection it displaced is refused and
+    // closed, and is opened again until 100 are held.
+    let mut held = slowloris(&server, 100);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        held.retain_mut(|s| !closed(s));
+        if held.len() == 100 {
+            break;
+        }
+        let more = slowloris(&server, 100 - held.len());
+        held.extend(more);
+    }
+    assert_eq!(held.len(), 100, "could not hold 100 connections");
     // Past the cap: an immediate OpenAI-shaped 503, and the socket closed.
     for _ in 0..50 {
         let mut s = TcpStream::connect(server.addr).unwrap();
