@@ -315,6 +315,7 @@ async fn level(
         indicatif::ProgressBar::hidden()
     };
     let t0 = Instant::now();
+    let prompts: Arc<[String]> = prompts.into();
     let mut tasks = Vec::new();
     for _ in 0..conc {
         let (client, bases, a, next, bar) = (
@@ -324,7 +325,7 @@ async fn level(
             next.clone(),
             bar.clone(),
         );
-        let prompts = prompts.to_vec();
+        let prompts = prompts.clone();
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
@@ -349,21 +350,18 @@ async fn level(
             out
         }));
     }
-    let mut samples = Vec::new();
+    let mut by_target: Vec<Vec<Sample>> = vec![Vec::new(); bases.len()];
     for t in tasks {
-        samples.extend(t.await.unwrap_or_default());
+        for (k, s) in t.await.unwrap_or_default() {
+            by_target[k].push(s);
+        }
     }
     let wall = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    (0..bases.len())
-        .map(|k| {
-            let mine: Vec<Sample> = samples
-                .iter()
-                .filter(|(t, _)| *t == k)
-                .map(|(_, s)| s.clone())
-                .collect();
-            report(&bases[k], conc, wall, &mine)
-        })
+    bases
+        .iter()
+        .zip(&by_target)
+        .map(|(base, mine)| report(base, conc, wall, mine))
         .collect()
 }
 

@@ -197,21 +197,7 @@ unsafe fn tile(
         }
         // Merge into the running partials, lane by lane as fold() does row
         // by row: `a·wa + x·wb`, a lane without positions kept as it was.
-        let mut mb = [0f32; LANES];
-        let mut lb = [0f32; LANES];
-        _mm512_storeu_ps(mb.as_mut_ptr(), mx);
-        _mm512_storeu_ps(lb.as_mut_ptr(), sum);
-        let mut wa = [1f32; LANES];
-        let mut wb = [0f32; LANES];
-        let mut keep: __mmask16 = 0;
-        for l in 0..rows {
-            match merge_weights(m_run[l], l_run[l], mb[l], lb[l]) {
-                Some([m, s, a, b]) => {
-                    (m_run[l], l_run[l], wa[l], wb[l]) = (m, s, a, b);
-                }
-                None => keep |= 1 << l,
-            }
-        }
+        let (wa, wb, keep) = block_weights(&mut m_run, &mut l_run, mx, sum, rows);
         let (wa, wb) = (_mm512_loadu_ps(wa.as_ptr()), _mm512_loadu_ps(wb.as_ptr()));
         for d in 0..hd {
             let a = _mm512_loadu_ps(out[d].as_ptr());
@@ -292,6 +278,37 @@ unsafe fn value_sums_rows(
     }
 }
 
+/// A block's per-row merge weights ([`merge_weights`]) for rows
+/// `0..rows`, the running maxima and sums updated: `(wa, wb, keep)`, where
+/// a row in `keep` had no positions in the block and stays as it was
+/// (`wa` 1, `wb` 0).
+///
+/// # Safety
+/// AVX-512 F (inlined into the kernels that enable it).
+#[inline(always)]
+unsafe fn block_weights(
+    m_run: &mut [f32; LANES],
+    l_run: &mut [f32; LANES],
+    mx: __m512,
+    sum: __m512,
+    rows: usize,
+) -> ([f32; LANES], [f32; LANES], __mmask16) {
+    let mut mb = [0f32; LANES];
+    let mut lb = [0f32; LANES];
+    _mm512_storeu_ps(mb.as_mut_ptr(), mx);
+    _mm512_storeu_ps(lb.as_mut_ptr(), sum);
+    let mut wa = [1f32; LANES];
+    let mut wb = [0f32; LANES];
+    let mut keep: __mmask16 = 0;
+    for l in 0..rows {
+        match merge_weights(m_run[l], l_run[l], mb[l], lb[l]) {
+            Some([m, s, a, b]) => (m_run[l], l_run[l], wa[l], wb[l]) = (m, s, a, b),
+            None => keep |= 1 << l,
+        }
+    }
+    (wa, wb, keep)
+}
+
 /// The block's partials (`mx`, `sum` per lane; value sums row-major in
 /// `blk`) merged into the running ones (`out`, row-major) as the lanes
 /// layout merges them: `a·wa + x·wb`, a row without positions kept.
@@ -310,16 +327,9 @@ unsafe fn merge_rows(
     rows: usize,
     hd: usize,
 ) {
-    let mut mb = [0f32; LANES];
-    let mut lb = [0f32; LANES];
-    _mm512_storeu_ps(mb.as_mut_ptr(), mx);
-    _mm512_storeu_ps(lb.as_mut_ptr(), sum);
-    for l in 0..rows {
-        let Some([m, s, wa, wb]) = merge_weights(m_run[l], l_run[l], mb[l], lb[l]) else {
-            continue;
-        };
-        (m_run[l], l_run[l]) = (m, s);
-        let (wa, wb) = (_mm512_set1_ps(wa), _mm512_set1_ps(wb));
+    let (wa, wb, keep) = block_weights(m_run, l_run, mx, sum, rows);
+    for l in (0..rows).filter(|l| keep & (1 << l) == 0) {
+        let (wa, wb) = (_mm512_set1_ps(wa[l]), _mm512_set1_ps(wb[l]));
         let (x, o) = (&blk[l * hd..(l + 1) * hd], &mut out[l * hd..(l + 1) * hd]);
         for d0 in (0..hd).step_by(16) {
             let k = lanes(hd - d0);
