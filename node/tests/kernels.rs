@@ -440,8 +440,12 @@ fn packed_weights_agree_with_the_row_kernels() {
                 .expect("a packed form");
             // 4- and 5-bit formats keep their weights as nibbles (and a
             // plane of fifth bits): with the scales (and offsets) at most
-            // 0.75 and 0.875 bytes a weight, not 1.125–1.25.
-            let per_weight = packed.size() as f64 / (rows.next_multiple_of(16) * cols) as f64;
+            // 0.75 and 0.875 bytes a weight, not 1.125–1.25. The formats
+            // whose scales are f16 in the file keep them so: no more bytes
+            // than the file's, but for the padding that starts each panel
+            // on a 64-byte vector.
+            let weights = (rows.next_multiple_of(16) * cols) as f64;
+            let per_weight = packed.size() as f64 / weights;
             use GgmlType::*;
             let most = match t {
                 Q4_0 | Q4_1 | Q4_K => 0.75,
@@ -452,6 +456,19 @@ fn packed_weights_agree_with_the_row_kernels() {
                 per_weight <= most && (most == 1.25) == (per_weight > 0.875),
                 "{t:?}: {per_weight} bytes a packed weight"
             );
+            let l = t.layout().unwrap();
+            let file = match t {
+                // Stored as bytes (value + 128), not as the file's nibbles.
+                IQ4_NL => 34.0 / 32.0,
+                _ => l.block_bytes as f64 / l.block_elems as f64,
+            };
+            if matches!(t, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL) {
+                let pad = 32.0 * rows.div_ceil(16) as f64 / weights;
+                assert!(
+                    per_weight <= file + pad,
+                    "{t:?}: {per_weight} bytes a packed weight, the file {file}"
+                );
+            }
             let m = Matrix::new(t, rows, cols, &w)
                 .unwrap()
                 .with_packed(Some(&packed));

@@ -7,16 +7,15 @@
 //! the rows' scales (one more for the offsets of asymmetric formats; Q6_K's
 //! 16-element scales take the block as two halves). The 4- and 5-bit formats'
 //! weights come as nibbles, split with two ANDs and a shift, and fifth bits
-//! added under a mask (see [`super::pack::PackForm`]).
+//! added under a mask; f16 scales are widened with one convert a vector
+//! (see [`super::pack::PackForm`]).
 
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
 use super::dequant::QK;
-use super::pack::{
-    weight_bytes, GemmAct, GemmFn, PackForm, PackKind, FIFTH_BITS, PANEL, SCALE_VEC,
-};
+use super::pack::{scale_vec, weight_bytes, GemmAct, GemmFn, PackForm, PackKind, FIFTH_BITS, PANEL};
 
 const SYM: u8 = 0;
 const ASYM: u8 = 1;
@@ -25,41 +24,60 @@ const HALF: u8 = 2;
 /// The kernel for `p` panels (1 or 2) × `n` columns (1..=6).
 pub(super) fn kernel(form: PackForm, p: usize, n: usize) -> GemmFn {
     macro_rules! by_n {
-        ($p:literal, $a:expr, $bits:literal) => {
+        ($p:literal, $a:expr, $bits:literal, $h:literal) => {
             match n {
-                1 => tile::<$p, 1, $a, $bits>,
-                2 => tile::<$p, 2, $a, $bits>,
-                3 => tile::<$p, 3, $a, $bits>,
-                4 => tile::<$p, 4, $a, $bits>,
-                5 => tile::<$p, 5, $a, $bits>,
-                _ => tile::<$p, 6, $a, $bits>,
+                1 => tile::<$p, 1, $a, $bits, $h>,
+                2 => tile::<$p, 2, $a, $bits, $h>,
+                3 => tile::<$p, 3, $a, $bits, $h>,
+                4 => tile::<$p, 4, $a, $bits, $h>,
+                5 => tile::<$p, 5, $a, $bits, $h>,
+                _ => tile::<$p, 6, $a, $bits, $h>,
             }
         };
     }
     macro_rules! by_bits {
-        ($p:literal, $a:expr) => {
+        ($p:literal, $a:expr, $h:literal) => {
             match form.bits {
-                4 => by_n!($p, $a, 4),
-                5 => by_n!($p, $a, 5),
-                _ => by_n!($p, $a, 8),
+                4 => by_n!($p, $a, 4, $h),
+                5 => by_n!($p, $a, 5, $h),
+                _ => by_n!($p, $a, 8, $h),
             }
         };
     }
-    match (p, form.kind) {
-        (1, PackKind::Sym(_)) => by_bits!(1, SYM),
-        (1, PackKind::Asym) => by_bits!(1, ASYM),
-        (1, PackKind::Half(_)) => by_n!(1, HALF, 8),
-        (_, PackKind::Sym(_)) => by_bits!(2, SYM),
-        (_, PackKind::Asym) => by_bits!(2, ASYM),
-        (_, PackKind::Half(_)) => by_n!(2, HALF, 8),
+    // The forms there are (PackForm::of): f16 scales for Q4_0, Q5_0, Q8_0
+    // and IQ4_NL (symmetric) and Q4_1, Q5_1 (asymmetric); f32 for IQ4_XS
+    // (symmetric, 8-bit), Q4_K, Q5_K (asymmetric) and Q6_K (halves).
+    match (p, form.kind, form.f16) {
+        (1, PackKind::Sym(_), true) => by_bits!(1, SYM, true),
+        (1, PackKind::Sym(_), false) => by_n!(1, SYM, 8, false),
+        (1, PackKind::Asym, true) => by_bits!(1, ASYM, true),
+        (1, PackKind::Asym, false) => by_bits!(1, ASYM, false),
+        (1, PackKind::Half(_), _) => by_n!(1, HALF, 8, false),
+        (_, PackKind::Sym(_), true) => by_bits!(2, SYM, true),
+        (_, PackKind::Sym(_), false) => by_n!(2, SYM, 8, false),
+        (_, PackKind::Asym, true) => by_bits!(2, ASYM, true),
+        (_, PackKind::Asym, false) => by_bits!(2, ASYM, false),
+        (_, PackKind::Half(_), _) => by_n!(2, HALF, 8, false),
+    }
+}
+
+/// Sixteen rows' scales (or offsets) at `at`: f16 (32-byte aligned) or
+/// f32 (64-byte aligned).
+#[inline(always)]
+unsafe fn load_scales<const F16: bool>(at: *const u8) -> __m512 {
+    if F16 {
+        _mm512_cvtph_ps(_mm256_load_si256(at as *const __m256i))
+    } else {
+        _mm512_load_ps(at as *const f32)
     }
 }
 
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI; `w` holds `P` panels of `nb` blocks, `panel_bytes`
-/// apart; `a` has `N` columns of at least `nb` blocks; `out` has `P × N` entries.
+/// apart, 64-byte aligned, in the form `K`, `BITS`, `F16` names; `a` has `N`
+/// columns of at least `nb` blocks; `out` has `P × N` entries.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8>(
+unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, const F16: bool>(
     w: &[u8],
     panel_bytes: usize,
     nb: usize,
@@ -72,14 +90,19 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8>(
     // for 5-bit formats eight masks of fifth bits.
     let wbytes = weight_bytes(BITS);
     let nib = BITS != 8;
-    let bb = wbytes + if K == SYM { SCALE_VEC } else { 2 * SCALE_VEC };
+    // Every block's scales follow every block's weights (pack.rs).
+    let sv = scale_vec(F16);
+    let sb = if K == SYM { sv } else { 2 * sv };
+    let scales = nb * wbytes;
     let low = _mm512_set1_epi8(0x0f);
     let sixteen = _mm512_set1_epi8(0x10);
     let mut acc = [[_mm512_setzero_ps(); N]; P];
     let cols: [*const GemmAct; N] = std::array::from_fn(|c| a[c].as_ptr());
     let wp = w.as_ptr();
     for b in 0..nb {
-        let blk: [*const u8; P] = std::array::from_fn(|p| wp.add(p * panel_bytes + b * bb));
+        let blk: [*const u8; P] = std::array::from_fn(|p| wp.add(p * panel_bytes + b * wbytes));
+        let sc: [*const u8; P] =
+            std::array::from_fn(|p| wp.add(p * panel_bytes + scales + b * sb));
         // A half-scaled block (Q6_K) runs as two halves of four steps, each
         // with its own starting sums and row scales; the others as one.
         let halves = if K == HALF { 2 } else { 1 };
@@ -141,9 +164,8 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8>(
                     }
                 }
             }
-            let dw: [__m512; P] = std::array::from_fn(|p| {
-                _mm512_load_ps(blk[p].add(wbytes + SCALE_VEC * half) as *const f32)
-            });
+            let dw: [__m512; P] =
+                std::array::from_fn(|p| load_scales::<F16>(sc[p].add(sv * half)));
             for c in 0..N {
                 let dx = _mm512_set1_ps((*cols[c].add(b)).d);
                 for p in 0..P {
@@ -153,9 +175,7 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8>(
             }
         }
         if K == ASYM {
-            let mw: [__m512; P] = std::array::from_fn(|p| {
-                _mm512_load_ps(blk[p].add(wbytes + SCALE_VEC) as *const f32)
-            });
+            let mw: [__m512; P] = std::array::from_fn(|p| load_scales::<F16>(sc[p].add(sv)));
             for c in 0..N {
                 let sx = _mm512_set1_ps((*cols[c].add(b)).sx);
                 for p in 0..P {

@@ -7,10 +7,11 @@
 //! offset `mw`) such that `w = dw · u + mw`, or `w = dw · (u − z)` for the
 //! symmetric formats. Sixteen rows form a *panel*: for each block the panel
 //! holds its 16 × 32 bytes as eight 64-byte vectors, vector `d` holding
-//! elements `4d … 4d + 3` of each row in row order, then the 16 scales
-//! (and 16 offsets); formats of 4- and 5-bit values keep their weights two
-//! to a byte, in four vectors, the 5-bit ones with a plane of fifth bits
-//! ([`PackForm`]). One `vpdpbusd` of such a vector against the four
+//! elements `4d … 4d + 3` of each row in row order; formats of 4- and 5-bit
+//! values keep their weights two to a byte, in four vectors, the 5-bit ones
+//! with a plane of fifth bits ([`PackForm`]). After every block's weights
+//! the panel holds every block's 16 scales (and 16 offsets), as f16 where
+//! the file stores them so ([`PackForm::f16`]). One `vpdpbusd` of such a vector against the four
 //! activation bytes `4d … 4d + 3` of one column broadcast to every lane
 //! adds those four products into each of the 16 rows' sums: the weights are
 //! loaded once per block for all the columns of a tile, the activations
@@ -25,9 +26,10 @@
 //!
 //! Once packed, a matrix runs only this way on such CPUs, decode included:
 //! the row kernels lose to it even for one column on the models measured,
-//! though it reads as many or more bytes a weight (0.625–0.75 for the 4-bit
-//! formats, 0.75–0.875 for the 5-bit ones, 1.125–1.25 for the others,
-//! against 0.56–1.06 in the file).
+//! though for some formats it reads more bytes a weight than the file:
+//! Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 take the file's bytes (0.5625–1.0625),
+//! the K-quants and IQ4_XS 0.0625–0.125 more (f32 scales), IQ4_NL 1.0625
+//! against 0.5625 (bytes, not nibbles).
 
 // Block formats are index arithmetic; explicit index loops read closest to the layouts.
 #![allow(clippy::needless_range_loop)]
@@ -83,8 +85,8 @@ impl PackKind {
 /// Where a 5-bit block's fifth-bit masks start: after its nibbles.
 pub const FIFTH_BITS: usize = QK * PANEL / 2;
 
-/// Bytes of a panel block's weights at `bits` a weight (4, 5 or 8): the
-/// packer, the scalar twin and the SIMD tiles all place scales after them.
+/// Bytes of a panel block's weights at `bits` a weight (4, 5 or 8), a
+/// multiple of 64: every block's weights start on a vector.
 pub const fn weight_bytes(bits: u8) -> usize {
     match bits {
         4 => FIFTH_BITS,
@@ -93,10 +95,14 @@ pub const fn weight_bytes(bits: u8) -> usize {
     }
 }
 
-/// Bytes of one f32 per row of a panel: a block's scales after its weights,
-/// then, for the formats that have them, its offsets or its second half's
-/// scales.
-pub const SCALE_VEC: usize = 4 * PANEL;
+/// Bytes of one value per row of a panel (a scale or offset vector), f16 or f32.
+pub const fn scale_vec(f16: bool) -> usize {
+    if f16 {
+        2 * PANEL
+    } else {
+        4 * PANEL
+    }
+}
 
 /// How a packed matrix stores a block: its arithmetic, and how many bits a
 /// weight takes. Formats of 4- and 5-bit values keep them as nibbles: a
@@ -106,14 +112,21 @@ pub const SCALE_VEC: usize = 4 * PANEL;
 /// the fifth bits, one 64-bit mask per byte-form vector (bit `4r + j` for
 /// element `4d + j` of row `r`). Decode reads each weight once per token,
 /// and on the machines measured its speed follows the bytes it reads
-/// (BENCHMARKS.md): 0.625–0.75 bytes a weight (4 bits), 0.75–0.875 (5)
-/// against 1.125–1.25 as bytes. A kernel pays two ANDs and a shift per
-/// vector for the nibbles, a mask load and a masked add for a fifth bit.
+/// (BENCHMARKS.md): 0.5–0.625 bytes a weight of values (4 and 5 bits)
+/// against 1 as bytes, plus the scales. A kernel pays two ANDs and a shift
+/// per vector for the nibbles, a mask load and a masked add for a fifth bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackForm {
     pub kind: PackKind,
     /// 4, 5 or 8.
     pub bits: u8,
+    /// Scales and offsets kept as f16: the formats whose file stores them
+    /// so (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL), exactly. Decode reads every
+    /// weight once a token and its speed follows the bytes it reads: as f32
+    /// they were 0.0625 (0.125 with offsets) bytes a weight over the file's.
+    /// The K-quants' and IQ4_XS's scales are a super-block scale times a
+    /// sub-block scale, which f16 does not hold exactly: f32.
+    pub f16: bool,
 }
 
 impl PackForm {
@@ -126,22 +139,49 @@ impl PackForm {
                 Q5_0 | Q5_1 | Q5_K => 5,
                 _ => 8,
             },
+            f16: matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL),
         })
     }
 
-    /// Bytes of one panel block's weights: where its scales start.
+    /// Bytes of one panel block's weights.
     pub fn weight_bytes(self) -> usize {
         weight_bytes(self.bits)
     }
 
-    /// Bytes of one panel's block: weights, then scales (one vector, or one
-    /// per half), then offsets.
-    pub fn block_bytes(self) -> usize {
-        self.weight_bytes()
-            + match self.kind {
-                PackKind::Sym(_) => SCALE_VEC,
-                PackKind::Asym | PackKind::Half(_) => 2 * SCALE_VEC,
+    /// Bytes of one scale or offset vector.
+    pub fn scale_vec(self) -> usize {
+        scale_vec(self.f16)
+    }
+
+    /// Bytes of one panel block's scales: the scales, then the offsets or
+    /// the second half's scales.
+    pub fn scale_bytes(self) -> usize {
+        self.scale_vec()
+            * match self.kind {
+                PackKind::Sym(_) => 1,
+                PackKind::Asym | PackKind::Half(_) => 2,
             }
+    }
+
+    /// Bytes of a panel of `nb` blocks: the weights, the scales, and
+    /// padding to a multiple of 64 so that the next panel starts on a vector.
+    pub fn panel_bytes(self, nb: usize) -> usize {
+        (nb * (self.weight_bytes() + self.scale_bytes())).next_multiple_of(64)
+    }
+
+    /// Where block `b`'s scales start in a panel of `nb` blocks.
+    pub fn scales_at(self, nb: usize, b: usize) -> usize {
+        nb * self.weight_bytes() + b * self.scale_bytes()
+    }
+
+    /// Value `r` (a row) of scale vector `v` in a block's scales `sc`.
+    pub fn scale(self, sc: &[u8], v: usize, r: usize) -> f32 {
+        let at = v * self.scale_vec();
+        if self.f16 {
+            half::f16::from_le_bytes([sc[at + 2 * r], sc[at + 2 * r + 1]]).to_f32()
+        } else {
+            f32::from_le_bytes(sc[at + 4 * r..at + 4 * r + 4].try_into().unwrap())
+        }
     }
 
     /// Weight `k` (0..32) of row `r` of a panel block, as the kernels read it.
@@ -195,7 +235,7 @@ impl Packed {
 
     /// Bytes of one panel (all its blocks).
     pub fn panel_bytes(&self) -> usize {
-        self.nb() * self.form.block_bytes()
+        self.form.panel_bytes(self.nb())
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -216,11 +256,10 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
     }
     let nb = w.cols / QK;
     let panels = w.rows.div_ceil(PANEL);
-    let total = panels * nb * form.block_bytes();
+    let panel_bytes = form.panel_bytes(nb);
     // Zero pages, mapped as they are first written below.
-    let mut buf = memmap2::MmapMut::map_anon(total).ok()?;
-    let (bb, wb) = (form.block_bytes(), form.weight_bytes());
-    let panel_bytes = nb * bb;
+    let mut buf = memmap2::MmapMut::map_anon(panels * panel_bytes).ok()?;
+    let (wb, sb, sv) = (form.weight_bytes(), form.scale_bytes(), form.scale_vec());
     let bytes = &mut buf[..];
     let mut u = vec![0u8; w.cols];
     let mut dw = vec![0f32; 2 * nb];
@@ -230,7 +269,7 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
         let (pi, lane) = (r / PANEL, r % PANEL);
         let panel = &mut bytes[pi * panel_bytes..(pi + 1) * panel_bytes];
         for b in 0..nb {
-            let blk = &mut panel[b * bb..(b + 1) * bb];
+            let blk = &mut panel[b * wb..(b + 1) * wb];
             let ub = &u[b * QK..(b + 1) * QK];
             if form.bits == 8 {
                 for d in 0..QK / 4 {
@@ -255,14 +294,21 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
                     }
                 }
             }
-            let s = wb + 4 * lane;
-            blk[s..s + 4].copy_from_slice(&dw[2 * b].to_le_bytes());
-            let second = wb + SCALE_VEC + 4 * lane;
-            match form.kind {
-                PackKind::Asym => blk[second..second + 4].copy_from_slice(&mw[b].to_le_bytes()),
-                PackKind::Half(_) => {
-                    blk[second..second + 4].copy_from_slice(&dw[2 * b + 1].to_le_bytes())
+            let at = form.scales_at(nb, b);
+            let sc = &mut panel[at..at + sb];
+            let mut put = |v: usize, x: f32| {
+                if form.f16 {
+                    let h = half::f16::from_f32(x);
+                    debug_assert_eq!(h.to_f32(), x, "an f16 form's scale is an f16");
+                    sc[v * sv + 2 * lane..v * sv + 2 * lane + 2].copy_from_slice(&h.to_le_bytes());
+                } else {
+                    sc[v * sv + 4 * lane..v * sv + 4 * lane + 4].copy_from_slice(&x.to_le_bytes());
                 }
+            };
+            put(0, dw[2 * b]);
+            match form.kind {
+                PackKind::Asym => put(1, mw[b]),
+                PackKind::Half(_) => put(1, dw[2 * b + 1]),
                 PackKind::Sym(_) => {}
             }
         }
@@ -448,7 +494,7 @@ pub fn gemm_scalar(
     a: &[&[GemmAct]],
     out: &mut [[f32; PANEL]],
 ) {
-    let (bb, wb, kind) = (form.block_bytes(), form.weight_bytes(), form.kind);
+    let (wb, sb, kind) = (form.weight_bytes(), form.scale_bytes(), form.kind);
     let z = kind.zero_point();
     let n = a.len();
     let np = out.len() / n.max(1);
@@ -456,16 +502,18 @@ pub fn gemm_scalar(
         for c in 0..n {
             let mut acc = [0f32; PANEL];
             for b in 0..nb {
-                let blk = &w[p * panel_bytes + b * bb..p * panel_bytes + (b + 1) * bb];
+                let panel = &w[p * panel_bytes..(p + 1) * panel_bytes];
+                let blk = &panel[b * wb..(b + 1) * wb];
+                let at = form.scales_at(nb, b);
+                let sc = &panel[at..at + sb];
                 let x = &a[c][b];
-                let f = |at: usize| f32::from_le_bytes(blk[at..at + 4].try_into().unwrap());
                 let dot = |r: usize, ks: std::ops::Range<usize>| -> i32 {
                     ks.map(|k| form.weight(blk, r, k) as i32 * x.qs[k] as i32)
                         .sum()
                 };
                 for r in 0..PANEL {
                     // The vector after the scales: offsets or second-half scales.
-                    let (dw, second) = (f(wb + 4 * r), || f(wb + SCALE_VEC + 4 * r));
+                    let (dw, second) = (form.scale(sc, 0, r), || form.scale(sc, 1, r));
                     match kind {
                         PackKind::Sym(_) => {
                             acc[r] += ((-z * x.isum + dot(r, 0..QK)) as f32 * x.d) * dw
