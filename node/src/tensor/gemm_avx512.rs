@@ -7,7 +7,8 @@
 //! the rows' scales (one more for the offsets of asymmetric formats; Q6_K's
 //! 16-element scales take the block as two halves). The 4- and 5-bit formats'
 //! weights come as nibbles, split with two ANDs and a shift, and fifth bits
-//! added under a mask; f16 scales are widened with one convert a vector
+//! added under a mask; f16 scales are widened with one convert a vector,
+//! 8-bit sub-scales with two and a multiply by their super-block's factor
 //! (see [`super::pack::PackForm`]).
 
 #![allow(clippy::needless_range_loop)]
@@ -15,7 +16,10 @@
 use std::arch::x86_64::*;
 
 use super::dequant::QK;
-use super::pack::{scale_vec, weight_bytes, GemmAct, GemmFn, PackForm, PackKind, FIFTH_BITS, PANEL};
+use super::pack::{
+    scale_vec, weight_bytes, GemmAct, GemmFn, PackForm, PackKind, FACTOR_VEC, FIFTH_BITS, PANEL,
+    SUPER,
+};
 
 const SYM: u8 = 0;
 const ASYM: u8 = 1;
@@ -45,39 +49,40 @@ pub(super) fn kernel(form: PackForm, p: usize, n: usize) -> GemmFn {
         };
     }
     // The forms there are (PackForm::of): f16 scales for Q4_0, Q5_0, Q8_0
-    // and IQ4_NL (symmetric) and Q4_1, Q5_1 (asymmetric); f32 for IQ4_XS
-    // (symmetric, 8-bit), Q4_K, Q5_K (asymmetric) and Q6_K (halves).
-    match (p, form.kind, form.f16) {
-        (1, PackKind::Sym(_), true) => by_bits!(1, SYM, true),
-        (1, PackKind::Sym(_), false) => by_n!(1, SYM, 8, false),
-        (1, PackKind::Asym, true) => by_bits!(1, ASYM, true),
+    // and IQ4_NL (symmetric) and Q4_1, Q5_1 (asymmetric); sub-scales for
+    // IQ4_XS (symmetric, 8-bit), Q4_K, Q5_K (asymmetric) and Q6_K (halves).
+    match (p, form.kind, form.sub) {
+        (1, PackKind::Sym(_), false) => by_bits!(1, SYM, false),
+        (1, PackKind::Sym(_), true) => by_n!(1, SYM, 8, true),
         (1, PackKind::Asym, false) => by_bits!(1, ASYM, false),
-        (1, PackKind::Half(_), _) => by_n!(1, HALF, 8, false),
-        (_, PackKind::Sym(_), true) => by_bits!(2, SYM, true),
-        (_, PackKind::Sym(_), false) => by_n!(2, SYM, 8, false),
-        (_, PackKind::Asym, true) => by_bits!(2, ASYM, true),
+        (1, PackKind::Asym, true) => by_bits!(1, ASYM, true),
+        (1, PackKind::Half(_), _) => by_n!(1, HALF, 8, true),
+        (_, PackKind::Sym(_), false) => by_bits!(2, SYM, false),
+        (_, PackKind::Sym(_), true) => by_n!(2, SYM, 8, true),
         (_, PackKind::Asym, false) => by_bits!(2, ASYM, false),
-        (_, PackKind::Half(_), _) => by_n!(2, HALF, 8, false),
+        (_, PackKind::Asym, true) => by_bits!(2, ASYM, true),
+        (_, PackKind::Half(_), _) => by_n!(2, HALF, 8, true),
     }
 }
 
-/// Sixteen rows' scales (or offsets) at `at`: f16 (32-byte aligned) or
-/// f32 (64-byte aligned).
+/// Sixteen rows' scales (or offsets) at `at`: f16 (32-byte aligned), or
+/// 8-bit sub-scales (16-byte aligned) times their super-block's `factor`.
 #[inline(always)]
-unsafe fn load_scales<const F16: bool>(at: *const u8) -> __m512 {
-    if F16 {
-        _mm512_cvtph_ps(_mm256_load_si256(at as *const __m256i))
+unsafe fn load_scales<const SUB: bool>(at: *const u8, factor: __m512) -> __m512 {
+    if SUB {
+        let s = _mm512_cvtepi8_epi32(_mm_load_si128(at as *const __m128i));
+        _mm512_mul_ps(_mm512_cvtepi32_ps(s), factor)
     } else {
-        _mm512_load_ps(at as *const f32)
+        _mm512_cvtph_ps(_mm256_load_si256(at as *const __m256i))
     }
 }
 
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI; `w` holds `P` panels of `nb` blocks, `panel_bytes`
-/// apart, 64-byte aligned, in the form `K`, `BITS`, `F16` names; `a` has `N`
+/// apart, 64-byte aligned, in the form `K`, `BITS`, `SUB` names; `a` has `N`
 /// columns of at least `nb` blocks; `out` has `P × N` entries.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, const F16: bool>(
+unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, const SUB: bool>(
     w: &[u8],
     panel_bytes: usize,
     nb: usize,
@@ -90,10 +95,13 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, cons
     // for 5-bit formats eight masks of fifth bits.
     let wbytes = weight_bytes(BITS);
     let nib = BITS != 8;
-    // Every block's scales follow every block's weights (pack.rs).
-    let sv = scale_vec(F16);
-    let sb = if K == SYM { sv } else { 2 * sv };
-    let scales = nb * wbytes;
+    // Every block's scales follow every block's weights, and the
+    // super-blocks' factors follow them (pack.rs).
+    let sv = scale_vec(SUB);
+    let vecs = if K == SYM { 1 } else { 2 };
+    let sb = vecs * sv;
+    let (scales, factors) = (nb * wbytes, nb * (wbytes + sb));
+    let mut factor = [[_mm512_setzero_ps(); 2]; P];
     let low = _mm512_set1_epi8(0x0f);
     let sixteen = _mm512_set1_epi8(0x10);
     let mut acc = [[_mm512_setzero_ps(); N]; P];
@@ -103,6 +111,15 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, cons
         let blk: [*const u8; P] = std::array::from_fn(|p| wp.add(p * panel_bytes + b * wbytes));
         let sc: [*const u8; P] =
             std::array::from_fn(|p| wp.add(p * panel_bytes + scales + b * sb));
+        if SUB && b % SUPER == 0 {
+            for p in 0..P {
+                let at = wp.add(p * panel_bytes + factors + b / SUPER * vecs * FACTOR_VEC);
+                for v in 0..vecs {
+                    let h = _mm256_load_si256(at.add(v * FACTOR_VEC) as *const __m256i);
+                    factor[p][v] = _mm512_cvtph_ps(h);
+                }
+            }
+        }
         // A half-scaled block (Q6_K) runs as two halves of four steps, each
         // with its own starting sums and row scales; the others as one.
         let halves = if K == HALF { 2 } else { 1 };
@@ -164,8 +181,9 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, cons
                     }
                 }
             }
-            let dw: [__m512; P] =
-                std::array::from_fn(|p| load_scales::<F16>(sc[p].add(sv * half)));
+            let dw: [__m512; P] = std::array::from_fn(|p| {
+                load_scales::<SUB>(sc[p].add(sv * half), factor[p][half])
+            });
             for c in 0..N {
                 let dx = _mm512_set1_ps((*cols[c].add(b)).d);
                 for p in 0..P {
@@ -175,7 +193,8 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, cons
             }
         }
         if K == ASYM {
-            let mw: [__m512; P] = std::array::from_fn(|p| load_scales::<F16>(sc[p].add(sv)));
+            let mw: [__m512; P] =
+                std::array::from_fn(|p| load_scales::<SUB>(sc[p].add(sv), factor[p][1]));
             for c in 0..N {
                 let sx = _mm512_set1_ps((*cols[c].add(b)).sx);
                 for p in 0..P {

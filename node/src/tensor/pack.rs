@@ -10,8 +10,9 @@
 //! elements `4d … 4d + 3` of each row in row order; formats of 4- and 5-bit
 //! values keep their weights two to a byte, in four vectors, the 5-bit ones
 //! with a plane of fifth bits ([`PackForm`]). After every block's weights
-//! the panel holds every block's 16 scales (and 16 offsets), as f16 where
-//! the file stores them so ([`PackForm::f16`]). One `vpdpbusd` of such a vector against the four
+//! the panel holds every block's 16 scales (and 16 offsets) as the file
+//! has them: f16, or 8-bit sub-scales with an f16 factor per super-block
+//! ([`PackForm::sub`]). One `vpdpbusd` of such a vector against the four
 //! activation bytes `4d … 4d + 3` of one column broadcast to every lane
 //! adds those four products into each of the 16 rows' sums: the weights are
 //! loaded once per block for all the columns of a tile, the activations
@@ -28,8 +29,8 @@
 //! the row kernels lose to it even for one column on the models measured,
 //! though for some formats it reads more bytes a weight than the file:
 //! Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 take the file's bytes (0.5625–1.0625),
-//! the K-quants and IQ4_XS 0.0625–0.125 more (f32 scales), IQ4_NL 1.0625
-//! against 0.5625 (bytes, not nibbles).
+//! Q4_K and Q5_K 0.016 more (a sub-scale a byte, not 6 bits), Q6_K, IQ4_NL
+//! and IQ4_XS 0.25–0.5 more (bytes, not 6 or 4 bits).
 
 // Block formats are index arithmetic; explicit index loops read closest to the layouts.
 #![allow(clippy::needless_range_loop)]
@@ -95,14 +96,22 @@ pub const fn weight_bytes(bits: u8) -> usize {
     }
 }
 
-/// Bytes of one value per row of a panel (a scale or offset vector), f16 or f32.
-pub const fn scale_vec(f16: bool) -> usize {
-    if f16 {
-        2 * PANEL
+/// Bytes of one value per row of a panel (a scale or offset vector):
+/// 8-bit sub-scales or f16.
+pub const fn scale_vec(sub: bool) -> usize {
+    if sub {
+        PANEL
     } else {
-        4 * PANEL
+        2 * PANEL
     }
 }
+
+/// Blocks of a super-block: the sub-scale forms keep one factor vector per
+/// scale vector for eight blocks.
+pub const SUPER: usize = 8;
+
+/// Bytes of one factor vector (f16 per row).
+pub const FACTOR_VEC: usize = 2 * PANEL;
 
 /// How a packed matrix stores a block: its arithmetic, and how many bits a
 /// weight takes. Formats of 4- and 5-bit values keep them as nibbles: a
@@ -120,13 +129,15 @@ pub struct PackForm {
     pub kind: PackKind,
     /// 4, 5 or 8.
     pub bits: u8,
-    /// Scales and offsets kept as f16: the formats whose file stores them
-    /// so (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL), exactly. Decode reads every
-    /// weight once a token and its speed follows the bytes it reads: as f32
-    /// they were 0.0625 (0.125 with offsets) bytes a weight over the file's.
-    /// The K-quants' and IQ4_XS's scales are a super-block scale times a
-    /// sub-block scale, which f16 does not hold exactly: f32.
-    pub f16: bool,
+    /// Scales (and offsets) as the file has them. False: f16, the formats
+    /// whose file stores one per block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+    /// IQ4_NL). True: an 8-bit sub-scale per block and an f16 factor per
+    /// super-block of 256 (the K-quants' `d·sc` and `−dmin·m`, IQ4_XS's
+    /// `d·ls`), which no f16 holds exactly. Both widen to the f32 the
+    /// kernels multiply by exactly. Decode reads every weight once a token
+    /// and its speed follows the bytes it reads: f32 per block was 0.0625
+    /// (0.125 with offsets or halves) bytes a weight more.
+    pub sub: bool,
 }
 
 impl PackForm {
@@ -139,7 +150,7 @@ impl PackForm {
                 Q5_0 | Q5_1 | Q5_K => 5,
                 _ => 8,
             },
-            f16: matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL),
+            sub: matches!(dtype, Q4_K | Q5_K | Q6_K | IQ4_XS),
         })
     }
 
@@ -150,23 +161,28 @@ impl PackForm {
 
     /// Bytes of one scale or offset vector.
     pub fn scale_vec(self) -> usize {
-        scale_vec(self.f16)
+        scale_vec(self.sub)
     }
 
-    /// Bytes of one panel block's scales: the scales, then the offsets or
-    /// the second half's scales.
+    /// Scale vectors a block has: the scales, then the offsets or the
+    /// second half's scales.
+    pub fn scale_vecs(self) -> usize {
+        match self.kind {
+            PackKind::Sym(_) => 1,
+            PackKind::Asym | PackKind::Half(_) => 2,
+        }
+    }
+
+    /// Bytes of one panel block's scales.
     pub fn scale_bytes(self) -> usize {
-        self.scale_vec()
-            * match self.kind {
-                PackKind::Sym(_) => 1,
-                PackKind::Asym | PackKind::Half(_) => 2,
-            }
+        self.scale_vec() * self.scale_vecs()
     }
 
-    /// Bytes of a panel of `nb` blocks: the weights, the scales, and
-    /// padding to a multiple of 64 so that the next panel starts on a vector.
+    /// Bytes of a panel of `nb` blocks: the weights, the scales, the
+    /// factors of the sub-scale forms, and padding to a multiple of 64 so
+    /// that the next panel starts on a vector.
     pub fn panel_bytes(self, nb: usize) -> usize {
-        (nb * (self.weight_bytes() + self.scale_bytes())).next_multiple_of(64)
+        (self.factors_at(nb, nb.next_multiple_of(SUPER))).next_multiple_of(64)
     }
 
     /// Where block `b`'s scales start in a panel of `nb` blocks.
@@ -174,13 +190,26 @@ impl PackForm {
         nb * self.weight_bytes() + b * self.scale_bytes()
     }
 
-    /// Value `r` (a row) of scale vector `v` in a block's scales `sc`.
-    pub fn scale(self, sc: &[u8], v: usize, r: usize) -> f32 {
-        let at = v * self.scale_vec();
-        if self.f16 {
-            half::f16::from_le_bytes([sc[at + 2 * r], sc[at + 2 * r + 1]]).to_f32()
+    /// Where the factors of block `b`'s super-block start (the sub-scale
+    /// forms), after every block's scales.
+    pub fn factors_at(self, nb: usize, b: usize) -> usize {
+        let per_super = if self.sub {
+            FACTOR_VEC * self.scale_vecs()
         } else {
-            f32::from_le_bytes(sc[at + 4 * r..at + 4 * r + 4].try_into().unwrap())
+            0
+        };
+        self.scales_at(nb, nb) + b / SUPER * per_super
+    }
+
+    /// Row `r`'s value of scale vector `v` of block `b`, in a `panel` of `nb` blocks.
+    pub fn scale(self, panel: &[u8], nb: usize, b: usize, v: usize, r: usize) -> f32 {
+        let f16 = |at: usize| half::f16::from_le_bytes([panel[at], panel[at + 1]]).to_f32();
+        let at = self.scales_at(nb, b) + v * self.scale_vec();
+        if self.sub {
+            let factor = f16(self.factors_at(nb, b) + v * FACTOR_VEC + 2 * r);
+            panel[at + r] as i8 as f32 * factor
+        } else {
+            f16(at + 2 * r)
         }
     }
 
@@ -259,13 +288,18 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
     let panel_bytes = form.panel_bytes(nb);
     // Zero pages, mapped as they are first written below.
     let mut buf = memmap2::MmapMut::map_anon(panels * panel_bytes).ok()?;
-    let (wb, sb, sv) = (form.weight_bytes(), form.scale_bytes(), form.scale_vec());
+    let (wb, sv) = (form.weight_bytes(), form.scale_vec());
     let bytes = &mut buf[..];
     let mut u = vec![0u8; w.cols];
     let mut dw = vec![0f32; 2 * nb];
     let mut mw = vec![0f32; nb];
+    let mut sub = vec![[0i8; 2]; nb];
+    let mut factor = vec![[0f32; 2]; nb.div_ceil(SUPER)];
     for r in 0..w.rows {
         int_row(w.dtype, w.row(r), &mut u, &mut dw, &mut mw);
+        if form.sub {
+            sub_scales(w.dtype, w.row(r), &mut sub, &mut factor);
+        }
         let (pi, lane) = (r / PANEL, r % PANEL);
         let panel = &mut bytes[pi * panel_bytes..(pi + 1) * panel_bytes];
         for b in 0..nb {
@@ -294,22 +328,28 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
                     }
                 }
             }
-            let at = form.scales_at(nb, b);
-            let sc = &mut panel[at..at + sb];
-            let mut put = |v: usize, x: f32| {
-                if form.f16 {
+            let (sc, fa) = (form.scales_at(nb, b), form.factors_at(nb, b));
+            for v in 0..form.scale_vecs() {
+                let x = match (v, form.kind) {
+                    (0, _) => dw[2 * b],
+                    (_, PackKind::Half(_)) => dw[2 * b + 1],
+                    _ => mw[b],
+                };
+                let f16 = |x: f32| {
                     let h = half::f16::from_f32(x);
-                    debug_assert_eq!(h.to_f32(), x, "an f16 form's scale is an f16");
-                    sc[v * sv + 2 * lane..v * sv + 2 * lane + 2].copy_from_slice(&h.to_le_bytes());
+                    debug_assert_eq!(h.to_f32(), x, "stored as an f16 exactly");
+                    h.to_le_bytes()
+                };
+                if form.sub {
+                    let (s, f) = (sub[b][v], factor[b / SUPER][v]);
+                    debug_assert_eq!(s as f32 * f, x, "sub-scale × factor is the scale");
+                    panel[sc + v * sv + lane] = s as u8;
+                    let at = fa + v * FACTOR_VEC + 2 * lane;
+                    panel[at..at + 2].copy_from_slice(&f16(f));
                 } else {
-                    sc[v * sv + 4 * lane..v * sv + 4 * lane + 4].copy_from_slice(&x.to_le_bytes());
+                    let at = sc + v * sv + 2 * lane;
+                    panel[at..at + 2].copy_from_slice(&f16(x));
                 }
-            };
-            put(0, dw[2 * b]);
-            match form.kind {
-                PackKind::Asym => put(1, mw[b]),
-                PackKind::Half(_) => put(1, dw[2 * b + 1]),
-                PackKind::Sym(_) => {}
             }
         }
     }
@@ -320,6 +360,48 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
         cols: w.cols,
         buf,
     })
+}
+
+/// A sub-scale form's row ([`PackForm::sub`]): per block the sub-scales
+/// of its scale vectors, per super-block their factors, such that
+/// `sub · factor` is [`int_row`]'s `dw` (and `mw`, or the second half's `dw`).
+fn sub_scales(dtype: GgmlType, row: &[u8], sub: &mut [[i8; 2]], factor: &mut [[f32; 2]]) {
+    use GgmlType::*;
+    let (bytes, at) = match dtype {
+        Q4_K => (144, 0),
+        Q5_K => (176, 0),
+        Q6_K => (210, 208),
+        IQ4_XS => (136, 0),
+        _ => unreachable!("PackForm::sub admits only the formats above"),
+    };
+    for (sb, blk) in row.chunks_exact(bytes).enumerate() {
+        let d = f16_at(blk, at);
+        let subs = &mut sub[sb * SUPER..(sb + 1) * SUPER];
+        match dtype {
+            Q4_K | Q5_K => {
+                let (sc, mn) = k_scales_mins(&blk[4..16]);
+                factor[sb] = [d, -f16_at(blk, 2)];
+                for (j, s) in subs.iter_mut().enumerate() {
+                    *s = [sc[j] as i8, mn[j] as i8];
+                }
+            }
+            Q6_K => {
+                factor[sb] = [d, d];
+                for (j, s) in subs.iter_mut().enumerate() {
+                    *s = [blk[192 + 2 * j] as i8, blk[192 + 2 * j + 1] as i8];
+                }
+            }
+            _ => {
+                let sh = u16::from_le_bytes([blk[2], blk[3]]);
+                factor[sb] = [d, 0.0];
+                for (ib, s) in subs.iter_mut().enumerate() {
+                    let low = (blk[4 + ib / 2] >> (4 * (ib % 2))) & 0x0f;
+                    let high = ((sh >> (2 * ib)) & 3) as u8;
+                    *s = [((low | (high << 4)) as i8).wrapping_sub(32), 0];
+                }
+            }
+        }
+    }
 }
 
 /// One row of `dtype` as unsigned bytes with a scale per 16-element half
@@ -494,7 +576,7 @@ pub fn gemm_scalar(
     a: &[&[GemmAct]],
     out: &mut [[f32; PANEL]],
 ) {
-    let (wb, sb, kind) = (form.weight_bytes(), form.scale_bytes(), form.kind);
+    let (wb, kind) = (form.weight_bytes(), form.kind);
     let z = kind.zero_point();
     let n = a.len();
     let np = out.len() / n.max(1);
@@ -504,8 +586,6 @@ pub fn gemm_scalar(
             for b in 0..nb {
                 let panel = &w[p * panel_bytes..(p + 1) * panel_bytes];
                 let blk = &panel[b * wb..(b + 1) * wb];
-                let at = form.scales_at(nb, b);
-                let sc = &panel[at..at + sb];
                 let x = &a[c][b];
                 let dot = |r: usize, ks: std::ops::Range<usize>| -> i32 {
                     ks.map(|k| form.weight(blk, r, k) as i32 * x.qs[k] as i32)
@@ -513,7 +593,8 @@ pub fn gemm_scalar(
                 };
                 for r in 0..PANEL {
                     // The vector after the scales: offsets or second-half scales.
-                    let (dw, second) = (form.scale(sc, 0, r), || form.scale(sc, 1, r));
+                    let scale = |v| form.scale(panel, nb, b, v, r);
+                    let (dw, second) = (scale(0), || scale(1));
                     match kind {
                         PackKind::Sym(_) => {
                             acc[r] += ((-z * x.isum + dot(r, 0..QK)) as f32 * x.d) * dw
