@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use axum::body::{Body, Bytes};
+use bytes::BytesMut;
 use hyper::body::{Frame, Incoming};
 use realizar_shared::control::{
     Resume, PROMPT_IDS_COMMENT, RESUME_FIELD, RESUME_HEADER, TOKEN_IDS_COMMENT, TOKEN_IDS_HEADER,
@@ -67,19 +68,19 @@ struct Head {
 
 impl Seen {
     /// The complete events in `data` (with what was buffered), token-id
-    /// comments taken out and noted, ready for the client.
-    fn feed(&mut self, data: &[u8]) -> Vec<u8> {
-        // The usual case, a chunk of whole events, is read where it lies.
-        let input: &[u8] = if self.buf.is_empty() {
+    /// comments taken out and noted, appended to `out` for the client.
+    fn feed(&mut self, data: &[u8], out: &mut BytesMut) {
+        // The usual case, a chunk of whole events, is read where it lies;
+        // the buffer is taken out meanwhile (its allocation kept).
+        let mut buf = std::mem::take(&mut self.buf);
+        let input: &[u8] = if buf.is_empty() {
             data
         } else {
-            self.buf.extend_from_slice(data);
-            &self.buf
+            buf.extend_from_slice(data);
+            &buf
         };
-        let mut out = Vec::with_capacity(input.len());
+        out.reserve(input.len());
         let mut start = 0;
-        let (mut prompt, mut sent, mut head, mut done, mut failed) =
-            (None, Vec::new(), None, false, None);
         while let Some(end) = find(&input[start..], b"\n\n").map(|i| start + i) {
             let event = &input[start..end];
             let at = out.len();
@@ -87,61 +88,55 @@ impl Seen {
             for line in event.split(|b| *b == b'\n') {
                 if let Some(c) = line.strip_prefix(b": ") {
                     if let Some(rest) = c.strip_prefix(PROMPT_IDS_COMMENT.as_bytes()) {
-                        prompt = Some(ids(rest));
+                        let mut prompt = Vec::new();
+                        ids(rest, &mut prompt);
+                        self.prompt = Some(prompt);
                         continue;
                     }
                     if let Some(rest) = c.strip_prefix(TOKEN_IDS_COMMENT.as_bytes()) {
-                        sent.extend(ids(rest));
+                        ids(rest, &mut self.sent);
                         continue;
                     }
                 }
                 if let Some(d) = line.strip_prefix(b"data: ") {
                     if d == b"[DONE]" {
-                        done = true;
+                        self.done = true;
                     } else if d.starts_with(b"{\"error\"") {
-                        failed = Some(String::from_utf8_lossy(d).into_owned());
+                        self.failed = Some(String::from_utf8_lossy(d).into_owned());
                         continue;
-                    } else if head.is_none() && self.id.is_none() {
-                        head = serde_json::from_slice::<Head>(d).ok();
+                    } else if self.id.is_none() {
+                        if let Ok(h) = serde_json::from_slice::<Head>(d) {
+                            self.id = Some(h.id);
+                            self.created = Some(h.created);
+                        }
                     }
                 }
                 kept_any |= !line.is_empty();
                 out.extend_from_slice(line);
-                out.push(b'\n');
+                out.extend_from_slice(b"\n");
             }
             if kept_any {
-                out.push(b'\n');
+                out.extend_from_slice(b"\n");
             } else {
                 out.truncate(at);
             }
             start = end + 2;
         }
-        if self.buf.is_empty() {
-            self.buf.extend_from_slice(&data[start..]);
+        if buf.is_empty() {
+            buf.extend_from_slice(&data[start..]);
         } else {
-            self.buf.drain(..start);
+            buf.drain(..start);
         }
-        if prompt.is_some() {
-            self.prompt = prompt;
-        }
-        self.sent.extend(sent);
-        if let Some(h) = head {
-            self.id = Some(h.id);
-            self.created = Some(h.created);
-        }
-        self.done |= done;
-        if failed.is_some() {
-            self.failed = failed;
-        }
-        out
+        self.buf = buf;
     }
 }
 
-/// The token ids of a comment's rest: numbers separated by spaces.
-fn ids(s: &[u8]) -> Vec<u32> {
-    s.split(|b| *b == b' ')
-        .filter_map(|x| std::str::from_utf8(x).ok()?.trim().parse().ok())
-        .collect()
+/// The token ids of a comment's rest (numbers separated by spaces), onto `to`.
+fn ids(s: &[u8], to: &mut Vec<u32>) {
+    to.extend(
+        s.split(|b| *b == b' ')
+            .filter_map(|x| std::str::from_utf8(x).ok()?.trim().parse::<u32>().ok()),
+    );
 }
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
@@ -168,7 +163,7 @@ pub(crate) fn relay(first: Incoming, count: InFlight, origin: Origin) -> Body {
         resumes: 0,
         continuing: None,
         finished: false,
-        gathered: Vec::new(),
+        gathered: BytesMut::new(),
         yielded: 0,
     })
 }
@@ -183,8 +178,10 @@ struct Resumable {
     tried: Vec<String>,
     continuing: Option<Continuing>,
     finished: bool,
-    /// Events for the client not yet handed to hyper (`poll_frame`).
-    gathered: Vec<u8>,
+    /// Events for the client not yet handed to hyper (`poll_frame`); a
+    /// frame is split off it, so its allocation is reused once hyper has
+    /// written the frame.
+    gathered: BytesMut,
     yielded: u8,
 }
 
@@ -247,8 +244,8 @@ fn error_event(msg: String) -> Bytes {
 }
 
 impl Resumable {
-    /// The next bytes for the client, or the end.
-    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// The next bytes for the client appended to `out` (`Some`), or the end.
+    fn poll_events(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<Option<()>> {
         let this = self;
         loop {
             if this.finished {
@@ -272,7 +269,8 @@ impl Resumable {
                     }
                     Err(msg) => {
                         this.finished = true;
-                        return Poll::Ready(Some(error_event(msg)));
+                        out.extend_from_slice(&error_event(msg));
+                        return Poll::Ready(Some(()));
                     }
                 }
             }
@@ -285,22 +283,19 @@ impl Resumable {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    let out = this.seen.feed(&data);
-                    let Some(why) = this.seen.failed.clone() else {
-                        if out.is_empty() {
-                            continue;
+                    let before = out.len();
+                    this.seen.feed(&data, out);
+                    if let Some(why) = this.seen.failed.clone() {
+                        // What came before the error event goes out now;
+                        // the continuation is sent for first.
+                        if let Some(end) = this.broken(why) {
+                            out.extend_from_slice(&end);
                         }
-                        return Poll::Ready(Some(Bytes::from(out)));
-                    };
-                    // What came before the error event goes out now; the
-                    // continuation is sent for first.
-                    let end = this.broken(why);
-                    let mut out = out;
-                    out.extend_from_slice(end.as_deref().unwrap_or_default());
-                    if out.is_empty() {
+                    }
+                    if out.len() == before {
                         continue;
                     }
-                    return Poll::Ready(Some(Bytes::from(out)));
+                    return Poll::Ready(Some(()));
                 }
                 Some(Err(e)) => e.to_string(),
                 None if this.seen.done => {
@@ -312,7 +307,8 @@ impl Resumable {
                 None => "the stream ended before [DONE]".to_owned(),
             };
             if let Some(ev) = this.broken(why) {
-                return Poll::Ready(Some(ev));
+                out.extend_from_slice(&ev);
+                return Poll::Ready(Some(()));
             }
         }
     }
@@ -336,9 +332,11 @@ impl hyper::body::Body for Resumable {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         loop {
-            match this.poll_events(cx) {
-                Poll::Ready(Some(b)) => {
-                    this.gathered.extend_from_slice(&b);
+            let mut gathered = std::mem::take(&mut this.gathered);
+            let polled = this.poll_events(cx, &mut gathered);
+            this.gathered = gathered;
+            match polled {
+                Poll::Ready(Some(())) => {
                     this.yielded = 0;
                     if this.gathered.len() >= GATHER_MAX {
                         break;
@@ -356,8 +354,7 @@ impl hyper::body::Body for Resumable {
             }
         }
         this.yielded = 0;
-        let out = Bytes::from(std::mem::take(&mut this.gathered));
-        Poll::Ready(Some(Ok(Frame::data(out))))
+        Poll::Ready(Some(Ok(Frame::data(this.gathered.split().freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -474,7 +471,12 @@ mod tests {
     fn ids_are_taken_out_and_events_pass_whole() {
         let mut s = Seen::default();
         let a = b": realizar-prompt 1 2 3\n\ndata: {\"id\":\"cmpl-1\",\"created\":5,\"choices\":[]}\n: realizar-ids 7 8\n\ndata: {\"x\"";
-        let out = s.feed(a);
+        let feed = |s: &mut Seen, d: &[u8]| {
+            let mut out = BytesMut::new();
+            s.feed(d, &mut out);
+            out.to_vec()
+        };
+        let out = feed(&mut s, a);
         assert_eq!(
             out,
             b"data: {\"id\":\"cmpl-1\",\"created\":5,\"choices\":[]}\n\n".to_vec()
@@ -483,11 +485,11 @@ mod tests {
         assert_eq!(s.sent, [7, 8]);
         assert_eq!((s.id.as_deref(), s.created), (Some("cmpl-1"), Some(5)));
         // The rest of the split event, then an error event kept back.
-        let out = s.feed(b":1}\n: realizar-ids 9\n\ndata: {\"error\":{\"message\":\"x\"}}\n\n");
+        let out = feed(&mut s, b":1}\n: realizar-ids 9\n\ndata: {\"error\":{\"message\":\"x\"}}\n\n");
         assert_eq!(out, b"data: {\"x\":1}\n\n".to_vec());
         assert_eq!(s.sent, [7, 8, 9]);
         assert!(s.failed.is_some() && !s.done);
-        let out = s.feed(b"data: [DONE]\n\n");
+        let out = feed(&mut s, b"data: [DONE]\n\n");
         assert_eq!(out, b"data: [DONE]\n\n".to_vec());
         assert!(s.done);
     }

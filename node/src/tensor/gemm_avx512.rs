@@ -28,23 +28,23 @@ const HALF: u8 = 2;
 /// The kernel for `p` panels (1 or 2) × `n` columns (1..=6).
 pub(super) fn kernel(form: PackForm, p: usize, n: usize) -> GemmFn {
     macro_rules! by_n {
-        ($p:literal, $a:expr, $bits:literal, $h:literal) => {
+        ($p:literal, $a:expr, $bits:literal, $sub:literal) => {
             match n {
-                1 => tile::<$p, 1, $a, $bits, $h>,
-                2 => tile::<$p, 2, $a, $bits, $h>,
-                3 => tile::<$p, 3, $a, $bits, $h>,
-                4 => tile::<$p, 4, $a, $bits, $h>,
-                5 => tile::<$p, 5, $a, $bits, $h>,
-                _ => tile::<$p, 6, $a, $bits, $h>,
+                1 => tile::<$p, 1, $a, $bits, $sub>,
+                2 => tile::<$p, 2, $a, $bits, $sub>,
+                3 => tile::<$p, 3, $a, $bits, $sub>,
+                4 => tile::<$p, 4, $a, $bits, $sub>,
+                5 => tile::<$p, 5, $a, $bits, $sub>,
+                _ => tile::<$p, 6, $a, $bits, $sub>,
             }
         };
     }
     macro_rules! by_bits {
-        ($p:literal, $a:expr, $h:literal) => {
+        ($p:literal, $a:expr, $sub:literal) => {
             match form.bits {
-                4 => by_n!($p, $a, 4, $h),
-                5 => by_n!($p, $a, 5, $h),
-                _ => by_n!($p, $a, 8, $h),
+                4 => by_n!($p, $a, 4, $sub),
+                5 => by_n!($p, $a, 5, $sub),
+                _ => by_n!($p, $a, 8, $sub),
             }
         };
     }
@@ -67,6 +67,10 @@ pub(super) fn kernel(form: PackForm, p: usize, n: usize) -> GemmFn {
 
 /// Sixteen rows' scales (or offsets) at `at`: f16 (32-byte aligned), or
 /// 8-bit sub-scales (16-byte aligned) times their super-block's `factor`.
+///
+/// # Safety
+/// AVX-512 F (inlined into [`tile`], which enables it); `at` is aligned as
+/// said and holds the 32 or 16 bytes.
 #[inline(always)]
 unsafe fn load_scales<const SUB: bool>(at: *const u8, factor: __m512) -> __m512 {
     if SUB {

@@ -12,6 +12,7 @@ pub mod dtype;
 mod gemm_avx512;
 pub mod matmul;
 pub mod pack;
+mod pack_rows;
 pub mod pool;
 pub mod quantize;
 
