@@ -18,9 +18,10 @@
 
 /// `REALIZAR_IO_SLICE_US`: the slice the I/O threads ask for, in µs (100
 /// is the measured setting; unset or 0 leaves the kernel's default). Off by
-/// default: with it on, tests/serve_hardening.rs's connection-cap test
-/// fails about one run in six (a past-the-cap connection gets no answer in
-/// 10 s) — a race in the server that the timing exposes, not yet found.
+/// default: it cut the gateway's added TTFT (+1.5 → +0.8 ms) but raised its
+/// CPU per proxied request when I/O alone saturates the cores (+10% on one
+/// day, +30–45% on a noisier one), and neither result held steady enough
+/// on the VMs measured to pick one (BENCHMARKS.md).
 pub fn io_slice_us() -> u64 {
     std::env::var("REALIZAR_IO_SLICE_US")
         .ok()
