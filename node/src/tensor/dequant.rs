@@ -211,16 +211,21 @@ fn q8_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// The signed 6-bit scale of sub-block `ib` (0..8) of an IQ4_XS block.
+#[inline(always)]
+pub(crate) fn iq4xs_scale(b: &[u8], ib: usize) -> i8 {
+    let sh = u16::from_le_bytes([b[2], b[3]]);
+    let low = (b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0f;
+    let high = ((sh >> (2 * ib)) & 3) as u8;
+    ((low | (high << 4)) as i8).wrapping_sub(32)
+}
+
 // IQ4_XS: d | scales_h (u16) | scales_l[4] | qs[128]
 fn iq4_xs(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
-    let sh = u16::from_le_bytes([b[2], b[3]]);
-    let (sl, qs) = (&b[4..8], &b[8..136]);
+    let qs = &b[8..136];
     for ib in 0..8 {
-        let low = (sl[ib / 2] >> (4 * (ib % 2))) & 0x0f;
-        let high = ((sh >> (2 * ib)) & 3) as u8;
-        let ls = ((low | (high << 4)) as i8).wrapping_sub(32);
-        let dl = d * ls as f32;
+        let dl = d * iq4xs_scale(b, ib) as f32;
         for l in 0..16 {
             let q = qs[ib * 16 + l];
             y[ib * 32 + l] = dl * IQ4NL_VALUES[(q & 0x0f) as usize] as f32;

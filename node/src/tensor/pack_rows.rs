@@ -6,7 +6,7 @@
 // Block formats are index arithmetic; explicit index loops read closest to the layouts.
 #![allow(clippy::needless_range_loop)]
 
-use super::dequant::{f16_at, k_scales_mins, IQ4NL_VALUES, QK};
+use super::dequant::{f16_at, iq4xs_scale, k_scales_mins, IQ4NL_VALUES, QK};
 use super::pack::SUPER;
 use super::GgmlType;
 
@@ -40,12 +40,9 @@ pub(super) fn sub_scales(dtype: GgmlType, row: &[u8], sub: &mut [[i8; 2]], facto
                 }
             }
             _ => {
-                let sh = u16::from_le_bytes([blk[2], blk[3]]);
                 factor[sb] = [d, 0.0];
                 for (ib, s) in subs.iter_mut().enumerate() {
-                    let low = (blk[4 + ib / 2] >> (4 * (ib % 2))) & 0x0f;
-                    let high = ((sh >> (2 * ib)) & 3) as u8;
-                    *s = [((low | (high << 4)) as i8).wrapping_sub(32), 0];
+                    *s = [iq4xs_scale(blk, ib), 0];
                 }
             }
         }
@@ -165,14 +162,10 @@ fn int_row_blocks(dtype: GgmlType, row: &[u8], u: &mut [u8], dw: &mut [f32], mw:
             for sb in 0..nb / 8 {
                 let blk = &row[sb * 136..(sb + 1) * 136];
                 let d = f16_at(blk, 0);
-                let sh = u16::from_le_bytes([blk[2], blk[3]]);
-                let (sl, qs) = (&blk[4..8], &blk[8..136]);
+                let qs = &blk[8..136];
                 for ib in 0..8 {
-                    let low = (sl[ib / 2] >> (4 * (ib % 2))) & 0x0f;
-                    let high = ((sh >> (2 * ib)) & 3) as u8;
-                    let ls = ((low | (high << 4)) as i8).wrapping_sub(32);
                     let b = sb * 8 + ib;
-                    dw[b] = d * ls as f32;
+                    dw[b] = d * iq4xs_scale(blk, ib) as f32;
                     for l in 0..16 {
                         let q = qs[ib * 16 + l];
                         u[b * QK + l] = iq4(q & 0x0f);
