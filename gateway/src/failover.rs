@@ -485,7 +485,10 @@ mod tests {
         assert_eq!(s.sent, [7, 8]);
         assert_eq!((s.id.as_deref(), s.created), (Some("cmpl-1"), Some(5)));
         // The rest of the split event, then an error event kept back.
-        let out = feed(&mut s, b":1}\n: realizar-ids 9\n\ndata: {\"error\":{\"message\":\"x\"}}\n\n");
+        let out = feed(
+            &mut s,
+            b":1}\n: realizar-ids 9\n\ndata: {\"error\":{\"message\":\"x\"}}\n\n",
+        );
         assert_eq!(out, b"data: {\"x\":1}\n\n".to_vec());
         assert_eq!(s.sent, [7, 8, 9]);
         assert!(s.failed.is_some() && !s.done);

@@ -113,8 +113,7 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, cons
     let wp = w.as_ptr();
     for b in 0..nb {
         let blk: [*const u8; P] = std::array::from_fn(|p| wp.add(p * panel_bytes + b * wbytes));
-        let sc: [*const u8; P] =
-            std::array::from_fn(|p| wp.add(p * panel_bytes + scales + b * sb));
+        let sc: [*const u8; P] = std::array::from_fn(|p| wp.add(p * panel_bytes + scales + b * sb));
         if SUB && b % SUPER == 0 {
             for p in 0..P {
                 let at = wp.add(p * panel_bytes + factors + b / SUPER * vecs * FACTOR_VEC);
@@ -185,9 +184,8 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, cons
                     }
                 }
             }
-            let dw: [__m512; P] = std::array::from_fn(|p| {
-                load_scales::<SUB>(sc[p].add(sv * half), factor[p][half])
-            });
+            let dw: [__m512; P] =
+                std::array::from_fn(|p| load_scales::<SUB>(sc[p].add(sv * half), factor[p][half]));
             for c in 0..N {
                 let dx = _mm512_set1_ps((*cols[c].add(b)).d);
                 for p in 0..P {

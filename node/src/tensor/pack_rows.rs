@@ -13,7 +13,12 @@ use super::GgmlType;
 /// A sub-scale form's row ([`super::pack::PackForm::sub`]): per block the sub-scales
 /// of its scale vectors, per super-block their factors, such that
 /// `sub · factor` is [`int_row`]'s `dw` (and `mw`, or the second half's `dw`).
-pub(super) fn sub_scales(dtype: GgmlType, row: &[u8], sub: &mut [[i8; 2]], factor: &mut [[f32; 2]]) {
+pub(super) fn sub_scales(
+    dtype: GgmlType,
+    row: &[u8],
+    sub: &mut [[i8; 2]],
+    factor: &mut [[f32; 2]],
+) {
     use GgmlType::*;
     let (bytes, at) = match dtype {
         Q4_K => (144, 0),
