@@ -7,6 +7,7 @@
 //!
 //!   cargo bench --bench kernels                       # everything
 //!   cargo bench --bench kernels -- 'membw|8192x8192'  # a subset (regex)
+//!   cargo bench --bench kernels -- 'membw|packed/'    # decode over packed weights
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -185,5 +186,68 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, membw, kernels);
+/// Decode's products over the packed weights the models run on AVX-512 VNNI
+/// (one column; SmolLM2's shapes and a larger one), each iteration a copy
+/// not read since ≥ 3 L3s of others: weights streamed from DRAM as a decode
+/// step streams them, one matrix at a time. GB/s of packed bytes.
+fn packed(c: &mut Criterion) {
+    let simd = Simd::detect();
+    if !simd.is_avx512() {
+        return;
+    }
+    let pools = [(1usize, ThreadPool::new(1)), (2, ThreadPool::new(2))];
+    for t in [
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let mut g = c.benchmark_group(format!("packed/{}", t.name()));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_millis(1500));
+        for (cols, rows) in [(576usize, 1536usize), (1536, 576), (576, 576), (2048, 8192)] {
+            if cols % t.layout().unwrap().block_elems != 0 {
+                continue;
+            }
+            let w = random_weights(t, rows, cols);
+            let m = Matrix::new(t, rows, cols, &w).unwrap();
+            let p = realizar_node::tensor::pack(&m).unwrap();
+            let copies = (3 * L3_BYTES).div_ceil(p.size()).max(2);
+            let ps: Vec<_> = (0..copies)
+                .map(|_| realizar_node::tensor::pack(&m).unwrap())
+                .collect();
+            let ms: Vec<Matrix> = ps.iter().map(|p| m.with_packed(Some(p))).collect();
+            g.throughput(Throughput::Bytes(p.size() as u64));
+            for (threads, pool) in &pools {
+                let x: Vec<f32> = (0..cols)
+                    .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+                    .collect();
+                let mut y = vec![0f32; rows];
+                let mut scratch = Scratch::default();
+                let id = BenchmarkId::new(format!("{cols}x{rows}"), format!("{threads}t/B1"));
+                let mut next = 0;
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        next = (next + 1) % ms.len();
+                        matmul(
+                            pool,
+                            simd,
+                            &ms[next],
+                            black_box(&x),
+                            1,
+                            &mut y,
+                            &mut scratch,
+                        )
+                        .unwrap()
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, membw, kernels, packed);
 criterion_main!(benches);

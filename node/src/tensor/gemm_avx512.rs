@@ -25,6 +25,14 @@ const SYM: u8 = 0;
 const ASYM: u8 = 1;
 const HALF: u8 = 2;
 
+/// How far ahead of its reads each panel's stream asks for its weights
+/// (into L2). A decode step's products are small (0.1–1 MB), each panel a
+/// short run of a few kilobytes, and one core's hardware prefetchers keep
+/// too few lines in flight over them: on a Zen 4 VM one thread read packed
+/// weights from DRAM at 8–13 GiB/s against 25 for a plain sum, and 12–16
+/// asking 2 KB ahead (BENCHMARKS.md, "Packed weights asked for ahead").
+const PREFETCH_BYTES: usize = 2048;
+
 /// The kernel for `p` panels (1 or 2) × `n` columns (1..=6).
 pub(super) fn kernel(form: PackForm, p: usize, n: usize) -> GemmFn {
     macro_rules! by_n {
@@ -93,6 +101,7 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, cons
     z: i32,
     a: &[&[GemmAct]],
     out: &mut [[f32; PANEL]],
+    prefetch: bool,
 ) {
     debug_assert!(a.len() == N && out.len() == P * N && w.len() >= P * panel_bytes);
     // Nibbles (PackForm): four vectors of weights a block, not eight, then
@@ -111,9 +120,27 @@ unsafe fn tile<const P: usize, const N: usize, const K: u8, const BITS: u8, cons
     let mut acc = [[_mm512_setzero_ps(); N]; P];
     let cols: [*const GemmAct; N] = std::array::from_fn(|c| a[c].as_ptr());
     let wp = w.as_ptr();
+    let ahead = PREFETCH_BYTES / wbytes;
     for b in 0..nb {
         let blk: [*const u8; P] = std::array::from_fn(|p| wp.add(p * panel_bytes + b * wbytes));
         let sc: [*const u8; P] = std::array::from_fn(|p| wp.add(p * panel_bytes + scales + b * sb));
+        if prefetch {
+            // Block b + ahead of each panel (past the end: of the panels
+            // after this tile's, which the caller's next tile reads). Only
+            // an address: a prefetch never faults, so it may point past `w`.
+            let (bb, skip) = if b + ahead < nb {
+                (b + ahead, 0)
+            } else {
+                (b + ahead - nb, P * panel_bytes)
+            };
+            for p in 0..P {
+                let at = wp.wrapping_add(p * panel_bytes + skip);
+                for line in (0..wbytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(bb * wbytes + line) as *const i8);
+                }
+                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(scales + bb * sb) as *const i8);
+            }
+        }
         if SUB && b % SUPER == 0 {
             for p in 0..P {
                 let at = wp.add(p * panel_bytes + factors + b / SUPER * vecs * FACTOR_VEC);

@@ -381,7 +381,9 @@ pub struct GemmAct {
 
 /// A packed kernel: `P` panels (consecutive in `w`, `panel_bytes` apart) ×
 /// `N` columns over all `nb` blocks, `z` the format's zero point;
-/// `out[p * N + c]` receives panel `p`'s 16 sums for column `c`.
+/// `out[p * N + c]` receives panel `p`'s 16 sums for column `c`;
+/// `prefetch`: ask ahead for the weights (the first of a tile's column
+/// groups, which reads them from memory; the others find them in cache).
 pub type GemmFn = unsafe fn(
     w: &[u8],
     panel_bytes: usize,
@@ -389,6 +391,7 @@ pub type GemmFn = unsafe fn(
     z: i32,
     a: &[&[GemmAct]],
     out: &mut [[f32; PANEL]],
+    prefetch: bool,
 );
 
 /// The scalar twin of the AVX-512 kernels: the reference they are tested
@@ -568,7 +571,7 @@ pub(super) fn gemm_many(
                     }
                 });
                 let out = &mut res[..np * nv];
-                run_tile(simd, form, wb, panel_bytes, nb, &a[..nv], out);
+                run_tile(simd, form, wb, panel_bytes, nb, &a[..nv], out, v0 == 0);
                 for p in 0..np {
                     let r0 = (p0 + p) * PANEL;
                     let valid = (w.rows - r0).min(PANEL);
@@ -620,6 +623,7 @@ fn run_tile(
     nb: usize,
     a: &[&[GemmAct]],
     out: &mut [[f32; PANEL]],
+    prefetch: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     if simd.is_avx512() {
@@ -627,9 +631,9 @@ fn run_tile(
         // SAFETY: `is_avx512` is only set after checking the CPU for
         // AVX-512 F/BW/VL/VNNI; `w` holds `out.len() / a.len()` panels of
         // `nb` blocks and every column has `nb` blocks (built by `gemm_many`).
-        return unsafe { f(w, panel_bytes, nb, form.kind.zero_point(), a, out) };
+        return unsafe { f(w, panel_bytes, nb, form.kind.zero_point(), a, out, prefetch) };
     }
-    let _ = simd;
+    let _ = (simd, prefetch);
     gemm_scalar(form, w, panel_bytes, nb, a, out)
 }
 
