@@ -615,6 +615,7 @@ pub(super) fn gemm_many(
 /// `gate ← f(gate) · up` (SwiGLU, GeGLU).
 pub type Gated<'a> = &'a (dyn Fn(&mut [f32], &[f32]) + Sync);
 
+#[allow(clippy::too_many_arguments)]
 fn run_tile(
     simd: Simd,
     form: PackForm,
