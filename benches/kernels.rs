@@ -157,28 +157,8 @@ fn kernels(c: &mut Criterion) {
             g.throughput(Throughput::Bytes(w.len() as u64));
             for (threads, pool) in &pools {
                 for n in [1usize, 8, 32] {
-                    let x: Vec<f32> = (0..cols * n)
-                        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
-                        .collect();
-                    let mut y = vec![0f32; rows * n];
-                    let mut scratch = Scratch::default();
                     let id = BenchmarkId::new(format!("{cols}x{rows}"), format!("{threads}t/B{n}"));
-                    let mut next = 0;
-                    g.bench_function(id, |b| {
-                        b.iter(|| {
-                            next = (next + 1) % ms.len();
-                            matmul(
-                                pool,
-                                simd,
-                                &ms[next],
-                                black_box(&x),
-                                n,
-                                &mut y,
-                                &mut scratch,
-                            )
-                            .unwrap()
-                        })
-                    });
+                    rotating(&mut g, id, pool, simd, &ms, n);
                 }
             }
         }
@@ -221,32 +201,46 @@ fn packed(c: &mut Criterion) {
             let ms: Vec<Matrix> = ps.iter().map(|p| m.with_packed(Some(p))).collect();
             g.throughput(Throughput::Bytes(p.size() as u64));
             for (threads, pool) in &pools {
-                let x: Vec<f32> = (0..cols)
-                    .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
-                    .collect();
-                let mut y = vec![0f32; rows];
-                let mut scratch = Scratch::default();
                 let id = BenchmarkId::new(format!("{cols}x{rows}"), format!("{threads}t/B1"));
-                let mut next = 0;
-                g.bench_function(id, |b| {
-                    b.iter(|| {
-                        next = (next + 1) % ms.len();
-                        matmul(
-                            pool,
-                            simd,
-                            &ms[next],
-                            black_box(&x),
-                            1,
-                            &mut y,
-                            &mut scratch,
-                        )
-                        .unwrap()
-                    })
-                });
+                rotating(&mut g, id, pool, simd, &ms, 1);
             }
         }
         g.finish();
     }
+}
+
+/// `y = W·X` over `n` columns, each iteration the next of `ms` (copies of
+/// one matrix, so each is read from wherever the rotation left it).
+fn rotating(
+    g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    pool: &ThreadPool,
+    simd: Simd,
+    ms: &[Matrix],
+    n: usize,
+) {
+    let (rows, cols) = (ms[0].rows, ms[0].cols);
+    let x: Vec<f32> = (0..cols * n)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let mut y = vec![0f32; rows * n];
+    let mut scratch = Scratch::default();
+    let mut next = 0;
+    g.bench_function(id, |b| {
+        b.iter(|| {
+            next = (next + 1) % ms.len();
+            matmul(
+                pool,
+                simd,
+                &ms[next],
+                black_box(&x),
+                n,
+                &mut y,
+                &mut scratch,
+            )
+            .unwrap()
+        })
+    });
 }
 
 criterion_group!(benches, membw, kernels, packed);
