@@ -193,13 +193,14 @@ fn packed(c: &mut Criterion) {
             }
             let w = random_weights(t, rows, cols);
             let m = Matrix::new(t, rows, cols, &w).unwrap();
-            let p = realizar_node::tensor::pack(&m).unwrap();
-            let copies = (3 * L3_BYTES).div_ceil(p.size()).max(2);
-            let ps: Vec<_> = (0..copies)
-                .map(|_| realizar_node::tensor::pack(&m).unwrap())
+            let first = realizar_node::tensor::pack(&m).unwrap();
+            let size = first.size();
+            let copies = (3 * L3_BYTES).div_ceil(size).max(2);
+            let ps: Vec<_> = std::iter::once(first)
+                .chain((1..copies).map(|_| realizar_node::tensor::pack(&m).unwrap()))
                 .collect();
             let ms: Vec<Matrix> = ps.iter().map(|p| m.with_packed(Some(p))).collect();
-            g.throughput(Throughput::Bytes(p.size() as u64));
+            g.throughput(Throughput::Bytes(size as u64));
             for (threads, pool) in &pools {
                 let id = BenchmarkId::new(format!("{cols}x{rows}"), format!("{threads}t/B1"));
                 rotating(&mut g, id, pool, simd, &ms, 1);
