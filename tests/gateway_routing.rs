@@ -354,30 +354,48 @@ fn experiment(z: Size, ratio: f64) {
     println!("affinity: busiest node {share:.2}× the mean");
     assert!(share <= 1.3, "{:?}", af_phase.per_node);
 
-    // Two gateways, the same 1,000 keys (as `user`), 4 at a time: the same
-    // node for (almost) every key, with nothing shared between them.
-    let route_all = |gw: SocketAddr| -> Vec<String> {
+    // Two gateways, the same 1,000 keys (as `user`), 4 at a time, with
+    // nothing shared between them: every key that both sent where it ranks
+    // (`affinity`) went to the same node. A key either spilled may differ:
+    // its owner looked over the load bound to that gateway alone, whose
+    // last poll of the node can still count the other's requests, or a
+    // request of its own that the node had started before answering; so
+    // spills are bounded, not absent (CI's two cores saw 13 in 1,000).
+    let route_all = |gw: SocketAddr| -> Vec<(String, String)> {
         let route = |i: usize| {
             let body = json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 1, "user": format!("user-{i}")});
             let r = common::http(gw, "POST", "/v1/completions", Some(&body));
             assert_eq!(r.status, 200, "{}", r.body);
-            r.header("x-realizar-node").unwrap().to_owned()
+            (
+                r.header("x-realizar-node").unwrap().to_owned(),
+                r.header("x-realizar-route").unwrap().to_owned(),
+            )
         };
         common::fleet::load(1000, 4, route, 0, Duration::from_secs(1), || {})
     };
     let t0 = Instant::now();
     let a = route_all(af);
     let b = route_all(af2);
-    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    let same = a.iter().zip(&b).filter(|(x, y)| x.0 == y.0).count();
+    let ranked_apart: Vec<_> = a
+        .iter()
+        .zip(&b)
+        .enumerate()
+        .filter(|(_, (x, y))| x.1 == "affinity" && y.1 == "affinity" && x.0 != y.0)
+        .collect();
+    let spills = |v: &[(String, String)]| v.iter().filter(|(_, r)| r != "affinity").count();
+    let (spills_a, spills_b) = (spills(&a), spills(&b));
     let mut spread = std::collections::BTreeMap::new();
-    for n in &a {
+    for (n, _) in &a {
         *spread.entry(n.as_str()).or_insert(0) += 1;
     }
     println!(
-        "two gateways: {same} of 1000 keys to the same node ({:?} for both runs); keys per node {spread:?}",
+        "two gateways: {same} of 1000 keys to the same node ({:?} for both runs); keys per node \
+         {spread:?}; not sent where they rank: {spills_a} and {spills_b}",
         t0.elapsed()
     );
-    assert!(same >= 990, "{same}");
+    assert!(ranked_apart.is_empty(), "{ranked_apart:?}");
+    assert!(spills_a <= 50 && spills_b <= 50, "{spills_a} {spills_b}");
     // The keys spread over the three owners.
     assert!(
         spread.len() == 3 && spread.values().all(|&c| c > 200),
