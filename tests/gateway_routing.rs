@@ -28,6 +28,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::fleet::{free_port, node, spawn, wait, Proc};
+use realizar_gateway::control::POLL;
 use serde_json::{json, Value};
 
 fn addr(port: u16) -> SocketAddr {
@@ -356,11 +357,12 @@ fn experiment(z: Size, ratio: f64) {
 
     // Two gateways, the same 1,000 keys (as `user`), 4 at a time, with
     // nothing shared between them: every key that both sent where it ranks
-    // (`affinity`) went to the same node. A key either spilled may differ:
-    // its owner looked over the load bound to that gateway alone, whose
-    // last poll of the node can still count the other's requests, or a
-    // request of its own that the node had started before answering; so
-    // spills are bounded, not absent (CI's two cores saw 13 in 1,000).
+    // (`affinity`) goes to the same node, and all but a few keys do. A key
+    // spilled by one gateway only may differ: the other gateway's requests
+    // are load it learns of from the nodes, up to a poll late. So the
+    // second run starts once its gateway's polls no longer count the
+    // first's requests (started right after, it spilled keys for the first
+    // 0.5 s: 13 of 1,000 on CI).
     let route_all = |gw: SocketAddr| -> Vec<(String, String)> {
         let route = |i: usize| {
             let body = json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 1, "user": format!("user-{i}")});
@@ -375,6 +377,7 @@ fn experiment(z: Size, ratio: f64) {
     };
     let t0 = Instant::now();
     let a = route_all(af);
+    std::thread::sleep(3 * POLL);
     let b = route_all(af2);
     let same = a.iter().zip(&b).filter(|(x, y)| x.0 == y.0).count();
     let ranked_apart: Vec<_> = a
@@ -395,7 +398,7 @@ fn experiment(z: Size, ratio: f64) {
         t0.elapsed()
     );
     assert!(ranked_apart.is_empty(), "{ranked_apart:?}");
-    assert!(spills_a <= 50 && spills_b <= 50, "{spills_a} {spills_b}");
+    assert!(same >= 990, "{same}");
     // The keys spread over the three owners.
     assert!(
         spread.len() == 3 && spread.values().all(|&c| c > 200),
