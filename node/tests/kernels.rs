@@ -417,7 +417,9 @@ fn shape_errors_are_reported() {
 /// The packed prefill path (AVX-512 VNNI where the CPU has it, and its
 /// scalar twin everywhere) against the scalar row kernels, which quantize
 /// the activations the same way (within 1e-5 of Σ|wᵢxᵢ|), on panels cut
-/// short and column tiles cut short.
+/// short and column tiles cut short, and one column over 41 panels (tasks
+/// of several panel pairs, which decode takes four panels a tile, and an
+/// odd panel at the end).
 #[test]
 fn packed_weights_agree_with_the_row_kernels() {
     use realizar_node::tensor::pack::{matmul_packed, PackKind};
@@ -433,7 +435,7 @@ fn packed_weights_agree_with_the_row_kernels() {
         } else {
             96
         };
-        for (rows, n) in [(16, 16), (40, 23), (64, 7)] {
+        for (rows, n) in [(16, 16), (40, 23), (64, 7), (651, 1)] {
             let w = weights(t, rows, cols, &mut rng);
             let x: Vec<f32> = (0..cols * n).map(|_| rng.f32()).collect();
             let packed = realizar_node::tensor::pack(&Matrix::new(t, rows, cols, &w).unwrap())
@@ -496,7 +498,7 @@ fn packed_weights_agree_with_the_row_kernels() {
     let levels = if Simd::detect().is_avx512() { 2 } else { 1 };
     assert_eq!(
         checked,
-        10 * 3 * levels,
+        10 * 4 * levels,
         "packed formats × shapes × SIMD levels"
     );
 }

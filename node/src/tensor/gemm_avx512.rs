@@ -2,7 +2,8 @@
 //! tile of up to 2 panels (32 rows) × 6 columns kept in registers — 12 float
 //! sums, 12 integer sums of the current block — so each 64-byte weight vector
 //! is loaded once for 6 columns and each broadcast activation word feeds
-//! both panels. Per block and tile: 8 × P × N `vpdpbusd`, and per panel and
+//! both panels; a single column (decode) takes 4 panels a tile, four
+//! streams of weights in flight at once. Per block and tile: 8 × P × N `vpdpbusd`, and per panel and
 //! column a convert, a multiply by the column's scale and a multiply-add by
 //! the rows' scales (one more for the offsets of asymmetric formats; Q6_K's
 //! 16-element scales take the block as two halves). The 4- and 5-bit formats'
@@ -33,9 +34,13 @@ const HALF: u8 = 2;
 /// asking 2 KB ahead (BENCHMARKS.md, "Packed weights asked for ahead").
 const PREFETCH_BYTES: usize = 2048;
 
-/// The kernel for `p` panels (1 or 2) × `n` columns (1..=6).
+/// The kernel for `p` panels (1 or 2; 4 for one column) × `n` columns
+/// (1..=6).
 pub(super) fn kernel(form: PackForm, p: usize, n: usize) -> GemmFn {
     macro_rules! by_n {
+        (4, $a:expr, $bits:literal, $sub:literal) => {
+            tile::<4, 1, $a, $bits, $sub>
+        };
         ($p:literal, $a:expr, $bits:literal, $sub:literal) => {
             match n {
                 1 => tile::<$p, 1, $a, $bits, $sub>,
@@ -59,7 +64,13 @@ pub(super) fn kernel(form: PackForm, p: usize, n: usize) -> GemmFn {
     // The forms there are (PackForm::of): f16 scales for Q4_0, Q5_0, Q8_0
     // and IQ4_NL (symmetric) and Q4_1, Q5_1 (asymmetric); sub-scales for
     // IQ4_XS (symmetric, 8-bit), Q4_K, Q5_K (asymmetric) and Q6_K (halves).
+    debug_assert!(p != 4 || n == 1);
     match (p, form.kind, form.sub) {
+        (4, PackKind::Sym(_), false) => by_bits!(4, SYM, false),
+        (4, PackKind::Sym(_), true) => by_n!(4, SYM, 8, true),
+        (4, PackKind::Asym, false) => by_bits!(4, ASYM, false),
+        (4, PackKind::Asym, true) => by_bits!(4, ASYM, true),
+        (4, PackKind::Half(_), _) => by_n!(4, HALF, 8, true),
         (1, PackKind::Sym(_), false) => by_bits!(1, SYM, false),
         (1, PackKind::Sym(_), true) => by_n!(1, SYM, 8, true),
         (1, PackKind::Asym, false) => by_bits!(1, ASYM, false),

@@ -557,9 +557,14 @@ pub(super) fn gemm_many(
         let form = pk.form;
         let panel_bytes = pk.panel_bytes();
         let mut res = [[0f32; PANEL]; 2 * TILE_COLS];
-        for pair in pair0..pair1 {
+        let mut pair = pair0;
+        while pair < pair1 {
             let p0 = 2 * pair;
-            let np = (pk.panels() - p0).min(2);
+            // One column (decode): two pairs a tile where the task has
+            // them, four streams of weights in flight rather than two.
+            let quad = n_vecs == 1 && pair + 1 < pair1 && pk.panels() - p0 >= 4;
+            let np = (pk.panels() - p0).min(if quad { 4 } else { 2 });
+            pair += if quad { 2 } else { 1 };
             let wb = &pk.bytes()[p0 * panel_bytes..(p0 + np) * panel_bytes];
             for v0 in (0..n_vecs).step_by(TILE_COLS) {
                 let nv = (n_vecs - v0).min(TILE_COLS);
