@@ -16,17 +16,19 @@
 //! default slice. Older kernels ignore the field; other systems have no
 //! such call and nothing is done.
 
-/// `REALIZAR_IO_SLICE_US`: the slice the I/O threads ask for, in µs (100
-/// is the measured setting; unset or 0 leaves the kernel's default). Off by
-/// default: it cut the gateway's added TTFT (+1.5 → +0.8 ms) but raised its
-/// CPU per proxied request when I/O alone saturates the cores (+10% on one
-/// day, +30–45% on a noisier one), and neither result held steady enough
-/// on the VMs measured to pick one (BENCHMARKS.md).
+/// The slice the I/O threads ask for unless told otherwise.
+pub const DEFAULT_IO_SLICE_US: u64 = 100;
+
+/// `REALIZAR_IO_SLICE_US`: the slice the I/O threads ask for, in µs
+/// ([`DEFAULT_IO_SLICE_US`] when unset or unreadable; 0 leaves the
+/// kernel's default). It cuts the gateway's added TTFT (+1.45 / +1.85 →
+/// +0.61 / +0.80 ms on the Intel VM) for 6–20% more gateway CPU per proxied
+/// request when I/O alone saturates the cores (BENCHMARKS.md).
 pub fn io_slice_us() -> u64 {
     std::env::var("REALIZAR_IO_SLICE_US")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(DEFAULT_IO_SLICE_US)
 }
 
 /// Ask for a `us`-microsecond slice for the calling thread (0: nothing).
