@@ -75,8 +75,8 @@ pub struct BoundArgs {
     /// take its keys' requests.
     #[arg(long)]
     pub spill_floor: Option<u64>,
-    /// The slack for a request whose previous turn (or very prompt) the
-    /// owner has cached.
+    /// The slack for a request whose previous turn, very prompt or prompt
+    /// start the owner has cached.
     #[arg(long)]
     pub cached_epsilon: Option<f64>,
 }
