@@ -239,7 +239,8 @@ fn io_threads_ask_for_a_short_slice_and_compute_threads_keep_the_default() {
     // (I/O threads' slices, compute threads' slices) of a `serve` process
     // started with the variable set to `setting`; None where /proc shows
     // no slices.
-    let slices = |setting: &str| -> Option<(Vec<Option<u64>>, Vec<Option<u64>>)> {
+    type Slices = Vec<Option<u64>>;
+    let slices = |setting: &str| -> Option<(Slices, Slices)> {
         let server = Server::start_with_env(
             &["serve", "--threads", "2"],
             &[("REALIZAR_IO_SLICE_US", setting)],
