@@ -16,8 +16,8 @@
 //! nodes' reports.
 //!
 //! The suite runs a small experiment (12 tenants, 160-token prompts); the
-//! issue's (24 tenants, 400-token prompts, 12 rounds) takes ~15 minutes of
-//! two cores in the test build and runs on request, for BENCHMARKS.md:
+//! issue's (24 tenants, 400-token prompts, 12 rounds) takes 1.5–15 minutes of
+//! two cores, by machine, and runs on request, for BENCHMARKS.md:
 //!
 //!   cargo test -p realizar --test gateway_routing -- --ignored --nocapture
 
@@ -239,7 +239,7 @@ fn prefix_affinity_beats_round_robin_and_two_gateways_agree() {
 
 /// The experiment: 24 tenants, 400-token system prompts.
 #[test]
-#[ignore = "~15 minutes of two cores in the test build; run for BENCHMARKS.md"]
+#[ignore = "1.5-15 minutes of two cores, by machine; run for BENCHMARKS.md"]
 fn full_size_routing_experiment() {
     experiment(
         Size {
