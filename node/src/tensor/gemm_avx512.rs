@@ -3,10 +3,11 @@
 //! sums, 12 integer sums of the current block — so each 64-byte weight vector
 //! is loaded once for 6 columns and each broadcast activation word feeds
 //! both panels; a single column (decode) takes 4 panels a tile, four
-//! streams of weights in flight at once. Per block and tile: 8 × P × N `vpdpbusd`, and per panel and
-//! column a convert, a multiply by the column's scale and a multiply-add by
-//! the rows' scales (one more for the offsets of asymmetric formats; Q6_K's
-//! 16-element scales take the block as two halves). The 4- and 5-bit formats'
+//! streams of weights in flight at once. Per block and tile: 8 × P × N
+//! `vpdpbusd`, and per panel and column a convert, a multiply by the
+//! column's scale and a multiply-add by the rows' scales (one more for the
+//! offsets of asymmetric formats; Q6_K's 16-element scales take the block
+//! as two halves). The 4- and 5-bit formats'
 //! weights come as nibbles, split with two ANDs and a shift, and fifth bits
 //! added under a mask; f16 scales are widened with one convert a vector,
 //! 8-bit sub-scales with two and a multiply by their super-block's factor
