@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::fleet::{free_port, node, spawn, wait, Proc};
 use realizar_gateway::control::POLL;
+use realizar_gateway::routing;
 use serde_json::{json, Value};
 
 fn addr(port: u16) -> SocketAddr {
@@ -135,6 +136,19 @@ struct Phase {
     ttft_p50: Duration,
     per_node: std::collections::BTreeMap<String, usize>,
     routes: std::collections::BTreeMap<String, usize>,
+}
+
+/// Each node's (returning starts counted, of them lost), as it reports.
+fn start_losses(nodes: &[SocketAddr]) -> Vec<(u32, u32)> {
+    nodes
+        .iter()
+        .map(|&n| {
+            let r = common::http(n, "GET", "/admin/report", None).json();
+            let m = &r["models"][0];
+            let count = |f: &str| m[f].as_u64().unwrap() as u32;
+            (count("starts_returned"), count("starts_lost"))
+        })
+        .collect()
 }
 
 /// The experiment's size.
@@ -335,7 +349,22 @@ fn experiment(z: Size, ratio: f64) {
     assert!((0.25..=0.42).contains(&share), "{share}");
 
     let rr_phase = run_phase(rr, &node_addrs, "round robin phase", z);
+    // Behind round-robin every cache sees every tenant and loses starts
+    // still in use: the nodes say so, and the affinity gateway then keeps
+    // a tenant with its start under the cached slack.
+    let rr_losses = start_losses(&node_addrs);
     let af_phase = run_phase(af, &node_addrs, "affinity phase", z);
+    println!(
+        "returning starts lost (of the latest counted) per node: after round-robin {rr_losses:?}, \
+         after affinity {:?}",
+        start_losses(&node_addrs)
+    );
+    assert!(
+        rr_losses
+            .iter()
+            .any(|&(returned, lost)| routing::losing_starts(returned, lost)),
+        "{rr_losses:?}"
+    );
     for (name, p) in [("round-robin", &rr_phase), ("affinity", &af_phase)] {
         println!(
             "{name}: prefix-cache hit ratio {:.3}, TTFT p50 {:?}, requests per node {:?}, routes {:?}",

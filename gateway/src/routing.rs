@@ -38,6 +38,16 @@ pub struct Candidate<'a> {
     /// How many keys it reports cached for the model: its share of the
     /// model's cached prompts.
     pub keys: u64,
+    /// It reports its cache losing prompt starts still in use
+    /// (`losing_starts`).
+    pub losing_starts: bool,
+}
+
+/// Whether a node's cache is losing prompt starts still in use: of the
+/// latest requests whose start it had held (`ModelInfo::starts_returned`,
+/// at least 8), an eighth or more found it evicted.
+pub fn losing_starts(returned: u32, lost: u32) -> bool {
+    returned >= 8 && lost * 8 >= returned
 }
 
 /// Why a request went where it went (sent as `x-realizar-route`).
@@ -254,13 +264,16 @@ impl Bound {
 ///   new conversation finds its start there, worth no more than the next
 ///   pass's;
 /// - for a prompt long enough to cache (`prefix`: at least `PREFIX_BYTES`),
-///   the best-ranked with the prompt's start cached, under the cached load
-///   bound: a tenant's new conversations go where its system prompt is,
-///   spread over the owners that have it rather than piled on one. The
-///   start gets the history's slack: where caches hold only some of the
-///   tenants, a request moved off its start costs a prefill and leaves a
-///   second copy that evicts another tenant's (issue 17's experiment: hit
-///   ratio 0.44–0.48 under the plain bound, 0.75 under this one);
+///   the best-ranked with the prompt's start cached, under the load bound:
+///   a tenant's new conversations go where its system prompt is, spread
+///   over the owners that have it rather than piled on one. Under the
+///   cached bound when a sampled owner reports `losing_starts`: where
+///   caches hold only some of the tenants, a request moved off its start
+///   costs a prefill and leaves a second copy that evicts another tenant's
+///   (issue 17's experiment: hit ratio 0.44–0.48 under the plain bound,
+///   0.73 under the cached one), while where they hold them all the copy
+///   is cheap and the slack only unbalances the loads (the simulator's
+///   busiest/mean 1.09 against 1.28 at 10 nodes);
 /// - the best-ranked under the load bound whose share of cached keys is
 ///   under `ceil((keys+1)/n)` (when the request has a `prefix` worth
 ///   caching: a prompt at least `PREFIX_BYTES` long) — so a prompt start
@@ -277,17 +290,19 @@ impl Bound {
 pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<(usize, Reason)> {
     // The bound is over the sampled owners (all of them, for a model with
     // few): their mean load and key share stand for the model's.
-    let (mut n, mut total, mut all_keys) = (0usize, 0u64, 0u64);
+    let (mut n, mut total, mut all_keys, mut losing) = (0usize, 0u64, 0u64, false);
     for c in owners.iter().filter(|c| c.sampled) {
         n += 1;
         total += c.load;
         all_keys += c.keys;
+        losing |= c.losing_starts;
     }
     if n == 0 {
         return None;
     }
     let bound = b.limit(total, n);
     let cached_bound = b.cached_limit(total, n);
+    let start_bound = if losing { cached_bound } else { bound };
     let key_bound = (all_keys + 1).div_ceil(n as u64);
     // The best-ranked owner passing a test is a maximum over the owners:
     // no sort, so a model with hundreds of owners costs a few hashes each.
@@ -315,7 +330,7 @@ pub fn choose(key: u64, prefix: bool, owners: &[Candidate], b: Bound) -> Option<
         return Some((i, Reason::Affinity));
     }
     if prefix {
-        if let Some(i) = best(&|c| c.prefix_cached && c.load < cached_bound) {
+        if let Some(i) = best(&|c| c.prefix_cached && c.load < start_bound) {
             return Some((i, Reason::Affinity));
         }
     }
@@ -368,6 +383,7 @@ mod tests {
                 cached: false,
                 prefix_cached: false,
                 keys: 0,
+                losing_starts: false,
             })
             .collect()
     }
@@ -500,10 +516,13 @@ mod tests {
         // ...and no more (7,2,2,2: ceil(2·14/4) = 7): then the start.
         o[h].load = 7;
         assert_eq!(choose(key, true, &o, b), Some((p, Reason::Affinity)));
-        // A start gets the same slack (14,9,2,2: ceil(2·28/4) = 14, where
-        // the plain bound is ceil(1.25·28/4) = 9)...
+        // A start gets the plain bound (14,9,2,2: ceil(1.25·28/4) = 9)...
         o[h].load = 14;
         o[p].load = 9;
+        assert_ne!(choose(key, true, &o, b).unwrap().0, p);
+        // ...unless an owner's cache is losing starts: then the same slack
+        // (ceil(2·28/4) = 14)...
+        o[first].losing_starts = true;
         assert_eq!(choose(key, true, &o, b), Some((p, Reason::Affinity)));
         // ...and no more: with no history, the start's node at 7 of 13
         // (ceil(2·14/4) = 7) is passed over.
@@ -512,6 +531,14 @@ mod tests {
         o[p].load = 7;
         let (i, _) = choose(key, true, &o, b).unwrap();
         assert_ne!(i, p);
+        // An owner not sampled does not speak for the model's caches.
+        o[first].losing_starts = false;
+        o[p].load = 6;
+        o[h].sampled = false;
+        o[h].losing_starts = true;
+        assert_ne!(choose(key, true, &o, b).unwrap().0, p);
+        o[h].sampled = true;
+        assert_eq!(choose(key, true, &o, b), Some((p, Reason::Affinity)));
         // A start too short to cache counts for nothing: where it ranks.
         let mut o = owners(&["a", "b", "c", "d"], &[0, 0, 0, 0]);
         o[p].prefix_cached = true;
@@ -522,6 +549,15 @@ mod tests {
         o[p].prefix_cached = true;
         o[h].cached = true;
         assert_eq!(choose(key, true, &o, b), Some((h, Reason::Affinity)));
+    }
+
+    #[test]
+    fn a_cache_loses_starts_when_an_eighth_of_its_returns_find_them_gone() {
+        assert!(!losing_starts(0, 0));
+        assert!(!losing_starts(7, 7), "too few to tell");
+        assert!(losing_starts(8, 1));
+        assert!(!losing_starts(64, 7));
+        assert!(losing_starts(64, 8));
     }
 
     #[test]

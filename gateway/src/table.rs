@@ -15,7 +15,7 @@ use crate::catalog::Catalog;
 use crate::hash;
 use crate::membership::Membership;
 use crate::placement::Placement;
-use crate::routing::{Candidate, Keys};
+use crate::routing::{self, Candidate, Keys};
 
 /// A node that serves a model now.
 #[derive(Debug, Clone)]
@@ -37,6 +37,9 @@ pub struct Owner {
     pub breaker: Arc<Breaker>,
     /// Start keys (`AFFINITY_HEADER`) it reports cached for the model.
     pub cached_keys: u64,
+    /// It reports its cache for the model losing starts still in use
+    /// (`routing::losing_starts`).
+    pub losing_starts: bool,
     /// Its place in the model's list of owners (`RoutingTable::models`).
     pub slot: usize,
 }
@@ -211,6 +214,10 @@ impl RoutingTable {
                         inflight: node.inflight.clone(),
                         breaker: node.breaker.clone(),
                         cached_keys: model.affinity_keys.len() as u64,
+                        losing_starts: routing::losing_starts(
+                            model.starts_returned,
+                            model.starts_lost,
+                        ),
                         slot: 0,
                     },
                     model,
@@ -357,6 +364,7 @@ impl RoutingTable {
                     cached: f.cached,
                     prefix_cached: f.prefix,
                     keys: o.cached_keys + sent.per_owner.get(o.slot).copied().unwrap_or(0),
+                    losing_starts: o.losing_starts,
                 };
                 (o, c)
             })

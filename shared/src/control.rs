@@ -151,7 +151,20 @@ pub struct ModelInfo {
     /// its history. Most recently seen first (at most 256).
     #[serde(default)]
     pub conversation_keys: Vec<u64>,
+    /// Of the last `START_TALLY` requests whose prompt start this node had
+    /// held cached (a start key it saw before, whose probe block it has
+    /// been seen to cache), how many came back to find it evicted: whether
+    /// this cache is too small for the prompt starts sent to it, so that a
+    /// copy made elsewhere costs another tenant's start.
+    #[serde(default)]
+    pub starts_returned: u32,
+    #[serde(default)]
+    pub starts_lost: u32,
 }
+
+/// How many returning prompt starts `ModelInfo::starts_returned` counts
+/// (the latest).
+pub const START_TALLY: usize = 64;
 
 /// The header a gateway names a request's affinity keys in (16 hex digits
 /// each, at most two, comma-separated: its user's and its prompt start's),
@@ -321,6 +334,8 @@ impl ModelInfo {
             prefix_hashes: Vec::new(),
             affinity_keys: Vec::new(),
             conversation_keys: Vec::new(),
+            starts_returned: 0,
+            starts_lost: 0,
         }
     }
 }

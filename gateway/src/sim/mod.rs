@@ -448,7 +448,7 @@ impl<'a> World<'a> {
     /// Reports from every live node, as a poll brings them.
     fn poll_reports(&mut self) {
         let now = self.instant();
-        for n in &self.nodes {
+        for n in &mut self.nodes {
             if !n.alive {
                 continue;
             }

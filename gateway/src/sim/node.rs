@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use realizar_shared::control::{LoadReport, ModelInfo, ModelState};
+use realizar_shared::control::{LoadReport, ModelInfo, ModelState, START_TALLY};
 
 /// How fast a node computes, fitted to measurements of the real node
 /// (BENCHMARKS.md: SmolLM2-135M Q4_1 on two cores, 841 prompt tokens/s;
@@ -111,6 +111,9 @@ pub struct Replica {
     /// Start keys and conversation keys: key → (probe block, last seen).
     keys: Remembered,
     conversations: Remembered,
+    /// Requests whose start the cache had held, latest last: true where
+    /// they found it evicted (at most `START_TALLY`).
+    returns: VecDeque<bool>,
     pub running: usize,
     pub waiting: usize,
 }
@@ -124,32 +127,47 @@ impl Replica {
     /// start) and this conversation key (probed at its end).
     pub fn record(&mut self, start: &[u64], conversation: Option<u64>, prompt: &[u64], now: f64) {
         if let Some(&probe) = prompt[..prompt.len().min(PROBE_BLOCKS)].last() {
+            let held = self.cache.contains(probe);
             for &k in start {
-                self.keys.remember(k, probe, now);
+                if self.keys.0.get(&k).is_some_and(|s| s.0 == probe && s.2) {
+                    if self.returns.len() == START_TALLY {
+                        self.returns.pop_front();
+                    }
+                    self.returns.push_back(!held);
+                }
+                self.keys.remember(k, probe, now, held);
             }
         }
         if let (Some(k), Some(&probe)) = (conversation, prompt.last()) {
-            self.conversations.remember(k, probe, now);
+            self.conversations.remember(k, probe, now, false);
         }
     }
 
-    /// (start keys, conversation keys) to report.
-    pub fn reported_keys(&self, now: f64) -> (Vec<u64>, Vec<u64>) {
+    /// (start keys, conversation keys) to report; notes which probes the
+    /// cache holds, as the node's refresh does.
+    pub fn reported_keys(&mut self, now: f64) -> (Vec<u64>, Vec<u64>) {
         (
             self.keys.reported(&self.cache, now),
             self.conversations.reported(&self.cache, now),
         )
     }
+
+    /// (returning starts, of them lost), as the node counts them.
+    pub fn returns(&self) -> (u32, u32) {
+        let lost = self.returns.iter().filter(|&&l| l).count();
+        (self.returns.len() as u32, lost as u32)
+    }
 }
 
-/// Keys a replica remembers: key → (probe block, last seen).
+/// Keys a replica remembers: key → (probe block, last seen, probe seen
+/// cached since).
 #[derive(Debug, Default)]
-struct Remembered(HashMap<u64, (u64, f64)>);
+struct Remembered(HashMap<u64, (u64, f64, bool)>);
 
 impl Remembered {
-    fn remember(&mut self, key: u64, probe: u64, now: f64) {
+    fn remember(&mut self, key: u64, probe: u64, now: f64, held: bool) {
         let m = &mut self.0;
-        m.insert(key, (probe, now));
+        m.insert(key, (probe, now, held));
         if m.len() > REMEMBERED {
             let mut seen: Vec<f64> = m.values().map(|v| v.1).collect();
             seen.sort_by(f64::total_cmp);
@@ -159,13 +177,15 @@ impl Remembered {
     }
 
     /// Keys seen lately or whose probe block is cached, latest first.
-    fn reported(&self, cache: &Lru, now: f64) -> Vec<u64> {
-        let mut v: Vec<(f64, u64)> = self
-            .0
-            .iter()
-            .filter(|(_, (probe, seen))| now - seen < RECENT_S || cache.contains(*probe))
-            .map(|(k, (_, seen))| (*seen, *k))
-            .collect();
+    fn reported(&mut self, cache: &Lru, now: f64) -> Vec<u64> {
+        let mut v: Vec<(f64, u64)> = Vec::new();
+        for (k, (probe, seen, held)) in &mut self.0 {
+            let c = cache.contains(*probe);
+            *held |= c;
+            if c || now - *seen < RECENT_S {
+                v.push((*seen, *k));
+            }
+        }
         v.sort_by(|a, b| b.0.total_cmp(&a.0));
         v.truncate(REPORTED);
         v.into_iter().map(|(_, k)| k).collect()
@@ -226,6 +246,7 @@ impl Node {
             cache: Lru::new(cache_blocks),
             keys: Remembered::default(),
             conversations: Remembered::default(),
+            returns: VecDeque::new(),
             running: 0,
             waiting: 0,
         });
@@ -236,12 +257,13 @@ impl Node {
         self.queue.len() + self.running.len()
     }
 
-    pub fn report(&self, now: f64, name: impl Fn(u32) -> String) -> LoadReport {
+    pub fn report(&mut self, now: f64, name: impl Fn(u32) -> String) -> LoadReport {
         let mut models: Vec<ModelInfo> = self
             .replicas
-            .iter()
+            .iter_mut()
             .map(|(&m, r)| {
                 let (affinity_keys, conversation_keys) = r.reported_keys(now);
+                let (starts_returned, starts_lost) = r.returns();
                 let state = if r.ready(now) {
                     ModelState::Ready
                 } else {
@@ -256,6 +278,8 @@ impl Node {
                     kv_blocks_capacity: r.cache.capacity,
                     affinity_keys,
                     conversation_keys,
+                    starts_returned,
+                    starts_lost,
                     ..ModelInfo::idle(&name(m), state)
                 }
             })

@@ -55,6 +55,7 @@ impl ModelHandle {
     /// The model as the control protocol describes it.
     pub fn info(&self) -> ModelInfo {
         let e = &self.exec;
+        let (returned, lost) = *e.start_returns.lock().unwrap_or_else(|e| e.into_inner());
         ModelInfo {
             id: self.id.clone(),
             state: ModelState::Ready,
@@ -85,6 +86,8 @@ impl ModelHandle {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            starts_returned: returned,
+            starts_lost: lost,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct ExecShared {
     /// Gateway conversation keys whose prompt is cached nearly to its end,
     /// refreshed with `prefix_hashes`.
     pub conversation_keys: Mutex<Vec<u64>>,
+    /// (returning starts, of them lost) as `AffinityKeys::returns` counts
+    /// them, refreshed with `prefix_hashes`.
+    pub start_returns: Mutex<(u32, u32)>,
     /// Panic in the next step with work (only with fault injection on).
     pub fault: AtomicBool,
 }
@@ -206,8 +209,10 @@ impl Executor {
             ExecMsg::Submit(req) => {
                 if let Some(a) = &req.affinity {
                     let (bs, now) = (self.kv.block_size(), Instant::now());
+                    let blocks = self.sched.blocks();
                     for &k in &a.start {
-                        self.affinity.record(k, &req.prompt, bs, now);
+                        self.affinity
+                            .record(k, &req.prompt, bs, now, |h| blocks.is_cached(h));
                     }
                     if let Some(k) = a.conversation {
                         self.conversations.record_end(k, &req.prompt, bs, now);
@@ -263,6 +268,7 @@ impl Executor {
                 self.affinity
                     .cached(|h| blocks.is_cached(h), Instant::now(), PREFIX_SUMMARY);
             *sh.affinity_keys.lock().unwrap_or_else(|e| e.into_inner()) = keys;
+            *sh.start_returns.lock().unwrap_or_else(|e| e.into_inner()) = self.affinity.returns();
             let conversations =
                 self.conversations
                     .cached(|h| blocks.is_cached(h), Instant::now(), PREFIX_SUMMARY);

@@ -389,6 +389,8 @@ impl Node {
                     prefix_hashes: Vec::new(),
                     affinity_keys: Vec::new(),
                     conversation_keys: Vec::new(),
+                    starts_returned: 0,
+                    starts_lost: 0,
                 });
             }
         }
