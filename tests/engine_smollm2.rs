@@ -442,3 +442,100 @@ fn kl_divergence_against_the_base_model() {
         kl_divergence(&q8, g.as_ref(), &tok, &pool, simd, &text, ctx, |_, _, _| {}).unwrap_err();
     assert!(matches!(e, PerplexityError::VocabMismatch { .. }), "{e}");
 }
+
+/// A base file as llama-perplexity saves one (tools/perplexity: `_logits_`,
+/// n_ctx, n_vocab, n_chunk, the tokens, then per scored position an f32
+/// scale and minimum and one u16 per token over [max − 16, max]), written
+/// from `base`'s logits over `chunks`.
+fn write_llama_base(path: &Path, base: &dyn Model, chunks: &[Vec<u32>], bos: Option<u32>) {
+    let (n_ctx, n_vocab) = (chunks[0].len(), base.n_vocab());
+    let mut b = b"_logits_".to_vec();
+    b.extend((n_ctx as u32).to_le_bytes());
+    b.extend((n_vocab as i32).to_le_bytes());
+    b.extend((chunks.len() as i32).to_le_bytes());
+    for c in chunks {
+        for &t in c {
+            b.extend((t as i32).to_le_bytes());
+        }
+    }
+    let pool = ThreadPool::new(2);
+    let (mut cache, mut ws) = (base.new_cache(n_ctx), Workspace::default());
+    for c in chunks {
+        let mut c = c.clone();
+        if let Some(t) = bos {
+            c[0] = t;
+        }
+        cache.clear();
+        base.forward(&pool, Simd::detect(), &c, &mut cache, &mut ws, Logits::All);
+        for j in n_ctx / 2..n_ctx - 1 {
+            let l = &ws.logits[j * n_vocab..(j + 1) * n_vocab];
+            let max = l.iter().fold(f32::MIN, |m, &x| m.max(x));
+            let min = l.iter().fold(f32::MAX, |m, &x| m.min(x)).max(max - 16.0);
+            let sum: f64 = l.iter().map(|&x| ((x - max) as f64).exp()).sum();
+            let scale = (max - min) / 65535.0;
+            b.extend(scale.to_le_bytes());
+            b.extend((min - max - sum.ln() as f32).to_le_bytes());
+            for &x in l {
+                let v = if x > min {
+                    ((x - min) / scale).round() as u16
+                } else {
+                    0
+                };
+                b.extend(v.to_le_bytes());
+            }
+            if n_vocab % 2 == 1 {
+                b.extend(0u16.to_le_bytes());
+            }
+        }
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// `perplexity --kl-divergence-base FILE.kld`: against a base saved the
+/// way llama-perplexity saves one, the figures agree with the same
+/// comparison run against the base model itself, up to the file's 16-bit
+/// log-probs; a model against its own saved base agrees everywhere; a
+/// truncated file is refused, naming it.
+#[test]
+fn kl_divergence_against_a_llama_perplexity_base_file() {
+    use realizar_node::eval::kld::KldBase;
+    use realizar_node::eval::{kl_divergence, kl_divergence_from_file};
+    let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3")
+        .expect("GPL-3 text (Debian base-files)");
+    let text: String = text.chars().take(3000).collect();
+    let (q8, tok) = load(&derived(GgmlType::Q8_0));
+    let (f32m, _) = load(&derived(GgmlType::F32));
+    let (pool, simd, ctx) = (ThreadPool::new(2), Simd::detect(), 128);
+    let tokens = tok.encode(&text, true, false);
+    let chunks: Vec<Vec<u32>> = tokens.chunks_exact(ctx).map(<[u32]>::to_vec).collect();
+    let bos = if tok.vocab.add_bos {
+        tok.vocab.bos
+    } else {
+        None
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f32.kld");
+    write_llama_base(&file, &f32m, &chunks, bos);
+    let direct = kl_divergence(&q8, &f32m, &tok, &pool, simd, &text, ctx, |_, _, _| {}).unwrap();
+    let mut base = KldBase::open(&file).unwrap();
+    let k = kl_divergence_from_file(&q8, &mut base, bos, &pool, simd, |_, _, _| {}).unwrap();
+    eprintln!("against the model: {direct:?}\nagainst its saved base: {k:?}");
+    assert_eq!(k.scored_tokens, direct.scored_tokens);
+    assert_eq!(k.ppl, direct.ppl);
+    assert!((k.base_ppl / direct.base_ppl - 1.0).abs() < 1e-4, "{k:?}");
+    assert!((k.mean / direct.mean - 1.0).abs() < 0.01, "{k:?}");
+    let n = k.scored_tokens as f64;
+    assert!(
+        (k.top1_agreement - direct.top1_agreement).abs() * n <= 2.0,
+        "{k:?}"
+    );
+    let mut own = KldBase::open(&file).unwrap();
+    let same = kl_divergence_from_file(&f32m, &mut own, bos, &pool, simd, |_, _, _| {}).unwrap();
+    assert!(same.mean < 1e-6 && same.top1_agreement == 1.0, "{same:?}");
+    // Cut inside its last position.
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 10]).unwrap();
+    let mut cut = KldBase::open(&file).unwrap();
+    let e = kl_divergence_from_file(&q8, &mut cut, bos, &pool, simd, |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("f32.kld"), "{e}");
+}

@@ -84,8 +84,10 @@ pub struct RunArgs {
 pub struct PerplexityArgs {
     #[arg(long)]
     pub model: PathBuf,
+    /// The text to score (not needed with a llama-perplexity base file,
+    /// which holds its tokens).
     #[arg(long)]
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
     #[arg(long)]
@@ -95,7 +97,9 @@ pub struct PerplexityArgs {
     /// The model `--model` was quantized from (F32 or F16): report the KL
     /// divergence of `--model`'s next-token distributions from it (mean,
     /// median, 99th percentile, maximum) and how often both rank the same
-    /// token first, as llama-perplexity's --kl-divergence does.
+    /// token first, as llama-perplexity's --kl-divergence does. Or the
+    /// file llama-perplexity saved with its own `--kl-divergence-base`: then
+    /// against llama.cpp's base distributions, over its tokens and chunks.
     #[arg(long)]
     pub kl_divergence_base: Option<PathBuf>,
 }
@@ -131,10 +135,26 @@ pub fn run_cmd(a: RunArgs) -> ExitCode {
 
 pub fn perplexity_cmd(a: PerplexityArgs) -> ExitCode {
     if let Some(base) = &a.kl_divergence_base {
+        if is_llama_base(base) {
+            return kl_divergence_from_file(
+                &a.model,
+                base,
+                threads(a.threads),
+                a.numerics.numerics(),
+            );
+        }
+    }
+    let Some(file) = &a.file else {
+        return fail(
+            "perplexity",
+            "--file: the text to score is needed (only a llama-perplexity base file holds its own)",
+        );
+    };
+    if let Some(base) = &a.kl_divergence_base {
         return kl_divergence(
             &a.model,
             base,
-            &a.file,
+            file,
             a.ctx,
             threads(a.threads),
             a.numerics.numerics(),
@@ -142,11 +162,21 @@ pub fn perplexity_cmd(a: PerplexityArgs) -> ExitCode {
     }
     perplexity(
         &a.model,
-        &a.file,
+        file,
         a.ctx,
         threads(a.threads),
         a.numerics.numerics(),
     )
+}
+
+/// Whether `path` starts as llama-perplexity's saved base does.
+fn is_llama_base(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"_logits_"
 }
 
 fn load_model(
@@ -401,6 +431,14 @@ fn kl_divergence(
             }
         },
     );
+    report_kl(r, t0, what)
+}
+
+fn report_kl(
+    r: Result<realizar_node::eval::KlDivergence, realizar_node::eval::PerplexityError>,
+    t0: std::time::Instant,
+    what: &str,
+) -> ExitCode {
     match r {
         Ok(k) => {
             println!(
@@ -421,4 +459,41 @@ fn kl_divergence(
         }
         Err(e) => fail(what, e),
     }
+}
+
+/// Against a base llama-perplexity saved: its tokens, chunks and 16-bit
+/// log-probs.
+fn kl_divergence_from_file(
+    model: &Path,
+    base: &Path,
+    n_threads: usize,
+    numerics: realizar_node::model::Numerics,
+) -> ExitCode {
+    let what = "perplexity --kl-divergence-base";
+    let loaded = match load_model(model, numerics) {
+        Ok(x) => x,
+        Err(e) => return fail(what, e),
+    };
+    let mut file = match realizar_node::eval::kld::KldBase::open(base) {
+        Ok(f) => f,
+        Err(e) => return fail(what, e),
+    };
+    let v = &loaded.tok.vocab;
+    let bos = if v.add_bos { v.bos } else { None };
+    let pool = realizar_node::tensor::ThreadPool::new(n_threads);
+    let t0 = std::time::Instant::now();
+    let r = realizar_node::eval::kl_divergence_from_file(
+        loaded.model.as_ref(),
+        &mut file,
+        bos,
+        &pool,
+        realizar_node::tensor::Simd::detect(),
+        |i, n, kl| {
+            eprint!("[{i}]{kl:.6},");
+            if i == n {
+                eprintln!();
+            }
+        },
+    );
+    report_kl(r, t0, what)
 }

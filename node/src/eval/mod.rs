@@ -6,6 +6,8 @@
 //! from) over the same chunks and compares their distributions at every
 //! scored position, as llama-perplexity's `--kl-divergence` does.
 
+pub mod kld;
+
 use crate::model::{Logits, Model, Workspace};
 use crate::sampling::log_softmax;
 use crate::tensor::{Simd, ThreadPool};
@@ -28,6 +30,8 @@ pub enum PerplexityError {
     BadCtx(usize),
     #[error("the base model has a vocabulary of {base}, the model {model}: not the same model")]
     VocabMismatch { model: usize, base: usize },
+    #[error("{0}")]
+    BaseFile(String),
 }
 
 /// How far a model's next-token distributions are from its base's over
@@ -138,13 +142,87 @@ pub fn kl_divergence(
             kls.iter().sum::<f64>() / kls.len() as f64,
         );
     }
+    Ok(summarize(kls, agree, nll, base_nll))
+}
+
+/// The same figures against a base llama-perplexity saved (`kld::KldBase`):
+/// its chunks (the first token of each replaced by `bos` when the model
+/// adds one), its 16-bit base log-probs, and its definitions — KL summed
+/// over the tokens whose base log-prob is above −16, the base's top token
+/// the first of its highest stored values, the model's the first of its
+/// highest logits.
+#[allow(clippy::too_many_arguments)]
+pub fn kl_divergence_from_file(
+    model: &dyn Model,
+    base: &mut kld::KldBase,
+    bos: Option<u32>,
+    pool: &ThreadPool,
+    simd: Simd,
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<KlDivergence, PerplexityError> {
+    let n_vocab = model.n_vocab();
+    if base.n_vocab != n_vocab {
+        return Err(PerplexityError::VocabMismatch {
+            model: n_vocab,
+            base: base.n_vocab,
+        });
+    }
+    let (n_ctx, first) = (base.n_ctx, base.n_ctx / 2);
+    let chunks = std::mem::take(&mut base.chunks);
+    let mut cache = model.new_cache(n_ctx);
+    let mut ws = Workspace::default();
+    let mut v = Vec::new();
+    let mut kls = Vec::new();
+    let (mut agree, mut nll, mut base_nll) = (0usize, 0f64, 0f64);
+    for (c, chunk) in chunks.iter().enumerate() {
+        let mut chunk = chunk.clone();
+        if let Some(b) = bos {
+            chunk[0] = b;
+        }
+        cache.clear();
+        model.forward(pool, simd, &chunk, &mut cache, &mut ws, Logits::All);
+        for j in first..n_ctx - 1 {
+            let logits = &ws.logits[j * n_vocab..(j + 1) * n_vocab];
+            let q = log_softmax(logits);
+            let (scale, min_log_prob) = base.next(&mut v).map_err(PerplexityError::BaseFile)?;
+            let p = kld::BasePosition {
+                scale,
+                min_log_prob,
+                v: &v,
+            };
+            let mut kl = 0f64;
+            for (i, &lq) in q.iter().enumerate() {
+                let lp = p.log_prob(i);
+                if lp > -16.0 {
+                    kl += (lp as f64).exp() * (lp as f64 - lq as f64);
+                }
+            }
+            kls.push(kl);
+            if p.argmax() == crate::sampling::argmax(logits) as usize {
+                agree += 1;
+            }
+            let t = chunk[j + 1] as usize;
+            nll -= q[t] as f64;
+            base_nll -= p.log_prob(t) as f64;
+        }
+        progress(
+            c + 1,
+            chunks.len(),
+            kls.iter().sum::<f64>() / kls.len() as f64,
+        );
+    }
+    Ok(summarize(kls, agree, nll, base_nll))
+}
+
+/// The statistics of per-position KL divergences.
+fn summarize(kls: Vec<f64>, agree: usize, nll: f64, base_nll: f64) -> KlDivergence {
     let n = kls.len();
     let mean = kls.iter().sum::<f64>() / n as f64;
     let var = kls.iter().map(|k| (k - mean) * (k - mean)).sum::<f64>() / (n as f64 - 1.0).max(1.0);
     let mut sorted = kls;
     sorted.sort_by(f64::total_cmp);
     let at = |q: f64| sorted[((n - 1) as f64 * q).round() as usize];
-    Ok(KlDivergence {
+    KlDivergence {
         mean,
         stderr: (var / n as f64).sqrt(),
         median: at(0.5),
@@ -154,7 +232,7 @@ pub fn kl_divergence(
         ppl: (nll / n as f64).exp(),
         base_ppl: (base_nll / n as f64).exp(),
         scored_tokens: n,
-    })
+    }
 }
 
 /// `progress(done, total, running_ppl)` is called after each chunk.
