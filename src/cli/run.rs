@@ -424,14 +424,18 @@ fn kl_divergence(
         realizar_node::tensor::Simd::detect(),
         &text,
         ctx,
-        |i, n, kl| {
-            eprint!("[{i}]{kl:.6},");
-            if i == n {
-                eprintln!();
-            }
-        },
+        kl_progress,
     );
     report_kl(r, t0, what)
+}
+
+/// A chunk done: its number and the running mean KL divergence, as
+/// llama-perplexity prints them.
+fn kl_progress(i: usize, n: usize, kl: f64) {
+    eprint!("[{i}]{kl:.6},");
+    if i == n {
+        eprintln!();
+    }
 }
 
 fn report_kl(
@@ -488,12 +492,7 @@ fn kl_divergence_from_file(
         bos,
         &pool,
         realizar_node::tensor::Simd::detect(),
-        |i, n, kl| {
-            eprint!("[{i}]{kl:.6},");
-            if i == n {
-                eprintln!();
-            }
-        },
+        kl_progress,
     );
     report_kl(r, t0, what)
 }
