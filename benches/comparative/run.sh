@@ -23,6 +23,7 @@ ROUNDS=${ROUNDS:-2}
 # (prompt lookup); the table compares plain decoding unless DRAFT_MAX says
 # otherwise (benches/speculative/ measures speculation on its own task).
 DRAFT_MAX=${DRAFT_MAX:-0}
+SETTLE_S=${SETTLE_S:-3}   # after the start measurement, before the rest
 LLAMA_CPP_PYTHON=${LLAMA_CPP_PYTHON:-0.3.36}
 MODELS=${MODELS:-"smollm2-q4_1 smollm2-q8_0 smollm2-q4_k_m gemma3-q4_k_m"}
 
@@ -124,6 +125,11 @@ for round in $(seq 1 "$ROUNDS"); do
             ready_ns=$(date +%s%N)
             start_to_first=$(python3 -c "print(($ready_ns - $START_NS) / 1e6)")
             tag="$OUT/$model.$server.$round"
+            # Both servers get the same pause before the steady-state
+            # figures: in it our node moves its packed weights onto huge
+            # pages (node/src/tensor/arena.rs), a second after warming and
+            # only while a core idles. The line above measured the start.
+            sleep "$SETTLE_S"
             bench "decode" --concurrency 1 --requests 4 --prompt-tokens 16 --max-tokens 128
             bench "prefill" --concurrency 1 --requests 4 --prompt-tokens 512 --max-tokens 1
             bench "agg" --concurrency 4,8 --requests 16 --prompt-tokens 128 --max-tokens 64

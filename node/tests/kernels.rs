@@ -591,6 +591,106 @@ fn mixed_packed_formats_share_one_dispatch_and_change_no_bit() {
     }
 }
 
+/// A model's matrices packed into one shared mapping (`pack_all`, which
+/// the models load with) hold, each, the bytes `pack` gives it alone, and
+/// a format without a packed form (F32, Q2_K) gets none there either.
+#[test]
+fn packing_side_by_side_gives_each_matrix_its_own_bytes() {
+    let mut rng = Rng(5);
+    let shapes = [
+        (GgmlType::Q4_1, 40, 96),
+        (GgmlType::F32, 16, 96),
+        (GgmlType::Q8_0, 651, 64),
+        (GgmlType::Q4_K, 48, 512),
+        (GgmlType::Q2_K, 16, 256),
+        (GgmlType::Q6_K, 17, 256),
+        (GgmlType::Q5_0, 1, 32),
+    ];
+    let ws: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(t, r, c)| weights(t, r, c, &mut rng))
+        .collect();
+    let ms: Vec<Matrix> = shapes
+        .iter()
+        .zip(&ws)
+        .map(|(&(t, r, c), w)| Matrix::new(t, r, c, w).unwrap())
+        .collect();
+    for threads in [1, 2, 3, 16] {
+        let all = realizar_node::tensor::pack_all(&ms, threads);
+        assert_eq!(all.len(), ms.len());
+        for (m, p) in ms.iter().zip(&all) {
+            let alone = realizar_node::tensor::pack(m);
+            assert_eq!(p.is_some(), alone.is_some(), "{:?}", m.dtype);
+            if let (Some(p), Some(alone)) = (p, alone) {
+                assert_eq!((p.rows, p.cols), (m.rows, m.cols));
+                assert_eq!(p.size(), alone.size(), "{:?}", m.dtype);
+                assert!(
+                    p.bytes() == alone.bytes(),
+                    "{:?} with {threads} threads",
+                    m.dtype
+                );
+                assert_eq!(
+                    p.bytes().as_ptr() as usize % 4096,
+                    0,
+                    "each copy page-aligned"
+                );
+            }
+        }
+    }
+    assert!(realizar_node::tensor::pack_all(&ms[1..2], 2)[0].is_none());
+}
+
+/// Moving packed weights onto huge pages changes no byte, and where the
+/// kernel collapses a range the mapping reports it as huge pages
+/// (`AnonHugePages` in /proc/self/smaps). A kernel without
+/// `MADV_COLLAPSE`, or with no huge page free, is reported, not hidden.
+#[test]
+fn packed_weights_collapsed_onto_huge_pages_keep_their_bytes() {
+    let mut rng = Rng(8);
+    let (rows, cols) = (4096, 1024); // Q8_0: 4.25 MiB packed, two whole 2 MiB ranges at least
+    let w = weights(GgmlType::Q8_0, rows, cols, &mut rng);
+    let m = Matrix::new(GgmlType::Q8_0, rows, cols, &w).unwrap();
+    let alone = realizar_node::tensor::pack(&m).unwrap();
+    let all = realizar_node::tensor::pack_all(std::slice::from_ref(&m), 2);
+    let p = all[0].as_ref().unwrap();
+    match realizar_node::tensor::collapse_now(p) {
+        Ok(n) => {
+            assert!(n >= 1, "a 4.25 MiB mapping holds a whole 2 MiB range");
+            let huge_kb = anon_huge_kb(p.bytes().as_ptr() as usize).expect("the mapping in smaps");
+            assert!(
+                huge_kb >= 2048 * n as u64,
+                "{n} ranges collapsed, {huge_kb} kB huge"
+            );
+        }
+        Err(e) => eprintln!("no collapse on this kernel or now ({e}): bytes checked only"),
+    }
+    assert!(
+        p.bytes() == alone.bytes(),
+        "contents unchanged by the collapse"
+    );
+}
+
+/// `AnonHugePages` (kB) of the mapping of /proc/self/smaps holding `addr`.
+fn anon_huge_kb(addr: usize) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let head = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = head.split_once('-') {
+            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                inside = (a..b).contains(&addr);
+                continue;
+            }
+        }
+        if inside {
+            if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                return v.trim().trim_end_matches("kB").trim().parse().ok();
+            }
+        }
+    }
+    None
+}
+
 /// The KV pool's f32 → f16 store gives `half`'s bytes (round to nearest
 /// even) on the F16C path and its scalar tail alike: ties, subnormals,
 /// overflow to infinity, signed zeros.

@@ -69,7 +69,8 @@ impl LoadedModel {
     }
 
     /// Run one token through every layer so the weights are paged in before
-    /// the first request pays for it.
+    /// the first request pays for it; then start moving the packed weights
+    /// onto huge pages ([`crate::tensor::collapse_packed`]).
     pub fn warm(&self, threads: usize) {
         let pool = ThreadPool::new(threads);
         let mut cache = self.model.new_cache(1);
@@ -82,5 +83,6 @@ impl LoadedModel {
             &mut ws,
             Logits::Last,
         );
+        crate::tensor::collapse_packed();
     }
 }

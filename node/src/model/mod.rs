@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::format::{FormatError, GgufFile};
 use crate::tensor::{
-    dequantize, pack, GgmlType, KernelError, Matrix, Packed, Scratch, Simd, ThreadPool,
+    dequantize, pack_all, GgmlType, KernelError, Matrix, Packed, Scratch, Simd, ThreadPool,
 };
 
 /// Which positions' logits a forward call produces.
@@ -380,21 +380,16 @@ pub fn packing_enabled() -> bool {
     Simd::detect().is_avx512() && std::env::var("REALIZAR_PACK_WEIGHTS").as_deref() != Ok("off")
 }
 
-/// Repack `ws` (the formats that have a packed form) across the machine's
-/// cores; they all live in `file`.
+/// Repack `ws` (the formats that have a packed form) into one mapping
+/// across the machine's cores; they all live in `file`.
 pub fn pack_weights(file: &GgufFile, ws: Vec<&mut Weight>) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = ws.len().div_ceil(threads).max(1);
-    let mut ws = ws;
-    std::thread::scope(|s| {
-        for chunk in ws.chunks_mut(per) {
-            s.spawn(move || {
-                for w in chunk.iter_mut() {
-                    w.packed = pack(&w.matrix(file)).map(Arc::new);
-                }
-            });
-        }
-    });
+    let ms: Vec<_> = ws.iter().map(|w| w.matrix(file)).collect();
+    let packed = pack_all(&ms, threads);
+    drop(ms);
+    for (w, p) in ws.into_iter().zip(packed) {
+        w.packed = p.map(Arc::new);
+    }
 }
 
 /// Looks tensors up by name with shape checks, for model constructors.

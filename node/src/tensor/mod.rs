@@ -1,6 +1,7 @@
 //! Tensor element types, quantized block formats and kernels.
 
 pub mod act;
+mod arena;
 pub mod dequant;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
@@ -16,6 +17,7 @@ mod pack_rows;
 pub mod pool;
 pub mod quantize;
 
+pub use arena::{collapse_now, collapse_packed, pack_all};
 pub use dequant::{dequantize, dequantize_to_vec, f32_to_f16_bytes, KernelError};
 pub use dtype::{BlockLayout, GgmlType};
 pub use matmul::{

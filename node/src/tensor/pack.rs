@@ -41,6 +41,8 @@ use super::matmul::{Matrix, OutPtr, Scratch, Simd, MAX_MANY};
 use super::pack_rows::{int_row, sub_scales};
 use super::pool::ThreadPool;
 use super::GgmlType;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// Rows in a panel (one 512-bit vector of i32 sums).
 pub const PANEL: usize = 16;
@@ -237,10 +239,11 @@ pub struct Packed {
     pub cols: usize,
     /// Anonymous memory: page-aligned, so every vector is 64-byte aligned,
     /// and zero until written, so packing writes each byte once (a zeroed
-    /// vector would write it twice: Gemma 3's start −40 ms). Advising huge
-    /// pages made no decode step measurably faster and, with this kernel's
-    /// direct compaction, some starts 0.3 s slower.
-    buf: memmap2::MmapMut,
+    /// vector would write it twice: Gemma 3's start −40 ms). A model's
+    /// matrices share one mapping ([`super::pack_all`]); `at` is this one's
+    /// part.
+    buf: Arc<memmap2::MmapMut>,
+    at: Range<usize>,
 }
 
 impl std::fmt::Debug for Packed {
@@ -269,28 +272,68 @@ impl Packed {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &self.buf
+        &self.buf[self.at.clone()]
     }
 
     /// Heap bytes the packed copy takes.
     pub fn size(&self) -> usize {
-        self.buf.len()
+        self.at.len()
     }
 }
 
-/// Repack `w` into panels, if its format has a packed form.
-pub fn pack(w: &Matrix) -> Option<Packed> {
+/// Bytes `w`'s packed copy takes, if its format has a packed form.
+pub(super) fn packed_size(w: &Matrix) -> Option<usize> {
     let form = PackForm::of(w.dtype)?;
     if !w.cols.is_multiple_of(QK) || w.cols == 0 {
         return None;
     }
-    let nb = w.cols / QK;
-    let panels = w.rows.div_ceil(PANEL);
-    let panel_bytes = form.panel_bytes(nb);
+    Some(w.rows.div_ceil(PANEL) * form.panel_bytes(w.cols / QK))
+}
+
+/// Repack `w` into panels, if its format has a packed form.
+pub fn pack(w: &Matrix) -> Option<Packed> {
+    let size = packed_size(w)?;
     // Zero pages, mapped as they are first written below.
-    let mut buf = memmap2::MmapMut::map_anon(panels * panel_bytes).ok()?;
+    let mut buf = memmap2::MmapMut::map_anon(size).ok()?;
+    pack_into(w, &mut buf[..]);
+    Some(Packed {
+        form: PackForm::of(w.dtype)?,
+        rows: w.rows,
+        cols: w.cols,
+        buf: Arc::new(buf),
+        at: 0..size,
+    })
+}
+
+impl Packed {
+    /// The mapping this copy is part of.
+    pub(super) fn mapping(&self) -> &memmap2::MmapMut {
+        &self.buf
+    }
+
+    /// `at` of the shared mapping `buf`, which holds `w` packed there.
+    pub(super) fn part_of(
+        w: &Matrix,
+        buf: Arc<memmap2::MmapMut>,
+        at: Range<usize>,
+    ) -> Option<Packed> {
+        Some(Packed {
+            form: PackForm::of(w.dtype)?,
+            rows: w.rows,
+            cols: w.cols,
+            buf,
+            at,
+        })
+    }
+}
+
+/// Repack `w` into `bytes` (zero, [`packed_size`] long; `w`'s format has
+/// a packed form).
+pub(super) fn pack_into(w: &Matrix, bytes: &mut [u8]) {
+    let form = PackForm::of(w.dtype).expect("a format with a packed form");
+    let nb = w.cols / QK;
+    let panel_bytes = form.panel_bytes(nb);
     let (wb, sv) = (form.weight_bytes(), form.scale_vec());
-    let bytes = &mut buf[..];
     let mut u = vec![0u8; w.cols];
     let mut dw = vec![0f32; 2 * nb];
     let mut mw = vec![0f32; nb];
@@ -355,12 +398,6 @@ pub fn pack(w: &Matrix) -> Option<Packed> {
         }
     }
     debug_assert!(form.bits == 8 || u.iter().all(|&v| v < 1 << form.bits));
-    Some(Packed {
-        form,
-        rows: w.rows,
-        cols: w.cols,
-        buf,
-    })
 }
 
 /// One 32-element block of one activation column, as the packed kernels
