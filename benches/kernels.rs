@@ -169,7 +169,8 @@ fn kernels(c: &mut Criterion) {
 /// Decode's products over the packed weights the models run on AVX-512 VNNI
 /// (one column; SmolLM2's shapes and a larger one), each iteration a copy
 /// not read since ≥ 3 L3s of others: weights streamed from DRAM as a decode
-/// step streams them, one matrix at a time. GB/s of packed bytes.
+/// step streams them, one matrix at a time, from one mapping on huge pages
+/// as a node holds them. GB/s of packed bytes.
 fn packed(c: &mut Criterion) {
     let simd = Simd::detect();
     if !simd.is_avx512() {
@@ -193,12 +194,17 @@ fn packed(c: &mut Criterion) {
             }
             let w = random_weights(t, rows, cols);
             let m = Matrix::new(t, rows, cols, &w).unwrap();
-            let first = realizar_node::tensor::pack(&m).unwrap();
-            let size = first.size();
+            let size = realizar_node::tensor::pack(&m).unwrap().size();
             let copies = (3 * L3_BYTES).div_ceil(size).max(2);
-            let ps: Vec<_> = std::iter::once(first)
-                .chain((1..copies).map(|_| realizar_node::tensor::pack(&m).unwrap()))
+            // As a node holds them: side by side in one mapping, on huge
+            // pages where the kernel gives them.
+            let ps: Vec<_> = realizar_node::tensor::pack_all(&vec![m; copies], 2)
+                .into_iter()
+                .map(|p| p.unwrap())
                 .collect();
+            if let Err(e) = realizar_node::tensor::collapse_now(&ps[0]) {
+                eprintln!("packed copies on 4 KiB pages: {e}");
+            }
             let ms: Vec<Matrix> = ps.iter().map(|p| m.with_packed(Some(p))).collect();
             g.throughput(Throughput::Bytes(size as u64));
             for (threads, pool) in &pools {
