@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, Weak};
 
 use super::matmul::Matrix;
-use super::pack::{pack, pack_into, packed_size, Packed};
+use super::pack::{pack_into, packed_size, Packed};
 
 /// Repack the matrices `ws` (those whose formats have a packed form) into
 /// one mapping, side by side, across `threads`; `None` for the others.
@@ -33,12 +33,13 @@ pub fn pack_all(ws: &[Matrix], threads: usize) -> Vec<Option<Packed>> {
         .flatten()
         .map(|s| s.next_multiple_of(4096))
         .sum();
-    if total == 0 {
+    // Zero pages, mapped as they are first written. Without them (nothing
+    // to pack, or no memory) the model runs on the row kernels.
+    let Some(mut buf) = (total > 0)
+        .then(|| memmap2::MmapMut::map_anon(total).ok())
+        .flatten()
+    else {
         return ws.iter().map(|_| None).collect();
-    }
-    // Zero pages, mapped as they are first written.
-    let Ok(mut buf) = memmap2::MmapMut::map_anon(total) else {
-        return ws.iter().map(pack).collect();
     };
     let mut parts: Vec<Option<(Range<usize>, &mut [u8])>> = Vec::with_capacity(ws.len());
     let (mut rest, mut at) = (&mut buf[..], 0);

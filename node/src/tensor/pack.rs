@@ -279,33 +279,7 @@ impl Packed {
     pub fn size(&self) -> usize {
         self.at.len()
     }
-}
 
-/// Bytes `w`'s packed copy takes, if its format has a packed form.
-pub(super) fn packed_size(w: &Matrix) -> Option<usize> {
-    let form = PackForm::of(w.dtype)?;
-    if !w.cols.is_multiple_of(QK) || w.cols == 0 {
-        return None;
-    }
-    Some(w.rows.div_ceil(PANEL) * form.panel_bytes(w.cols / QK))
-}
-
-/// Repack `w` into panels, if its format has a packed form.
-pub fn pack(w: &Matrix) -> Option<Packed> {
-    let size = packed_size(w)?;
-    // Zero pages, mapped as they are first written below.
-    let mut buf = memmap2::MmapMut::map_anon(size).ok()?;
-    pack_into(w, &mut buf[..]);
-    Some(Packed {
-        form: PackForm::of(w.dtype)?,
-        rows: w.rows,
-        cols: w.cols,
-        buf: Arc::new(buf),
-        at: 0..size,
-    })
-}
-
-impl Packed {
     /// The mapping this copy is part of.
     pub(super) fn mapping(&self) -> &memmap2::MmapMut {
         &self.buf
@@ -325,6 +299,24 @@ impl Packed {
             at,
         })
     }
+}
+
+/// Bytes `w`'s packed copy takes, if its format has a packed form.
+pub(super) fn packed_size(w: &Matrix) -> Option<usize> {
+    let form = PackForm::of(w.dtype)?;
+    if !w.cols.is_multiple_of(QK) || w.cols == 0 {
+        return None;
+    }
+    Some(w.rows.div_ceil(PANEL) * form.panel_bytes(w.cols / QK))
+}
+
+/// Repack `w` into panels, if its format has a packed form.
+pub fn pack(w: &Matrix) -> Option<Packed> {
+    let size = packed_size(w)?;
+    // Zero pages, mapped as they are first written below.
+    let mut buf = memmap2::MmapMut::map_anon(size).ok()?;
+    pack_into(w, &mut buf[..]);
+    Packed::part_of(w, Arc::new(buf), 0..size)
 }
 
 /// Repack `w` into `bytes` (zero, [`packed_size`] long; `w`'s format has
