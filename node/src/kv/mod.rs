@@ -7,4 +7,5 @@ pub mod blocks;
 pub mod pool;
 
 pub use blocks::{block_hash, prefix_hashes, BlockManager};
+pub(crate) use pool::decode;
 pub use pool::{KvCache, KvPool, KvType};

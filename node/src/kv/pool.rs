@@ -88,11 +88,17 @@ impl std::fmt::Debug for LineBuf {
     }
 }
 
-/// Keys and values for many sequences in fixed-size blocks of positions,
-/// laid out [block][layer][slot][kv width]. A sequence owns a block table
-/// (indices into the pool); position `p` lives in block `table[p / block_size]`
-/// at slot `p % block_size`. Blocks may be shared read-only between
-/// sequences with a common prefix.
+/// Keys and values for many sequences in fixed-size blocks of positions. A
+/// sequence owns a block table (indices into the pool); position `p` lives
+/// in block `table[p / block_size]` at slot `p % block_size`. Blocks may be
+/// shared read-only between sequences with a common prefix.
+///
+/// Values are laid out [block][layer][slot][kv width]: a position's row is
+/// contiguous, as the value sums read it. Keys are transposed within each
+/// (block, layer): [block][layer][kv width][slot], so one element of a head
+/// for 16 consecutive positions is one vector load — a decode step's scores
+/// take 16 positions an instruction, each still summed over the head's
+/// dimensions in order ([`KvPool::key_at`]).
 #[derive(Debug, Clone)]
 pub struct KvPool {
     /// Keys and values as little-endian bytes of `ty`.
@@ -152,10 +158,11 @@ impl KvPool {
         self.k.len() + self.v.len()
     }
 
-    /// Byte offset of element `elem` of position `pos` in `layer` for the
-    /// sequence with block table `table`.
+    /// Byte offset in `v` of element `elem` of position `pos`'s values in
+    /// `layer` for the sequence with block table `table`; the position's
+    /// other elements follow it.
     #[inline]
-    pub(crate) fn at(&self, table: &[u32], layer: usize, pos: usize, elem: usize) -> usize {
+    pub(crate) fn value_at(&self, table: &[u32], layer: usize, pos: usize, elem: usize) -> usize {
         let b = table[pos / self.block_size] as usize;
         debug_assert!(b < self.n_blocks);
         (((b * self.n_layer + layer) * self.block_size + pos % self.block_size) * self.kv_dim
@@ -163,43 +170,110 @@ impl KvPool {
             * self.ty.bytes()
     }
 
+    /// Byte offset in `k` of element `elem` of position `pos`'s keys in
+    /// `layer`; element `elem + i` is `i ·` [`KvPool::key_stride`] bytes on,
+    /// position `pos + i` of the same block `i` elements on.
+    #[inline]
+    pub(crate) fn key_at(&self, table: &[u32], layer: usize, pos: usize, elem: usize) -> usize {
+        let b = table[pos / self.block_size] as usize;
+        debug_assert!(b < self.n_blocks);
+        (((b * self.n_layer + layer) * self.kv_dim + elem) * self.block_size
+            + pos % self.block_size)
+            * self.ty.bytes()
+    }
+
+    /// Bytes from one element of a position's keys to the next.
+    #[inline]
+    pub(crate) fn key_stride(&self) -> usize {
+        self.block_size * self.ty.bytes()
+    }
+
     /// Store one position's keys and values for `layer`.
     pub(crate) fn store(&mut self, table: &[u32], layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let at = self.at(table, layer, pos, 0);
-        let n = self.kv_dim * self.ty.bytes();
-        for (src, dst) in [(k, &mut self.k), (v, &mut self.v)] {
-            let out = &mut dst[at..at + n];
-            match self.ty {
-                KvType::F32 => out
-                    .chunks_exact_mut(4)
-                    .zip(src)
-                    .for_each(|(o, x)| o.copy_from_slice(&x.to_le_bytes())),
-                KvType::F16 => crate::tensor::f32_to_f16_bytes(src, out),
+        let bytes = self.ty.bytes();
+        let at = self.value_at(table, layer, pos, 0);
+        let n = self.kv_dim * bytes;
+        encode(self.ty, v, &mut self.v[at..at + n]);
+        // Keys a chunk at a time through a row buffer, then one element a
+        // slot apart each: the same bytes the row would hold.
+        let (at, stride) = (self.key_at(table, layer, pos, 0), self.key_stride());
+        let mut row = [0u8; 4 * 256];
+        for (c, src) in k.chunks(256).enumerate() {
+            let row = &mut row[..src.len() * bytes];
+            encode(self.ty, src, row);
+            for (i, x) in row.chunks_exact(bytes).enumerate() {
+                let o = at + (c * 256 + i) * stride;
+                self.k[o..o + bytes].copy_from_slice(x);
             }
+        }
+    }
+
+    /// Position `pos`'s keys of head `g` (`out.len()` elements) in `layer`,
+    /// as f32.
+    pub(crate) fn key_row(
+        &self,
+        table: &[u32],
+        layer: usize,
+        pos: usize,
+        g: usize,
+        out: &mut [f32],
+    ) {
+        let (at, stride) = (
+            self.key_at(table, layer, pos, g * out.len()),
+            self.key_stride(),
+        );
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = decode(self.ty, &self.k[at + i * stride..]);
         }
     }
 }
 
-/// One sequence's cache: a pool of a single block as long as the context.
+/// `src` as little-endian bytes of `ty` into `out` (as long).
+fn encode(ty: KvType, src: &[f32], out: &mut [u8]) {
+    match ty {
+        KvType::F32 => out
+            .chunks_exact_mut(4)
+            .zip(src)
+            .for_each(|(o, x)| o.copy_from_slice(&x.to_le_bytes())),
+        KvType::F16 => crate::tensor::f32_to_f16_bytes(src, out),
+    }
+}
+
+/// The element of `ty` at the start of `b`, as f32 (exact).
+#[inline(always)]
+pub(crate) fn decode(ty: KvType, b: &[u8]) -> f32 {
+    match ty {
+        KvType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        KvType::F16 => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+    }
+}
+
+/// Positions per block of a single sequence's cache: a key vector's worth.
+const CACHE_BLOCK: usize = 16;
+
+/// One sequence's cache: a pool of blocks as long as the context, in order.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     pub(crate) pool: KvPool,
     pub(crate) table: Vec<u32>,
+    capacity: usize,
     /// Positions filled.
     pub len: usize,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize, kv_dim: usize, capacity: usize, ty: KvType) -> Self {
+        let n_blocks = capacity.div_ceil(CACHE_BLOCK).max(1);
         KvCache {
-            pool: KvPool::new(n_layer, kv_dim, capacity, 1, ty),
-            table: vec![0],
+            pool: KvPool::new(n_layer, kv_dim, CACHE_BLOCK, n_blocks, ty),
+            table: (0..n_blocks as u32).collect(),
+            capacity,
             len: 0,
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.pool.block_size
+        self.capacity
     }
 
     pub fn n_layer(&self) -> usize {
@@ -261,15 +335,62 @@ mod tests {
         let mut b = KvCache::new(2, 8, 16, KvType::F16);
         assert_eq!(a.size_bytes(), 2 * b.size_bytes());
         let k: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
-        b.pool.store(&[0], 1, 5, &k, &k);
-        let at = b.pool.at(&[0], 1, 5, 0);
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        b.pool.store(&[0], 1, 5, &k, &v);
+        let at = b.pool.value_at(&[0], 1, 5, 0);
         let mut back = vec![0f32; 8];
         crate::tensor::dequantize(
             crate::tensor::GgmlType::F16,
-            &b.pool.k[at..at + 16],
+            &b.pool.v[at..at + 16],
             &mut back,
         )
         .unwrap();
-        assert_eq!(back, k); // quarter steps are exact in f16
+        assert_eq!(back, v); // quarter steps are exact in f16
+        b.pool.key_row(&[0], 1, 5, 0, &mut back);
+        assert_eq!(back, k);
+    }
+
+    /// Keys sit transposed within a block: one element of consecutive
+    /// positions side by side, a position's elements a block apart; values
+    /// a row per position. Neighbouring positions, layers and blocks keep
+    /// their own bytes.
+    #[test]
+    fn keys_are_stored_transposed_within_a_block_and_values_by_row() {
+        for ty in [KvType::F32, KvType::F16] {
+            let (n_layer, kv_dim, bs) = (2, 6, 4);
+            let mut p = KvPool::new(n_layer, kv_dim, bs, 3, ty);
+            let table = [2u32, 0];
+            let key = |pos: usize, l: usize, e: usize| (pos * 100 + l * 10 + e) as f32;
+            for pos in 0..8 {
+                for l in 0..n_layer {
+                    let k: Vec<f32> = (0..kv_dim).map(|e| key(pos, l, e)).collect();
+                    let v: Vec<f32> = k.iter().map(|x| x + 0.5).collect();
+                    p.store(&table, l, pos, &k, &v);
+                }
+            }
+            let b = ty.bytes();
+            for pos in 0..8 {
+                for l in 0..n_layer {
+                    for e in 0..kv_dim {
+                        let at = p.key_at(&table, l, pos, e);
+                        assert_eq!(decode(ty, &p.k[at..]), key(pos, l, e), "{ty:?}");
+                        if pos % bs + 1 < bs {
+                            assert_eq!(p.key_at(&table, l, pos + 1, e), at + b);
+                        }
+                        if e + 1 < kv_dim {
+                            assert_eq!(at + p.key_stride(), p.key_at(&table, l, pos, e + 1));
+                        }
+                        let at = p.value_at(&table, l, pos, e);
+                        assert_eq!(decode(ty, &p.v[at..]), key(pos, l, e) + 0.5);
+                    }
+                    let mut row = vec![0f32; 3];
+                    p.key_row(&table, l, pos, 1, &mut row);
+                    assert_eq!(row, [3, 4, 5].map(|e| key(pos, l, e)));
+                }
+            }
+            // Block 1 was never in the table: untouched.
+            let per = n_layer * bs * kv_dim * b;
+            assert!(p.k[per..2 * per].iter().all(|&x| x == 0));
+        }
     }
 }

@@ -7,11 +7,17 @@
 //! rows' scores of position `j`); positions outside a row's span (causal
 //! mask, sliding window) are −∞ and then exactly 0.
 //!
-//! A tile of a few rows (a decode step: one token, its KV head's group of
-//! query heads) would use only those lanes of each value-sum instruction;
-//! its value sums are kept row-major instead, 16 dimensions per
-//! instruction. Each element still sees the same multiply-adds in the same
-//! order, so the bits do not depend on the layout.
+//! Keys are stored transposed within a KV block (see [`crate::kv::KvPool`]):
+//! a head dimension of 16 consecutive positions is one load. A prompt tile
+//! converts such a chunk to f32 once and broadcasts from it; a tile of a
+//! few rows (a decode step: one token, its KV head's group of query heads)
+//! would use only those lanes of each instruction, so it turns the other
+//! way: 16 positions in the lanes of one multiply-add per row and head
+//! dimension, its exponentials likewise, and its value sums row-major, 16
+//! dimensions per instruction, read straight from the pool. Each score and
+//! each value element still sees the same multiply-adds in the same order
+//! (a score summed over the head dimensions in order, a sum over positions
+//! in order), so the bits do not depend on the layout.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -22,8 +28,9 @@ use std::ops::Range;
 use super::attention::{
     load_row_simd as load_row, merge_weights, TileJob, BLOCK, LANES, MAX_HEAD_DIM,
 };
+use crate::kv::{decode, KvType};
 
-/// Key or value rows converted to f32 per step.
+/// Value rows converted to f32 per step.
 const STEP: usize = 8;
 /// Most rows whose value sums are kept row-major rather than in lanes.
 const ROW_MAJOR_ROWS: usize = 4;
@@ -34,8 +41,9 @@ const ROW_MAJOR_ROWS: usize = 4;
 /// `(m, l)` in `ml` — what [`super::attention`]'s other kernels leave.
 ///
 /// # Safety
-/// AVX-512 F (and FMA); `job.toks.len() * job.n_heads <= LANES`.
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+/// AVX-512 F, BW and VL (and AVX2, FMA, F16C);
+/// `job.toks.len() * job.n_heads <= LANES`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn attend_tile_avx512(
     job: &TileJob,
     run: Range<usize>,
@@ -51,14 +59,18 @@ pub unsafe fn attend_tile_avx512(
 }
 
 /// Per-thread buffers of [`attend_tile_avx512`]: the transposed queries,
-/// the transposed value sums (the block's and the merged ones) and the
-/// converted key or value rows, sized for the largest head once rather than
-/// set to zero on every call (a decode step calls it per layer and KV head).
+/// the transposed value sums (the block's and the merged ones), the
+/// converted value rows, a chunk of keys as f32 (`kt[d]`: 16 positions)
+/// and a few rows' scores over a block, sized for the largest head once
+/// rather than set to zero on every call (a decode step calls it per layer
+/// and KV head).
 struct Tile {
     qt: Vec<[f32; LANES]>,
     blk: Vec<[f32; LANES]>,
     out: Vec<[f32; LANES]>,
     buf: Vec<[f32; MAX_HEAD_DIM]>,
+    kt: Vec<[f32; LANES]>,
+    rs: [[f32; BLOCK]; ROW_MAJOR_ROWS],
 }
 
 thread_local! {
@@ -67,10 +79,71 @@ thread_local! {
         blk: vec![[0.0; LANES]; MAX_HEAD_DIM],
         out: vec![[0.0; LANES]; MAX_HEAD_DIM],
         buf: vec![[0.0; MAX_HEAD_DIM]; STEP],
+        kt: vec![[0.0; LANES]; MAX_HEAD_DIM],
+        rs: [[0.0; BLOCK]; ROW_MAJOR_ROWS],
     });
 }
 
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+/// Where a chunk of 16 positions' keys of a tile's KV head lie: dimension
+/// `d`'s 16 values at `ptr + d · stride`, f16 or f32.
+#[derive(Clone, Copy)]
+struct Keys {
+    ptr: *const u8,
+    stride: usize,
+    f16: bool,
+}
+
+impl Keys {
+    /// Dimension `d` of the chunk's 16 positions.
+    ///
+    /// # Safety
+    /// AVX-512 F and F16C; `d` below the head dimension.
+    #[inline(always)]
+    unsafe fn get(self, d: usize) -> __m512 {
+        let p = self.ptr.add(d * self.stride);
+        if self.f16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        } else {
+            _mm512_loadu_ps(p as *const f32)
+        }
+    }
+}
+
+/// The keys of positions `c .. c + 16` (`c` a multiple of 16) for `job`'s
+/// KV head: in place when a KV block holds whole chunks (the node's blocks
+/// of 16), else those of positions `lo ..= hi` copied into `kt` (0 beside
+/// them).
+///
+/// # Safety
+/// `kt` holds `job.hd` rows; positions `lo ..= hi` of the chunk are in the
+/// sequence's block table.
+#[inline(always)]
+unsafe fn keys(job: &TileJob, c: usize, lo: usize, hi: usize, kt: &mut [[f32; LANES]]) -> Keys {
+    let kv = job.kv;
+    let elem = job.g * job.hd;
+    if kv.block_size().is_multiple_of(LANES) {
+        return Keys {
+            ptr: kv.k.as_ptr().add(kv.key_at(job.table, job.layer, c, elem)),
+            stride: kv.key_stride(),
+            f16: kv.ty == KvType::F16,
+        };
+    }
+    let bytes = kv.ty.bytes();
+    for (d, row) in kt[..job.hd].iter_mut().enumerate() {
+        *row = [0.0; LANES];
+        for j in lo.max(c)..=hi.min(c + LANES - 1) {
+            let at = kv.key_at(job.table, job.layer, j, elem + d);
+            row[j - c] = decode(kv.ty, &kv.k[at..at + bytes]);
+        }
+    }
+    Keys {
+        ptr: kt.as_ptr() as *const u8,
+        stride: 4 * LANES,
+        f16: false,
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn tile(
     job: &TileJob,
     run: Range<usize>,
@@ -82,7 +155,14 @@ unsafe fn tile(
     let (hd, nh) = (job.hd, job.n_heads);
     let rows = job.toks.len() * nh;
     let row_major = rows <= ROW_MAJOR_ROWS;
-    let Tile { qt, blk, out, buf } = t;
+    let Tile {
+        qt,
+        blk,
+        out,
+        buf,
+        kt,
+        rs,
+    } = t;
     // Each lane's span; unused lanes get an empty one.
     let mut first = [i32::MAX; LANES];
     let mut last = [i32::MIN; LANES];
@@ -118,41 +198,19 @@ unsafe fn tile(
             continue;
         }
         let n = j1 + 1 - j0;
-        // Every score is written before it is read: grow, never clear.
-        if scores.len() < n * LANES {
-            scores.resize(n * LANES, 0.0);
-        }
-        let sp = scores.as_mut_ptr();
-        let mut mx = neg_inf;
-        for s0 in (0..n).step_by(STEP) {
-            let m = (n - s0).min(STEP);
-            for jj in 0..m {
-                load_row(job, &job.kv.k, j0 + s0 + jj, &mut buf[jj][..hd]);
-            }
-            let mut s = [_mm512_setzero_ps(); STEP];
-            for d in 0..hd {
-                let q = _mm512_loadu_ps(qt[d].as_ptr());
-                for jj in 0..STEP {
-                    s[jj] = _mm512_fmadd_ps(q, _mm512_set1_ps(buf[jj][d]), s[jj]);
-                }
-            }
-            for jj in 0..m {
-                let v = _mm512_mask_mov_ps(neg_inf, in_span(j0 + s0 + jj), s[jj]);
-                mx = _mm512_max_ps(mx, v);
-                _mm512_storeu_ps(sp.add((s0 + jj) * LANES), v);
-            }
-        }
-        // e^(s − m), 0 outside the spans; a lane with no positions in the
-        // block keeps m = −∞ and is left as it was by the merge.
-        let mut sum = _mm512_setzero_ps();
-        for j in 0..n {
-            let v = _mm512_loadu_ps(sp.add(j * LANES));
-            let e = _mm512_maskz_mov_ps(in_span(j0 + j), exp_nonpositive(_mm512_sub_ps(v, mx)));
-            sum = _mm512_add_ps(sum, e);
-            _mm512_storeu_ps(sp.add(j * LANES), e);
-        }
+        // Chunks of 16 positions from a multiple of 16 (inside the block):
+        // those before j0 or after j1 are in no row's span.
+        let c0 = j0 & !(LANES - 1);
         if row_major {
-            value_sums_rows(job, j0, n, sp, buf, blk.as_flattened_mut(), rows);
+            // The row count fixed at compile time keeps each row's
+            // accumulators in registers.
+            let b = blk.as_flattened_mut();
+            let (mx, sum) = match rows {
+                1 => rows_block::<1>(job, j0, j1, c0, qt, rs, kt, &first, &last, b),
+                2 => rows_block::<2>(job, j0, j1, c0, qt, rs, kt, &first, &last, b),
+                3 => rows_block::<3>(job, j0, j1, c0, qt, rs, kt, &first, &last, b),
+                _ => rows_block::<4>(job, j0, j1, c0, qt, rs, kt, &first, &last, b),
+            };
             merge_rows(
                 &mut m_run,
                 &mut l_run,
@@ -164,6 +222,45 @@ unsafe fn tile(
                 hd,
             );
             continue;
+        }
+        // Every score is written before it is read: grow, never clear.
+        if scores.len() < n * LANES {
+            scores.resize(n * LANES, 0.0);
+        }
+        let sp = scores.as_mut_ptr();
+        let mut mx = neg_inf;
+        for c in (c0..=j1).step_by(LANES) {
+            let k = keys(job, c, j0, j1, kt);
+            if k.ptr != kt.as_ptr() as *const u8 {
+                for d in 0..hd {
+                    _mm512_storeu_ps(kt[d].as_mut_ptr(), k.get(d));
+                }
+            }
+            let mut s = [_mm512_setzero_ps(); LANES];
+            for d in 0..hd {
+                let q = _mm512_loadu_ps(qt[d].as_ptr());
+                for i in 0..LANES {
+                    s[i] = _mm512_fmadd_ps(q, _mm512_set1_ps(kt[d][i]), s[i]);
+                }
+            }
+            for i in 0..LANES {
+                let j = c + i;
+                if j < j0 || j > j1 {
+                    continue;
+                }
+                let v = _mm512_mask_mov_ps(neg_inf, in_span(j), s[i]);
+                mx = _mm512_max_ps(mx, v);
+                _mm512_storeu_ps(sp.add((j - j0) * LANES), v);
+            }
+        }
+        // e^(s − m), 0 outside the spans; a lane with no positions in the
+        // block keeps m = −∞ and is left as it was by the merge.
+        let mut sum = _mm512_setzero_ps();
+        for j in 0..n {
+            let v = _mm512_loadu_ps(sp.add(j * LANES));
+            let e = _mm512_maskz_mov_ps(in_span(j0 + j), exp_nonpositive(_mm512_sub_ps(v, mx)));
+            sum = _mm512_add_ps(sum, e);
+            _mm512_storeu_ps(sp.add(j * LANES), e);
         }
         // Σ_j p_j · v_j, transposed: blk[d][l].
         blk[..hd].fill([0.0; LANES]);
@@ -221,58 +318,147 @@ unsafe fn tile(
     }
 }
 
+/// [`softmax_rows`] then [`value_sums_rows`] for `R` rows: the block's
+/// maxima and sums, its value sums row-major in `blk`.
+///
+/// # Safety
+/// As [`softmax_rows`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn rows_block<const R: usize>(
+    job: &TileJob,
+    j0: usize,
+    j1: usize,
+    c0: usize,
+    qt: &[[f32; LANES]],
+    rs: &mut [[f32; BLOCK]; ROW_MAJOR_ROWS],
+    kt: &mut [[f32; LANES]],
+    first: &[i32; LANES],
+    last: &[i32; LANES],
+    blk: &mut [f32],
+) -> (__m512, __m512) {
+    let ms = softmax_rows::<R>(job, j0, j1, c0, qt, rs, kt, first, last);
+    value_sums_rows::<R>(job, j0, j1, c0, rs, blk);
+    ms
+}
+
+/// A few rows' softmax over the block's positions `j0 ..= j1`, positions
+/// in lanes: per row, each chunk's 16 scores summed over the head's
+/// dimensions in order (one multiply-add per dimension, as the lanes
+/// layout makes each row's), −∞ outside the row's span; then
+/// `e^(s − m)` (0 outside the span) in `rs[r][j − c0]`. Returns the rows'
+/// maxima and sums (the sum over positions in order) as lanes `0..rows`.
+///
+/// # Safety
+/// As [`tile`]; `R ≤ ROW_MAJOR_ROWS`, `c0` the multiple of 16 at or
+/// below `j0`, in the same block as `j1`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn softmax_rows<const R: usize>(
+    job: &TileJob,
+    j0: usize,
+    j1: usize,
+    c0: usize,
+    qt: &[[f32; LANES]],
+    rs: &mut [[f32; BLOCK]; ROW_MAJOR_ROWS],
+    kt: &mut [[f32; LANES]],
+    first: &[i32; LANES],
+    last: &[i32; LANES],
+) -> (__m512, __m512) {
+    let hd = job.hd;
+    let iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    // Lanes of chunk `c` inside row `r`'s span.
+    let span = |r: usize, c: usize| {
+        let jv = _mm512_add_epi32(_mm512_set1_epi32(c as i32), iota);
+        _mm512_cmple_epi32_mask(_mm512_set1_epi32(first[r]), jv)
+            & _mm512_cmpge_epi32_mask(_mm512_set1_epi32(last[r]), jv)
+    };
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut mxv = [neg_inf; R];
+    for c in (c0..=j1).step_by(LANES) {
+        let k = keys(job, c, j0, j1, kt);
+        let mut s = [_mm512_setzero_ps(); R];
+        for d in 0..hd {
+            let kd = k.get(d);
+            for r in 0..R {
+                s[r] = _mm512_fmadd_ps(_mm512_set1_ps(qt[d][r]), kd, s[r]);
+            }
+        }
+        for r in 0..R {
+            let v = _mm512_mask_mov_ps(neg_inf, span(r, c), s[r]);
+            mxv[r] = _mm512_max_ps(mxv[r], v);
+            _mm512_storeu_ps(rs[r].as_mut_ptr().add(c - c0), v);
+        }
+    }
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut sum = [0f32; LANES];
+    for r in 0..R {
+        mx[r] = _mm512_reduce_max_ps(mxv[r]);
+        let m = _mm512_set1_ps(mx[r]);
+        for c in (c0..=j1).step_by(LANES) {
+            let p = rs[r].as_mut_ptr().add(c - c0);
+            let e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(p), m));
+            _mm512_storeu_ps(p, _mm512_maskz_mov_ps(span(r, c), e));
+        }
+    }
+    // Summed in position order, as the lanes layout sums each row.
+    for j in j0..=j1 {
+        for r in 0..R {
+            sum[r] += rs[r][j - c0];
+        }
+    }
+    (_mm512_loadu_ps(mx.as_ptr()), _mm512_loadu_ps(sum.as_ptr()))
+}
+
 /// Lanes `0..n` of a mask (all 16 from n = 16 on).
 #[inline(always)]
 fn lanes(n: usize) -> __mmask16 {
     ((1u32 << n.min(16)) - 1) as __mmask16
 }
 
-/// The block's value sums row-major: `blk[l·hd + d] = Σ_j p_j[l] · v_j[d]`
-/// over positions `j0 .. j0 + n`, `p` from the position-major scores `sp`;
-/// per element the multiply-adds of the lanes layout, in its order.
+/// The block's value sums row-major: `blk[l·hd + d] = Σ_j p_l(j) · v_j[d]`
+/// over positions `j0 ..= j1`, `p_l(j)` in `rs[l][j − c0]`; per element the
+/// multiply-adds of the lanes layout, in its order. Value rows are read
+/// from the pool as they lie (f16 converted in registers), 64 dimensions
+/// of every row at a time.
 ///
 /// # Safety
-/// AVX-512 F, AVX2, FMA and F16C; `sp` holds `n · LANES` scores; `blk` at
-/// least `rows · hd` values, `rows ≤ LANES`.
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn value_sums_rows(
+/// As [`tile`]; `blk` holds at least `R · hd` values, `R ≤ ROW_MAJOR_ROWS`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn value_sums_rows<const R: usize>(
     job: &TileJob,
     j0: usize,
-    n: usize,
-    sp: *const f32,
-    buf: &mut [[f32; MAX_HEAD_DIM]],
+    j1: usize,
+    c0: usize,
+    rs: &[[f32; BLOCK]; ROW_MAJOR_ROWS],
     blk: &mut [f32],
-    rows: usize,
 ) {
-    let hd = job.hd;
-    blk[..rows * hd].fill(0.0);
-    for s0 in (0..n).step_by(STEP) {
-        let m = (n - s0).min(STEP);
-        for jj in 0..m {
-            load_row(job, &job.kv.v, j0 + s0 + jj, &mut buf[jj][..hd]);
+    let (kv, hd) = (job.kv, job.hd);
+    let f16 = kv.ty == KvType::F16;
+    for d0 in (0..hd).step_by(64) {
+        let mut a = [[_mm512_setzero_ps(); 4]; R];
+        // Past the head's end a lane loads 0 and is not stored.
+        let k: [__mmask16; 4] = std::array::from_fn(|c| lanes((hd - d0).saturating_sub(16 * c)));
+        for j in j0..=j1 {
+            let at = kv.value_at(job.table, job.layer, j, job.g * hd + d0);
+            let v = kv.v.as_ptr().add(at);
+            let x: [__m512; 4] = std::array::from_fn(|c| {
+                if f16 {
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k[c], v.add(32 * c) as *const _))
+                } else {
+                    _mm512_maskz_loadu_ps(k[c], v.add(64 * c) as *const f32)
+                }
+            });
+            for r in 0..R {
+                let p = _mm512_set1_ps(rs[r][j - c0]);
+                for c in 0..4 {
+                    a[r][c] = _mm512_fmadd_ps(p, x[c], a[r][c]);
+                }
+            }
         }
-        for l in 0..rows {
-            let row = &mut blk[l * hd..(l + 1) * hd];
-            // Four vectors of the row at a time: four independent chains.
-            for d0 in (0..hd).step_by(64) {
-                let nv = (hd - d0).div_ceil(16).min(4);
-                let mut a = [_mm512_setzero_ps(); 4];
-                let mut k = [0 as __mmask16; 4];
-                for c in 0..nv {
-                    k[c] = lanes(hd - d0 - 16 * c);
-                    a[c] = _mm512_maskz_loadu_ps(k[c], row.as_ptr().add(d0 + 16 * c));
-                }
-                for jj in 0..m {
-                    let p = _mm512_set1_ps(*sp.add((s0 + jj) * LANES + l));
-                    let v = buf[jj].as_ptr().add(d0);
-                    for c in 0..nv {
-                        let x = _mm512_maskz_loadu_ps(k[c], v.add(16 * c));
-                        a[c] = _mm512_fmadd_ps(p, x, a[c]);
-                    }
-                }
-                for c in 0..nv {
-                    _mm512_mask_storeu_ps(row.as_mut_ptr().add(d0 + 16 * c), k[c], a[c]);
-                }
+        for r in 0..R {
+            for c in 0..4 {
+                _mm512_mask_storeu_ps(blk.as_mut_ptr().add(r * hd + d0 + 16 * c), k[c], a[r][c]);
             }
         }
     }
@@ -316,7 +502,7 @@ unsafe fn block_weights(
 /// # Safety
 /// AVX-512 F; `blk` and `out` hold at least `rows · hd` values.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn merge_rows(
     m_run: &mut [f32; LANES],
     l_run: &mut [f32; LANES],

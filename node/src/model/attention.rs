@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::attend_avx512::attend_tile_avx512;
 use super::ops::{exp_approx, madd};
 use super::SeqStep;
-use crate::kv::{KvPool, KvType};
+use crate::kv::{decode, KvPool, KvType};
 use crate::tensor::{dequantize, Simd, ThreadPool};
 
 /// Output pointer for tasks writing disjoint (token, head) slices.
@@ -376,7 +376,7 @@ pub(super) struct TileJob<'a> {
     pub scale: f32,
 }
 
-/// Row `j` of a tile's keys or values (`data`), as f32.
+/// Row `j` of a tile's values (`data`), as f32.
 #[inline(always)]
 fn load_row_into(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
     kv_row(job.kv, job.table, job.layer, job.g, data, j, row)
@@ -393,7 +393,7 @@ fn load_row_into(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
 #[inline(always)]
 pub(super) unsafe fn load_row_simd(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]) {
     let n = row.len();
-    let at = job.kv.at(job.table, job.layer, j, job.g * n);
+    let at = job.kv.value_at(job.table, job.layer, j, job.g * n);
     match job.kv.ty {
         KvType::F32 => {
             let src = &data[at..at + 4 * n];
@@ -419,7 +419,7 @@ fn load_row<const F: bool>(job: &TileJob, data: &[u8], j: usize, row: &mut [f32]
     load_row_into(job, data, j, row)
 }
 
-/// Row `j` of KV head `g`'s keys or values (`data`) in `layer`, as f32.
+/// Row `j` of KV head `g`'s values (`data`) in `layer`, as f32.
 #[inline(always)]
 fn kv_row(
     kv: &KvPool,
@@ -430,7 +430,7 @@ fn kv_row(
     j: usize,
     row: &mut [f32],
 ) {
-    let at = kv.at(table, layer, j, g * row.len());
+    let at = kv.value_at(table, layer, j, g * row.len());
     let n = row.len() * kv.ty.bytes();
     dequantize(kv.ty.ggml(), &data[at..at + n], row).expect("whole rows");
 }
@@ -460,15 +460,38 @@ fn attend_tile<const F: bool>(
     scores.resize(rows * n, 0.0);
     let mut row = [0f32; MAX_HEAD_DIM];
     let row = &mut row[..hd];
-    for j in lo..=hi {
-        load_row::<F>(job, &job.kv.k, j, row);
-        for (ti, &(first, pos, q)) in job.toks.iter().enumerate() {
-            if j < first || j > pos {
-                continue;
+    if hd.is_multiple_of(8) {
+        // Keys lie transposed: eight positions at a time, each score
+        // [`dot8`]'s sums in its order, with the positions in the lanes.
+        let mut kt = [[0f32; 8]; MAX_HEAD_DIM];
+        let kt = &mut kt[..hd];
+        for c in (lo & !7..=hi).step_by(8) {
+            key_chunk::<F>(job, c, lo, hi, kt);
+            for (ti, &(first, pos, q)) in job.toks.iter().enumerate() {
+                if c + 7 < first || c > pos {
+                    continue;
+                }
+                for h in 0..nh {
+                    let s = dot8_lanes(&q[h * hd..(h + 1) * hd], kt);
+                    for (i, &s) in s.iter().enumerate() {
+                        if (first..=pos).contains(&(c + i)) {
+                            scores[(ti * nh + h) * n + c + i - lo] = s * job.scale;
+                        }
+                    }
+                }
             }
-            for h in 0..nh {
-                scores[(ti * nh + h) * n + j - lo] =
-                    dot8(&q[h * hd..(h + 1) * hd], row) * job.scale;
+        }
+    } else {
+        for j in lo..=hi {
+            job.kv.key_row(job.table, job.layer, j, job.g, row);
+            for (ti, &(first, pos, q)) in job.toks.iter().enumerate() {
+                if j < first || j > pos {
+                    continue;
+                }
+                for h in 0..nh {
+                    scores[(ti * nh + h) * n + j - lo] =
+                        dot8(&q[h * hd..(h + 1) * hd], row) * job.scale;
+                }
             }
         }
     }
@@ -495,6 +518,78 @@ fn attend_tile<const F: bool>(
             }
         }
     }
+}
+
+/// The keys of positions `c .. c + 8` (`c` a multiple of 8) for `job`'s KV
+/// head as f32, `kt[d]` holding dimension `d`: loaded a dimension at a time
+/// when a KV block holds whole chunks, else those of positions `lo ..= hi`
+/// one by one (0 beside them).
+#[inline(always)]
+fn key_chunk<const F: bool>(job: &TileJob, c: usize, lo: usize, hi: usize, kt: &mut [[f32; 8]]) {
+    let kv = job.kv;
+    let elem = job.g * kt.len();
+    if !kv.block_size().is_multiple_of(8) {
+        for (d, row) in kt.iter_mut().enumerate() {
+            *row = [0.0; 8];
+            for j in lo.max(c)..=hi.min(c + 7) {
+                row[j - c] = decode(kv.ty, &kv.k[kv.key_at(job.table, job.layer, j, elem + d)..]);
+            }
+        }
+        return;
+    }
+    let (at, stride) = (kv.key_at(job.table, job.layer, c, elem), kv.key_stride());
+    let bytes = kv.ty.bytes();
+    let src = &kv.k[at..at + (kt.len() - 1) * stride + 8 * bytes];
+    #[cfg(target_arch = "x86_64")]
+    if F && kv.ty == KvType::F16 {
+        // SAFETY: `F` is true only inside `attend_tile_avx2`, which enables
+        // AVX2 and F16C; `src` holds 8 f16 values at each `d · stride`.
+        return unsafe { f16_chunk(src, stride, kt) };
+    }
+    for (d, row) in kt.iter_mut().enumerate() {
+        for (i, o) in row.iter_mut().enumerate() {
+            *o = decode(kv.ty, &src[d * stride + i * bytes..]);
+        }
+    }
+}
+
+/// Eight f16 values at each `d · stride` of `src` into `kt[d]`.
+///
+/// # Safety
+/// AVX and F16C; `src` holds `(kt.len() − 1) · stride + 16` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_chunk(src: &[u8], stride: usize, kt: &mut [[f32; 8]]) {
+    use std::arch::x86_64::*;
+    for (d, row) in kt.iter_mut().enumerate() {
+        let h = _mm_loadu_si128(src.as_ptr().add(d * stride) as *const __m128i);
+        _mm256_storeu_ps(row.as_mut_ptr(), _mm256_cvtph_ps(h));
+    }
+}
+
+/// [`dot8`] of `q` with each of eight positions' keys (`kt[d][i]`: position
+/// `i`, dimension `d`; `q.len()` a multiple of 8), the same operations in
+/// the same order per position, eight positions an instruction.
+#[inline(always)]
+fn dot8_lanes(q: &[f32], kt: &[[f32; 8]]) -> [f32; 8] {
+    let mut acc = [[0f32; 8]; 8];
+    for (qc, kc) in q.chunks_exact(8).zip(kt.chunks_exact(8)) {
+        for k in 0..8 {
+            for i in 0..8 {
+                acc[k][i] += qc[k] * kc[k][i];
+            }
+        }
+    }
+    // `Iterator::sum`'s fold from its neutral element, and dot8's empty
+    // tail added.
+    let zero: f32 = [0f32; 0].iter().sum();
+    let mut s = [zero; 8];
+    for a in &acc {
+        for i in 0..8 {
+            s[i] += a[i];
+        }
+    }
+    s.map(|x| x + zero)
 }
 
 #[inline(always)]

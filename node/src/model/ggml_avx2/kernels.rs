@@ -597,23 +597,25 @@ struct Head<'a> {
 }
 
 impl Head<'_> {
-    /// Position `pos` of this head's keys or values (`data`) as f32 values
-    /// of f16 numbers.
+    /// Position `pos` of this head's keys (`key`, one element a block's
+    /// slots apart) or values (contiguous) as f32 values of f16 numbers.
     #[inline(always)]
-    fn row(&self, data: &[u8], pos: usize, out: &mut [f32]) {
+    fn row(&self, key: bool, pos: usize, out: &mut [f32]) {
         let (kv, hd) = (self.kv, self.hd);
-        let at = kv.at(self.table, self.layer, pos, self.g * hd);
-        match kv.kv_type() {
-            KvType::F16 => {
-                for (o, b) in out.iter_mut().zip(data[at..at + 2 * hd].chunks_exact(2)) {
-                    *o = h2f(le16(b));
-                }
-            }
-            KvType::F32 => {
-                for (o, b) in out.iter_mut().zip(data[at..at + 4 * hd].chunks_exact(4)) {
-                    *o = h2f(f2h(f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-                }
-            }
+        let ty = kv.kv_type();
+        let (data, at, stride) = if key {
+            let at = kv.key_at(self.table, self.layer, pos, self.g * hd);
+            (&kv.k[..], at, kv.key_stride())
+        } else {
+            let at = kv.value_at(self.table, self.layer, pos, self.g * hd);
+            (&kv.v[..], at, ty.bytes_per_elem())
+        };
+        for (i, o) in out[..hd].iter_mut().enumerate() {
+            let b = &data[at + i * stride..];
+            *o = match ty {
+                KvType::F16 => h2f(le16(b)),
+                KvType::F32 => h2f(f2h(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            };
         }
     }
 }
@@ -638,7 +640,7 @@ fn attend(job: &Head, dst: &mut [f32]) {
     let mut row = [0f32; 256];
     let (mut s_sum, mut m) = (0f32, f32::NEG_INFINITY);
     for ic in job.first..=job.pos {
-        job.row(&job.kv.k, ic, &mut row[..hd]);
+        job.row(true, ic, &mut row[..hd]);
         let mut s = vec_dot_f16(&row[..hd], &qh[..hd]);
         s *= job.scale;
         s += 0.0;
@@ -653,7 +655,7 @@ fn attend(job: &Head, dst: &mut [f32]) {
         } else {
             vs = (s - m).exp();
         }
-        job.row(&job.kv.v, ic, &mut row[..hd]);
+        job.row(false, ic, &mut row[..hd]);
         for (a, &v) in vkq[..hd].iter_mut().zip(&row[..hd]) {
             *a = h2f(f2h(fmadd(v, vs, *a)));
         }
