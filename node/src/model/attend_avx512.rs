@@ -278,6 +278,11 @@ unsafe fn tile(
             });
             for d0 in (0..hd).step_by(16) {
                 let dn = (hd - d0).min(16);
+                if m == STEP && dn == 16 {
+                    // Fixed trip counts keep the 16 sums in registers.
+                    value_tile(&p, buf, d0, blk);
+                    continue;
+                }
                 let mut a = [_mm512_setzero_ps(); 16];
                 for dd in 0..dn {
                     a[dd] = _mm512_loadu_ps(blk[d0 + dd].as_ptr());
@@ -315,6 +320,32 @@ unsafe fn tile(
         for d in 0..hd {
             acc[l * hd + d] = out[d][l];
         }
+    }
+}
+
+/// 16 dimensions `d0 ..` of the lanes layout's value sums (`blk[d][l]`)
+/// advanced by `STEP` positions: probabilities `p[jj]` (16 rows), values
+/// `buf[jj]`, each sum's multiply-adds in position order.
+///
+/// # Safety
+/// AVX-512 F; `d0 + 16 ≤` the rows of `blk` and of each `buf` row.
+#[inline(always)]
+unsafe fn value_tile(
+    p: &[__m512; STEP],
+    buf: &[[f32; MAX_HEAD_DIM]],
+    d0: usize,
+    blk: &mut [[f32; LANES]],
+) {
+    let blk = &mut blk[d0..d0 + 16];
+    let mut a: [__m512; 16] = std::array::from_fn(|dd| _mm512_loadu_ps(blk[dd].as_ptr()));
+    for jj in 0..STEP {
+        let v = &buf[jj][d0..d0 + 16];
+        for dd in 0..16 {
+            a[dd] = _mm512_fmadd_ps(p[jj], _mm512_set1_ps(v[dd]), a[dd]);
+        }
+    }
+    for dd in 0..16 {
+        _mm512_storeu_ps(blk[dd].as_mut_ptr(), a[dd]);
     }
 }
 

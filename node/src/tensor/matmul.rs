@@ -285,6 +285,15 @@ impl OutPtr {
         std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(i), v.len());
     }
 
+    /// [`OutPtr::write_all`] of a fixed 16 values (inlined: no copy call).
+    ///
+    /// # Safety
+    /// As `write_all`.
+    #[inline(always)]
+    pub(super) unsafe fn write_panel(self, i: usize, v: &[f32; 16]) {
+        std::ptr::write_unaligned(self.0.add(i) as *mut [f32; 16], *v);
+    }
+
     /// # Safety
     /// `i..i + n` must be inside the output, written, and used by no other task.
     pub(super) unsafe fn slice_mut<'a>(self, i: usize, n: usize) -> &'a mut [f32] {

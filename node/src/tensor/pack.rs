@@ -512,39 +512,35 @@ pub(super) fn gemm_many(
 ) {
     let cols = ws[0].cols;
     let nb = cols / QK;
-    let act = |qs: &[i8], d: f32, s: f32| {
-        let isum: i32 = qs.iter().map(|&v| v as i32).sum();
-        GemmAct {
-            qs: qs.try_into().expect("a 32-element block"),
-            d,
-            isum,
-            sx: s,
-            ihalf: qs[..QK / 2].iter().map(|&v| v as i32).sum::<i32>(),
-        }
-    };
+    let kq = k_quant(ws[0]);
     scratch.gemm.resize(n_vecs * nb, GemmAct::default());
-    if k_quant(ws[0]) {
-        // K-quants: Q8_K's 256-element blocks, as their row kernels take them.
-        scratch.q8k.resize(nb / 8, Q8KBlock::default());
-        for (xv, av) in x.chunks_exact(cols).zip(scratch.gemm.chunks_exact_mut(nb)) {
-            quantize_q8k(xv, &mut scratch.q8k[..nb / 8]);
-            for (sb, g8) in scratch.q8k[..nb / 8].iter().zip(av.chunks_exact_mut(8)) {
-                for (j, g) in g8.iter_mut().enumerate() {
-                    let qs = &sb.qs[j * QK..(j + 1) * QK];
-                    let isum: i32 = qs.iter().map(|&v| v as i32).sum();
-                    *g = act(qs, sb.d, sb.d * isum as f32);
-                }
+    if n_vecs >= ACT_TASK_COLS * pool.n_threads() {
+        // A prompt's columns are quantized across the threads (on one, the
+        // other waited at the product's barrier for this serial part).
+        let out = ActPtr(scratch.gemm.as_mut_ptr());
+        let tasks = n_vecs.div_ceil(ACT_TASK_COLS);
+        pool.run(tasks, &|t| {
+            let v0 = t * ACT_TASK_COLS;
+            let v1 = (v0 + ACT_TASK_COLS).min(n_vecs);
+            // SAFETY: task t alone writes columns v0..v1 of the buffer,
+            // sized for n_vecs columns of nb blocks above.
+            let av = unsafe { out.columns(v0 * nb, (v1 - v0) * nb) };
+            let mut tmp = Scratch::default();
+            for (xv, av) in x[v0 * cols..v1 * cols]
+                .chunks_exact(cols)
+                .zip(av.chunks_exact_mut(nb))
+            {
+                quantize_column(kq, xv, av, &mut tmp);
             }
-        }
+        });
     } else {
-        // Q8_0's rule, with ggml's Q8_1 sum (rounded to f16) for the offsets.
-        scratch.q8.resize(nb, Q8Block::default());
-        for (xv, av) in x.chunks_exact(cols).zip(scratch.gemm.chunks_exact_mut(nb)) {
-            quantize_q8(xv, &mut scratch.q8[..nb]);
-            for (q, g) in scratch.q8[..nb].iter().zip(av.iter_mut()) {
-                *g = act(&q.qs, q.d, q.s);
-            }
+        let mut tmp = std::mem::take(&mut scratch.q8);
+        let mut tmpk = std::mem::take(&mut scratch.q8k);
+        for v in 0..n_vecs {
+            let av = &mut scratch.gemm[v * nb..(v + 1) * nb];
+            quantize_column_with(kq, &x[v * cols..(v + 1) * cols], av, &mut tmp, &mut tmpk);
         }
+        (scratch.q8, scratch.q8k) = (tmp, tmpk);
     }
     let acts = &scratch.gemm[..n_vecs * nb];
     // Tasks are runs of panel pairs of one matrix, claimed in order, long
@@ -614,7 +610,13 @@ pub(super) fn gemm_many(
                         // panels of matrix m and v0 + c < n_vecs: inside ys[m],
                         // written by no other task.
                         unsafe {
-                            outs[m].write_all((v0 + c) * w.rows + r0, &out[p * nv + c][..valid])
+                            let at = (v0 + c) * w.rows + r0;
+                            if valid == PANEL {
+                                // A whole panel: one store, not a copy call.
+                                outs[m].write_panel(at, &out[p * nv + c])
+                            } else {
+                                outs[m].write_all(at, &out[p * nv + c][..valid])
+                            }
                         };
                     }
                 }
@@ -643,6 +645,70 @@ pub(super) fn gemm_many(
             act(g, u);
         }
     });
+}
+
+/// Columns per task when a product's activations are quantized across the
+/// threads (and the fewest per thread before they are).
+const ACT_TASK_COLS: usize = 8;
+
+/// The activation buffer shared by the tasks quantizing disjoint columns.
+#[derive(Clone, Copy)]
+struct ActPtr(*mut GemmAct);
+// SAFETY: each task writes only its own columns (see `gemm_many`).
+unsafe impl Send for ActPtr {}
+unsafe impl Sync for ActPtr {}
+
+impl ActPtr {
+    /// # Safety
+    /// `i..i + n` inside the buffer and written by no other task.
+    unsafe fn columns<'a>(self, i: usize, n: usize) -> &'a mut [GemmAct] {
+        std::slice::from_raw_parts_mut(self.0.add(i), n)
+    }
+}
+
+/// One column `xv` quantized as the packed kernels take it into `av`
+/// (`xv.len() / QK` blocks): K-quants' Q8_K (256-element blocks, as their
+/// row kernels take them), the others Q8_0's rule with ggml's Q8_1 sum
+/// (rounded to f16) for the offsets.
+fn quantize_column(kq: bool, xv: &[f32], av: &mut [GemmAct], tmp: &mut Scratch) {
+    quantize_column_with(kq, xv, av, &mut tmp.q8, &mut tmp.q8k)
+}
+
+fn quantize_column_with(
+    kq: bool,
+    xv: &[f32],
+    av: &mut [GemmAct],
+    q8: &mut Vec<Q8Block>,
+    q8k: &mut Vec<Q8KBlock>,
+) {
+    let nb = av.len();
+    let act = |qs: &[i8], d: f32, s: f32| {
+        let isum: i32 = qs.iter().map(|&v| v as i32).sum();
+        GemmAct {
+            qs: qs.try_into().expect("a 32-element block"),
+            d,
+            isum,
+            sx: s,
+            ihalf: qs[..QK / 2].iter().map(|&v| v as i32).sum::<i32>(),
+        }
+    };
+    if kq {
+        q8k.resize(nb / 8, Q8KBlock::default());
+        quantize_q8k(xv, &mut q8k[..nb / 8]);
+        for (sb, g8) in q8k[..nb / 8].iter().zip(av.chunks_exact_mut(8)) {
+            for (j, g) in g8.iter_mut().enumerate() {
+                let qs = &sb.qs[j * QK..(j + 1) * QK];
+                let isum: i32 = qs.iter().map(|&v| v as i32).sum();
+                *g = act(qs, sb.d, sb.d * isum as f32);
+            }
+        }
+    } else {
+        q8.resize(nb, Q8Block::default());
+        quantize_q8(xv, &mut q8[..nb]);
+        for (q, g) in q8[..nb].iter().zip(av.iter_mut()) {
+            *g = act(&q.qs, q.d, q.s);
+        }
+    }
 }
 
 /// An activation of the gate by the up projection, in place:
