@@ -93,3 +93,27 @@ fn a_budget_stops_an_encoding() {
         );
     }
 }
+
+/// The end-of-generation ids a request with `ignore_eos` masks at every
+/// step are found once, and are every id that ends a sequence: EOS and the
+/// chat templates' end-of-turn tokens, nothing else.
+#[test]
+fn end_of_generation_ids_are_every_id_that_ends_a_sequence() {
+    for (name, tok) in tokenizers() {
+        let ids = tok.end_of_generation_ids();
+        let n = tok.vocab.tokens.len() as u32;
+        let want: Vec<u32> = (0..n)
+            .filter(|&id| tok.vocab.is_end_of_generation(id))
+            .collect();
+        assert_eq!(ids, &want[..], "{name}");
+        assert!(ids.contains(&tok.vocab.eos.unwrap()), "{name}: EOS");
+        let turn_end = if name == "smollm2" {
+            "<|im_end|>"
+        } else {
+            "<end_of_turn>"
+        };
+        let turn_end = tok.vocab.by_text[turn_end];
+        assert!(ids.contains(&turn_end), "{name}: end of turn");
+        assert!(ids.len() <= 4, "{name}: {ids:?}");
+    }
+}

@@ -439,10 +439,8 @@ impl Executor {
 /// returns it and whether it ends the sequence.
 fn emit(s: &mut Seq, tok: &Tokenizer, model: &str, logits: &mut [f32]) -> (u32, Option<StopKind>) {
     if s.req.ignore_eos {
-        for &e in tok.vocab.special_ids().iter() {
-            if tok.vocab.is_end_of_generation(e) {
-                logits[e as usize] = f32::NEG_INFINITY;
-            }
+        for &e in tok.end_of_generation_ids() {
+            logits[e as usize] = f32::NEG_INFINITY;
         }
     }
     let sampled = s.sampler.sample(logits);

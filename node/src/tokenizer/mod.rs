@@ -37,6 +37,10 @@ pub struct Tokenizer {
     /// parsing them out of text.
     specials: HashMap<u8, Specials>,
     max_token_bytes: usize,
+    /// Every id whose generation ends a sequence, found once: a request
+    /// that ignores EOS masks them at every step (Gemma's vocabulary has
+    /// 262,144 entries to scan).
+    end_ids: Vec<u32>,
 }
 
 /// The special tokens that start with one byte: by length, longest first,
@@ -148,12 +152,21 @@ impl Tokenizer {
         } else {
             usize::MAX
         };
+        let end_ids = (0..vocab.tokens.len() as u32)
+            .filter(|&id| vocab.is_end_of_generation(id))
+            .collect();
         Ok(Tokenizer {
             vocab,
             model,
             specials,
             max_token_bytes,
+            end_ids,
         })
+    }
+
+    /// The ids whose generation ends a sequence ([`Vocab::is_end_of_generation`]).
+    pub fn end_of_generation_ids(&self) -> &[u32] {
+        &self.end_ids
     }
 
     /// Encode `text`. `add_special` adds BOS/EOS as the model's metadata says;
