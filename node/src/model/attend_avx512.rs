@@ -349,11 +349,18 @@ unsafe fn value_tile(
     }
 }
 
-/// [`softmax_rows`] then [`value_sums_rows`] for `R` rows: the block's
-/// maxima and sums, its value sums row-major in `blk`.
+/// A few rows' softmax over the block's positions `j0 ..= j1`, positions
+/// in lanes: per row, each chunk's 16 scores summed over the head's
+/// dimensions in order (one multiply-add per dimension, as the lanes
+/// layout makes each row's), −∞ outside the row's span; then
+/// `e^(s − m)` (0 outside the span) in `rs[r][j − c0]`, and from them the
+/// value sums row-major in `blk` ([`value_sums_rows`]). Returns the rows'
+/// maxima and sums (the sum over positions in order) as lanes `0..R`.
 ///
 /// # Safety
-/// As [`softmax_rows`].
+/// As [`tile`]; `R ≤ ROW_MAJOR_ROWS`, `c0` the multiple of 16 at or
+/// below `j0`, in the same block as `j1`; `blk` holds at least `R · hd`
+/// values.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn rows_block<const R: usize>(
@@ -367,34 +374,6 @@ unsafe fn rows_block<const R: usize>(
     first: &[i32; LANES],
     last: &[i32; LANES],
     blk: &mut [f32],
-) -> (__m512, __m512) {
-    let ms = softmax_rows::<R>(job, j0, j1, c0, qt, rs, kt, first, last);
-    value_sums_rows::<R>(job, j0, j1, c0, rs, blk);
-    ms
-}
-
-/// A few rows' softmax over the block's positions `j0 ..= j1`, positions
-/// in lanes: per row, each chunk's 16 scores summed over the head's
-/// dimensions in order (one multiply-add per dimension, as the lanes
-/// layout makes each row's), −∞ outside the row's span; then
-/// `e^(s − m)` (0 outside the span) in `rs[r][j − c0]`. Returns the rows'
-/// maxima and sums (the sum over positions in order) as lanes `0..rows`.
-///
-/// # Safety
-/// As [`tile`]; `R ≤ ROW_MAJOR_ROWS`, `c0` the multiple of 16 at or
-/// below `j0`, in the same block as `j1`.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn softmax_rows<const R: usize>(
-    job: &TileJob,
-    j0: usize,
-    j1: usize,
-    c0: usize,
-    qt: &[[f32; LANES]],
-    rs: &mut [[f32; BLOCK]; ROW_MAJOR_ROWS],
-    kt: &mut [[f32; LANES]],
-    first: &[i32; LANES],
-    last: &[i32; LANES],
 ) -> (__m512, __m512) {
     let hd = job.hd;
     let iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -438,6 +417,7 @@ unsafe fn softmax_rows<const R: usize>(
             sum[r] += rs[r][j - c0];
         }
     }
+    value_sums_rows::<R>(job, j0, j1, c0, rs, blk);
     (_mm512_loadu_ps(mx.as_ptr()), _mm512_loadu_ps(sum.as_ptr()))
 }
 
