@@ -61,6 +61,9 @@ const QUERY_TILE: usize = 4;
 thread_local! {
     /// Per-thread scores buffer, reused across calls.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread chunk of 8 positions' keys (`[d][position]`) for the
+    /// AVX2 and scalar kernels, reused across calls.
+    static KEYS: std::cell::RefCell<Vec<[f32; 8]>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The tile kernel of the detected SIMD level.
@@ -463,24 +466,28 @@ fn attend_tile<const F: bool>(
     if hd.is_multiple_of(8) {
         // Keys lie transposed: eight positions at a time, each score
         // [`dot8`]'s sums in its order, with the positions in the lanes.
-        let mut kt = [[0f32; 8]; MAX_HEAD_DIM];
-        let kt = &mut kt[..hd];
-        for c in (lo & !7..=hi).step_by(8) {
-            key_chunk::<F>(job, c, lo, hi, kt);
-            for (ti, &(first, pos, q)) in job.toks.iter().enumerate() {
-                if c + 7 < first || c > pos {
-                    continue;
-                }
-                for h in 0..nh {
-                    let s = dot8_lanes(&q[h * hd..(h + 1) * hd], kt);
-                    for (i, &s) in s.iter().enumerate() {
-                        if (first..=pos).contains(&(c + i)) {
-                            scores[(ti * nh + h) * n + c + i - lo] = s * job.scale;
+        KEYS.with(|kt| {
+            let mut kt = kt.borrow_mut();
+            // Every row is written by key_chunk before it is read.
+            kt.resize(hd, [0.0; 8]);
+            let kt = &mut kt[..hd];
+            for c in (lo & !7..=hi).step_by(8) {
+                key_chunk::<F>(job, c, lo, hi, kt);
+                for (ti, &(first, pos, q)) in job.toks.iter().enumerate() {
+                    if c + 7 < first || c > pos {
+                        continue;
+                    }
+                    for h in 0..nh {
+                        let s = dot8_lanes(&q[h * hd..(h + 1) * hd], kt);
+                        for (i, &s) in s.iter().enumerate() {
+                            if (first..=pos).contains(&(c + i)) {
+                                scores[(ti * nh + h) * n + c + i - lo] = s * job.scale;
+                            }
                         }
                     }
                 }
             }
-        }
+        });
     } else {
         for j in lo..=hi {
             job.kv.key_row(job.table, job.layer, j, job.g, row);

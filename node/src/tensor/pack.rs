@@ -525,22 +525,19 @@ pub(super) fn gemm_many(
             // SAFETY: task t alone writes columns v0..v1 of the buffer,
             // sized for n_vecs columns of nb blocks above.
             let av = unsafe { out.columns(v0 * nb, (v1 - v0) * nb) };
-            let mut tmp = Scratch::default();
+            let (mut q8, mut q8k) = (Vec::new(), Vec::new());
             for (xv, av) in x[v0 * cols..v1 * cols]
                 .chunks_exact(cols)
                 .zip(av.chunks_exact_mut(nb))
             {
-                quantize_column(kq, xv, av, &mut tmp);
+                quantize_column(kq, xv, av, &mut q8, &mut q8k);
             }
         });
     } else {
-        let mut tmp = std::mem::take(&mut scratch.q8);
-        let mut tmpk = std::mem::take(&mut scratch.q8k);
-        for v in 0..n_vecs {
-            let av = &mut scratch.gemm[v * nb..(v + 1) * nb];
-            quantize_column_with(kq, &x[v * cols..(v + 1) * cols], av, &mut tmp, &mut tmpk);
+        let (gemm, q8, q8k) = (&mut scratch.gemm, &mut scratch.q8, &mut scratch.q8k);
+        for (xv, av) in x.chunks_exact(cols).zip(gemm.chunks_exact_mut(nb)) {
+            quantize_column(kq, xv, av, q8, q8k);
         }
-        (scratch.q8, scratch.q8k) = (tmp, tmpk);
     }
     let acts = &scratch.gemm[..n_vecs * nb];
     // Tasks are runs of panel pairs of one matrix, claimed in order, long
@@ -669,12 +666,8 @@ impl ActPtr {
 /// One column `xv` quantized as the packed kernels take it into `av`
 /// (`xv.len() / QK` blocks): K-quants' Q8_K (256-element blocks, as their
 /// row kernels take them), the others Q8_0's rule with ggml's Q8_1 sum
-/// (rounded to f16) for the offsets.
-fn quantize_column(kq: bool, xv: &[f32], av: &mut [GemmAct], tmp: &mut Scratch) {
-    quantize_column_with(kq, xv, av, &mut tmp.q8, &mut tmp.q8k)
-}
-
-fn quantize_column_with(
+/// (rounded to f16) for the offsets; `q8` and `q8k` are scratch.
+fn quantize_column(
     kq: bool,
     xv: &[f32],
     av: &mut [GemmAct],
