@@ -11,7 +11,7 @@ use super::ops::{rope_inv_freq, rope_table};
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 use crate::kv::KvPool;
-use crate::tensor::{Simd, ThreadPool};
+use crate::tensor::{fine_head, Simd, ThreadPool};
 
 /// llama.cpp's fixed values for Gemma 3 (not in the GGUF metadata).
 const SWA_PATTERN: usize = 6;
@@ -56,6 +56,8 @@ pub struct Gemma3 {
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     output: Weight,
+    /// The head's activations in two 8-bit terms (see `tensor::fine_head`).
+    fine_head: bool,
     inv_freq_global: Vec<f32>,
     inv_freq_local: Vec<f32>,
 }
@@ -207,6 +209,10 @@ impl Gemma3 {
             tok_embd.clone()
         };
         let out_norm = l.vector("output_norm.weight", n_embd)?;
+        let fine_head = fine_head(
+            output.dtype,
+            layers.iter().flat_map(Layer::matrices).map(|w| w.dtype),
+        );
         Ok(Gemma3 {
             inv_freq_global: rope_inv_freq(hd, cfg.rope_base),
             inv_freq_local: rope_inv_freq(hd, SWA_ROPE_BASE),
@@ -216,6 +222,7 @@ impl Gemma3 {
             layers,
             out_norm,
             output,
+            fine_head,
         })
     }
 
@@ -312,6 +319,7 @@ impl Model for Gemma3 {
             &self.out_norm,
             c.rms_eps,
             &self.output,
+            self.fine_head,
             seqs,
             ws,
         );

@@ -11,7 +11,7 @@ use super::ops::{rope_inv_freq, rope_table};
 use super::{output_logits, Dims, Loader, Model, ModelError, SeqStep, Weight, Workspace};
 use crate::format::GgufFile;
 pub use crate::kv::{KvCache, KvPool, KvType};
-use crate::tensor::{Simd, ThreadPool};
+use crate::tensor::{fine_head, Simd, ThreadPool};
 
 impl Model for Llama {
     fn packed_bytes(&self) -> u64 {
@@ -99,6 +99,8 @@ pub struct Llama {
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     output: Weight,
+    /// The head's activations in two 8-bit terms (see `tensor::fine_head`).
+    fine_head: bool,
     inv_freq: Vec<f32>,
 }
 
@@ -271,6 +273,10 @@ impl Llama {
             tok_embd.clone()
         };
         let out_norm = l.vector("output_norm.weight", n_embd)?;
+        let fine_head = fine_head(
+            output.dtype,
+            layers.iter().flat_map(Layer::matrices).map(|w| w.dtype),
+        );
         let inv_freq = rope_inv_freq(head_dim, cfg.rope_base);
         Ok(Llama {
             cfg,
@@ -280,6 +286,7 @@ impl Llama {
             layers,
             out_norm,
             output,
+            fine_head,
             inv_freq,
         })
     }
@@ -345,6 +352,7 @@ impl Llama {
             &self.out_norm,
             c.rms_eps,
             &self.output,
+            self.fine_head,
             seqs,
             ws,
         );

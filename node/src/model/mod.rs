@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use crate::format::{FormatError, GgufFile};
 use crate::tensor::{
-    dequantize, pack_all, GgmlType, KernelError, Matrix, Packed, Scratch, Simd, ThreadPool,
+    dequantize, pack_all, FineScratch, GgmlType, KernelError, Matrix, Packed, Scratch, Simd,
+    ThreadPool,
 };
 
 /// Which positions' logits a forward call produces.
@@ -65,6 +66,7 @@ pub struct Workspace {
     /// Logits of the positions each sequence asked for, sequence by sequence.
     pub logits: Vec<f32>,
     pub(crate) scratch: Scratch,
+    pub(crate) fine: FineScratch,
 }
 
 impl Workspace {
@@ -135,6 +137,7 @@ pub(crate) fn output_logits(
     out_norm: &[f32],
     eps: f32,
     output: &Weight,
+    fine: bool,
     seqs: &[SeqStep],
     ws: &mut Workspace,
 ) {
@@ -165,15 +168,14 @@ pub(crate) fn output_logits(
         }
         first += t;
     }
-    crate::tensor::matmul(
-        pool,
-        simd,
-        &output.matrix(file),
-        &ws.last,
-        n_out,
-        &mut ws.logits,
-        &mut ws.scratch,
-    )
+    let (w, x, y) = (&output.matrix(file), &ws.last, &mut ws.logits);
+    if fine {
+        // The head decides the ranking, and of a prompt only the last
+        // position reaches it.
+        crate::tensor::matmul_fine(pool, simd, w, x, n_out, y, &mut ws.scratch, &mut ws.fine)
+    } else {
+        crate::tensor::matmul(pool, simd, w, x, n_out, y, &mut ws.scratch)
+    }
     .expect("shapes checked at load");
 }
 

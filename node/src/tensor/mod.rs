@@ -9,6 +9,7 @@ mod dot_avx2;
 mod dot_avx512;
 pub mod dot_scalar;
 pub mod dtype;
+mod fine;
 #[cfg(target_arch = "x86_64")]
 mod gemm_avx512;
 pub mod matmul;
@@ -20,6 +21,7 @@ pub mod quantize;
 pub use arena::{collapse_now, collapse_packed, pack_all};
 pub use dequant::{dequantize, dequantize_to_vec, f32_to_f16_bytes, KernelError};
 pub use dtype::{BlockLayout, GgmlType};
+pub use fine::{fine_head, matmul_fine, FineScratch};
 pub use matmul::{
     has_simd_kernel, kernel, matmul, matmul_gated, matmul_many, matvec, Kernel, Matrix, Scratch,
     Simd,
