@@ -26,6 +26,12 @@ use super::GgmlType;
 /// it back to about half the block's range.
 const REST_SCALE: f32 = 128.0;
 
+/// Columns per product: the terms of 16 columns are 32, several whole tiles
+/// of the packed kernels, and the doubled buffers stay small when a prompt
+/// asks for every position's logits (perplexity: 2 × 16 × 49k floats rather
+/// than 2 × 512 × 49k).
+const FINE_CHUNK: usize = 16;
+
 /// Whether a model's output projection should take this path: its weights
 /// are Q8_0 and no block's matrix is coarser than 8 bits. There the
 /// activations' rounding is the error's largest part; in a model of 4- to
@@ -86,28 +92,35 @@ pub fn matmul_fine(
             got: y.len(),
         });
     }
-    // Columns 0..n are the inputs, n..2n their rests.
-    fine.x.resize(2 * n_vecs * cols, 0.0);
-    let (head, rest) = fine.x.split_at_mut(n_vecs * cols);
-    head.copy_from_slice(x);
-    fine.q8.resize(cols / QK, Q8Block::default());
-    for (xv, rv) in x.chunks_exact(cols).zip(rest.chunks_exact_mut(cols)) {
-        quantize_q8(xv, &mut fine.q8);
-        for ((xb, rb), b) in xv
-            .chunks_exact(QK)
-            .zip(rv.chunks_exact_mut(QK))
-            .zip(&fine.q8)
-        {
-            for ((&v, r), &q) in xb.iter().zip(rb.iter_mut()).zip(&b.qs) {
-                *r = (v - b.d * q as f32) * REST_SCALE;
+    // A chunk's columns 0..n are its inputs, n..2n their rests; chunks
+    // bound the doubled buffers when every position wants logits.
+    for (xs, ys) in x
+        .chunks(FINE_CHUNK * cols)
+        .zip(y.chunks_mut(FINE_CHUNK * rows))
+    {
+        let n = xs.len() / cols;
+        fine.x.resize(2 * n * cols, 0.0);
+        let (head, rest) = fine.x.split_at_mut(n * cols);
+        head.copy_from_slice(xs);
+        fine.q8.resize(cols / QK, Q8Block::default());
+        for (xv, rv) in xs.chunks_exact(cols).zip(rest.chunks_exact_mut(cols)) {
+            quantize_q8(xv, &mut fine.q8);
+            for ((xb, rb), b) in xv
+                .chunks_exact(QK)
+                .zip(rv.chunks_exact_mut(QK))
+                .zip(&fine.q8)
+            {
+                for ((&v, r), &q) in xb.iter().zip(rb.iter_mut()).zip(&b.qs) {
+                    *r = (v - b.d * q as f32) * REST_SCALE;
+                }
             }
         }
-    }
-    fine.y.resize(2 * n_vecs * rows, 0.0);
-    matmul(pool, simd, w, &fine.x, 2 * n_vecs, &mut fine.y, scratch)?;
-    let (first, second) = fine.y.split_at(n_vecs * rows);
-    for ((o, &a), &b) in y.iter_mut().zip(first).zip(second) {
-        *o = a + b * (1.0 / REST_SCALE);
+        fine.y.resize(2 * n * rows, 0.0);
+        matmul(pool, simd, w, &fine.x, 2 * n, &mut fine.y, scratch)?;
+        let (first, second) = fine.y.split_at(n * rows);
+        for ((o, &a), &b) in ys.iter_mut().zip(first).zip(second) {
+            *o = a + b * (1.0 / REST_SCALE);
+        }
     }
     Ok(())
 }
@@ -128,7 +141,7 @@ mod tests {
     /// dequantized weights in f64 than the plain one, on every SIMD level.
     #[test]
     fn two_terms_take_the_activations_rounding_out() {
-        let (rows, cols, n) = (40, 256, 3);
+        let (rows, cols, n) = (40, 256, FINE_CHUNK + 3);
         let mut seed = 7;
         let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         // Activations with a few large values, as a hidden state has.
@@ -178,20 +191,14 @@ mod tests {
                 "{}: two terms {e_two} against plain {e_plain}",
                 simd.name()
             );
-            // One column alone gives the same bits as inside the batch.
-            let mut one = vec![0.0; rows];
-            matmul_fine(
-                &pool,
-                simd,
-                &m,
-                &x[cols..2 * cols],
-                1,
-                &mut one,
-                &mut s,
-                &mut f,
-            )
-            .unwrap();
-            assert_eq!(one, two[rows..2 * rows], "{}", simd.name());
+            // One column alone gives the same bits as inside the batch, in
+            // its first chunk and in the next.
+            for v in [1, FINE_CHUNK + 1] {
+                let mut one = vec![0.0; rows];
+                let xv = &x[v * cols..(v + 1) * cols];
+                matmul_fine(&pool, simd, &m, xv, 1, &mut one, &mut s, &mut f).unwrap();
+                assert_eq!(one, two[v * rows..(v + 1) * rows], "{}", simd.name());
+            }
         }
     }
 
