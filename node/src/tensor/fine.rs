@@ -74,7 +74,7 @@ pub fn matmul_fine(
     scratch: &mut Scratch,
     fine: &mut FineScratch,
 ) -> Result<(), KernelError> {
-    if !takes_q8_blocks(w.dtype) || n_vecs == 0 {
+    if !takes_q8_blocks(w.dtype) || n_vecs == 0 || w.rows == 0 || w.cols == 0 {
         return matmul(pool, simd, w, x, n_vecs, y, scratch);
     }
     let (cols, rows) = (w.cols, w.rows);
@@ -200,6 +200,37 @@ mod tests {
                 assert_eq!(one, two[v * rows..(v + 1) * rows], "{}", simd.name());
             }
         }
+    }
+
+    #[test]
+    fn an_empty_matrix_gives_an_empty_product() {
+        let pool = ThreadPool::new(1);
+        let (mut s, mut f) = (Scratch::default(), FineScratch::default());
+        let m = Matrix::new(GgmlType::Q8_0, 0, 64, &[]).unwrap();
+        let mut y: Vec<f32> = Vec::new();
+        matmul_fine(
+            &pool,
+            Simd::detect(),
+            &m,
+            &[1.0; 64],
+            1,
+            &mut y,
+            &mut s,
+            &mut f,
+        )
+        .unwrap();
+        let m = Matrix::new(GgmlType::Q8_0, 3, 64, &[0; 3 * 68]).unwrap();
+        let e = matmul_fine(
+            &pool,
+            Simd::detect(),
+            &m,
+            &[1.0; 32],
+            1,
+            &mut [0.0; 3],
+            &mut s,
+            &mut f,
+        );
+        assert!(matches!(e, Err(KernelError::Length { .. })), "{e:?}");
     }
 
     #[test]
