@@ -51,10 +51,18 @@ pub struct ClusterArgs {
     security: super::gateway::SecurityArgs,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A loopback port free now and not in `taken`: a node binds its port only
+/// once started, so until then the kernel may offer it again (for the next
+/// node), and the gateway's own port is bound last of all.
+fn free_port(taken: &[u16]) -> std::io::Result<u16> {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !taken.contains(&port) {
+            return Ok(port);
+        }
+    }
 }
 
 struct NodeProc {
@@ -131,11 +139,13 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         return fail("cluster", format!("{}: {e}", models_dir.display()));
     }
     let mut procs = Vec::new();
+    let mut taken = vec![a.port];
     for i in 0..a.nodes {
-        let port = match free_port() {
+        let port = match free_port(&taken) {
             Ok(p) => p,
             Err(e) => return fail("cluster", e),
         };
+        taken.push(port);
         let mut n = NodeProc {
             id: format!("node-{i}"),
             port,

@@ -18,12 +18,25 @@ impl Drop for Proc {
     }
 }
 
+/// A loopback port free now and not handed out before in this test process.
+/// The port is only bound later, by the process given it; until then the
+/// kernel may offer it again, and two processes of one fleet (or of two tests
+/// running side by side) on one port leave one of them unable to listen — a
+/// node that took its gateway's port answered the gateway's routes with 404.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A `realizar cluster` process, stopped when dropped as an operator would:
